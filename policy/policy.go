@@ -1,0 +1,60 @@
+// Package policy decides which jobs should run: given the configuration and
+// the queue, a Policy returns the wanted state of each task (and placement
+// preferences as constraints). It knows nothing about how to get there; the
+// planner does. Policies are pure: time is an input (View.Now) and they do no
+// I/O, so the controller and the simulator run the same code.
+package policy
+
+import (
+	"github.com/ferrycluster/ferry/cluster"
+)
+
+// Job is a group of tasks that change state together (Entropy's vjob), as a
+// policy sees it.
+type Job struct {
+	Name     string
+	Priority int
+	// Submitted is when the job entered the queue (time unit of View.Now).
+	Submitted int64
+	// Tasks are indices into View.Model.Tasks.
+	Tasks []int
+	// Walltime is the user's estimate of the remaining run time (0 unknown);
+	// used by backfilling.
+	Walltime int64
+	// Work done so far and total work, where known (0 unknown), for
+	// slowdown-aware policies.
+	Done, Total int64
+	// Preemptible jobs may be suspended for others.
+	Preemptible bool
+	// Migratable jobs may be live-migrated.
+	Migratable bool
+}
+
+// View is what a policy sees: the configuration, the jobs (queued, running
+// or sleeping; finished jobs are not shown), the node states the operator
+// asked for (draining nodes must be emptied), and the current time.
+type View struct {
+	Model *cluster.Model
+	Jobs  []Job
+	// Draining marks nodes (indices) that must be emptied without killing.
+	Draining map[int]bool
+	Now      int64
+	// Durations is the cost model the planner will use.
+	Durations cluster.DurationModel
+}
+
+// Decision is a policy's output: a wanted state per task (every task of the
+// model, indexed like View.Model.Tasks) and extra constraints (fences for
+// preferred nodes, bans for draining nodes, spreads from job specs...).
+type Decision struct {
+	Want        []cluster.TaskState
+	Constraints []cluster.Constraint
+}
+
+// Policy decides the wanted states.
+type Policy interface {
+	// Name identifies the policy in flags and reports.
+	Name() string
+	// Decide is pure: the same view gives the same decision.
+	Decide(v *View) (Decision, error)
+}
