@@ -1,3 +1,8 @@
+// Package plan is the planner: from a configuration, constraints and the
+// wanted states it computes a target placement of least cost and a viable
+// reconfiguration plan (Entropy's cluster-wide context switch). It is pure:
+// no I/O, no global state; time and randomness are inputs (Options). The
+// controller, `ferry plan` and the simulator share it.
 package plan
 
 import (
