@@ -87,6 +87,12 @@ type FinishAction struct {
 	Error string `json:"error,omitempty"`
 	// Image is the suspend image directory (suspend actions).
 	Image string `json:"image,omitempty"`
+	// Epoch the agent reports the task runs under after the action (0
+	// unknown); the task's epoch becomes the highest of it and NewEpoch.
+	Epoch uint64 `json:"epoch,omitempty"`
+	// DropImage (failed resume): the image is unusable; the task waits to
+	// start afresh.
+	DropImage bool `json:"drop_image,omitempty"`
 }
 
 // CancelAction marks a pending action cancelled (a dependency failed).
@@ -255,11 +261,18 @@ func (s *State) Apply(c *Command) Result {
 		t := s.Tasks[a.Task]
 		b := t.Placement()
 		a.Before = &b
-		a.NewEpoch = t.Epoch + 1
-		a.State, a.Started = ActionRunning, at
-		if a.Kind == "boot" || a.Kind == "resume" {
+		a.NewEpoch = t.Epoch
+		switch {
+		case a.Kind == "boot":
+			// A fresh copy runs under a new epoch from the start, so any
+			// older copy anywhere is stale from this point.
+			a.NewEpoch = t.Epoch + 1
 			t.Epoch, t.Changed = a.NewEpoch, at
+		case a.Kind == "migrate", a.Kind == "resume" && a.From != a.To:
+			// A move commits a new epoch at its end.
+			a.NewEpoch = t.Epoch + 1
 		}
+		a.State, a.Started = ActionRunning, at
 	case c.FinishAction != nil:
 		x := c.FinishAction
 		a := &s.Plans[x.Plan].Actions[x.Index]
@@ -267,6 +280,10 @@ func (s *State) Apply(c *Command) Result {
 		t := s.Tasks[a.Task]
 		if !x.OK {
 			a.State, a.Error = ActionFailed, x.Error
+			if x.DropImage && t.Phase == TaskSleeping {
+				// The image cannot be resumed: start afresh.
+				t.Phase, t.Node, t.Image, t.ImageNode, t.Changed = TaskWaiting, "", "", "", at
+			}
 			after := t.Placement()
 			a.After = &after
 			return Result{}
@@ -286,7 +303,11 @@ func (s *State) Apply(c *Command) Result {
 			t.Phase, t.Node = TaskTerminated, ""
 			t.Message = "killed"
 		}
-		t.Epoch, t.Changed = a.NewEpoch, at
+		t.Epoch = max(t.Epoch, a.NewEpoch, x.Epoch)
+		t.Changed = at
+		if a.Kind == "suspend" {
+			t.ImageEpoch = t.Epoch
+		}
 		after := t.Placement()
 		a.After = &after
 	case c.CancelAction != nil:
@@ -311,7 +332,7 @@ func (s *State) applyTaskEvent(e *TaskEvent, at int64) {
 	t := s.Tasks[e.Task]
 	switch e.Kind {
 	case TaskCheckpointed:
-		t.Image, t.ImageNode = e.Image, e.Node
+		t.Image, t.ImageNode, t.ImageEpoch = e.Image, e.Node, e.Epoch
 	case TaskExited:
 		t.ExitCode, t.Message = e.ExitCode, e.Message
 		if e.ExitCode == 0 {
@@ -320,11 +341,9 @@ func (s *State) applyTaskEvent(e *TaskEvent, at int64) {
 			t.Phase, t.Node = TaskWaiting, ""
 			t.Restarts++
 		}
-		t.Epoch++
 	case TaskLost:
 		t.Message = e.Message
 		t.Restarts++
-		t.Epoch++
 		if t.Image != "" && t.ImageNode != t.Node {
 			if n := s.Nodes[t.ImageNode]; n != nil && n.Status != NodeDown {
 				t.Phase, t.Node = TaskSleeping, t.ImageNode

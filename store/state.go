@@ -86,13 +86,19 @@ type Task struct {
 	Phase  TaskPhase `json:"phase"`
 	// Node hosts the task when running; holds its image when sleeping.
 	Node string `json:"node,omitempty"`
-	// Epoch is the ownership counter: bumped at every committed move. An
-	// agent runs a task only with the current epoch.
+	// Epoch is the ownership counter, as the agents hold it: a boot runs a
+	// new copy under Epoch+1, a committed move (migration, resume on
+	// another node) bumps it; suspend, shutdown and kill keep it. An agent
+	// obeys only commands carrying the epoch it holds, and a copy whose
+	// epoch is behind the store's is stale and gets killed.
 	Epoch uint64 `json:"epoch"`
 	// Image is the directory of the last committed suspend image or
 	// checkpoint, on ImageNode ("" when none).
 	Image     string `json:"image,omitempty"`
 	ImageNode string `json:"image_node,omitempty"`
+	// ImageEpoch is the epoch the image was taken under (a resume from it
+	// presents this epoch to the agent holding it).
+	ImageEpoch uint64 `json:"image_epoch,omitempty"`
 	// Restarts counts restarts after failures.
 	Restarts int `json:"restarts,omitempty"`
 	// ExitCode and Message of the last end.

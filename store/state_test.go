@@ -103,16 +103,16 @@ func TestSuspendThenLostRestartsFromImage(t *testing.T) {
 		mustApply(t, s, Command{FinishAction: &FinishAction{Plan: id, Index: i, OK: true, Image: "/img"}})
 	}
 	tk := s.Tasks["j.a.1"]
-	if tk.Node != "n2" || tk.Image != "/img" || tk.ImageNode != "n1" || tk.Epoch != 3 {
+	if tk.Node != "n2" || tk.Image != "/img" || tk.ImageNode != "n1" || tk.Epoch != 2 || tk.ImageEpoch != 1 {
 		t.Fatalf("after resume elsewhere: %+v", tk)
 	}
 	mustApply(t, s, Command{SetNode: &SetNode{Name: "n2", Status: NodeDown}})
 	// A stale report changes nothing.
-	if r := s.Apply(&Command{TaskEvent: &TaskEvent{Task: "j.a.1", Epoch: 2, Kind: TaskLost}}); !errors.Is(r.Err, ErrConflict) {
+	if r := s.Apply(&Command{TaskEvent: &TaskEvent{Task: "j.a.1", Epoch: 1, Kind: TaskLost}}); !errors.Is(r.Err, ErrConflict) {
 		t.Fatalf("stale event: %v", r.Err)
 	}
-	mustApply(t, s, Command{TaskEvent: &TaskEvent{Task: "j.a.1", Epoch: 3, Kind: TaskLost}})
-	if tk.Phase != TaskSleeping || tk.Node != "n1" || tk.Epoch != 4 || tk.Restarts != 1 {
+	mustApply(t, s, Command{TaskEvent: &TaskEvent{Task: "j.a.1", Epoch: 2, Kind: TaskLost}})
+	if tk.Phase != TaskSleeping || tk.Node != "n1" || tk.Epoch != 2 || tk.Restarts != 1 {
 		t.Fatalf("lost with an image on a live node: %+v", tk)
 	}
 }
