@@ -1,0 +1,132 @@
+package process
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as the jobs the tests run: with FERRY_TEST_JOB
+// set it runs one of the small programs below instead of the tests. Each
+// speaks the checkpoint protocol of docs/checkpointing.md.
+const testJobEnv = "FERRY_TEST_JOB"
+
+func TestMain(m *testing.M) {
+	if name := os.Getenv(testJobEnv); name != "" {
+		os.Exit(testJob(name))
+	}
+	os.Exit(m.Run())
+}
+
+func testJob(name string) int {
+	ckpt := os.Getenv(EnvCheckpointDir)
+	restore := ""
+	if os.Getenv(EnvRestore) == "1" {
+		restore = os.Getenv(EnvRestoreDir)
+	}
+	sigs := make(chan os.Signal, 4)
+	switch name {
+	case "counter", "slow":
+		// Prints "counter N" every 20 ms; checkpoints N. With
+		// FERRY_TEST_ANSWER=exit it answers by exiting with the checkpoint
+		// code; "slow" answers its second and later requests by writing a
+		// partial file and hanging (for kill -9 tests).
+		var n int64
+		if restore != "" {
+			b, err := os.ReadFile(filepath.Join(restore, "counter"))
+			if err != nil {
+				fmt.Println("restore:", err)
+				return 2
+			}
+			n, _ = strconv.ParseInt(string(bytes.TrimSpace(b)), 10, 64)
+			fmt.Println("restored", n)
+		}
+		signal.Notify(sigs, syscall.SIGUSR2, syscall.SIGUSR1)
+		requests := 0
+		tick := time.NewTicker(20 * time.Millisecond)
+		for {
+			select {
+			case <-tick.C:
+				n++
+				fmt.Println("counter", n)
+			case <-sigs:
+				requests++
+				if name == "slow" && requests >= 2 {
+					_ = os.WriteFile(filepath.Join(ckpt, "counter"), []byte("partial"), 0o644)
+					time.Sleep(time.Hour)
+				}
+				if err := os.WriteFile(filepath.Join(ckpt, "counter"), []byte(strconv.FormatInt(n, 10)+"\n"), 0o644); err != nil {
+					fmt.Println("checkpoint:", err)
+					return 2
+				}
+				if _, err := os.Stat(filepath.Join(ckpt, ContinueRequest)); err != nil || os.Getenv("FERRY_TEST_ANSWER") == "exit" {
+					return 85
+				}
+				if err := os.WriteFile(filepath.Join(ckpt, DoneMarker), nil, 0o644); err != nil {
+					return 2
+				}
+			}
+		}
+	case "ignore":
+		signal.Ignore(syscall.SIGUSR2)
+		for i := 1; ; i++ {
+			fmt.Println("counter", i)
+			time.Sleep(20 * time.Millisecond)
+		}
+	case "fail":
+		for i := 1; i <= 30; i++ {
+			fmt.Println("line", i)
+		}
+		fmt.Println("fatal: the answer is not 42")
+		return 3
+	case "exit":
+		code, _ := strconv.Atoi(os.Getenv("FERRY_TEST_CODE"))
+		time.Sleep(300 * time.Millisecond)
+		return code
+	case "blob":
+		// Holds FERRY_TEST_BYTES of state; checkpoint-and-stop writes it to
+		// "blob" with its SHA-256; restore reads and verifies it.
+		size, _ := strconv.ParseInt(os.Getenv("FERRY_TEST_BYTES"), 10, 64)
+		var state []byte
+		if restore != "" {
+			var err error
+			state, err = os.ReadFile(filepath.Join(restore, "blob"))
+			sum, err2 := os.ReadFile(filepath.Join(restore, "blob.sha256"))
+			if err != nil || err2 != nil {
+				fmt.Println("restore:", err, err2)
+				return 2
+			}
+			if got := sha256.Sum256(state); !bytes.Equal(got[:], sum) {
+				fmt.Println("restore: checksum mismatch")
+				return 2
+			}
+			fmt.Println("restored", len(state))
+		} else {
+			state = make([]byte, size)
+			for i := 0; i+8 <= len(state); i += 4096 {
+				binary.LittleEndian.PutUint64(state[i:], uint64(i)*2654435761)
+			}
+			fmt.Println("ready", len(state))
+		}
+		signal.Notify(sigs, syscall.SIGUSR2)
+		<-sigs
+		sum := sha256.Sum256(state)
+		if err := os.WriteFile(filepath.Join(ckpt, "blob"), state, 0o644); err != nil {
+			return 2
+		}
+		if err := os.WriteFile(filepath.Join(ckpt, "blob.sha256"), sum[:], 0o644); err != nil {
+			return 2
+		}
+		return 85
+	}
+	fmt.Println("unknown test job", name)
+	return 2
+}

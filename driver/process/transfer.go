@@ -1,0 +1,261 @@
+package process
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// The image stream moves one committed checkpoint over a byte stream (a
+// TCP or TLS connection), refusing it before any file byte travels when the
+// receiver lacks the space:
+//
+//	sender → receiver   "FERRYIMG" u32(len) {"format":..,"manifest":{..}}
+//	receiver → sender   "OK\n" | "ERR <reason>\n"
+//	sender → receiver   the files' bytes, in manifest order, sizes from it
+//	receiver → sender   "DONE\n" once the image is committed (fsynced,
+//	                    renamed) | "ERR <reason>\n"
+//
+// It is what the benchmark and the two-node tests use; an agent may move
+// images its own way (chunked, content-addressed) as long as it delivers a
+// directory that VerifyImage accepts and calls CheckFreeSpace first.
+const (
+	streamMagic  = "FERRYIMG"
+	streamFormat = "ferry-image-stream/1"
+	// maxHeader bounds the header the receiver accepts.
+	maxHeader = 16 << 20
+)
+
+// ErrRefused is returned by SendImage when the receiver refuses the image.
+var ErrRefused = errors.New("image refused by receiver")
+
+type streamHeader struct {
+	Format   string   `json:"format"`
+	Manifest Manifest `json:"manifest"`
+}
+
+// SendImage streams the committed checkpoint in dir to conn and returns
+// when the receiver has committed it.
+func SendImage(ctx context.Context, conn io.ReadWriter, dir string) error {
+	m, err := VerifyImage(dir)
+	if err != nil {
+		return err
+	}
+	stopWatch := watchCtx(ctx, conn)
+	defer stopWatch()
+	hb, err := json.Marshal(streamHeader{Format: streamFormat, Manifest: m})
+	if err != nil {
+		return err
+	}
+	pre := make([]byte, len(streamMagic)+4)
+	copy(pre, streamMagic)
+	binary.BigEndian.PutUint32(pre[len(streamMagic):], uint32(len(hb)))
+	if _, err := conn.Write(append(pre, hb...)); err != nil {
+		return fmt.Errorf("send image header: %w", err)
+	}
+	br := bufio.NewReader(conn)
+	if err := readReply(br, "OK"); err != nil {
+		return err
+	}
+	for _, f := range m.Files {
+		if err := sendFile(conn, filepath.Join(dir, filepath.FromSlash(f.Path)), f.Size); err != nil {
+			return fmt.Errorf("send %s: %w", f.Path, ctxErr(ctx, err))
+		}
+	}
+	if err := readReply(br, "DONE"); err != nil {
+		return ctxErr(ctx, err)
+	}
+	return nil
+}
+
+func sendFile(w io.Writer, path string, size int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	n, err := io.Copy(w, io.LimitReader(f, size))
+	if err == nil && n != size {
+		err = fmt.Errorf("file shrank: sent %d of %d bytes", n, size)
+	}
+	return err
+}
+
+func readReply(br *bufio.Reader, want string) error {
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read receiver reply: %w", err)
+	}
+	line = strings.TrimSuffix(line, "\n")
+	if line == want {
+		return nil
+	}
+	if msg, ok := strings.CutPrefix(line, "ERR "); ok {
+		return fmt.Errorf("%w: %s", ErrRefused, msg)
+	}
+	return fmt.Errorf("receiver said %q, want %q", line, want)
+}
+
+// ReceiveOptions tune ReceiveImage.
+type ReceiveOptions struct {
+	// Space reports free bytes at a path; nil means FreeSpace (statfs).
+	Space SpaceFunc
+}
+
+// ReceiveImage reads one image from conn and commits it at dir (missing or
+// empty), after checking there is room for it. The image is written next to
+// dir, fsynced and renamed into place: dir never holds a partial image.
+func ReceiveImage(ctx context.Context, conn io.ReadWriter, dir string, opts ReceiveOptions) (Manifest, error) {
+	stopWatch := watchCtx(ctx, conn)
+	defer stopWatch()
+	refuse := func(err error) (Manifest, error) {
+		fmt.Fprintf(conn, "ERR %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		return Manifest{}, err
+	}
+	h, err := readStreamHeader(conn)
+	if err != nil {
+		return refuse(err)
+	}
+	m := h.Manifest
+	if err := checkEmptyDir(dir); err != nil {
+		return refuse(err)
+	}
+	parent := filepath.Dir(dir)
+	if err := CheckFreeSpace(parent, m.Bytes, opts.Space); err != nil {
+		return refuse(err)
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".partial-")
+	if err != nil {
+		return refuse(err)
+	}
+	defer os.RemoveAll(tmp) // gone after the rename anyway
+	if _, err := io.WriteString(conn, "OK\n"); err != nil {
+		return Manifest{}, err
+	}
+	for _, f := range m.Files {
+		p := filepath.Join(tmp, filepath.FromSlash(f.Path))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return refuse(err)
+		}
+		if err := recvFile(conn, p, f.Size); err != nil {
+			return refuse(fmt.Errorf("receive %s: %w", f.Path, ctxErr(ctx, err)))
+		}
+	}
+	// Sealing rewrites the manifest from what is on disk: it must agree.
+	got, err := sealStaging(tmp, m)
+	if err != nil {
+		return refuse(err)
+	}
+	if got.Bytes != m.Bytes || len(got.Files) != len(m.Files) {
+		return refuse(fmt.Errorf("received %d bytes in %d files, manifest says %d in %d", got.Bytes, len(got.Files), m.Bytes, len(m.Files)))
+	}
+	if err := commitDir(tmp, dir); err != nil {
+		return refuse(err)
+	}
+	if _, err := io.WriteString(conn, "DONE\n"); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+func recvFile(r io.Reader, path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(f, io.LimitReader(r, size))
+	if err == nil && n != size {
+		err = fmt.Errorf("stream ended after %d of %d bytes", n, size)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// readStreamHeader reads and checks the stream's header.
+func readStreamHeader(r io.Reader) (streamHeader, error) {
+	pre := make([]byte, len(streamMagic)+4)
+	if _, err := io.ReadFull(r, pre); err != nil {
+		return streamHeader{}, fmt.Errorf("image stream: read header: %w", err)
+	}
+	if string(pre[:len(streamMagic)]) != streamMagic {
+		return streamHeader{}, fmt.Errorf("image stream: bad magic %q", pre[:len(streamMagic)])
+	}
+	n := binary.BigEndian.Uint32(pre[len(streamMagic):])
+	if n == 0 || n > maxHeader {
+		return streamHeader{}, fmt.Errorf("image stream: header length %d out of range 1..%d", n, maxHeader)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return streamHeader{}, fmt.Errorf("image stream: read header: %w", err)
+	}
+	return parseStreamHeader(b)
+}
+
+func parseStreamHeader(b []byte) (streamHeader, error) {
+	var raw struct {
+		Format   string          `json:"format"`
+		Manifest json.RawMessage `json:"manifest"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return streamHeader{}, fmt.Errorf("image stream: header: %w", err)
+	}
+	if raw.Format != streamFormat {
+		return streamHeader{}, fmt.Errorf("image stream: format %q, want %q", raw.Format, streamFormat)
+	}
+	m, err := ParseManifest(raw.Manifest)
+	if err != nil {
+		return streamHeader{}, fmt.Errorf("image stream: %w", err)
+	}
+	seen := map[string]bool{}
+	for _, f := range m.Files {
+		if seen[f.Path] {
+			return streamHeader{}, fmt.Errorf("image stream: file %s listed twice", f.Path)
+		}
+		seen[f.Path] = true
+	}
+	for p := range seen { // a file may not also be a directory of another
+		for d := filepath.Dir(p); d != "."; d = filepath.Dir(d) {
+			if seen[d] {
+				return streamHeader{}, fmt.Errorf("image stream: %s is both a file and a directory", d)
+			}
+		}
+	}
+	return streamHeader{Format: raw.Format, Manifest: m}, nil
+}
+
+// watchCtx unblocks I/O on conn when ctx ends (net.Conn deadlines).
+func watchCtx(ctx context.Context, conn io.ReadWriter) func() {
+	c, ok := conn.(net.Conn)
+	if !ok || ctx.Done() == nil {
+		return func() {}
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-ctx.Done():
+			_ = c.SetDeadline(time.Unix(1, 0))
+		case <-stop:
+		}
+	}()
+	return func() { close(stop); <-done }
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return err
+}
