@@ -1,0 +1,36 @@
+// Package transfer moves a file or a directory between two nodes so that
+// only the chunks the receiver lacks cross the network.
+//
+// The protocol runs over any io.ReadWriter (a net.Conn, a TLS connection
+// from the agent's mTLS listener, or the body pair of one HTTP request via
+// Handler and Dial). It is the same whichever side dialled:
+//
+//	sender                              receiver
+//	HELLO  (transfer id, name, kind) ─▶
+//	INDEX  (chunks, holes, digest)   ─▶ looks each chunk up: in its partial
+//	                                    file (a resumed transfer), in its
+//	                                    chunk store (verified; a corrupt one
+//	                                    is removed and asked for)
+//	                                 ◀─ WANT (entries it lacks)
+//	CHUNK × n (only those)           ─▶ verifies each against its id and
+//	                                    writes it at every offset it occurs
+//	DONE                             ─▶ checks the whole-file digest,
+//	                                    renames the file into place
+//	                                 ◀─ RESULT (ok or the reason)
+//
+// Either side may send ERROR instead, with a reason, and close. A transfer
+// cut at any point is resumed by running it again with the same transfer id:
+// what the receiver already wrote to its partial file (checked by hash) or
+// holds in its store is not sent again. Holes (all-zero runs) are never sent
+// and stay sparse in the rebuilt file.
+//
+// Directories (process checkpoints) travel as a tar stream cut by FastCDC;
+// the receiver extracts it into a fresh directory with every path confined
+// to it (os.Root, plus explicit checks that give clear errors for path
+// traversal, absolute names, escaping symlinks and special files) and
+// swaps it into place, so a committed checkpoint is never replaced by a
+// partial one.
+//
+// Every message is a frame: type u8, length u32 (big-endian), payload, with
+// a per-type length limit checked before anything is read or allocated.
+package transfer

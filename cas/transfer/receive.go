@@ -1,0 +1,449 @@
+package transfer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/ferrycluster/ferry/cas"
+	"github.com/ferrycluster/ferry/cas/chunker"
+)
+
+// Receiver accepts transfers. One Receiver serves any number of concurrent
+// transfers (each on its own connection); two with the same id at once are
+// refused with ErrBusy.
+type Receiver struct {
+	// StagingDir holds partial files (ID.part) and their index digests
+	// (ID.state) until a transfer completes; it must be on the same
+	// filesystem as the destinations so the final rename is atomic.
+	StagingDir string
+	// DestDir is where a transfer lands: DestDir/Name. Dest, if set,
+	// overrides it and may refuse a transfer by returning an error.
+	DestDir string
+	Dest    func(h Header, x *cas.Index) (string, error)
+	// Store, if set, is consulted for chunks before asking for them; a
+	// corrupt chunk found there is removed and asked for.
+	Store *cas.Store
+	// Keep adds every received chunk to Store (slower: one small file per
+	// chunk), so later transfers of similar files find them.
+	Keep bool
+	// Limits on the index a sender may announce (zero: cas defaults).
+	Limits   cas.DecodeLimits
+	Progress ProgressFunc
+	Logger   *slog.Logger
+
+	mu     sync.Mutex
+	active map[string]bool
+}
+
+// ReceiveResult says what a transfer did on this side.
+type ReceiveResult struct {
+	Header Header
+	Index  *cas.Index
+	// Path is where the file or directory now is.
+	Path string
+	// Resumed counts chunks found in the partial file of an earlier
+	// attempt; FromStore those copied from the store; Refetched those found
+	// corrupt in the store and asked for again; Received those that came
+	// over the wire (ReceivedBytes before decompression).
+	Resumed, FromStore, Refetched, Received int
+	ReceivedBytes                           int64
+	WantedChunks                            int
+}
+
+func (rc *Receiver) lock(id string) bool {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.active == nil {
+		rc.active = map[string]bool{}
+	}
+	if rc.active[id] {
+		return false
+	}
+	rc.active[id] = true
+	return true
+}
+
+func (rc *Receiver) unlock(id string) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	delete(rc.active, id)
+}
+
+// Serve runs the receiving side of one transfer on conn. On failure it
+// tells the sender why (ERROR) and keeps the partial file for a resume,
+// unless the data was found corrupt.
+func (rc *Receiver) Serve(ctx context.Context, conn io.ReadWriter) (res ReceiveResult, err error) {
+	log := rc.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "cas.transfer", "role", "receiver")
+	stop := watch(ctx, conn)
+	defer stop()
+	w := newFrameWriter(conn, flusherOf(conn))
+	r := newFrameReader(conn)
+	defer func() {
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("transfer: %w (%v)", ctx.Err(), err)
+		}
+		if !errors.Is(err, ErrRemote) && !errors.Is(err, ErrTruncated) {
+			w.frame(msgError, []byte(err.Error()))
+			w.Flush()
+		}
+		log.Warn("receive failed", "transfer", res.Header.ID, "err", err)
+	}()
+	err = rc.serve(ctx, r, w, &res, log)
+	return res, err
+}
+
+func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, res *ReceiveResult, log *slog.Logger) error {
+	t, n, err := r.next("HELLO", map[msgType]int{msgHello: maxSmallFrame})
+	if err != nil {
+		return err
+	}
+	b, err := r.payload(t, n, nil)
+	if err != nil {
+		return err
+	}
+	h, err := DecodeHello(b)
+	if err != nil {
+		return err
+	}
+	res.Header = h
+	log = log.With("transfer", h.ID)
+	if !rc.lock(h.ID) {
+		return fmt.Errorf("%w: %s", ErrBusy, h.ID)
+	}
+	defer rc.unlock(h.ID)
+
+	lim := rc.Limits
+	if lim.MaxEntries <= 0 {
+		lim.MaxEntries = cas.DefaultMaxEntries
+	}
+	if lim.MaxFileSize <= 0 {
+		lim.MaxFileSize = cas.DefaultMaxFileSize
+	}
+	_, n, err = r.next("INDEX", map[msgType]int{msgIndex: cas.HeaderLen + lim.MaxEntries*cas.DataEntryLen})
+	if err != nil {
+		return err
+	}
+	lr := &io.LimitedReader{R: r.br, N: int64(n)}
+	x, err := cas.DecodeIndexLimits(lr, lim)
+	if err != nil {
+		return err
+	}
+	res.Index = x
+	dest, err := rc.destination(h, x)
+	if err != nil {
+		return err
+	}
+
+	prog := &progressor{fn: rc.Progress, p: Progress{ID: h.ID, Size: x.Size}}
+	part, err := rc.openPartial(h, x)
+	if err != nil {
+		return err
+	}
+	defer part.f.Close()
+
+	// Find what we have.
+	prog.phase(PhaseScan)
+	offs := x.Offsets()
+	where := make(map[cas.ID][]int, len(x.Entries)) // entry numbers of each chunk
+	var order []int                                 // first entry of each unique chunk
+	for i, e := range x.Entries {
+		if e.Hole {
+			continue
+		}
+		if _, ok := where[e.ID]; !ok {
+			order = append(order, i)
+		}
+		where[e.ID] = append(where[e.ID], i)
+	}
+	var want []uint32
+	wanted := map[uint32]bool{}
+	buf := make([]byte, 0, 64<<10)
+	for _, first := range order {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		e := x.Entries[first]
+		occ := where[e.ID]
+		var good []bool
+		var data []byte
+		if part.resumed {
+			good = make([]bool, len(occ))
+			for k, i := range occ {
+				if cap(buf) < int(e.Length) {
+					buf = make([]byte, e.Length)
+				}
+				d := buf[:e.Length]
+				if _, err := part.f.ReadAt(d, offs[i]); err == nil && !chunker.IsZero(d) && cas.Sum(d) == e.ID {
+					good[k] = true
+					if data == nil {
+						data = append([]byte(nil), d...)
+					}
+				}
+			}
+			if data != nil {
+				res.Resumed++
+			}
+		}
+		if data == nil && rc.Store != nil {
+			d, err := rc.Store.Get(e.ID, nil)
+			switch {
+			case err == nil:
+				data = d
+				res.FromStore++
+			case errors.Is(err, cas.ErrCorrupt):
+				res.Refetched++
+				log.Warn("corrupt chunk in store, fetching it again", "chunk", e.ID.String(), "err", err)
+			case errors.Is(err, cas.ErrNotFound):
+			default:
+				return err
+			}
+		}
+		if data == nil {
+			want = append(want, uint32(first))
+			wanted[uint32(first)] = true
+			prog.p.Wanted += int64(e.Length)
+			continue
+		}
+		for k, i := range occ {
+			if good != nil && good[k] {
+				continue
+			}
+			if _, err := part.f.WriteAt(data, offs[i]); err != nil {
+				return fmt.Errorf("transfer: write partial: %w", err)
+			}
+		}
+	}
+	prog.p.Present = x.Size - prog.p.Wanted
+	prog.p.ChunksWanted = len(want)
+	res.WantedChunks = len(want)
+	if err := w.frame(msgWant, encodeWant(want)); err != nil {
+		return err
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("transfer: send WANT: %w", err)
+	}
+
+	// Receive the chunks.
+	prog.phase(PhaseStream)
+	var zbuf []byte
+	var frame []byte
+	limits := map[msgType]int{msgChunk: maxChunkFrame, msgDone: 0}
+	for {
+		t, n, err := r.next(fmt.Sprintf("CHUNK (%d of %d received)", res.Received, len(want)), limits)
+		if err != nil {
+			return err
+		}
+		if t == msgDone {
+			break
+		}
+		if frame, err = r.payload(t, n, frame); err != nil {
+			return err
+		}
+		if len(frame) < chunkHdrLen {
+			return fmt.Errorf("%w: CHUNK of %d bytes is too short", cas.ErrInvalid, len(frame))
+		}
+		i := uint32(frame[0])<<24 | uint32(frame[1])<<16 | uint32(frame[2])<<8 | uint32(frame[3])
+		if !wanted[i] {
+			return fmt.Errorf("%w: CHUNK for entry %d, which was not asked for or came twice", cas.ErrInvalid, i)
+		}
+		e := x.Entries[i]
+		data, err := cas.Decode(cas.Encoding(frame[4]), frame[chunkHdrLen:], int(e.Length), zbuf)
+		if err != nil {
+			return fmt.Errorf("CHUNK for entry %d: %w", i, err)
+		}
+		if cas.Encoding(frame[4]) == cas.Zstd {
+			zbuf = data
+		}
+		if cas.Sum(data) != e.ID {
+			return fmt.Errorf("%w: CHUNK for entry %d does not hash to its id %s", cas.ErrCorrupt, i, e.ID.Short())
+		}
+		for _, k := range where[e.ID] {
+			if _, err := part.f.WriteAt(data, offs[k]); err != nil {
+				return fmt.Errorf("transfer: write partial: %w", err)
+			}
+		}
+		if rc.Keep && rc.Store != nil {
+			if _, err := rc.Store.Put(e.ID, data); err != nil {
+				return err
+			}
+		}
+		delete(wanted, i)
+		res.Received++
+		res.ReceivedBytes += int64(e.Length)
+		prog.add(int64(e.Length))
+	}
+	if len(wanted) != 0 {
+		return fmt.Errorf("%w: DONE with %d of %d chunks missing", ErrProtocol, len(wanted), len(want))
+	}
+
+	// Verify and commit.
+	prog.phase(PhaseVerify)
+	if err := part.f.Sync(); err != nil {
+		return err
+	}
+	if _, err := part.f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	hsh := sha256.New()
+	if _, err := io.Copy(hsh, part.f); err != nil {
+		return err
+	}
+	if cas.ID(hsh.Sum(nil)) != x.Digest {
+		part.discard()
+		return fmt.Errorf("%w: rebuilt %s does not match its whole-file digest %s", cas.ErrCorrupt, h.Name, x.Digest.Short())
+	}
+	if rc.Keep && rc.Store != nil {
+		if err := rc.Store.Sync(); err != nil {
+			return err
+		}
+	}
+	if err := rc.commit(h, part, dest); err != nil {
+		return err
+	}
+	res.Path = dest
+	if err := w.frame(msgResult, encodeResult(nil)); err != nil {
+		return err
+	}
+	if err := w.Flush(); err != nil {
+		// The data is committed; the sender will retry and find it all here.
+		log.Warn("result not delivered", "err", err)
+	}
+	prog.phase(PhaseComplete)
+	log.Info("received", "name", h.Name, "size", x.Size, "received", res.Received, "from_store", res.FromStore, "resumed", res.Resumed)
+	return nil
+}
+
+func (rc *Receiver) destination(h Header, x *cas.Index) (string, error) {
+	if rc.Dest != nil {
+		return rc.Dest(h, x)
+	}
+	if rc.DestDir == "" {
+		return "", errors.New("transfer: receiver has neither DestDir nor Dest")
+	}
+	return filepath.Join(rc.DestDir, filepath.FromSlash(h.Name)), nil
+}
+
+type partial struct {
+	f           *os.File
+	path, state string
+	resumed     bool
+}
+
+func (p *partial) discard() {
+	os.Remove(p.path)
+	os.Remove(p.state)
+}
+
+// openPartial opens the staging file of transfer h. It is resumed only if
+// the earlier attempt announced the same file (same digest and size);
+// otherwise it starts empty (sparse, of the final size).
+func (rc *Receiver) openPartial(h Header, x *cas.Index) (*partial, error) {
+	if rc.StagingDir == "" {
+		return nil, errors.New("transfer: receiver has no StagingDir")
+	}
+	if err := os.MkdirAll(rc.StagingDir, 0o700); err != nil {
+		return nil, err
+	}
+	p := &partial{path: filepath.Join(rc.StagingDir, h.ID+".part"), state: filepath.Join(rc.StagingDir, h.ID+".state")}
+	state := fmt.Sprintf("%s %d %s %d\n", hex.EncodeToString(x.Digest[:]), x.Size, h.Kind, x.Chunking)
+	old, err := os.ReadFile(p.state)
+	if err == nil && string(old) == state {
+		if _, err := os.Stat(p.path); err == nil {
+			p.resumed = true
+		}
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if !p.resumed {
+		os.Remove(p.path)
+		if err := os.WriteFile(p.state, []byte(state), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	f, err := os.OpenFile(p.path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Truncate(x.Size); err != nil {
+		f.Close()
+		return nil, err
+	}
+	p.f = f
+	return p, nil
+}
+
+// commit puts a verified partial file in place: a file is renamed to dest;
+// a directory's tar is extracted into a fresh directory beside dest, which
+// then replaces dest.
+func (rc *Receiver) commit(h Header, p *partial, dest string) error {
+	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
+		return err
+	}
+	switch h.Kind {
+	case KindFile:
+		if err := p.f.Chmod(fs.FileMode(h.Mode)); err != nil {
+			return err
+		}
+		if err := os.Rename(p.path, dest); err != nil {
+			return fmt.Errorf("transfer: commit %s: %w", dest, err)
+		}
+	case KindDir:
+		if _, err := p.f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		tmp := dest + ".ferry-new-" + h.ID
+		os.RemoveAll(tmp)
+		if err := Extract(p.f, tmp, ExtractLimits{}); err != nil {
+			os.RemoveAll(tmp)
+			p.discard()
+			return err
+		}
+		if err := swapDir(tmp, dest, h.ID); err != nil {
+			os.RemoveAll(tmp)
+			return err
+		}
+		os.Remove(p.path)
+	}
+	os.Remove(p.state)
+	syncDir(filepath.Dir(dest))
+	return nil
+}
+
+// swapDir replaces dest with tmp: dest is moved aside first, so at every
+// instant dest is either the old complete directory or the new one.
+func swapDir(tmp, dest, id string) error {
+	old := dest + ".ferry-old-" + id
+	os.RemoveAll(old)
+	if err := os.Rename(dest, old); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("transfer: commit %s: %w", dest, err)
+	}
+	if err := os.Rename(tmp, dest); err != nil {
+		os.Rename(old, dest)
+		return fmt.Errorf("transfer: commit %s: %w", dest, err)
+	}
+	os.RemoveAll(old)
+	return nil
+}
+
+func syncDir(dir string) {
+	if f, err := os.Open(dir); err == nil {
+		f.Sync()
+		f.Close()
+	}
+}

@@ -1,0 +1,221 @@
+package transfer
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/ferrycluster/ferry/cas"
+)
+
+// SendOptions configure one transfer from this side.
+type SendOptions struct {
+	// ID names the transfer; use the same one to resume after a failure.
+	ID string
+	// Name is the relative path the receiver is asked to give the file.
+	Name string
+	// Chunking to use when Index is nil (default cas.Fixed).
+	Chunking cas.Chunking
+	// Index of the file if already computed (saves re-hashing on a retry).
+	Index *cas.Index
+	// Compress sends a chunk zstd-compressed when that saves at least 10%.
+	Compress bool
+	Progress ProgressFunc
+	Logger   *slog.Logger
+}
+
+// SendResult says what crossed the wire.
+type SendResult struct {
+	Index *cas.Index
+	// ChunksSent and BytesSent count chunk payloads (BytesSent before
+	// compression, PayloadBytes after); WireBytes counts everything this
+	// side wrote, frames and index included.
+	ChunksSent              int
+	BytesSent, PayloadBytes int64
+	WireBytes               int64
+	IndexBytes              int64
+}
+
+// SendFile sends the file at path over conn to a Receiver.
+func SendFile(ctx context.Context, conn io.ReadWriter, path string, opts SendOptions) (SendResult, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return SendResult{}, fmt.Errorf("transfer: send: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return SendResult{}, fmt.Errorf("transfer: send: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return SendResult{}, fmt.Errorf("%w: send %s: not a regular file", cas.ErrInvalid, path)
+	}
+	return send(ctx, conn, f, Header{ID: opts.ID, Name: opts.Name, Kind: KindFile, Mode: uint32(st.Mode().Perm())}, opts)
+}
+
+func send(ctx context.Context, conn io.ReadWriter, src *os.File, h Header, opts SendOptions) (res SendResult, err error) {
+	if err := h.Validate(); err != nil {
+		return res, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "cas.transfer", "transfer", h.ID, "role", "sender")
+	prog := &progressor{fn: opts.Progress, p: Progress{ID: h.ID}}
+	x := opts.Index
+	if x == nil {
+		prog.phase(PhaseIndex)
+		ch := opts.Chunking
+		if ch == 0 {
+			ch = cas.Fixed
+		}
+		if _, err := src.Seek(0, io.SeekStart); err != nil {
+			return res, err
+		}
+		if x, err = cas.BuildIndex(src, cas.IndexOptions{Chunking: ch}); err != nil {
+			return res, fmt.Errorf("transfer: index %s: %w", h.Name, err)
+		}
+	}
+	res.Index = x
+	prog.p.Size = x.Size
+	stop := watch(ctx, conn)
+	defer stop()
+	defer func() {
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("transfer: %w (%v)", ctx.Err(), err)
+		}
+	}()
+	w := newFrameWriter(conn, flusherOf(conn))
+	r := newFrameReader(conn)
+	defer func() { res.WireBytes = w.n }()
+
+	// HELLO and INDEX.
+	if err := w.frame(msgHello, encodeHello(h)); err != nil {
+		return res, err
+	}
+	res.IndexBytes = x.EncodedLen()
+	if err := w.header(msgIndex, int(res.IndexBytes)); err != nil {
+		return res, err
+	}
+	if err := cas.EncodeIndex(w.bw, x); err != nil {
+		return res, err
+	}
+	if err := w.Flush(); err != nil {
+		return res, fmt.Errorf("transfer: send index: %w", err)
+	}
+
+	// WANT.
+	t, n, err := r.next("WANT", map[msgType]int{msgWant: 4 + 4*len(x.Entries)})
+	if err != nil {
+		return res, err
+	}
+	b, err := r.payload(t, n, nil)
+	if err != nil {
+		return res, err
+	}
+	want, err := DecodeWant(b, x)
+	if err != nil {
+		return res, err
+	}
+	offs := x.Offsets()
+	for _, i := range want {
+		prog.p.Wanted += int64(x.Entries[i].Length)
+	}
+	prog.p.ChunksWanted = len(want)
+	prog.p.Present = x.Size - prog.p.Wanted
+	log.Debug("receiver wants", "chunks", len(want), "bytes", prog.p.Wanted, "of", x.Size)
+	prog.phase(PhaseStream)
+
+	// CHUNKs.
+	sr := &spanReader{f: src, size: x.Size}
+	var hdr [chunkHdrLen]byte
+	var zbuf []byte
+	for _, i := range want {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		e := x.Entries[i]
+		data, err := sr.read(offs[i], int(e.Length))
+		if err != nil {
+			return res, fmt.Errorf("transfer: read %s at %d: %w", h.Name, offs[i], err)
+		}
+		enc, payload := cas.Raw, data
+		if opts.Compress {
+			enc, payload = cas.Compress(zbuf, data)
+			if enc == cas.Zstd {
+				zbuf = payload
+			}
+		}
+		hdr[0], hdr[1], hdr[2], hdr[3] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+		hdr[4] = byte(enc)
+		if err := w.frame(msgChunk, hdr[:], payload); err != nil {
+			return res, fmt.Errorf("transfer: send chunk %d: %w", i, err)
+		}
+		res.ChunksSent++
+		res.BytesSent += int64(e.Length)
+		res.PayloadBytes += int64(len(payload))
+		prog.add(int64(e.Length))
+	}
+	if err := w.frame(msgDone); err != nil {
+		return res, err
+	}
+	if err := w.Flush(); err != nil {
+		return res, fmt.Errorf("transfer: send: %w", err)
+	}
+
+	// RESULT.
+	t, n, err = r.next("RESULT", map[msgType]int{msgResult: maxSmallFrame})
+	if err != nil {
+		return res, err
+	}
+	if b, err = r.payload(t, n, b); err != nil {
+		return res, err
+	}
+	if len(b) == 0 || b[0] != 0 {
+		reason := ""
+		if len(b) > 1 {
+			reason = sanitize(string(b[1:]))
+		}
+		return res, fmt.Errorf("%w: receiver: %s", ErrRemote, reason)
+	}
+	prog.phase(PhaseComplete)
+	log.Info("sent", "name", h.Name, "size", x.Size, "chunks_sent", res.ChunksSent, "bytes_sent", res.BytesSent)
+	return res, nil
+}
+
+// spanReader serves reads at increasing offsets from 1 MiB windows.
+type spanReader struct {
+	f     *os.File
+	size  int64
+	buf   []byte
+	start int64
+}
+
+func (s *spanReader) read(off int64, n int) ([]byte, error) {
+	if off >= s.start && off+int64(n) <= s.start+int64(len(s.buf)) {
+		return s.buf[off-s.start : off-s.start+int64(n)], nil
+	}
+	want := max(n, 1<<20)
+	if rem := s.size - off; int64(want) > rem {
+		want = int(rem)
+	}
+	if want < n {
+		return nil, fmt.Errorf("%w: source shrank below its index", cas.ErrCorrupt)
+	}
+	if cap(s.buf) < want {
+		s.buf = make([]byte, want)
+	}
+	s.buf = s.buf[:want]
+	m, err := s.f.ReadAt(s.buf, off)
+	if m < n {
+		if err == nil || err == io.EOF {
+			err = fmt.Errorf("%w: source shrank below its index", cas.ErrCorrupt)
+		}
+		return nil, err
+	}
+	s.buf, s.start = s.buf[:m], off
+	return s.buf[:n], nil
+}
