@@ -1,0 +1,423 @@
+package plan
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/ferrycluster/ferry/cluster"
+)
+
+// placer computes a target placement by repair: tasks stay where they are
+// unless their state, a constraint or a node's capacity forces a move; the
+// tasks to place then go, most constrained and largest first, to a node
+// where they fit from t=0 if one exists (so their arrival need not wait),
+// else to the node where they fit in the final state with the least excess
+// at t=0. Offline nodes are booted only when nothing else fits.
+type placer struct {
+	in    *inst
+	a     *assign
+	zload []int64 // load at t=0 plus arrivals placed so far, per node and resource
+	scale []float64
+	open  []int32 // online target nodes still scanned for room at t=0
+	cur   int     // cursor into open (round robin)
+}
+
+func newPlacer(in *inst) *placer {
+	pl := &placer{in: in, a: newAssign(in), zload: make([]int64, in.nN*in.nR)}
+	for t := 0; t < in.nT; t++ {
+		if in.curState[t] == cluster.Running {
+			n := int(in.curNode[t])
+			for r := 0; r < in.nR; r++ {
+				pl.zload[n*in.nR+r] += in.demand[t*in.nR+r]
+			}
+		}
+	}
+	pl.scale = make([]float64, in.nR)
+	for r := 0; r < in.nR; r++ {
+		var mx int64 = 1
+		for n := 0; n < in.nN; n++ {
+			if c := in.capa[n*in.nR+r]; c > mx {
+				mx = c
+			}
+		}
+		pl.scale[r] = 1 / float64(mx)
+	}
+	return pl
+}
+
+func (pl *placer) size(t int32) float64 {
+	var s float64
+	for r, d := range pl.in.dem(t) {
+		s += float64(d) * pl.scale[r]
+	}
+	return s
+}
+
+// zfits: t fits on n at t=0 (with the arrivals already placed there).
+func (pl *placer) zfits(t, n int32) bool {
+	in := pl.in
+	d := in.dem(t)
+	z := pl.zload[int(n)*in.nR : int(n+1)*in.nR]
+	c := in.cap(n)
+	for r := range d {
+		if z[r]+d[r] > c[r] {
+			return false
+		}
+	}
+	return true
+}
+
+// zexcess is how far t overflows n at t=0, scaled.
+func (pl *placer) zexcess(t, n int32) float64 {
+	in := pl.in
+	d := in.dem(t)
+	z := pl.zload[int(n)*in.nR : int(n+1)*in.nR]
+	c := in.cap(n)
+	var e float64
+	for r := range d {
+		if x := z[r] + d[r] - c[r]; x > 0 {
+			e += float64(x) * pl.scale[r]
+		}
+	}
+	return e
+}
+
+func (pl *placer) put(t, n int32) {
+	pl.a.place(t, n)
+	in := pl.in
+	if in.curState[t] == cluster.Running && in.curNode[t] == n {
+		return // already counted in zload
+	}
+	for r, d := range in.dem(t) {
+		pl.zload[int(n)*in.nR+r] += d
+	}
+}
+
+// applyMaxOnline turns off nodes (not fixed by a state constraint) until
+// every maxOnline constraint holds in the target, preferring nodes that host
+// fewest tasks.
+func (in *inst) applyMaxOnline() error {
+	if len(in.cont.online) == 0 {
+		return nil
+	}
+	hosted := make([]int, in.nN)
+	for t := 0; t < in.nT; t++ {
+		if n := in.curNode[t]; n >= 0 {
+			hosted[n]++
+			if in.curState[t] == cluster.Sleeping && in.tgtState[t] == cluster.Sleeping {
+				hosted[n] += in.nT // sleeping images pin the node online
+			}
+		}
+	}
+	for _, r := range in.cont.online {
+		on := 0
+		var cand []int32
+		for _, n := range r.nodes {
+			if in.nodeTgt[n] == cluster.NodeOnline {
+				on++
+				if !in.nodeFixed[n] && !in.sealed[n] {
+					cand = append(cand, n)
+				}
+			}
+		}
+		if on <= r.amount {
+			continue
+		}
+		sort.SliceStable(cand, func(i, j int) bool { return hosted[cand[i]] < hosted[cand[j]] })
+		for _, n := range cand {
+			if on <= r.amount {
+				break
+			}
+			in.nodeTgt[n] = cluster.NodeOffline
+			in.nodeFixed[n] = true
+			on--
+		}
+		if on > r.amount {
+			return &ConflictError{Constraint: r.kind, Reason: fmt.Sprintf("constraint %d: %d nodes must stay online, at most %d allowed", r.ci, on, r.amount)}
+		}
+	}
+	return nil
+}
+
+// canBoot reports whether offline node n may be booted without breaking a
+// maxOnline constraint.
+func (in *inst) canBoot(n int32) bool {
+	if in.nodeFixed[n] || in.nodeTgt[n] == cluster.NodeOnline {
+		return false
+	}
+	for _, r := range in.cont.online {
+		if !containsNode(r.nodes, n) {
+			continue
+		}
+		on := 0
+		for _, x := range r.nodes {
+			if in.nodeTgt[x] == cluster.NodeOnline {
+				on++
+			}
+		}
+		if on+1 > r.amount {
+			return false
+		}
+	}
+	return true
+}
+
+// place computes the target placement. It returns the assignment (node of
+// each task running in the target) or a *ConflictError.
+func (in *inst) place() (*assign, error) {
+	if err := in.applyMaxOnline(); err != nil {
+		return nil, err
+	}
+	pl := newPlacer(in)
+	a := pl.a
+	// Sleeping images that stay must sit on nodes that stay online.
+	for t := 0; t < in.nT; t++ {
+		if in.curState[t] == cluster.Sleeping && in.tgtState[t] == cluster.Sleeping && in.nodeTgt[in.curNode[t]] != cluster.NodeOnline {
+			return nil, &ConflictError{Constraint: "offline", Node: in.m.Nodes[in.curNode[t]].Name,
+				Reason: fmt.Sprintf("node must go offline but keeps the image of sleeping task %q", in.m.Tasks[t].Name)}
+		}
+		if in.curState[t] == cluster.Running && in.tgtState[t] == cluster.Sleeping && in.nodeTgt[in.curNode[t]] != cluster.NodeOnline {
+			return nil, &ConflictError{Constraint: "offline", Node: in.m.Nodes[in.curNode[t]].Name,
+				Reason: fmt.Sprintf("node must go offline but task %q is to be suspended on it", in.m.Tasks[t].Name)}
+		}
+	}
+	// Keep phase.
+	var keep, toPlace []int32
+	for t := 0; t < in.nT; t++ {
+		if in.tgtState[t] != cluster.Running {
+			continue
+		}
+		if in.curState[t] == cluster.Running {
+			keep = append(keep, int32(t))
+		} else {
+			toPlace = append(toPlace, int32(t))
+		}
+	}
+	mig := make([]int64, in.nT)
+	for _, t := range keep {
+		mig[t] = in.duration(cluster.Migrate, t, in.curNode[t], in.curNode[t])
+	}
+	sort.SliceStable(keep, func(i, j int) bool {
+		ti, tj := keep[i], keep[j]
+		if in.pinned[ti] != in.pinned[tj] {
+			return in.pinned[ti]
+		}
+		if mig[ti] != mig[tj] {
+			return mig[ti] > mig[tj]
+		}
+		return pl.size(ti) > pl.size(tj)
+	})
+	for _, t := range keep {
+		n := in.curNode[t]
+		ok, _ := a.allowed(t, n)
+		if ok && a.fits(t, n) {
+			a.place(t, n)
+			continue
+		}
+		if in.pinned[t] {
+			return nil, in.conflictAt(a, t, n, "cannot stay on its node")
+		}
+		toPlace = append(toPlace, t)
+	}
+	// Place phase: noDelay and pinned first, then constrained, then largest.
+	constrained := func(t int32) int {
+		if in.noDelay[t] || in.pinned[t] {
+			return 0
+		}
+		if len(in.taskRules[t]) > 0 {
+			return 1
+		}
+		return 2
+	}
+	sizes := make(map[int32]float64, len(toPlace))
+	for _, t := range toPlace {
+		sizes[t] = pl.size(t)
+	}
+	sort.SliceStable(toPlace, func(i, j int) bool {
+		ci, cj := constrained(toPlace[i]), constrained(toPlace[j])
+		if ci != cj {
+			return ci < cj
+		}
+		return sizes[toPlace[i]] > sizes[toPlace[j]]
+	})
+	for n := 0; n < in.nN; n++ {
+		if in.nodeTgt[n] == cluster.NodeOnline && !in.sealed[n] {
+			pl.open = append(pl.open, int32(n))
+		}
+	}
+	for _, t := range toPlace {
+		n := pl.choose(t)
+		if n < 0 {
+			n = pl.bootFor(t)
+		}
+		if n < 0 {
+			return nil, pl.explain(t)
+		}
+		pl.put(t, n)
+	}
+	return a, nil
+}
+
+// candidates returns the explicit node list for t when one rule restricts it
+// to few nodes (a fence, the node it is pinned to), else nil.
+func (pl *placer) candidates(t int32) []int32 {
+	in := pl.in
+	if in.pinned[t] && in.curNode[t] >= 0 {
+		return []int32{in.curNode[t]}
+	}
+	var best []int32
+	for _, r := range in.taskRules[t] {
+		switch r := r.(type) {
+		case *fenceRule:
+			if best == nil || len(r.nodes) < len(best) {
+				best = r.nodes
+			}
+		case *gatherRule:
+			if r.fixed >= 0 {
+				return []int32{r.fixed}
+			}
+			if r.cnt > 0 {
+				return []int32{r.node}
+			}
+		}
+	}
+	return best
+}
+
+// choose picks a node for t among online target nodes, or -1.
+func (pl *placer) choose(t int32) int32 {
+	in := pl.in
+	a := pl.a
+	// A sleeping task resumes where its image is when it can.
+	if in.curState[t] == cluster.Sleeping {
+		n := in.curNode[t]
+		if ok, _ := a.allowed(t, n); ok && a.fits(t, n) && pl.zfits(t, n) {
+			return n
+		}
+	}
+	if cs := pl.candidates(t); cs != nil {
+		best, bestEx := int32(-1), 0.0
+		for _, n := range cs {
+			if !a.fits(t, n) {
+				continue
+			}
+			if ok, _ := a.allowed(t, n); !ok {
+				continue
+			}
+			ex := pl.zexcess(t, n)
+			if best < 0 || ex < bestEx {
+				best, bestEx = n, ex
+			}
+			if ex == 0 {
+				break
+			}
+		}
+		return best
+	}
+	// Round robin over open nodes: first that fits at t=0.
+	nOpen := len(pl.open)
+	if nOpen == 0 {
+		return -1
+	}
+	best, bestEx := int32(-1), 0.0
+	for k := 0; k < nOpen; k++ {
+		i := (pl.cur + k) % nOpen
+		n := pl.open[i]
+		if !a.fits(t, n) {
+			continue
+		}
+		ex := pl.zexcess(t, n)
+		if best >= 0 && ex >= bestEx {
+			continue
+		}
+		if ok, _ := a.allowed(t, n); !ok {
+			continue
+		}
+		best, bestEx = n, ex
+		if ex == 0 {
+			pl.cur = i
+			break
+		}
+	}
+	return best
+}
+
+// bootFor boots an offline node that t can run on, or returns -1.
+func (pl *placer) bootFor(t int32) int32 {
+	in := pl.in
+	for n := int32(0); n < int32(in.nN); n++ {
+		if !in.canBoot(n) || in.sealed[n] {
+			continue
+		}
+		in.nodeTgt[n] = cluster.NodeOnline
+		if ok, _ := pl.a.allowed(t, n); ok && pl.a.fits(t, n) {
+			pl.open = append(pl.open, n)
+			return n
+		}
+		in.nodeTgt[n] = cluster.NodeOffline
+	}
+	return -1
+}
+
+// explain builds the conflict for a task no node can take.
+func (pl *placer) explain(t int32) error {
+	in := pl.in
+	a := pl.a
+	name := in.m.Tasks[t].Name
+	var rejected rule
+	anyAllowed := false
+	for n := int32(0); n < int32(in.nN); n++ {
+		ok, r := a.allowed(t, n)
+		if ok {
+			anyAllowed = true
+			break
+		}
+		if r != nil && rejected == nil {
+			rejected = r
+		}
+	}
+	if !anyAllowed {
+		ce := &ConflictError{Reason: fmt.Sprintf("no node may host task %q", name)}
+		if rejected != nil {
+			ce.Constraint = rejected.name()
+		} else if in.pinned[t] {
+			ce.Constraint = "root"
+		}
+		return ce
+	}
+	// Capacity: the resource with the most total shortage.
+	res := ""
+	worst := -1.0
+	for r := 0; r < in.nR; r++ {
+		var free int64
+		for n := int32(0); n < int32(in.nN); n++ {
+			if ok, _ := a.allowed(t, n); ok {
+				if f := in.capa[int(n)*in.nR+r] - a.load[int(n)*in.nR+r]; f > free {
+					free = f
+				}
+			}
+		}
+		if sh := float64(in.demand[int(t)*in.nR+r]-free) * pl.scale[r]; sh > worst {
+			worst, res = sh, in.m.Resources[r]
+		}
+	}
+	return &ConflictError{Resource: res, Reason: fmt.Sprintf("no node has room for task %q", name)}
+}
+
+// conflictAt explains why t cannot stay on n.
+func (in *inst) conflictAt(a *assign, t, n int32, what string) error {
+	ce := &ConflictError{Node: in.m.Nodes[n].Name, Reason: fmt.Sprintf("pinned task %q %s", in.m.Tasks[t].Name, what)}
+	if ok, r := a.allowed(t, n); !ok {
+		if r != nil {
+			ce.Constraint = r.name()
+		}
+		return ce
+	}
+	for r := 0; r < in.nR; r++ {
+		if a.load[int(n)*in.nR+r]+in.demand[int(t)*in.nR+r] > in.capa[int(n)*in.nR+r] {
+			ce.Resource = in.m.Resources[r]
+			break
+		}
+	}
+	return ce
+}

@@ -1,0 +1,254 @@
+package plan
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	"github.com/ferrycluster/ferry/cluster"
+)
+
+// Solve computes a target placement and a viable reconfiguration plan for p.
+//
+// It returns a *ConflictError (errors.Is(err, ErrNoSolution)) when it finds
+// no viable plan, naming the constraint, node or resource at fault, and an
+// error wrapping cluster.ErrInvalid when the problem itself is malformed (an
+// index out of range, an unknown resource, a negative amount). Solve is pure:
+// it reads the clock only through opts.Now, to honour opts.Timeout, and the
+// same problem and options give the same plan. When the timeout cuts the
+// search short it returns the best viable plan found so far.
+func Solve(ctx context.Context, p *Problem, opts Options) (*Plan, error) {
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	t0 := now()
+	var deadline time.Time
+	if opts.Timeout > 0 {
+		deadline = t0.Add(opts.Timeout)
+	}
+	expired := func() bool {
+		if ctx.Err() != nil {
+			return true
+		}
+		return !deadline.IsZero() && !now().Before(deadline)
+	}
+	in, err := compile(p)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	lb := in.lowerBound()
+	s := search{in: in, expired: expired, seed: opts.Seed}
+	best, err := s.run()
+	if err != nil {
+		return nil, err
+	}
+	pl := &Plan{Origin: p.Model, Actions: best.actions, Result: in.result(best.a)}
+	pl.Stats = Stats{
+		Elapsed:    now().Sub(t0),
+		LowerBound: lb,
+		TimedOut:   s.timedOut,
+		Optimal:    s.proved || pl.MTTR() == lb,
+	}
+	return pl, nil
+}
+
+// candidate is a complete viable plan with its placement and scores.
+type candidate struct {
+	a          *assign
+	actions    []Action
+	mttr       int64
+	migrations int
+}
+
+func (c *candidate) better(o *candidate, obj Objective) bool {
+	if o == nil {
+		return true
+	}
+	if obj == MinMigrations && c.migrations != o.migrations {
+		return c.migrations < o.migrations
+	}
+	if c.mttr != o.mttr {
+		return c.mttr < o.mttr
+	}
+	return c.migrations < o.migrations
+}
+
+// search drives the stages: placement, scheduling, then improvement while
+// time remains.
+type search struct {
+	in       *inst
+	expired  func() bool
+	seed     int64
+	timedOut bool
+	proved   bool
+}
+
+func (s *search) evaluate(a *assign) (*candidate, error) {
+	sc := newSched(s.in, a)
+	if err := sc.run(); err != nil {
+		return nil, err
+	}
+	c := &candidate{a: a, actions: sc.actions()}
+	for _, x := range c.actions {
+		c.mttr += x.End
+		if x.Kind == cluster.Migrate {
+			c.migrations++
+		}
+	}
+	return c, nil
+}
+
+func (s *search) run() (*candidate, error) {
+	in := s.in
+	a, err := in.place()
+	if err != nil {
+		return nil, err
+	}
+	best, err := s.evaluate(a)
+	if err != nil {
+		return nil, err
+	}
+	if s.expired() {
+		s.timedOut = true
+		return best, nil
+	}
+	if c, proved, timedOut := s.exhaustive(best); c != nil || proved || timedOut {
+		if c != nil && c.better(best, in.p.Objective) {
+			best = c
+		}
+		s.proved = proved
+		s.timedOut = s.timedOut || timedOut
+	}
+	return best, nil
+}
+
+// result applies the target to a copy of the origin.
+func (in *inst) result(a *assign) *cluster.Model {
+	r := in.m.Clone()
+	for i := range r.Nodes {
+		r.Nodes[i].State = in.nodeTgt[i]
+	}
+	for t := range r.Tasks {
+		task := &r.Tasks[t]
+		task.State = in.tgtState[t]
+		switch task.State {
+		case cluster.Running:
+			task.Node = int(a.node[t])
+		case cluster.Sleeping:
+			task.Node = int(in.curNode[t])
+		default:
+			task.Node = cluster.NoNode
+		}
+	}
+	return r
+}
+
+// lowerBound is the sum of the durations of the actions no plan can avoid:
+// state changes, node state changes fixed by constraints, migrations out of
+// nodes that must go offline or that a ban or fence forbids, and the fewest
+// migrations that relieve a node whose staying tasks overflow it.
+func (in *inst) lowerBound() int64 {
+	var lb int64
+	for n := int32(0); n < int32(in.nN); n++ {
+		if !in.nodeFixed[n] || in.nodeCur[n] == in.nodeTgt[n] {
+			continue
+		}
+		if in.nodeTgt[n] == cluster.NodeOnline {
+			lb += in.duration(cluster.BootNode, -1, -1, n)
+		} else {
+			lb += in.duration(cluster.ShutdownNode, -1, -1, n)
+		}
+	}
+	// staying[n]: tasks running on n that stay running and are not forced off.
+	forced := make([]bool, in.nT)
+	for t := int32(0); t < int32(in.nT); t++ {
+		cs, ts, cn := in.curState[t], in.tgtState[t], in.curNode[t]
+		switch {
+		case cs == ts && cs != cluster.Running:
+		case cs == cluster.Running && ts == cluster.Running:
+			if in.nodeFixed[cn] && in.nodeTgt[cn] == cluster.NodeOffline {
+				forced[t] = true
+			}
+			for _, r := range in.taskRules[t] {
+				switch r := r.(type) {
+				case *banRule:
+					if containsNode(r.nodes, cn) {
+						forced[t] = true
+					}
+				case *fenceRule:
+					if !containsNode(r.nodes, cn) {
+						forced[t] = true
+					}
+				}
+			}
+			if forced[t] {
+				lb += in.duration(cluster.Migrate, t, cn, cn)
+			}
+		case ts == cluster.Running && cs == cluster.Ready:
+			lb += in.duration(cluster.Boot, t, -1, -1)
+		case ts == cluster.Running && cs == cluster.Sleeping:
+			lb += in.duration(cluster.Resume, t, cn, cn)
+		case ts == cluster.Sleeping:
+			lb += in.duration(cluster.Suspend, t, cn, cn)
+		case ts == cluster.Ready:
+			lb += in.duration(cluster.Shutdown, t, cn, -1)
+		case ts == cluster.Killed:
+			lb += in.duration(cluster.Kill, t, cn, -1)
+		}
+	}
+	// Overflowing nodes.
+	byNode := make([][]int32, in.nN)
+	for t := int32(0); t < int32(in.nT); t++ {
+		if in.curState[t] == cluster.Running && in.tgtState[t] == cluster.Running && !forced[t] {
+			byNode[in.curNode[t]] = append(byNode[in.curNode[t]], t)
+		}
+	}
+	for n := int32(0); n < int32(in.nN); n++ {
+		ts := byNode[n]
+		if len(ts) == 0 || in.nodeTgt[n] != cluster.NodeOnline {
+			continue
+		}
+		k := 0
+		for r := 0; r < in.nR; r++ {
+			var sum int64
+			ds := make([]int64, 0, len(ts))
+			for _, t := range ts {
+				d := in.demand[int(t)*in.nR+r]
+				sum += d
+				ds = append(ds, d)
+			}
+			excess := sum - in.capa[int(n)*in.nR+r]
+			if excess <= 0 {
+				continue
+			}
+			sort.Slice(ds, func(i, j int) bool { return ds[i] > ds[j] })
+			kr := 0
+			for _, d := range ds {
+				if excess <= 0 {
+					break
+				}
+				excess -= d
+				kr++
+			}
+			if kr > k {
+				k = kr
+			}
+		}
+		if k == 0 {
+			continue
+		}
+		durs := make([]int64, 0, len(ts))
+		for _, t := range ts {
+			durs = append(durs, in.duration(cluster.Migrate, t, n, n))
+		}
+		sort.Slice(durs, func(i, j int) bool { return durs[i] < durs[j] })
+		for i := 0; i < k && i < len(durs); i++ {
+			lb += durs[i]
+		}
+	}
+	return lb
+}

@@ -1,0 +1,226 @@
+package plan_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/ferrycluster/ferry/cluster"
+	"github.com/ferrycluster/ferry/plan"
+	"github.com/ferrycluster/ferry/plan/verify"
+	"pgregory.net/rapid"
+)
+
+// solveAndVerify solves p and runs the plan through the independent
+// verifier. It returns the plan, or nil when the planner found a conflict.
+// tb is what testing.TB and *rapid.T share.
+type tb interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
+
+func solveAndVerify(t tb, p *plan.Problem, seed int64) *plan.Plan {
+	t.Helper()
+	pl, err := plan.Solve(context.Background(), p, plan.Options{Seed: seed})
+	if err != nil {
+		var ce *plan.ConflictError
+		if !errors.As(err, &ce) || !errors.Is(err, plan.ErrNoSolution) {
+			t.Fatalf("Solve: %v (not a ConflictError)", err)
+		}
+		return nil
+	}
+	if err := verify.Check(p, pl); err != nil {
+		t.Fatalf("plan fails verification: %v\nplan:\n%s", err, dump(p, pl))
+	}
+	if pl.Stats.LowerBound > pl.MTTR() {
+		t.Fatalf("lower bound %d above the plan's MTTR %d", pl.Stats.LowerBound, pl.MTTR())
+	}
+	return pl
+}
+
+func dump(p *plan.Problem, pl *plan.Plan) string {
+	m := p.Model
+	s := ""
+	for _, n := range m.Nodes {
+		s += fmt.Sprintf("node %s %s cap %v\n", n.Name, n.State, n.Capacity)
+	}
+	for _, t := range m.Tasks {
+		node := "-"
+		if t.Node >= 0 {
+			node = m.Nodes[t.Node].Name
+		}
+		s += fmt.Sprintf("task %s %s on %s demand %v dur %v\n", t.Name, t.State, node, t.Demand, t.Durations)
+	}
+	for i, c := range p.Constraints {
+		s += fmt.Sprintf("constraint %d: %s %+v\n", i, c.Kind(), c)
+	}
+	for _, a := range pl.Actions {
+		s += fmt.Sprintf("  [%d,%d) %s task=%d node=%d from=%d to=%d\n", a.Start, a.End, a.Kind, a.Task, a.Node, a.From, a.To)
+	}
+	s += fmt.Sprintf("MTTR %d LB %d\n", pl.MTTR(), pl.Stats.LowerBound)
+	return s
+}
+
+// genProblem draws a small random problem: up to maxN nodes and maxT tasks,
+// one or two resources, random states and durations, and (when withCons) a
+// few constraints of the catalog.
+func genProblem(t *rapid.T, maxN, maxT int, withCons bool) *plan.Problem {
+	nR := rapid.IntRange(1, 2).Draw(t, "resources")
+	m := &cluster.Model{}
+	for r := 0; r < nR; r++ {
+		m.Resources = append(m.Resources, fmt.Sprintf("r%d", r))
+	}
+	nN := rapid.IntRange(1, maxN).Draw(t, "nodes")
+	for n := 0; n < nN; n++ {
+		node := cluster.Node{Name: fmt.Sprintf("n%d", n)}
+		if rapid.IntRange(0, 5).Draw(t, "offline") == 0 {
+			node.State = cluster.NodeOffline
+		}
+		for r := 0; r < nR; r++ {
+			node.Capacity = append(node.Capacity, int64(rapid.IntRange(2, 8).Draw(t, "cap")))
+		}
+		m.Nodes = append(m.Nodes, node)
+	}
+	var online []int
+	for n := range m.Nodes {
+		if m.Nodes[n].State == cluster.NodeOnline {
+			online = append(online, n)
+		}
+	}
+	nT := rapid.IntRange(0, maxT).Draw(t, "tasks")
+	for i := 0; i < nT; i++ {
+		task := cluster.Task{Name: fmt.Sprintf("t%d", i), Node: cluster.NoNode}
+		for r := 0; r < nR; r++ {
+			task.Demand = append(task.Demand, int64(rapid.IntRange(0, 4).Draw(t, "demand")))
+		}
+		st := cluster.TaskState(rapid.IntRange(0, 2).Draw(t, "state"))
+		if st != cluster.Ready && len(online) > 0 {
+			task.State = st
+			task.Node = online[rapid.IntRange(0, len(online)-1).Draw(t, "on")]
+		}
+		if rapid.Bool().Draw(t, "durs") {
+			task.Durations = map[cluster.ActionKind]int64{}
+			for _, k := range []cluster.ActionKind{cluster.Migrate, cluster.Boot, cluster.Suspend, cluster.Resume, cluster.Shutdown} {
+				task.Durations[k] = int64(rapid.IntRange(1, 6).Draw(t, "dur"))
+			}
+		}
+		m.Tasks = append(m.Tasks, task)
+	}
+	p := &plan.Problem{Model: m}
+	// Wanted states.
+	for i := range m.Tasks {
+		switch rapid.IntRange(0, 5).Draw(t, "want") {
+		case 0:
+			p.Constraints = append(p.Constraints, cluster.StateConstraint{State: cluster.Running, Tasks: []int{i}})
+		case 1:
+			switch m.Tasks[i].State {
+			case cluster.Running:
+				p.Constraints = append(p.Constraints, cluster.StateConstraint{State: cluster.Sleeping, Tasks: []int{i}})
+			case cluster.Sleeping, cluster.Ready:
+				p.Constraints = append(p.Constraints, cluster.StateConstraint{State: cluster.Running, Tasks: []int{i}})
+			}
+		case 2:
+			if m.Tasks[i].State == cluster.Running && rapid.Bool().Draw(t, "kill") {
+				p.Constraints = append(p.Constraints, cluster.StateConstraint{State: cluster.Killed, Tasks: []int{i}})
+			} else if m.Tasks[i].State == cluster.Running {
+				p.Constraints = append(p.Constraints, cluster.StateConstraint{State: cluster.Ready, Tasks: []int{i}})
+			}
+		}
+	}
+	if !withCons || nT == 0 {
+		return p
+	}
+	tasks := func(label string) []int {
+		k := rapid.IntRange(1, min(3, nT)).Draw(t, label+"n")
+		var ts []int
+		seen := map[int]bool{}
+		for len(ts) < k {
+			x := rapid.IntRange(0, nT-1).Draw(t, label)
+			if !seen[x] {
+				seen[x] = true
+				ts = append(ts, x)
+			}
+		}
+		return ts
+	}
+	nodes := func(label string) []int {
+		k := rapid.IntRange(1, nN).Draw(t, label+"n")
+		var ns []int
+		seen := map[int]bool{}
+		for len(ns) < k {
+			x := rapid.IntRange(0, nN-1).Draw(t, label)
+			if !seen[x] {
+				seen[x] = true
+				ns = append(ns, x)
+			}
+		}
+		return ns
+	}
+	nc := rapid.IntRange(0, 3).Draw(t, "constraints")
+	for i := 0; i < nc; i++ {
+		cont := rapid.Bool().Draw(t, "continuous")
+		var c cluster.Constraint
+		switch rapid.IntRange(0, 15).Draw(t, "kind") {
+		case 0:
+			c = cluster.Spread{Tasks: tasks("spread"), Continuous: cont}
+		case 1:
+			c = cluster.Ban{Tasks: tasks("ban"), Nodes: nodes("ban"), Continuous: cont}
+		case 2:
+			c = cluster.Fence{Tasks: tasks("fence"), Nodes: nodes("fence"), Continuous: cont}
+		case 3:
+			c = cluster.Gather{Tasks: tasks("gather"), Continuous: cont}
+		case 4:
+			ns := nodes("among")
+			h := len(ns) / 2
+			groups := [][]int{ns}
+			if h > 0 {
+				groups = [][]int{ns[:h], ns[h:]}
+			}
+			c = cluster.Among{Tasks: tasks("among"), Groups: groups, Continuous: cont}
+		case 5:
+			ts := tasks("split")
+			h := len(ts) / 2
+			c = cluster.Split{Groups: [][]int{ts[:h], ts[h:]}, Continuous: cont}
+		case 6:
+			c = cluster.Lonely{Tasks: tasks("lonely"), Continuous: cont}
+		case 7:
+			c = cluster.Root{Tasks: tasks("root")}
+		case 8:
+			c = cluster.Quarantine{Nodes: nodes("quarantine")}
+		case 9:
+			c = cluster.ResourceCapacity{Nodes: nodes("rc"), Resource: "r0", Amount: int64(rapid.IntRange(0, 12).Draw(t, "amount")), Continuous: cont}
+		case 10:
+			c = cluster.RunningCapacity{Nodes: nodes("runc"), Amount: rapid.IntRange(0, 4).Draw(t, "amount"), Continuous: cont}
+		case 11:
+			c = cluster.MaxOnline{Nodes: nodes("maxon"), Amount: rapid.IntRange(0, nN).Draw(t, "amount"), Continuous: cont}
+		case 12:
+			c = cluster.Overbook{Nodes: nodes("ob"), Resource: "r0", Ratio: float64(rapid.IntRange(10, 20).Draw(t, "ratio")) / 10, Continuous: cont}
+		case 13:
+			c = cluster.Preserve{Tasks: tasks("preserve"), Resource: "r0", Amount: int64(rapid.IntRange(0, 4).Draw(t, "amount"))}
+		case 14:
+			c = cluster.Seq{Tasks: tasks("seq")}
+		case 15:
+			c = cluster.NodeStateConstraint{State: cluster.NodeState(rapid.IntRange(0, 1).Draw(t, "nstate")), Nodes: nodes("nstate")}
+		}
+		p.Constraints = append(p.Constraints, c)
+	}
+	return p
+}
+
+// Every plan the planner returns passes the independent verifier.
+func TestSolvePlansAreViable(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		p := genProblem(t, 5, 10, true)
+		solveAndVerify(t, p, 1)
+	})
+}
+
+// Without constraints beyond capacity and states, a problem whose final
+// state fits is always solved.
+func TestSolveCapacityOnly(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		p := genProblem(t, 4, 8, false)
+		solveAndVerify(t, p, 1)
+	})
+}
