@@ -124,6 +124,8 @@ func TestValidPlans(t *testing.T) {
 			actions: []plan.Action{mig(tb, n1, n0, 0)}},
 		{name: "continuous spread after the other left", cons: []cluster.Constraint{cluster.Spread{Tasks: []int{ta, tb}, Continuous: true}},
 			actions: []plan.Action{mig(tb, n1, n2, 0), mig(ta, n0, n1, 1)}},
+		{name: "shut a task down", actions: []plan.Action{shutdown(ta, n0, 0)},
+			cons: []cluster.Constraint{cluster.StateConstraint{State: cluster.Ready, Tasks: []int{ta}}}},
 		{name: "seq in order", cons: []cluster.Constraint{cluster.Seq{Tasks: []int{ta, tb}}},
 			actions: []plan.Action{mig(ta, n0, n2, 0), mig(tb, n1, n2, 1)}},
 		{name: "zero-duration migrate", edit: func(m *cluster.Model) { m.Tasks[ta].Durations = map[cluster.ActionKind]int64{cluster.Migrate: 0} },
