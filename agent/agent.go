@@ -1,0 +1,384 @@
+// Package agent is ferry's node daemon: it runs tasks through drivers
+// (driver/qemu, driver/process), guards each task with an owner epoch, and
+// moves tasks to peer agents — live (libvirt's begin / prepare / perform /
+// finish / confirm over an authenticated tunnel) or by checkpoint (suspend,
+// move the image, resume).
+//
+// The API is HTTP/1.1 + JSON over mutual TLS (pki): curl-able with a
+// certificate, no code generation, progress streamed as NDJSON, and the
+// migration tunnel an HTTP Upgrade that turns the TLS connection into a raw
+// byte pipe between the two QEMUs. docs/agent.md is the reference.
+//
+// Safety rules the agent enforces:
+//
+//  1. Epochs: every task carries an owner epoch, persisted in its record
+//     (DATA/tasks/ID/record.json) before any transition is acted on. A
+//     command with another epoch is refused (api.ErrStaleEpoch, HTTP 409)
+//     and changes nothing. A committed move bumps the epoch at the
+//     destination; the source keeps a tombstone (phase "moved").
+//  2. One live copy: a destination runs only after its record holds the new
+//     epoch (finish); the source ends only after that (confirm); any failure
+//     before finish resumes the source and aborts the destination. When the
+//     outcome is unknown the source stays paused (in doubt), never running
+//     beside a possible second copy.
+//  3. One move at a time per task: a second command on a task that is
+//     moving gets driver.ErrBusy (409).
+//  4. Restart: a new agent on the same data dir re-attaches to the driver's
+//     tasks (Driver.List), settles moves that were in flight by asking the
+//     peer, aborts incoming copies that never finished, and flags copies it
+//     does not own as stale.
+package agent
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/agent/client"
+	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/pki"
+)
+
+// Config configures an agent.
+type Config struct {
+	// Name of the node (the agent's certificate name).
+	Name string
+	// DataDir holds records, images, driver state and sockets.
+	DataDir string
+	// Listen is the TCP address to serve on (e.g. 127.0.0.2:7400).
+	Listen string
+	// Advertise is the address peers use to reach this agent; default the
+	// bound listen address.
+	Advertise string
+	// CPUs and MemoryBytes are the node's capacities; 0 means the machine's.
+	CPUs        float64
+	MemoryBytes int64
+	// Identity is this agent's mutual-TLS identity (role agent).
+	Identity *pki.Identity
+	// Drivers run the tasks, one per kind.
+	Drivers []driver.Driver
+	// Accelerator is reported in NodeInfo (e.g. "kvm", "tcg"); empty asks
+	// the drivers (any with an Accelerator() string method).
+	Accelerator string
+	// IncomingTimeout bounds how long a prepared incoming copy waits for its
+	// tunnel, and for finish after the tunnel closed (default 60s).
+	IncomingTimeout time.Duration
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if err := pki.ValidName(c.Name); err != nil {
+		return fmt.Errorf("agent name: %w", err)
+	}
+	if c.DataDir == "" {
+		return errors.New("agent: data dir is required")
+	}
+	if c.Identity == nil {
+		return errors.New("agent: a TLS identity is required")
+	}
+	if c.Identity.Role != pki.RoleAgent {
+		return fmt.Errorf("agent: identity %q has role %q, want agent", c.Identity.Name, c.Identity.Role)
+	}
+	if len(c.Drivers) == 0 {
+		return errors.New("agent: no drivers")
+	}
+	if c.CPUs < 0 || c.MemoryBytes < 0 {
+		return errors.New("agent: negative capacity")
+	}
+	return nil
+}
+
+// Agent is a running node daemon.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	store   store
+	drivers map[string]driver.Driver
+	peerTLS *tls.Config
+
+	ln     net.Listener
+	srv    *http.Server
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	records  map[string]*record
+	busy     map[string]string              // task id → operation in flight
+	moves    map[string]context.CancelFunc  // outbound moves, for cancel
+	incoming map[string]*incomingSession    // by task id
+	conns    map[net.Conn]struct{}          // hijacked tunnel connections
+	stale    map[string]string              // driver task id → reason (no usable record)
+}
+
+// New prepares an agent: it loads the records in the data dir and
+// re-attaches to the drivers' tasks. Call Start to serve.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.IncomingTimeout <= 0 {
+		cfg.IncomingTimeout = 60 * time.Second
+	}
+	if cfg.CPUs == 0 {
+		cfg.CPUs = float64(runtime.NumCPU())
+	}
+	if cfg.MemoryBytes == 0 {
+		cfg.MemoryBytes = machineMemory()
+	}
+	for _, d := range []string{"tasks", "run"} {
+		if err := os.MkdirAll(filepath.Join(cfg.DataDir, d), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	a := &Agent{
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "agent", "node", cfg.Name),
+		store:    store{dir: filepath.Join(cfg.DataDir, "tasks")},
+		drivers:  map[string]driver.Driver{},
+		peerTLS:  cfg.Identity.ClientConfig(),
+		busy:     map[string]string{},
+		moves:    map[string]context.CancelFunc{},
+		incoming: map[string]*incomingSession{},
+		conns:    map[net.Conn]struct{}{},
+		stale:    map[string]string{},
+	}
+	for _, d := range cfg.Drivers {
+		a.drivers[d.Kind()] = d
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	recs, errs := a.store.load()
+	for _, err := range errs {
+		a.log.Warn("skipping unreadable record", "err", err)
+	}
+	a.records = recs
+	return a, nil
+}
+
+// Start binds the listen address, re-attaches to running tasks and serves
+// until Close.
+func (a *Agent) Start() error {
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	a.ln = ln
+	if a.cfg.Advertise == "" {
+		a.cfg.Advertise = ln.Addr().String()
+	}
+	a.srv = &http.Server{
+		Handler:           a.routes(),
+		TLSConfig:         a.cfg.Identity.ServerConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		// HTTP/1.1 only: the tunnel is an Upgrade.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	a.recover()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := a.srv.Serve(tls.NewListener(ln, a.srv.TLSConfig)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("serve", "err", err)
+		}
+	}()
+	a.log.Info("agent serving", "addr", a.cfg.Advertise, "drivers", a.driverKinds())
+	return nil
+}
+
+// Addr is the address peers reach this agent on.
+func (a *Agent) Addr() string { return a.cfg.Advertise }
+
+// Close stops serving and drops in-flight tunnels, without stopping the
+// tasks: they keep running and a new agent on the same data dir re-attaches
+// to them. An outbound move in flight fails (its source is resumed by the
+// abort path, or by the next agent's recovery).
+func (a *Agent) Close() error {
+	a.cancel()
+	var err error
+	if a.srv != nil {
+		err = a.srv.Close()
+	}
+	a.mu.Lock()
+	for c := range a.conns {
+		c.Close()
+	}
+	for _, s := range a.incoming {
+		s.stopTimer()
+	}
+	a.mu.Unlock()
+	a.wg.Wait()
+	return err
+}
+
+func (a *Agent) driverKinds() []string {
+	var ks []string
+	for k := range a.drivers {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// peer returns a client for another agent.
+func (a *Agent) peer(addr string) *client.Client {
+	return client.New(addr, a.peerTLS)
+}
+
+// driverFor picks the driver of a run request.
+func (a *Agent) driverFor(kind string, spec *driver.Spec) (driver.Driver, error) {
+	if kind == "" {
+		switch {
+		case spec.VM != nil && spec.Process == nil:
+			kind = "qemu"
+		case spec.Process != nil && spec.VM == nil:
+			kind = "process"
+		default:
+			return nil, fmt.Errorf("%w: task %q: exactly one of vm and process must be set", driver.ErrInvalidSpec, spec.ID)
+		}
+	}
+	d, ok := a.drivers[kind]
+	if !ok {
+		return nil, fmt.Errorf("%w: driver %q not on node %s (have %v)", driver.ErrUnsupported, kind, a.cfg.Name, a.driverKinds())
+	}
+	return d, nil
+}
+
+// validateSpec checks what the agent itself relies on; drivers check the rest.
+func validateSpec(spec *driver.Spec) error {
+	if err := api.ValidID(spec.ID); err != nil {
+		return err
+	}
+	if spec.CPUs < 0 || spec.MemoryBytes < 0 {
+		return fmt.Errorf("%w: task %q: negative demand (cpus %v, memory %d)", driver.ErrInvalidSpec, spec.ID, spec.CPUs, spec.MemoryBytes)
+	}
+	if (spec.VM == nil) == (spec.Process == nil) {
+		return fmt.Errorf("%w: task %q: exactly one of vm and process must be set", driver.ErrInvalidSpec, spec.ID)
+	}
+	return nil
+}
+
+// occupies reports whether a record's task holds node resources.
+func occupies(p api.Phase) bool {
+	return p == api.PhaseRunning || p == api.PhaseIncoming || p == api.PhaseMigratingOut
+}
+
+// usedLocked sums the demands of tasks holding resources. Caller holds mu.
+func (a *Agent) usedLocked() (float64, int64) {
+	var cpu float64
+	var mem int64
+	for _, r := range a.records {
+		if occupies(r.Phase) {
+			cpu += r.Spec.CPUs
+			mem += r.Spec.MemoryBytes
+		}
+	}
+	return cpu, mem
+}
+
+// fitsLocked refuses a demand the node cannot hold. Caller holds mu.
+func (a *Agent) fitsLocked(spec *driver.Spec) error {
+	cpu, mem := a.usedLocked()
+	if spec.MemoryBytes > a.cfg.MemoryBytes-mem {
+		return fmt.Errorf("%w: task %q needs %d bytes of memory; node %s has %d of %d free", driver.ErrInsufficient, spec.ID, spec.MemoryBytes, a.cfg.Name, a.cfg.MemoryBytes-mem, a.cfg.MemoryBytes)
+	}
+	if spec.CPUs > a.cfg.CPUs-cpu+1e-9 {
+		return fmt.Errorf("%w: task %q needs %.2f cpus; node %s has %.2f of %.2f free", driver.ErrInsufficient, spec.ID, spec.CPUs, a.cfg.Name, a.cfg.CPUs-cpu, a.cfg.CPUs)
+	}
+	return nil
+}
+
+// acquire marks id busy with op, or fails with ErrBusy.
+func (a *Agent) acquireLocked(id, op string) error {
+	if cur, ok := a.busy[id]; ok {
+		return fmt.Errorf("%w: task %q is busy with %s", driver.ErrBusy, id, cur)
+	}
+	a.busy[id] = op
+	return nil
+}
+
+func (a *Agent) release(id string) {
+	a.mu.Lock()
+	delete(a.busy, id)
+	a.mu.Unlock()
+}
+
+// checkEpochLocked returns the task's record if epoch matches it.
+func (a *Agent) checkEpochLocked(id string, epoch uint64) (*record, error) {
+	if err := api.ValidID(id); err != nil {
+		return nil, err
+	}
+	r, ok := a.records[id]
+	if !ok || r.Phase == api.PhaseMoved && epoch > r.Epoch {
+		return nil, fmt.Errorf("%w: task %q on node %s", driver.ErrNotFound, id, a.cfg.Name)
+	}
+	if epoch == 0 {
+		return nil, fmt.Errorf("%w: task %q: epoch is required (node %s holds epoch %d)", driver.ErrInvalidSpec, id, a.cfg.Name, r.Epoch)
+	}
+	if epoch != r.Epoch {
+		return nil, fmt.Errorf("%w: task %q: request has epoch %d, node %s holds epoch %d", api.ErrStaleEpoch, id, epoch, a.cfg.Name, r.Epoch)
+	}
+	if r.Phase == api.PhaseMoved {
+		return nil, fmt.Errorf("%w: task %q moved to %s at epoch %d; this node no longer owns it", api.ErrStaleEpoch, id, r.Peer, r.Epoch)
+	}
+	return r, nil
+}
+
+// put persists r and installs it in the map. Caller holds mu.
+func (a *Agent) putLocked(r *record) error {
+	if err := a.store.put(r); err != nil {
+		return fmt.Errorf("persist record of task %q: %w", r.ID, err)
+	}
+	a.records[r.ID] = r
+	return nil
+}
+
+// machineMemory reads MemTotal from /proc/meminfo.
+func machineMemory() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) >= 2 && fs[0] == "MemTotal:" {
+			kb, _ := strconv.ParseInt(fs[1], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// writeJSON writes v with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	e, status := api.ErrorFor(err)
+	writeJSON(w, status, e)
+}

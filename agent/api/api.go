@@ -1,0 +1,255 @@
+// Package api holds the wire types of the ferry agent's HTTP/JSON API,
+// shared by the agent (agent/) and its Go client (agent/client), and the
+// mapping between error kinds on the wire and the driver package's sentinel
+// errors. docs/agent.md is the reference for the endpoints.
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/ferrycluster/ferry/driver"
+)
+
+// ErrStaleEpoch: a command carried an epoch other than the one the agent
+// holds for the task (the caller or this copy is out of date).
+var ErrStaleEpoch = errors.New("stale epoch")
+
+// ErrForbidden: the caller's role may not call this endpoint.
+var ErrForbidden = errors.New("forbidden for this role")
+
+// ErrInDoubt: the agent cannot tell whether a move committed (the peer was
+// unreachable at the decisive step); the task is left paused, never running
+// twice, until an operator or the controller resolves it.
+var ErrInDoubt = errors.New("move outcome in doubt")
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	Kind    string `json:"kind"`
+	Message string `json:"error"`
+}
+
+// Error kinds on the wire, one per sentinel.
+var kinds = []struct {
+	kind   string
+	err    error
+	status int
+}{
+	{"not_found", driver.ErrNotFound, http.StatusNotFound},
+	{"exists", driver.ErrExists, http.StatusConflict},
+	{"invalid", driver.ErrInvalidSpec, http.StatusBadRequest},
+	{"unsupported", driver.ErrUnsupported, http.StatusNotImplemented},
+	{"busy", driver.ErrBusy, http.StatusConflict},
+	{"stale_epoch", ErrStaleEpoch, http.StatusConflict},
+	{"timeout", driver.ErrTimeout, http.StatusGatewayTimeout},
+	{"task_failed", driver.ErrTaskFailed, http.StatusUnprocessableEntity},
+	{"insufficient", driver.ErrInsufficient, http.StatusInsufficientStorage},
+	{"forbidden", ErrForbidden, http.StatusForbidden},
+	{"in_doubt", ErrInDoubt, http.StatusConflict},
+}
+
+// ErrorFor maps err to its wire kind and HTTP status ("internal", 500 for
+// errors of no known kind).
+func ErrorFor(err error) (Error, int) {
+	for _, k := range kinds {
+		if errors.Is(err, k.err) {
+			return Error{Kind: k.kind, Message: err.Error()}, k.status
+		}
+	}
+	return Error{Kind: "internal", Message: err.Error()}, http.StatusInternalServerError
+}
+
+// Err turns a wire error back into a Go error that errors.Is the sentinel
+// of its kind.
+func (e Error) Err() error {
+	for _, k := range kinds {
+		if k.kind == e.Kind {
+			return &RemoteError{Kind: e.Kind, Message: e.Message, sentinel: k.err}
+		}
+	}
+	return &RemoteError{Kind: e.Kind, Message: e.Message}
+}
+
+// RemoteError is an error returned by an agent.
+type RemoteError struct {
+	Kind    string
+	Message string
+	// Status is the HTTP status, when known.
+	Status   int
+	sentinel error
+}
+
+func (e *RemoteError) Error() string { return e.Message }
+
+// Unwrap lets errors.Is match the kind's sentinel.
+func (e *RemoteError) Unwrap() error { return e.sentinel }
+
+// Phase is where a task is in the agent's life cycle (finer than the
+// driver's State: it covers moves and suspended images).
+type Phase string
+
+const (
+	// PhaseRunning: the driver runs the task (it may be paused in memory).
+	PhaseRunning Phase = "running"
+	// PhaseSuspended: the task is an image on this node's disk.
+	PhaseSuspended Phase = "suspended"
+	// PhaseMigratingOut: this copy is moving to Peer.
+	PhaseMigratingOut Phase = "migrating-out"
+	// PhaseIncoming: a copy is being prepared here (paused, not yet owner).
+	PhaseIncoming Phase = "incoming"
+	// PhaseMoved: the task moved to Peer at Epoch; a tombstone kept so a
+	// resurrected old copy is recognised as stale.
+	PhaseMoved Phase = "moved"
+	// PhaseLost: the agent's record says running but the driver has no
+	// such task (it died while the agent was away).
+	PhaseLost Phase = "lost"
+)
+
+// Task is what list and inspect return.
+type Task struct {
+	ID     string       `json:"id"`
+	Driver string       `json:"driver"`
+	Epoch  uint64       `json:"epoch"`
+	Phase  Phase        `json:"phase"`
+	Spec   *driver.Spec `json:"spec,omitempty"`
+	// Status is the driver's view (absent for suspended tasks).
+	Status *driver.Status `json:"status,omitempty"`
+	// Image is the suspend image, for suspended tasks.
+	Image *driver.Image `json:"image,omitempty"`
+	// Busy names the operation in flight on the task (e.g. "migrate").
+	Busy string `json:"busy,omitempty"`
+	// Peer is the other agent of a move (address), when moving or moved.
+	Peer string `json:"peer,omitempty"`
+	// Stale flags a copy this agent no longer owns: its epoch is behind the
+	// agent's record, it has no record at all, or its move committed
+	// elsewhere. Stale copies are never resumed; they are reported so the
+	// controller can remove them.
+	Stale       bool   `json:"stale,omitempty"`
+	StaleReason string `json:"stale_reason,omitempty"`
+}
+
+// RunRequest starts a new task (POST /v1/tasks).
+type RunRequest struct {
+	// Driver is "qemu" or "process"; empty means the driver matching the
+	// spec (VM → qemu, Process → process).
+	Driver string      `json:"driver,omitempty"`
+	Spec   driver.Spec `json:"spec"`
+}
+
+// EpochRequest is the body of commands on an existing task (stop, suspend,
+// cancel, pause, unpause): Epoch must equal the agent's record.
+type EpochRequest struct {
+	Epoch uint64 `json:"epoch"`
+}
+
+// ResumeRequest resumes a suspended task (POST /v1/tasks/{id}/resume).
+type ResumeRequest struct {
+	// Epoch is the task's current epoch (the one recorded with the image).
+	// A resume from a peer commits Epoch+1 here.
+	Epoch uint64 `json:"epoch"`
+	// From is the address (host:port) of the agent holding the image; empty
+	// means this agent.
+	From string `json:"from,omitempty"`
+}
+
+// MigrateRequest moves a running task to another agent
+// (POST /v1/tasks/{id}/migrate). The response is NDJSON: MigrateEvent
+// lines, the last one with Done set.
+type MigrateRequest struct {
+	Epoch uint64 `json:"epoch"`
+	// To is the destination agent's address (host:port).
+	To string `json:"to"`
+	// Mode is "live" (needs a driver.LiveMigrator), "checkpoint" (suspend,
+	// move the image, resume) or "" (live when the driver can, else
+	// checkpoint).
+	Mode    string                  `json:"mode,omitempty"`
+	Options driver.MigrationOptions `json:"options"`
+}
+
+// MigrateEvent is one line of a migration's NDJSON stream.
+type MigrateEvent struct {
+	// Step is the protocol step: begin, prepare, perform, finish, confirm,
+	// abort, done.
+	Step     string           `json:"step"`
+	Progress *driver.Progress `json:"progress,omitempty"`
+	// Done is set on the last line; Error is set when the move failed.
+	Done  bool   `json:"done,omitempty"`
+	Error *Error `json:"error,omitempty"`
+	// On success: the destination's new epoch, the time the whole move
+	// took, and (live moves) QEMU's reported downtime.
+	Epoch    uint64        `json:"epoch,omitempty"`
+	Took     time.Duration `json:"took,omitempty"`
+	Downtime time.Duration `json:"downtime,omitempty"`
+	// Mode actually used.
+	Mode string `json:"mode,omitempty"`
+}
+
+// NodeInfo describes the node (GET /v1/node).
+type NodeInfo struct {
+	Name        string   `json:"name"`
+	CPUs        float64  `json:"cpus"`
+	MemoryBytes int64    `json:"memory_bytes"`
+	Accelerator string   `json:"accelerator,omitempty"`
+	Drivers     []string `json:"drivers"`
+	// Used is the sum of the demands of running and incoming tasks.
+	UsedCPUs        float64 `json:"used_cpus"`
+	UsedMemoryBytes int64   `json:"used_memory_bytes"`
+}
+
+// Health is GET /v1/health.
+type Health struct {
+	OK   bool   `json:"ok"`
+	Name string `json:"name"`
+}
+
+// PrepareRequest is a source agent asking a destination to prepare an
+// incoming live migration (POST /v1/peer/prepare). Spec.Epoch is the new
+// epoch the destination will own after finish.
+type PrepareRequest struct {
+	Driver string      `json:"driver"`
+	Spec   driver.Spec `json:"spec"`
+	// Source is the source agent's name, for logs and records.
+	Source string `json:"source"`
+}
+
+// PrepareResponse names the incoming session.
+type PrepareResponse struct {
+	Token string `json:"token"`
+}
+
+// SessionRequest finishes or aborts an incoming session
+// (POST /v1/peer/finish, /v1/peer/abort).
+type SessionRequest struct {
+	ID    string `json:"id"`
+	Token string `json:"token"`
+}
+
+// ReleaseRequest ends a fetch of a suspend image (POST
+// /v1/peer/tasks/{id}/release). Committed: the task now lives at Peer with
+// Epoch, and the holder keeps only a tombstone. Not committed: the resume
+// failed and the holder's image is suspended again (Epoch is then the
+// image's epoch).
+type ReleaseRequest struct {
+	Epoch     uint64 `json:"epoch"`
+	Peer      string `json:"peer"`
+	Committed bool   `json:"committed"`
+}
+
+// TunnelProtocol is the Upgrade token of the migration tunnel.
+const TunnelProtocol = "ferry-tunnel/1"
+
+// ValidID checks a task id: it names files and URLs.
+func ValidID(id string) error {
+	if id == "" || len(id) > 128 {
+		return fmt.Errorf("%w: task id %q: want 1-128 characters", driver.ErrInvalidSpec, id)
+	}
+	for i, c := range id {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' && i > 0
+		if !ok {
+			return fmt.Errorf("%w: task id %q: only letters, digits, '-', '_' and (not first) '.'", driver.ErrInvalidSpec, id)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,297 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"net/http"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/agent/client"
+	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/pki"
+)
+
+// Process tasks: run, logs, stats, suspend on A and resume on B from A's
+// image, checkpoint-migrate B → A, stop — the counter never resets.
+func TestProcessLifeCycleAndMoves(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ca := newTestCA(t)
+	a := startNode(t, ca, "node-a", processDrivers(t), nil)
+	b := startNode(t, ca, "node-b", processDrivers(t), nil)
+
+	if h, err := a.c.Health(ctx); err != nil || !h.OK || h.Name != "node-a" {
+		t.Fatalf("health: %+v %v", h, err)
+	}
+	info, err := a.c.Node(ctx)
+	if err != nil || info.MemoryBytes != 4<<30 || len(info.Drivers) != 1 || info.Drivers[0] != "process" {
+		t.Fatalf("node: %+v %v", info, err)
+	}
+	task, err := a.c.Run(ctx, api.RunRequest{Spec: counterSpec("job1", nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task.Epoch != 1 || task.Phase != api.PhaseRunning || task.Driver != "process" {
+		t.Fatalf("run returned %+v", task)
+	}
+	cs := a.waitCounter(ctx, "job1", 3)
+	if _, err := a.c.Stats(ctx, "job1"); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := a.c.Node(ctx); info.UsedMemoryBytes != 64<<20 {
+		t.Fatalf("used memory %d, want %d", info.UsedMemoryBytes, 64<<20)
+	}
+
+	// Suspend on A, resume on B from A's image: epoch 2 on B.
+	sus, err := a.c.Suspend(ctx, "job1", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sus.Phase != api.PhaseSuspended || sus.Image == nil || sus.Image.Bytes == 0 {
+		t.Fatalf("suspend returned %+v", sus)
+	}
+	last := a.counters(ctx, "job1")
+	before := last[len(last)-1]
+	if before < cs[len(cs)-1] {
+		t.Fatalf("counter went back before suspend")
+	}
+	res, err := b.c.Resume(ctx, "job1", api.ResumeRequest{Epoch: 1, From: a.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Epoch != 2 || res.Phase != api.PhaseRunning {
+		t.Fatalf("resume on B returned %+v", res)
+	}
+	cs = b.waitCounter(ctx, "job1", before)
+	if cs[0] != before+1 {
+		t.Fatalf("after resume on B the counter starts at %d, want %d (continuing)", cs[0], before+1)
+	}
+	// A no longer owns it: its epoch-1 commands are refused.
+	_, err = a.c.Resume(ctx, "job1", api.ResumeRequest{Epoch: 1})
+	wantKind(t, "resume at A after the move", err, api.ErrStaleEpoch)
+	_, err = b.c.Suspend(ctx, "job1", 1)
+	wantKind(t, "suspend with the old epoch", err, api.ErrStaleEpoch)
+	if n := a.live(ctx, "job1"); n != 0 {
+		t.Fatalf("A still runs %d copies", n)
+	}
+
+	// Checkpoint-migrate B → A (the process driver cannot live-migrate).
+	var steps []string
+	ev, err := b.c.Migrate(ctx, "job1", api.MigrateRequest{Epoch: 2, To: a.addr}, func(e api.MigrateEvent) { steps = append(steps, e.Step) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Epoch != 3 || ev.Mode != "checkpoint" {
+		t.Fatalf("migrate returned %+v", ev)
+	}
+	want := []string{"begin", "perform", "finish", "confirm", "done"}
+	if !reflect.DeepEqual(steps, want) {
+		t.Fatalf("steps %v, want %v", steps, want)
+	}
+	bcs := b.counters(ctx, "job1")
+	cs = a.waitCounter(ctx, "job1", bcs[len(bcs)-1])
+	// A's log holds both incarnations; the new one continues B's count.
+	if !continues(cs, bcs[len(bcs)-1]) {
+		t.Fatalf("counter did not continue from %d on A: %v", bcs[len(bcs)-1], tail(cs))
+	}
+	if n := a.live(ctx, "job1") + b.live(ctx, "job1"); n != 1 {
+		t.Fatalf("%d live copies after the move, want 1", n)
+	}
+	if _, err := b.c.Inspect(ctx, "job1"); err != nil {
+		t.Fatalf("inspect of the tombstone at B: %v", err)
+	}
+	if err := a.c.Stop(ctx, "job1", 3); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.c.Inspect(ctx, "job1")
+	wantKind(t, "inspect after stop", err, driver.ErrNotFound)
+}
+
+// continues reports whether cs holds after+1 following a value ≤ after
+// (the new incarnation picked up where the old one stopped).
+func continues(cs []int64, after int64) bool {
+	for i, c := range cs {
+		if c == after+1 && (i == 0 || cs[i-1] <= after) {
+			return true
+		}
+	}
+	return false
+}
+
+// Bad requests get clear errors of the right kind and change nothing.
+func TestBadRequestsChangeNothing(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ca := newTestCA(t)
+	a := startNode(t, ca, "node-a", processDrivers(t), nil)
+	b := startNode(t, ca, "node-b", processDrivers(t), nil)
+	if _, err := a.c.Run(ctx, api.RunRequest{Spec: counterSpec("j", map[string]string{"FERRY_AGENT_TEST_SLOW": "3s"})}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitCounter(ctx, "j", 1)
+	before, err := a.c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = a.c.Inspect(ctx, "nope")
+	wantKind(t, "unknown task", err, driver.ErrNotFound)
+	err = a.c.Stop(ctx, "nope", 1)
+	wantKind(t, "stop unknown task", err, driver.ErrNotFound)
+	_, err = a.c.Inspect(ctx, "../etc")
+	if err == nil {
+		t.Fatal("bad id accepted")
+	}
+
+	bad := counterSpec("", nil)
+	_, err = a.c.Run(ctx, api.RunRequest{Spec: bad})
+	wantKind(t, "empty id", err, driver.ErrInvalidSpec)
+	bad = counterSpec("x", nil)
+	bad.Process = nil
+	_, err = a.c.Run(ctx, api.RunRequest{Spec: bad})
+	wantKind(t, "no vm and no process", err, driver.ErrInvalidSpec)
+	bad = counterSpec("x", nil)
+	bad.Process.Command = nil
+	_, err = a.c.Run(ctx, api.RunRequest{Spec: bad})
+	wantKind(t, "empty command", err, driver.ErrInvalidSpec)
+	_, err = a.c.Run(ctx, api.RunRequest{Driver: "xen", Spec: counterSpec("x", nil)})
+	wantKind(t, "unknown driver", err, driver.ErrUnsupported)
+	big := counterSpec("x", nil)
+	big.MemoryBytes = 5 << 30
+	_, err = a.c.Run(ctx, api.RunRequest{Spec: big})
+	wantKind(t, "memory larger than the node", err, driver.ErrInsufficient)
+	_, err = a.c.Run(ctx, api.RunRequest{Spec: counterSpec("j", nil)})
+	wantKind(t, "run an existing task", err, driver.ErrExists)
+
+	// Malformed JSON and unknown fields, straight over HTTP.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ca.identity("controller", pki.RoleServer).ClientConfig()}}
+	for _, body := range []string{`{"spec":`, `{"spec":{"id":"x"},"bogus":1}`, `[]`} {
+		resp, err := hc.Post("https://"+a.addr+"/v1/tasks", "application/json", stringsReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("body %q: status %d, want 400", body, resp.StatusCode)
+		}
+	}
+
+	err = a.c.Stop(ctx, "j", 7)
+	wantKind(t, "stop with a stale epoch", err, api.ErrStaleEpoch)
+	_, err = a.c.Suspend(ctx, "j", 0)
+	wantKind(t, "suspend without epoch", err, driver.ErrInvalidSpec)
+	_, err = a.c.Migrate(ctx, "j", api.MigrateRequest{Epoch: 1, To: b.addr, Mode: "live"}, nil)
+	wantKind(t, "live migration of a process", err, driver.ErrUnsupported)
+	_, err = a.c.Migrate(ctx, "j", api.MigrateRequest{Epoch: 1, To: a.addr}, nil)
+	wantKind(t, "migrate to itself", err, driver.ErrInvalidSpec)
+	err = a.c.Cancel(ctx, "j", 1)
+	wantKind(t, "cancel without a move", err, driver.ErrNotFound)
+
+	// A second command while the task is suspending (its checkpoint takes
+	// 3 s) is refused as busy.
+	done := make(chan error, 1)
+	go func() { _, err := a.c.Suspend(ctx, "j", 1); done <- err }()
+	for {
+		x, err := a.c.Inspect(ctx, "j")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if x.Busy == "suspend" {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, err = a.c.Migrate(ctx, "j", api.MigrateRequest{Epoch: 1, To: b.addr}, nil)
+	wantKind(t, "migrate during suspend", err, driver.ErrBusy)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.Resume(ctx, "j", api.ResumeRequest{Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Roles: a client may read but not command; peers only for agents.
+	reader := client.New(a.addr, ca.identity("operator", pki.RoleClient).ClientConfig())
+	if _, err := reader.List(ctx); err != nil {
+		t.Fatalf("client role list: %v", err)
+	}
+	err = reader.Stop(ctx, "j", 1)
+	wantKind(t, "client role stop", err, api.ErrForbidden)
+	_, err = a.c.Prepare(ctx, api.PrepareRequest{Spec: counterSpec("p", nil)})
+	wantKind(t, "controller calls a peer endpoint", err, api.ErrForbidden)
+
+	// A client without a valid certificate never gets in.
+	other := newTestCA(t)
+	stranger := client.New(a.addr, other.identity("controller", pki.RoleServer).ClientConfig())
+	if _, err := stranger.List(ctx); err == nil {
+		t.Fatal("foreign client accepted")
+	}
+	noCert := ca.identity("controller", pki.RoleServer).ClientConfig()
+	noCert.Certificates = nil
+	if _, err := client.New(a.addr, noCert).List(ctx); err == nil {
+		t.Fatal("client without certificate accepted")
+	}
+	insecure := client.New(a.addr, &tls.Config{InsecureSkipVerify: true})
+	if _, err := insecure.List(ctx); err == nil {
+		t.Fatal("client without certificate (skipping server verification) accepted")
+	}
+
+	after, err := a.c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) || after[0].ID != "j" || after[0].Epoch != 1 || after[0].Phase != api.PhaseRunning {
+		t.Fatalf("state changed: before %+v after %+v", before, after)
+	}
+	if n := b.live(ctx, "j"); n != 0 {
+		t.Fatalf("B runs %d copies", n)
+	}
+}
+
+// An agent restart re-attaches to running tasks; a copy without a record is
+// reported stale.
+func TestRestartReattaches(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ca := newTestCA(t)
+	a := startNode(t, ca, "node-a", processDrivers(t), nil)
+	if _, err := a.c.Run(ctx, api.RunRequest{Spec: counterSpec("r", nil)}); err != nil {
+		t.Fatal(err)
+	}
+	cs := a.waitCounter(ctx, "r", 2)
+	// A copy the agent has no record of (started behind its back).
+	if err := a.drivers[0].Start(ctx, counterSpec("orphan", nil)); err != nil {
+		t.Fatal(err)
+	}
+	a.restart()
+	a.waitCounter(ctx, "r", cs[len(cs)-1]+5)
+	all := a.counters(ctx, "r")
+	for i := 1; i < len(all); i++ {
+		if all[i] != all[i-1]+1 {
+			t.Fatalf("counter restarted across the agent restart: %v", all)
+		}
+	}
+	ts, err := a.c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sawOrphan, sawR bool
+	for _, x := range ts {
+		switch x.ID {
+		case "orphan":
+			sawOrphan = x.Stale && x.StaleReason != ""
+		case "r":
+			sawR = !x.Stale && x.Phase == api.PhaseRunning && x.Epoch == 1
+		}
+	}
+	if !sawOrphan || !sawR {
+		t.Fatalf("after restart: %+v", ts)
+	}
+}
+
