@@ -121,11 +121,11 @@ type Agent struct {
 
 	mu       sync.Mutex
 	records  map[string]*record
-	busy     map[string]string              // task id → operation in flight
-	moves    map[string]context.CancelFunc  // outbound moves, for cancel
-	incoming map[string]*incomingSession    // by task id
-	conns    map[net.Conn]struct{}          // hijacked tunnel connections
-	stale    map[string]string              // driver task id → reason (no usable record)
+	busy     map[string]string             // task id → operation in flight
+	moves    map[string]context.CancelFunc // outbound moves, for cancel
+	incoming map[string]*incomingSession   // by task id
+	conns    map[net.Conn]struct{}         // hijacked tunnel connections
+	stale    map[string]string             // driver task id → reason (no usable record)
 }
 
 // New prepares an agent: it loads the records in the data dir and

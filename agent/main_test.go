@@ -265,5 +265,4 @@ func wantKind(t *testing.T, what string, err, kind error) {
 	}
 }
 
-
 func stringsReader(s string) io.Reader { return strings.NewReader(s) }

@@ -294,4 +294,3 @@ func TestRestartReattaches(t *testing.T) {
 		t.Fatalf("after restart: %+v", ts)
 	}
 }
-

@@ -37,8 +37,8 @@ type record struct {
 // store reads and writes records under DATA/tasks.
 type store struct{ dir string }
 
-func (s store) taskDir(id string) string   { return filepath.Join(s.dir, id) }
-func (s store) imageDir(id string) string  { return filepath.Join(s.dir, id, "image") }
+func (s store) taskDir(id string) string    { return filepath.Join(s.dir, id) }
+func (s store) imageDir(id string) string   { return filepath.Join(s.dir, id, "image") }
 func (s store) recordPath(id string) string { return filepath.Join(s.dir, id, "record.json") }
 
 func (s store) put(r *record) error {
