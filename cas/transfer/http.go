@@ -28,6 +28,9 @@ func Handler(rc *Receiver, done func(ReceiveResult, error)) http.Handler {
 			return
 		}
 		res, err := rc.Serve(req.Context(), &serverConn{r: req.Body, w: w, ctl: ctl})
+		// Wait for the sender to close its side: an HTTP/1.1 server must not
+		// go back to reading requests while the body is still open.
+		io.Copy(io.Discard, io.LimitReader(req.Body, maxChunkFrame))
 		if done != nil {
 			done(res, err)
 		}
