@@ -339,5 +339,3 @@ func TestDirTransfer(t *testing.T) {
 		t.Fatalf("second checkpoint sent %d bytes of %d", res.BytesSent, res.Index.Size)
 	}
 }
-
-
