@@ -1,0 +1,414 @@
+// Package qemu is the driver that runs each task as a QEMU virtual machine.
+//
+// One QEMU process per task, started daemonized (its own session, parent
+// init), so an agent that exits or restarts does not take its guests down;
+// a new driver over the same data directory re-attaches to them through
+// their pidfiles and QMP sockets. QEMU is driven over QMP (package qmp).
+//
+// Data directory layout (Config.DataDir):
+//
+//	<dir>/tasks/<id>/task.json    the task record: spec, machine shape, start time, role
+//	<dir>/tasks/<id>/qemu.pid     QEMU's pidfile
+//	<dir>/tasks/<id>/qmp.sock     QMP socket (in a short run dir when the path is too long)
+//	<dir>/tasks/<id>/migrate.sock incoming live-migration socket (destination only)
+//	<dir>/logs/<id>.log           the guest's serial console, appended across incarnations
+//
+// A suspend image directory holds:
+//
+//	vmstate     QEMU's migration stream (written as .vmstate.tmp, fsynced, renamed)
+//	task.json   the machine shape the state needs (memory, cpus, kernel command line)
+//
+// The accelerator is KVM only when /dev/kvm exists and a probe guest boots
+// on it in time (nested KVM can hang at boot); TCG otherwise.
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferrycluster/ferry/driver"
+)
+
+// Kind is the driver's kind.
+const Kind = "qemu"
+
+// Config configures a Driver.
+type Config struct {
+	// DataDir holds tasks and logs (see the package comment).
+	DataDir string
+	// QEMU is the emulator binary (default qemu-system-x86_64 on PATH).
+	QEMU string
+	// Kernel and Initrd are the node's default guest image, used when a
+	// spec names none.
+	Kernel, Initrd string
+	// Accel is "kvm", "tcg" or "" to probe (see Probe).
+	Accel string
+	// DefaultMemoryBytes is the guest RAM when a spec asks for none
+	// (default 128 MiB); MaxMemoryBytes the most one guest may have
+	// (default: 3/4 of the node's RAM).
+	DefaultMemoryBytes int64
+	MaxMemoryBytes     int64
+	// MaxCPUs bounds a guest's vCPUs (default 16).
+	MaxCPUs int
+	// Logger (default slog.Default) gets component=driver/qemu.
+	Logger *slog.Logger
+}
+
+// Driver runs QEMU guests. Safe for concurrent use.
+type Driver struct {
+	cfg   Config
+	log   *slog.Logger
+	accel string
+
+	mu    sync.Mutex
+	tasks map[string]*task
+}
+
+var _ driver.Driver = (*Driver)(nil)
+var _ driver.LiveMigrator = (*Driver)(nil)
+var _ driver.Pauser = (*Driver)(nil)
+
+const mib = 1 << 20
+
+// New returns a driver over cfg.DataDir, re-attaching to the QEMUs a
+// previous driver left running there.
+func New(ctx context.Context, cfg Config) (*Driver, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("qemu: no data dir")
+	}
+	abs, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DataDir = abs
+	if cfg.QEMU == "" {
+		cfg.QEMU = "qemu-system-x86_64"
+	}
+	if cfg.DefaultMemoryBytes == 0 {
+		cfg.DefaultMemoryBytes = 128 * mib
+	}
+	if cfg.MaxMemoryBytes == 0 {
+		cfg.MaxMemoryBytes = nodeMemory() * 3 / 4
+	}
+	if cfg.MaxCPUs == 0 {
+		cfg.MaxCPUs = 16
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	for _, p := range []*string{&cfg.Kernel, &cfg.Initrd} {
+		if *p != "" {
+			if *p, err = filepath.Abs(*p); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, d := range []string{"tasks", "logs"} {
+		if err := os.MkdirAll(filepath.Join(cfg.DataDir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	d := &Driver{cfg: cfg, log: cfg.Logger.With("component", "driver/qemu"), tasks: map[string]*task{}}
+	d.accel = cfg.Accel
+	if d.accel == "" {
+		d.accel = Probe(ctx, cfg.QEMU, cfg.Kernel, cfg.Initrd, 60*time.Second)
+	}
+	if d.accel != "kvm" && d.accel != "tcg" {
+		return nil, fmt.Errorf("qemu: accelerator %q: want kvm or tcg", d.accel)
+	}
+	d.recover(ctx)
+	return d, nil
+}
+
+// Kind implements driver.Driver.
+func (d *Driver) Kind() string { return Kind }
+
+// Accel is the accelerator guests run on ("kvm" or "tcg").
+func (d *Driver) Accel() string { return d.accel }
+
+// LogPath implements driver.Driver: the guest's serial console.
+func (d *Driver) LogPath(id string) string {
+	if !idRE.MatchString(id) {
+		return ""
+	}
+	return filepath.Join(d.cfg.DataDir, "logs", id+".log")
+}
+
+func (d *Driver) taskDir(id string) string { return filepath.Join(d.cfg.DataDir, "tasks", id) }
+
+var (
+	idRE       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	workloadRE = regexp.MustCompile(`^[A-Za-z0-9_./=:+ -]*$`)
+	cmdlineRE  = regexp.MustCompile(`^[ -~]*$`)
+)
+
+// machine is the shape of a guest: what a saved state needs to be loaded
+// into (recorded with every task and every suspend image).
+type machine struct {
+	MemoryMiB int64  `json:"memory_mib"`
+	CPUs      int    `json:"cpus"`
+	Kernel    string `json:"kernel"`
+	Initrd    string `json:"initrd"`
+	Append    string `json:"append"`
+}
+
+// shape validates spec and derives the machine for it.
+func (d *Driver) shape(spec driver.Spec) (machine, error) {
+	bad := func(format string, a ...any) (machine, error) {
+		return machine{}, fmt.Errorf("%w: task %q: %s", driver.ErrInvalidSpec, spec.ID, fmt.Sprintf(format, a...))
+	}
+	if !idRE.MatchString(spec.ID) {
+		return bad("id: want 1-63 letters, digits, '.', '_', '-' starting with a letter or digit")
+	}
+	if spec.VM == nil || spec.Process != nil {
+		return bad("a qemu task needs a vm section and no process section")
+	}
+	if spec.MemoryBytes < 0 {
+		return bad("memory_bytes %d is negative", spec.MemoryBytes)
+	}
+	if spec.CPUs < 0 {
+		return bad("cpus %g is negative", spec.CPUs)
+	}
+	m := machine{MemoryMiB: (spec.MemoryBytes + mib - 1) / mib, CPUs: int(spec.CPUs + 0.999)}
+	if spec.MemoryBytes == 0 {
+		m.MemoryMiB = d.cfg.DefaultMemoryBytes / mib
+	}
+	if m.MemoryMiB < 48 {
+		return bad("memory %d MiB: the guest needs at least 48 MiB", m.MemoryMiB)
+	}
+	if m.MemoryMiB*mib > d.cfg.MaxMemoryBytes {
+		return machine{}, fmt.Errorf("%w: task %q: memory %d MiB is more than the %d MiB a guest may have on this node",
+			driver.ErrInsufficient, spec.ID, m.MemoryMiB, d.cfg.MaxMemoryBytes/mib)
+	}
+	if m.CPUs < 1 {
+		m.CPUs = 1
+	}
+	if m.CPUs > d.cfg.MaxCPUs {
+		return machine{}, fmt.Errorf("%w: task %q: %d cpus, at most %d", driver.ErrInsufficient, spec.ID, m.CPUs, d.cfg.MaxCPUs)
+	}
+	vm := spec.VM
+	m.Kernel, m.Initrd = vm.Kernel, vm.Initrd
+	if m.Kernel == "" {
+		m.Kernel = d.cfg.Kernel
+	}
+	if m.Initrd == "" && vm.Kernel == "" {
+		m.Initrd = d.cfg.Initrd
+	}
+	if m.Kernel == "" {
+		return bad("no kernel given and the node has no default guest image")
+	}
+	for _, p := range []string{m.Kernel, m.Initrd} {
+		if p == "" {
+			continue
+		}
+		if !filepath.IsAbs(p) {
+			return bad("guest image path %q is not absolute", p)
+		}
+		if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() {
+			return bad("guest image file %q: not a readable file", p)
+		}
+	}
+	if !workloadRE.MatchString(vm.Workload) || len(vm.Workload) > 256 {
+		return bad("workload %q: letters, digits, spaces and _./=:+- only, at most 256 bytes", vm.Workload)
+	}
+	if !cmdlineRE.MatchString(vm.Cmdline) || len(vm.Cmdline) > 1024 || strings.Contains(vm.Cmdline, "ferry_run") {
+		return bad("cmdline %q: printable ASCII, at most 1024 bytes, without ferry_run", vm.Cmdline)
+	}
+	parts := []string{"console=ttyS0", "quiet", "panic=-1"}
+	if w := strings.Join(strings.Fields(vm.Workload), ","); w != "" {
+		parts = append(parts, "ferry_run="+w)
+	}
+	if c := strings.TrimSpace(vm.Cmdline); c != "" {
+		parts = append(parts, c)
+	}
+	m.Append = strings.Join(parts, " ")
+	return m, nil
+}
+
+// lookup returns the task or ErrNotFound.
+func (d *Driver) lookup(id string) (*task, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t, ok := d.tasks[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: qemu task %q", driver.ErrNotFound, id)
+	}
+	return t, nil
+}
+
+// reserve claims id for a new task, or fails with ErrExists.
+func (d *Driver) reserve(id string) (*task, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.tasks[id]; ok {
+		return nil, fmt.Errorf("%w: qemu task %q", driver.ErrExists, id)
+	}
+	t := &task{id: id, dir: d.taskDir(id), op: opStarting}
+	d.tasks[id] = t
+	return t, nil
+}
+
+func (d *Driver) forget(t *task) {
+	d.mu.Lock()
+	if d.tasks[t.id] == t {
+		delete(d.tasks, t.id)
+	}
+	d.mu.Unlock()
+}
+
+// Start implements driver.Driver.
+func (d *Driver) Start(ctx context.Context, spec driver.Spec) error {
+	m, err := d.shape(spec)
+	if err != nil {
+		return err
+	}
+	t, err := d.reserve(spec.ID)
+	if err != nil {
+		return err
+	}
+	if err := d.launch(ctx, t, spec, m, roleRun); err != nil {
+		d.discard(t)
+		return err
+	}
+	t.setOp(opNone)
+	d.log.Info("started", "task", spec.ID, "pid", t.pid, "memory_mib", m.MemoryMiB, "accel", d.accel)
+	return nil
+}
+
+// Stop implements driver.Driver: quit over QMP, SIGKILL when ctx expires.
+func (d *Driver) Stop(ctx context.Context, id string) error {
+	t, err := d.lookup(id)
+	if err != nil {
+		return err
+	}
+	d.terminate(ctx, t)
+	d.discard(t)
+	d.log.Info("stopped", "task", id)
+	return nil
+}
+
+// discard kills what is left of t and removes its record (not its log).
+func (d *Driver) discard(t *task) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d.terminate(ctx, t)
+	if t.qmp != nil {
+		t.qmp.Close()
+	}
+	os.RemoveAll(t.dir)
+	if sd := sockDir(t.dir); sd != t.dir {
+		os.RemoveAll(sd)
+	}
+	d.forget(t)
+}
+
+// Inspect implements driver.Driver.
+func (d *Driver) Inspect(ctx context.Context, id string) (driver.Status, error) {
+	t, err := d.lookup(id)
+	if err != nil {
+		return driver.Status{}, err
+	}
+	return t.status(ctx), nil
+}
+
+// List implements driver.Driver.
+func (d *Driver) List(ctx context.Context) ([]driver.Status, error) {
+	d.mu.Lock()
+	ts := make([]*task, 0, len(d.tasks))
+	for _, t := range d.tasks {
+		ts = append(ts, t)
+	}
+	d.mu.Unlock()
+	out := make([]driver.Status, 0, len(ts))
+	for _, t := range ts {
+		if t.getOp() == opStarting {
+			continue // not yet a task
+		}
+		out = append(out, t.status(ctx))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// Stats implements driver.Driver: CPU time and resident memory of the QEMU
+// process (/proc/PID), IO rates since the previous call.
+func (d *Driver) Stats(ctx context.Context, id string) (driver.Stats, error) {
+	t, err := d.lookup(id)
+	if err != nil {
+		return driver.Stats{}, err
+	}
+	return t.stats(time.Now())
+}
+
+// Pause implements driver.Pauser (QMP stop).
+func (d *Driver) Pause(ctx context.Context, id string) error {
+	t, err := d.lookup(id)
+	if err != nil {
+		return err
+	}
+	if err := t.begin(opPausing); err != nil {
+		return err
+	}
+	defer t.setOp(opNone)
+	return t.execute(ctx, "stop", nil, nil)
+}
+
+// Unpause implements driver.Pauser (QMP cont).
+func (d *Driver) Unpause(ctx context.Context, id string) error {
+	t, err := d.lookup(id)
+	if err != nil {
+		return err
+	}
+	if err := t.begin(opPausing); err != nil {
+		return err
+	}
+	defer t.setOp(opNone)
+	return t.execute(ctx, "cont", nil, nil)
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func nodeMemory() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err == nil {
+		var kb int64
+		for _, l := range strings.Split(string(b), "\n") {
+			if _, err := fmt.Sscanf(l, "MemTotal: %d kB", &kb); err == nil {
+				return kb * 1024
+			}
+		}
+	}
+	return 4 << 30
+}
