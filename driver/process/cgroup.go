@@ -260,3 +260,11 @@ func (cs *cgroupSet) remove(dirs []string) {
 		_ = os.Remove(d)
 	}
 }
+
+func (cs *cgroupSet) removeBases() {
+	for _, b := range []string{cs.cpuBase, cs.memBase} {
+		if b != "" {
+			_ = os.Remove(b)
+		}
+	}
+}

@@ -177,6 +177,7 @@ func (d *Driver) Close() error {
 	}
 	d.mu.Unlock()
 	d.wg.Wait()
+	d.cg.removeBases() // only when no task cgroup is left in them
 	return nil
 }
 
