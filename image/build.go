@@ -113,8 +113,9 @@ func (s *Store) normalize(spec Spec, base string) (Spec, error) {
 		return Spec{}, err
 	}
 	n := spec
-	if n.Kernel == "" {
-		n.Kernel = s.DefaultKernel
+	n.Kernel = resolve(base, n.Kernel)
+	if spec.Kernel == "" {
+		n.Kernel = s.DefaultKernel // relative to the working directory
 	}
 	if n.Kernel == "" {
 		return Spec{}, fmt.Errorf("%w: kernel: none given and the builder has no default", ErrInvalidSpec)
@@ -122,7 +123,6 @@ func (s *Store) normalize(spec Spec, base string) (Spec, error) {
 	if n.Busybox == "" {
 		n.Busybox = "/bin/busybox"
 	}
-	n.Kernel = resolve(base, n.Kernel)
 	n.Busybox = resolve(base, n.Busybox)
 	n.Init = strings.TrimSpace(n.Init)
 	n.Cmdline = strings.Join(strings.Fields(n.Cmdline), " ")

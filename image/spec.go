@@ -135,3 +135,8 @@ func reserved(p string) bool {
 	}
 	return false
 }
+
+// DefaultSpec is the node's default guest: busybox and the built-in
+// workloads, running "counter" unless the kernel command line (ferry_run)
+// names another workload.
+func DefaultSpec() Spec { return Spec{Name: "default", Init: "counter"} }
