@@ -93,7 +93,7 @@ type state struct {
 	d       int // next decision: nodes first, then tasks
 	vms     []vm
 	nodes   []node
-	seqPos  []int  // per seq constraint: highest position that acted
+	seqPos  []int // per seq constraint: highest position that acted
 	g       int64
 	h       int64
 	actions []plan.Action
@@ -234,9 +234,9 @@ func (s *search) dur(kind cluster.ActionKind, task, from, to int) int64 {
 
 func (s *search) initial() *state {
 	st := &state{
-		vms:     make([]vm, s.nT),
-		nodes:   make([]node, s.nN),
-		seqPos:  make([]int, len(s.seqs)),
+		vms:    make([]vm, s.nT),
+		nodes:  make([]node, s.nN),
+		seqPos: make([]int, len(s.seqs)),
 	}
 	for t, tk := range s.m.Tasks {
 		st.vms[t] = vm{st: tk.State, node: tk.Node, from: -1}
@@ -939,8 +939,8 @@ func (q pq) Less(i, j int) bool {
 	}
 	return q[i].d > q[j].d
 }
-func (q pq) Swap(i, j int)  { q[i], q[j] = q[j], q[i]; q[i].idx = i; q[j].idx = j }
-func (q *pq) Push(x any)    { s := x.(*state); s.idx = len(*q); *q = append(*q, s) }
+func (q pq) Swap(i, j int) { q[i], q[j] = q[j], q[i]; q[i].idx = i; q[j].idx = j }
+func (q *pq) Push(x any)   { s := x.(*state); s.idx = len(*q); *q = append(*q, s) }
 func (q *pq) Pop() any {
 	old := *q
 	s := old[len(old)-1]
