@@ -63,6 +63,7 @@ func FuzzParseProcFiles(f *testing.F) {
 	f.Add([]byte("1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5555 1000 100 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0"))
 	f.Add([]byte("rchar: 10\nwchar: 20\nsyscr: 1\nread_bytes: 0\nwrite_bytes: 4096\n"))
 	f.Add([]byte(")"))
+	f.Add([]byte("SigIgn:\t0000000000001000\nSigCgt:\t0000000000000800\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if st, err := parseProcStat(b); err == nil && st.cpu < 0 {
 			t.Fatalf("negative cpu %v", st.cpu)
@@ -70,5 +71,6 @@ func FuzzParseProcFiles(f *testing.F) {
 		if io, err := parseProcIO(b); err == nil && (io.rchar < 0 || io.wchar < 0) {
 			t.Fatalf("negative io %+v", io)
 		}
+		_, _, _ = parseSignalMasks(b, 12)
 	})
 }

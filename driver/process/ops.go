@@ -121,6 +121,11 @@ func (d *Driver) checkpoint(ctx context.Context, t *task, dst, mode string) (dri
 		}
 	}
 	t0 := time.Now()
+	if err := d.awaitHandler(ctx, t, p.jr, t0); err != nil {
+		repause()
+		_ = resetDir(staging)
+		return fail(err)
+	}
 	if err := syscall.Kill(p.jr.PID, t.job.signal); err != nil {
 		repause()
 		return fail(fmt.Errorf("%w: signal job: %v", driver.ErrTaskFailed, err))
@@ -188,6 +193,35 @@ func (d *Driver) checkpoint(ctx context.Context, t *task, dst, mode string) (dri
 		}
 	}
 	return img, nil
+}
+
+// awaitHandler waits (within the checkpoint timeout) until the job has a
+// handler for the checkpoint signal, so that a request never kills a job
+// that has not set one up yet (or never will).
+func (d *Driver) awaitHandler(ctx context.Context, t *task, jr jobRecord, t0 time.Time) error {
+	deadline := t0.Add(t.job.timeout)
+	for delay := time.Millisecond; ; delay = min(delay*2, 20*time.Millisecond) {
+		caught, ignored, err := signalDisposition(jr.PID, int(t.job.signal))
+		if err != nil {
+			return fmt.Errorf("%w: job process %d: %v", driver.ErrTaskFailed, jr.PID, err)
+		}
+		if caught {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			why := "has no handler for"
+			if ignored {
+				why = "ignores"
+			}
+			return fmt.Errorf("%w: job %s %s after %v, so no checkpoint was requested (see docs/checkpointing.md); it keeps running",
+				driver.ErrTimeout, why, signalName(t.job.signal), t.job.timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the job's %s handler: %w; the job keeps running", signalName(t.job.signal), ctx.Err())
+		case <-time.After(delay):
+		}
+	}
 }
 
 // awaitAnswer waits for the job's answer to a checkpoint request: the done

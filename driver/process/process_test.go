@@ -139,6 +139,19 @@ func TestValidateSpecs(t *testing.T) {
 	}
 }
 
+func TestParseSignalMasks(t *testing.T) {
+	status := []byte("Name:\tx\nSigIgn:\t0000000000001000\nSigCgt:\t0000000000000800\n")
+	if c, i, err := parseSignalMasks(status, 12); err != nil || !c || i {
+		t.Errorf("SIGUSR2: caught %v ignored %v err %v", c, i, err)
+	}
+	if c, i, err := parseSignalMasks(status, 13); err != nil || c || !i {
+		t.Errorf("SIGPIPE: caught %v ignored %v err %v", c, i, err)
+	}
+	if _, _, err := parseSignalMasks([]byte("SigCgt:\tzz\nSigIgn:\t0\n"), 12); err == nil {
+		t.Error("bad mask accepted")
+	}
+}
+
 func TestParseSignal(t *testing.T) {
 	for in, want := range map[string]syscall.Signal{
 		"": syscall.SIGUSR2, "SIGUSR2": syscall.SIGUSR2, "usr1": syscall.SIGUSR1, "HUP": syscall.SIGHUP,

@@ -228,3 +228,43 @@ func readJSON(path string, v any) error {
 	}
 	return nil
 }
+
+// signalDisposition reads from /proc/PID/status whether the process has a
+// handler for sig (SigCgt) or ignores it (SigIgn). The driver sends the
+// checkpoint signal only to a job that catches it: before the job has set
+// up its handler the default action would kill it.
+func signalDisposition(pid int, sig int) (caught, ignored bool, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return false, false, err
+	}
+	return parseSignalMasks(b, sig)
+}
+
+func parseSignalMasks(b []byte, sig int) (caught, ignored bool, err error) {
+	if sig < 1 || sig > 64 {
+		return false, false, fmt.Errorf("signal %d out of range", sig)
+	}
+	bit := uint64(1) << (sig - 1)
+	found := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "SigCgt" && k != "SigIgn") {
+			continue
+		}
+		mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		if err != nil {
+			return false, false, fmt.Errorf("status %s: %q", k, v)
+		}
+		if k == "SigCgt" {
+			caught = mask&bit != 0
+		} else {
+			ignored = mask&bit != 0
+		}
+		found++
+	}
+	if found != 2 {
+		return false, false, errors.New("status: no SigCgt/SigIgn")
+	}
+	return caught, ignored, nil
+}
