@@ -73,7 +73,7 @@ type Config struct {
 	// Drivers run the tasks, one per kind.
 	Drivers []driver.Driver
 	// Accelerator is reported in NodeInfo (e.g. "kvm", "tcg"); empty asks
-	// the drivers (any with an Accelerator() string method).
+	// the drivers (any with an Accel() or Accelerator() string method).
 	Accelerator string
 	// IncomingTimeout bounds how long a prepared incoming copy waits for its
 	// tunnel, and for finish after the tunnel closed (default 60s).
@@ -118,6 +118,11 @@ type Agent struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// moving counts outbound moves in flight; Close waits for them to
+	// finish their abort path.
+	moving sync.WaitGroup
+	closed bool
 
 	mu       sync.Mutex
 	records  map[string]*record
@@ -220,6 +225,7 @@ func (a *Agent) Close() error {
 		err = a.srv.Close()
 	}
 	a.mu.Lock()
+	a.closed = true
 	for c := range a.conns {
 		c.Close()
 	}
@@ -227,6 +233,7 @@ func (a *Agent) Close() error {
 		s.stopTimer()
 	}
 	a.mu.Unlock()
+	a.moving.Wait()
 	a.wg.Wait()
 	return err
 }

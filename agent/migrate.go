@@ -43,6 +43,14 @@ func (a *Agent) Migrate(ctx context.Context, id string, req api.MigrateRequest, 
 	if req.Options.MaxDowntime < 0 || req.Options.Bandwidth < 0 {
 		return api.MigrateEvent{}, fmt.Errorf("%w: migrate %q: negative downtime or bandwidth", driver.ErrInvalidSpec, id)
 	}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return api.MigrateEvent{}, fmt.Errorf("%w: agent %s is shutting down", driver.ErrBusy, a.cfg.Name)
+	}
+	a.moving.Add(1)
+	a.mu.Unlock()
+	defer a.moving.Done()
 	rec, err := a.begin(id, req.Epoch, "migrate")
 	if err != nil {
 		return api.MigrateEvent{}, err

@@ -44,7 +44,8 @@ func (a *Agent) recover() {
 			if present {
 				if lm, ok := a.drivers[r.Driver].(driver.LiveMigrator); ok {
 					if err := lm.AbortIncoming(ctx, r.ID); err != nil && !errors.Is(err, driver.ErrNotFound) {
-						a.log.Error("recover: abort incoming", "task", r.ID, "err", err)
+						a.log.Warn("recover: abort incoming failed; stopping the copy", "task", r.ID, "err", err)
+						a.drivers[r.Driver].Stop(ctx, r.ID)
 					}
 				}
 			}
@@ -96,7 +97,8 @@ func (a *Agent) settle(r *record, present bool) {
 				var err error
 				if lm, ok := a.drivers[r.Driver].(driver.LiveMigrator); ok && r.Mode == "live" {
 					err = lm.ConfirmOut(cctx, r.ID)
-				} else {
+				}
+				if err != nil || r.Mode != "live" {
 					err = a.drivers[r.Driver].Stop(cctx, r.ID)
 				}
 				cancel()

@@ -105,6 +105,9 @@ func (a *Agent) Node() api.NodeInfo {
 			if x, ok := d.(interface{ Accelerator() string }); ok {
 				acc = x.Accelerator()
 			}
+			if x, ok := d.(interface{ Accel() string }); ok {
+				acc = x.Accel()
+			}
 		}
 	}
 	return api.NodeInfo{Name: a.cfg.Name, CPUs: a.cfg.CPUs, MemoryBytes: a.cfg.MemoryBytes, Accelerator: acc,
