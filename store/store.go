@@ -33,10 +33,9 @@ type Config struct {
 	APIAddr string
 	// Bootstrap a new one-server cluster when DataDir holds no state.
 	Bootstrap bool
-	// TLS, when set, wraps raft's connections (mutual TLS: the config must
-	// carry the server certificate, the CA pool for clients and peers, and
-	// ClientAuth RequireAndVerifyClientCert).
-	TLS *tls.Config
+	// ServerTLS and ClientTLS, when set, wrap raft's connections in mutual
+	// TLS (pki.Identity.ServerConfig and ClientConfig of a server identity).
+	ServerTLS, ClientTLS *tls.Config
 	// Fast shortens raft's timeouts (tests and `ferry dev`).
 	Fast   bool
 	Logger *slog.Logger
@@ -158,9 +157,9 @@ func Open(cfg Config) (*Store, error) {
 		bolt.Close()
 		return nil, fmt.Errorf("store: raft listen: %w", err)
 	}
-	stream := &streamLayer{Listener: ln, tls: cfg.TLS}
-	if cfg.TLS != nil {
-		stream.Listener = tls.NewListener(ln, cfg.TLS)
+	stream := &streamLayer{Listener: ln, tls: cfg.ClientTLS}
+	if cfg.ServerTLS != nil {
+		stream.Listener = tls.NewListener(ln, cfg.ServerTLS)
 	}
 	trans := raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, rc.Logger)
 	f := &fsm{state: NewState(), changed: make(chan struct{})}

@@ -1,0 +1,374 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/cluster"
+	"github.com/ferrycluster/ferry/controller/executor"
+	"github.com/ferrycluster/ferry/plan"
+	"github.com/ferrycluster/ferry/policy"
+	"github.com/ferrycluster/ferry/store"
+)
+
+// AgentAPI is how the controller reaches one agent: agent/client.Client in
+// production (and the benchmark's fake agents serve the same HTTP API).
+type AgentAPI interface {
+	Node(ctx context.Context) (api.NodeInfo, error)
+	List(ctx context.Context) ([]api.Task, error)
+	Run(ctx context.Context, req api.RunRequest) (api.Task, error)
+	Stop(ctx context.Context, id string, epoch uint64) error
+	Suspend(ctx context.Context, id string, epoch uint64) (api.Task, error)
+	Resume(ctx context.Context, id string, req api.ResumeRequest) (api.Task, error)
+	Migrate(ctx context.Context, id string, req api.MigrateRequest, progress func(api.MigrateEvent)) (api.MigrateEvent, error)
+	Cancel(ctx context.Context, id string, epoch uint64) error
+	Logs(ctx context.Context, id string, tail int, follow bool) (io.ReadCloser, error)
+}
+
+// Config configures a controller.
+type Config struct {
+	Store  *store.Store
+	Policy policy.Policy
+	// Dial returns the client of the agent at addr.
+	Dial   func(addr string) AgentAPI
+	Limits executor.Limits
+	// Period of the loop (default 1s); the loop also runs on events.
+	Period time.Duration
+	// HeartbeatTimeout: a node silent this long is down (default 10s).
+	HeartbeatTimeout time.Duration
+	// SolveTimeout bounds the planner (default 2s).
+	SolveTimeout time.Duration
+	// Poll agents for heartbeats (default on); agents that push heartbeats
+	// to the API are not polled.
+	NoPoll  bool
+	Logger  *slog.Logger
+	Metrics *Metrics
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Controller runs the loop on the leader.
+type Controller struct {
+	cfg     Config
+	log     *slog.Logger
+	st      *store.Store
+	events  *Events
+	metrics *Metrics
+	started time.Time
+
+	mu      sync.Mutex
+	obs     map[string]*observation // by node name
+	clients map[string]AgentAPI     // by address
+	killed  map[string]time.Time    // "node/task/epoch" → last stop sent
+
+	trigger chan struct{}
+	acks    chan ackMsg
+	done    chan struct{} // closed when Run returns
+	run     *execution
+	wg      sync.WaitGroup
+}
+
+// observation is the latest heartbeat of a node.
+type observation struct {
+	at     time.Time
+	pushed bool
+	info   api.NodeInfo
+	tasks  []api.Task
+}
+
+// Heartbeat is what an agent reports (pushed to POST /v1/heartbeat, or
+// gathered by polling the agent's API).
+type Heartbeat struct {
+	Node  string       `json:"node"`
+	Addr  string       `json:"addr"`
+	Info  api.NodeInfo `json:"info"`
+	Tasks []api.Task   `json:"tasks"`
+}
+
+// New returns a controller; call Run.
+func New(cfg Config) *Controller {
+	if cfg.Period <= 0 {
+		cfg.Period = time.Second
+	}
+	if cfg.HeartbeatTimeout <= 0 {
+		cfg.HeartbeatTimeout = 10 * time.Second
+	}
+	if cfg.SolveTimeout <= 0 {
+		cfg.SolveTimeout = 2 * time.Second
+	}
+	if cfg.Limits == (executor.Limits{}) {
+		cfg.Limits = executor.DefaultLimits()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
+	}
+	return &Controller{
+		cfg: cfg, log: cfg.Logger.With("component", "controller"), st: cfg.Store,
+		events: NewEvents(1024), metrics: cfg.Metrics, started: cfg.Now(),
+		obs: map[string]*observation{}, clients: map[string]AgentAPI{}, killed: map[string]time.Time{},
+		trigger: make(chan struct{}, 1), acks: make(chan ackMsg, 1024), done: make(chan struct{}),
+	}
+}
+
+// Events is the controller's event stream.
+func (c *Controller) Events() *Events { return c.events }
+
+// Metrics returns the controller's metrics.
+func (c *Controller) Metrics() *Metrics { return c.metrics }
+
+// Trigger asks the loop to run now.
+func (c *Controller) Trigger() {
+	select {
+	case c.trigger <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Controller) client(addr string) AgentAPI {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cl := c.clients[addr]
+	if cl == nil {
+		cl = c.cfg.Dial(addr)
+		c.clients[addr] = cl
+	}
+	return cl
+}
+
+// apply proposes a command on the leader.
+func (c *Controller) apply(ctx context.Context, cmd store.Command) (store.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	r, err := c.st.Apply(ctx, cmd)
+	if err != nil {
+		return r, err
+	}
+	return r, r.Err
+}
+
+// Observe records a heartbeat (pushed or polled). A node the store does not
+// know is registered.
+func (c *Controller) Observe(ctx context.Context, hb Heartbeat, pushed bool) error {
+	if hb.Node == "" {
+		return fmt.Errorf("%w: heartbeat without a node name", store.ErrInvalid)
+	}
+	now := c.cfg.Now()
+	c.mu.Lock()
+	o := c.obs[hb.Node]
+	if o == nil {
+		o = &observation{}
+		c.obs[hb.Node] = o
+	}
+	o.at, o.pushed, o.info, o.tasks = now, pushed, hb.Info, hb.Tasks
+	c.mu.Unlock()
+	c.metrics.Heartbeats.Inc()
+	var known bool
+	var addr string
+	c.st.View(func(s *store.State) {
+		if n := s.Nodes[hb.Node]; n != nil {
+			known, addr = true, n.Addr
+		}
+	})
+	if !known || (hb.Addr != "" && addr != hb.Addr) {
+		_, err := c.apply(ctx, store.Command{RegisterNode: &store.RegisterNode{
+			Name: hb.Node, Addr: hb.Addr,
+			Capacity: store.Resources{CPUMilli: int64(hb.Info.CPUs * 1000), MemoryBytes: hb.Info.MemoryBytes},
+		}})
+		if err != nil {
+			return err
+		}
+		c.event("node", hb.Node, "registered", "addr", hb.Addr)
+		c.Trigger()
+	}
+	return nil
+}
+
+// AddNode registers the agent at addr: the controller asks it for its name
+// and capacities and then polls it.
+func (c *Controller) AddNode(ctx context.Context, addr string, labels map[string]string) (string, error) {
+	info, err := c.client(addr).Node(ctx)
+	if err != nil {
+		return "", fmt.Errorf("agent %s: %w", addr, err)
+	}
+	_, err = c.apply(ctx, store.Command{RegisterNode: &store.RegisterNode{
+		Name: info.Name, Addr: addr, Labels: labels,
+		Capacity: store.Resources{CPUMilli: int64(info.CPUs * 1000), MemoryBytes: info.MemoryBytes},
+	}})
+	if err != nil {
+		return "", err
+	}
+	c.event("node", info.Name, "registered", "addr", addr)
+	c.Trigger()
+	return info.Name, nil
+}
+
+// Run runs the loop until ctx ends. Only the leader acts; a follower waits.
+func (c *Controller) Run(ctx context.Context) error {
+	c.wg.Add(1)
+	go c.poll(ctx)
+	defer c.wg.Wait()
+	defer close(c.done)
+	tick := time.NewTicker(c.cfg.Period)
+	defer tick.Stop()
+	leading := false
+	for {
+		select {
+		case <-ctx.Done():
+			c.abandon()
+			return ctx.Err()
+		case <-tick.C:
+		case <-c.trigger:
+		case a := <-c.acks:
+			if leading {
+				c.handleAck(ctx, a)
+			}
+			continue
+		}
+		if !c.st.IsLeader() {
+			if leading {
+				c.log.Info("lost leadership; the loop waits")
+				c.abandon()
+			}
+			leading = false
+			continue
+		}
+		if !leading {
+			c.log.Info("leading: the loop runs")
+			leading = true
+			c.started = c.cfg.Now()
+		}
+		c.step(ctx)
+	}
+}
+
+// step runs one round of the loop.
+func (c *Controller) step(ctx context.Context) {
+	c.liveness(ctx)
+	c.reconcile(ctx)
+	if c.run == nil {
+		var active *store.Plan
+		c.st.View(func(s *store.State) {
+			if p := s.ActivePlan(); p != nil {
+				cp := *p
+				cp.Actions = append([]store.Action(nil), p.Actions...)
+				active = &cp
+			}
+		})
+		if active != nil {
+			c.resumePlan(ctx, active)
+		} else {
+			c.makePlan(ctx)
+		}
+	}
+	if c.run != nil {
+		c.drive(ctx)
+	}
+	c.gauges()
+}
+
+// makePlan runs policy and planner; a plan with actions is journaled and
+// becomes the execution.
+func (c *Controller) makePlan(ctx context.Context) {
+	var snap *Snapshot
+	c.st.View(func(s *store.State) { snap = BuildSnapshot(s, c.cfg.Now().Unix()) })
+	if len(snap.View.Model.Tasks) == 0 {
+		return
+	}
+	t0 := time.Now()
+	prob, err := snap.Problem(c.cfg.Policy)
+	if err != nil {
+		c.log.Warn("policy failed", "err", err)
+		return
+	}
+	p, err := plan.Solve(ctx, prob, plan.Options{Timeout: c.cfg.SolveTimeout, Seed: 1})
+	if err != nil {
+		c.metrics.PlanErrors.Inc()
+		if errors.Is(err, plan.ErrNoSolution) {
+			c.eventOnce("plan", "", "no viable plan", "err", err.Error())
+		} else {
+			c.log.Warn("planner failed", "err", err)
+		}
+		return
+	}
+	took := time.Since(t0)
+	if len(p.Actions) == 0 {
+		return
+	}
+	acts := executor.FromPlan(p, p.Origin.Resource(ResMemory))
+	sp := store.Plan{Reason: "policy " + c.cfg.Policy.Name()}
+	for _, a := range acts {
+		sp.Actions = append(sp.Actions, store.Action{Kind: a.Kind.String(), Task: a.Task, From: a.From, To: a.To, Deps: a.Deps, Bytes: a.Bytes})
+	}
+	r, err := c.apply(ctx, store.Command{CreatePlan: &store.CreatePlan{Plan: sp}})
+	if err != nil {
+		c.log.Warn("cannot journal the plan", "err", err)
+		return
+	}
+	c.metrics.Plans.Inc()
+	c.metrics.PlanDuration.Observe(took.Seconds())
+	c.metrics.PlanActions.Observe(float64(len(acts)))
+	c.event("plan", fmt.Sprint(r.PlanID), "planned", "actions", len(acts), "migrations", p.Migrations(), "solve_ms", took.Milliseconds())
+	ex, err := executor.New(acts, c.cfg.Limits)
+	if err != nil {
+		c.log.Error("executor refused the plan", "err", err)
+		return
+	}
+	sp.ID = r.PlanID
+	c.run = newExecution(r.PlanID, ex, sp.Actions, c.cfg.Now())
+}
+
+// DryRun returns the plan the loop would carry out now, without journaling
+// or executing it.
+func (c *Controller) DryRun(ctx context.Context) (*PlanView, error) {
+	var snap *Snapshot
+	c.st.View(func(s *store.State) { snap = BuildSnapshot(s, c.cfg.Now().Unix()) })
+	pv := &PlanView{}
+	if len(snap.View.Model.Tasks) == 0 {
+		return pv, nil
+	}
+	prob, err := snap.Problem(c.cfg.Policy)
+	if err != nil {
+		return nil, err
+	}
+	p, err := plan.Solve(ctx, prob, plan.Options{Timeout: c.cfg.SolveTimeout, Seed: 1})
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range executor.FromPlan(p, p.Origin.Resource(ResMemory)) {
+		pv.Actions = append(pv.Actions, store.Action{Kind: a.Kind.String(), Task: a.Task, From: a.From, To: a.To, Deps: a.Deps, Bytes: a.Bytes, State: store.ActionPending})
+	}
+	pv.Makespan, pv.MTTR, pv.Migrations = p.Makespan(), p.MTTR(), p.Migrations()
+	return pv, nil
+}
+
+// PlanView is a plan as the API shows it.
+type PlanView struct {
+	ID         uint64         `json:"id,omitempty"`
+	State      string         `json:"state,omitempty"`
+	Reason     string         `json:"reason,omitempty"`
+	Actions    []store.Action `json:"actions"`
+	Makespan   int64          `json:"makespan_s,omitempty"`
+	MTTR       int64          `json:"mttr_s,omitempty"`
+	Migrations int            `json:"migrations,omitempty"`
+}
+
+// kindOf parses a journaled action kind.
+func kindOf(s string) cluster.ActionKind {
+	k, err := cluster.ParseActionKind(s)
+	if err != nil {
+		return cluster.Kill
+	}
+	return k
+}

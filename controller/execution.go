@@ -1,0 +1,345 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/controller/executor"
+	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/store"
+)
+
+// execution is the plan being carried out: the pure executor plus the I/O
+// state around it (cancel functions of calls in flight, orphans inherited
+// from a previous leader).
+type execution struct {
+	id      uint64
+	ex      *executor.Executor
+	acts    []store.Action
+	started time.Time
+	cancels map[int]context.CancelFunc
+	// orphans are actions journaled as running by a previous controller:
+	// their outcome is read from the agents' reports.
+	orphans map[int]bool
+}
+
+func newExecution(id uint64, ex *executor.Executor, acts []store.Action, now time.Time) *execution {
+	return &execution{id: id, ex: ex, acts: acts, started: now, cancels: map[int]context.CancelFunc{}, orphans: map[int]bool{}}
+}
+
+// ackMsg is what a dispatch goroutine reports.
+type ackMsg struct {
+	plan   uint64
+	action int
+	kind   executor.AckKind
+	err    error
+	image  string
+	epoch  uint64
+	bytes  int64
+	// migration results
+	took, downtime time.Duration
+}
+
+// resumePlan rebuilds the execution of a plan journaled by a previous
+// leader (or before a restart): terminal actions stay terminal, running
+// ones become orphans whose outcome the agents' reports settle.
+func (c *Controller) resumePlan(ctx context.Context, p *store.Plan) {
+	acts := make([]executor.Action, len(p.Actions))
+	for i, a := range p.Actions {
+		acts[i] = executor.Action{Kind: kindOf(a.Kind), Task: a.Task, From: a.From, To: a.To, Deps: a.Deps, Bytes: a.Bytes}
+	}
+	ex, err := executor.New(acts, c.cfg.Limits)
+	if err != nil {
+		c.log.Error("journaled plan is not executable; cancelling its pending actions", "plan", p.ID, "err", err)
+		for i, a := range p.Actions {
+			if a.State == store.ActionPending {
+				_, _ = c.apply(ctx, store.Command{CancelAction: &store.CancelAction{Plan: p.ID, Index: i, Error: err.Error()}})
+			}
+		}
+		return
+	}
+	run := newExecution(p.ID, ex, p.Actions, c.cfg.Now())
+	for i, a := range p.Actions {
+		switch a.State {
+		case store.ActionDone:
+			ex.Restore(i, executor.Done, run.started)
+		case store.ActionFailed:
+			ex.Restore(i, executor.Failed, run.started)
+		case store.ActionCancelled:
+			ex.Restore(i, executor.Cancelled, run.started)
+		case store.ActionRunning:
+			ex.Restore(i, executor.Running, time.Unix(0, a.Started))
+			run.orphans[i] = true
+		}
+	}
+	c.run = run
+	c.event("plan", fmt.Sprint(p.ID), "resumed", "orphans", len(run.orphans))
+}
+
+// drive performs what the executor says and settles orphans.
+func (c *Controller) drive(ctx context.Context) {
+	run := c.run
+	now := c.cfg.Now()
+	c.settleOrphans(ctx, now)
+	for _, in := range run.ex.Ready(now) {
+		a := run.acts[in.Action]
+		switch in.Kind {
+		case executor.Start:
+			if _, err := c.apply(ctx, store.Command{StartAction: &store.StartAction{Plan: run.id, Index: in.Action}}); err != nil {
+				// The journal refused (the task changed under us): the
+				// action never ran.
+				if !errors.Is(err, store.ErrNotLeader) {
+					_, _ = c.apply(ctx, store.Command{CancelAction: &store.CancelAction{Plan: run.id, Index: in.Action, Error: err.Error()}})
+				}
+				run.ex.Advance(executor.Ack{Kind: executor.FailedAck, Action: in.Action, Err: err.Error()})
+				c.event("action", a.Task, "refused", "kind", a.Kind, "err", err.Error())
+				continue
+			}
+			var journaled store.Action
+			var task store.Task
+			var job store.Job
+			c.st.View(func(s *store.State) {
+				journaled = s.Plans[run.id].Actions[in.Action]
+				task = *s.Tasks[a.Task]
+				job = *s.Jobs[task.Job]
+			})
+			run.acts[in.Action] = journaled
+			actx, cancel := context.WithCancel(ctx)
+			run.cancels[in.Action] = cancel
+			c.event("action", a.Task, "started", "kind", a.Kind, "from", a.From, "to", a.To, "plan", run.id)
+			c.wg.Add(1)
+			go func(i int) {
+				defer c.wg.Done()
+				c.dispatch(actx, run.id, i, journaled, task, job)
+			}(in.Action)
+		case executor.Cancel:
+			_, _ = c.apply(ctx, store.Command{CancelAction: &store.CancelAction{Plan: run.id, Index: in.Action, Error: in.Reason}})
+			c.event("action", a.Task, "cancelled", "kind", a.Kind, "reason", in.Reason)
+		case executor.Abort:
+			c.event("action", a.Task, "aborting", "kind", a.Kind, "reason", in.Reason)
+			if cancel := run.cancels[in.Action]; cancel != nil {
+				cancel()
+			}
+			if run.orphans[in.Action] {
+				c.finishAction(ctx, ackMsg{plan: run.id, action: in.Action, kind: executor.FailedAck, err: errors.New(in.Reason)})
+			}
+		}
+	}
+	if run.ex.Done() {
+		if _, err := c.apply(ctx, store.Command{FinishPlan: &store.FinishPlan{Plan: run.id}}); err != nil && !errors.Is(err, store.ErrConflict) {
+			c.log.Warn("cannot close the plan", "plan", run.id, "err", err)
+			return
+		}
+		failed := 0
+		for i := range run.acts {
+			if run.ex.State(i) != executor.Done {
+				failed++
+			}
+		}
+		c.event("plan", fmt.Sprint(run.id), "finished", "actions", len(run.acts), "not_done", failed, "took_ms", c.cfg.Now().Sub(run.started).Milliseconds())
+		c.run = nil
+		c.Trigger()
+	}
+}
+
+// handleAck journals an action's outcome, then advances the executor.
+func (c *Controller) handleAck(ctx context.Context, a ackMsg) {
+	if c.run == nil || c.run.id != a.plan {
+		return
+	}
+	if a.kind == executor.Progress {
+		c.run.ex.Advance(executor.Ack{Kind: executor.Progress, Action: a.action, At: c.cfg.Now(), Bytes: a.bytes})
+		return
+	}
+	c.finishAction(ctx, a)
+	c.drive(ctx)
+}
+
+func (c *Controller) finishAction(ctx context.Context, a ackMsg) {
+	run := c.run
+	if cancel := run.cancels[a.action]; cancel != nil {
+		cancel()
+		delete(run.cancels, a.action)
+	}
+	delete(run.orphans, a.action)
+	fa := &store.FinishAction{Plan: a.plan, Index: a.action, OK: a.kind == executor.Succeeded, Image: a.image, Epoch: a.epoch}
+	act := run.acts[a.action]
+	if a.err != nil {
+		fa.Error = a.err.Error()
+		if act.Kind == "resume" && (errors.Is(a.err, driver.ErrNotFound) || errors.Is(a.err, api.ErrStaleEpoch)) {
+			fa.DropImage = true
+		}
+	}
+	if _, err := c.apply(ctx, store.Command{FinishAction: fa}); err != nil {
+		c.log.Warn("cannot journal an action's end", "plan", a.plan, "action", a.action, "err", err)
+		if errors.Is(err, store.ErrNotLeader) {
+			return
+		}
+	}
+	ack := executor.Ack{Kind: a.kind, Action: a.action, At: c.cfg.Now()}
+	if a.err != nil {
+		ack.Err = a.err.Error()
+	}
+	run.ex.Advance(ack)
+	took := c.cfg.Now().Sub(time.Unix(0, act.Started))
+	if a.kind == executor.Succeeded {
+		c.event("action", act.Task, "done", "kind", act.Kind, "from", act.From, "to", act.To, "took_ms", took.Milliseconds())
+		if act.Kind == "migrate" || (act.Kind == "resume" && act.From != act.To) {
+			c.metrics.Migrations.WithLabelValues("ok").Inc()
+			c.metrics.MigrationDuration.Observe(took.Seconds())
+			if a.downtime > 0 {
+				c.metrics.MigrationDowntime.Observe(a.downtime.Seconds())
+			}
+			c.metrics.MigrationBytes.Add(float64(act.Bytes))
+		}
+		c.metrics.Actions.WithLabelValues(act.Kind, "done").Inc()
+	} else {
+		c.event("action", act.Task, "failed", "kind", act.Kind, "from", act.From, "to", act.To, "err", ack.Err)
+		if act.Kind == "migrate" {
+			c.metrics.Migrations.WithLabelValues("failed").Inc()
+		}
+		c.metrics.Actions.WithLabelValues(act.Kind, "failed").Inc()
+	}
+}
+
+// abandon stops driving (lost leadership or shutdown): calls in flight are
+// cancelled; the journal keeps them running for the next leader to settle.
+func (c *Controller) abandon() {
+	if c.run == nil {
+		return
+	}
+	for _, cancel := range c.run.cancels {
+		cancel()
+	}
+	c.run = nil
+}
+
+// dispatch performs one action on the agents and reports its outcome.
+func (c *Controller) dispatch(ctx context.Context, planID uint64, i int, a store.Action, t store.Task, j store.Job) {
+	res := ackMsg{plan: planID, action: i, kind: executor.Succeeded}
+	var spec *JobSpec
+	if len(j.Spec) > 0 {
+		spec = &JobSpec{}
+		if err := json.Unmarshal(j.Spec, spec); err != nil {
+			spec = nil
+		}
+	}
+	addr := func(node string) string {
+		var s string
+		c.st.View(func(st *store.State) {
+			if n := st.Nodes[node]; n != nil {
+				s = n.Addr
+			}
+		})
+		return s
+	}
+	var err error
+	switch a.Kind {
+	case "boot":
+		ds := driverSpec(spec, &t, a.NewEpoch)
+		_, err = c.client(addr(a.To)).Run(ctx, api.RunRequest{Driver: t.Driver, Spec: ds})
+		res.epoch = a.NewEpoch
+	case "shutdown", "kill":
+		if a.From != "" {
+			err = c.client(addr(a.From)).Stop(ctx, t.Name, t.Epoch)
+			if errors.Is(err, driver.ErrNotFound) {
+				err = nil
+			}
+		}
+	case "suspend":
+		var at api.Task
+		at, err = c.client(addr(a.From)).Suspend(ctx, t.Name, t.Epoch)
+		if err == nil && at.Image != nil {
+			res.image = at.Image.Dir
+		}
+	case "resume":
+		ep := t.Epoch
+		if t.ImageEpoch != 0 && t.ImageNode == a.From {
+			ep = t.ImageEpoch
+		}
+		req := api.ResumeRequest{Epoch: ep}
+		if a.From != a.To {
+			req.From = addr(a.From)
+		}
+		var at api.Task
+		at, err = c.client(addr(a.To)).Resume(ctx, t.Name, req)
+		if err == nil {
+			res.epoch = at.Epoch
+		}
+	case "migrate":
+		req := api.MigrateRequest{Epoch: t.Epoch, To: addr(a.To)}
+		if spec != nil {
+			if !spec.Migration.Live {
+				req.Mode = "checkpoint"
+			}
+			req.Options = driver.MigrationOptions{MaxDowntime: spec.Migration.MaxDowntime, Bandwidth: spec.Migration.Bandwidth}
+		}
+		var ev api.MigrateEvent
+		ev, err = c.client(addr(a.From)).Migrate(ctx, t.Name, req, func(e api.MigrateEvent) {
+			if e.Progress != nil {
+				select {
+				case c.acks <- ackMsg{plan: planID, action: i, kind: executor.Progress, bytes: e.Progress.TransferredBytes}:
+				default:
+				}
+			}
+		})
+		if err == nil {
+			res.epoch, res.took, res.downtime = ev.Epoch, ev.Took, ev.Downtime
+		}
+		if ctx.Err() != nil {
+			// Aborted: make sure the source keeps running.
+			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = c.client(addr(a.From)).Cancel(cctx, t.Name, t.Epoch)
+			cancel()
+		}
+	default:
+		err = fmt.Errorf("unknown action kind %q", a.Kind)
+	}
+	if err != nil {
+		res.kind, res.err = executor.FailedAck, err
+	}
+	select {
+	case c.acks <- res:
+	case <-c.done:
+	}
+}
+
+// driverSpec builds what the agent's driver needs from the job's spec.
+func driverSpec(spec *JobSpec, t *store.Task, epoch uint64) driver.Spec {
+	ds := driver.Spec{ID: t.Name, Epoch: epoch, CPUs: float64(t.Demand.CPUMilli) / 1000, MemoryBytes: t.Demand.MemoryBytes}
+	var ts *TaskSpec
+	if spec != nil {
+		for k := range spec.Tasks {
+			if spec.Tasks[k].Name == t.Group {
+				ts = &spec.Tasks[k]
+			}
+		}
+	}
+	if t.Driver == "qemu" {
+		ds.VM = &driver.VMSpec{}
+		if ts != nil {
+			if ts.Image != "default" {
+				ds.VM.Kernel = ts.Image
+			}
+			ds.VM.Initrd, ds.VM.Workload = ts.Initrd, ts.Workload
+		}
+		return ds
+	}
+	ds.Process = &driver.ProcessSpec{}
+	if ts != nil {
+		ds.Process.Command = ts.Command
+		ds.Process.Env = map[string]string{"FERRY_TASK": t.Name, "FERRY_JOB": t.Job}
+		for k, v := range ts.Env {
+			ds.Process.Env[k] = v
+		}
+		ds.Process.CheckpointSignal = spec.Checkpoint.Signal
+		ds.Process.CheckpointExitCode = spec.Checkpoint.ExitCode
+		ds.Process.CheckpointInterval = spec.Checkpoint.Interval
+		ds.Process.CheckpointTimeout = spec.Checkpoint.Timeout
+	}
+	return ds
+}

@@ -1,0 +1,211 @@
+package controller
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	"github.com/ferrycluster/ferry/cluster"
+	"github.com/ferrycluster/ferry/plan"
+	"github.com/ferrycluster/ferry/policy"
+	"github.com/ferrycluster/ferry/store"
+)
+
+// Resource names in the models the controller builds.
+const (
+	ResCPU    = "cpu"    // millicores
+	ResMemory = "memory" // bytes
+)
+
+// Durations is the controller's cost model, in seconds: 1 GiB/s over the
+// network, 512 MiB/s to disk, one second to boot, stop or kill.
+var Durations = cluster.BandwidthDurations{
+	Memory: ResMemory, NetBandwidth: 1 << 30, DiskBandwidth: 512 << 20,
+	BootTask: 1, ShutdownTask: 1, KillTask: 1, Latency: 1, BootNodeTime: 60, ShutdownNodeTime: 30,
+}
+
+// Snapshot is a configuration built from the store, with the indices that
+// map it back to names.
+type Snapshot struct {
+	View *policy.View
+	// Specs of the jobs by name (decoded once).
+	Specs map[string]*JobSpec
+	// Stopped and Sleeping jobs the operator asked for (by name).
+	Want map[string]store.JobWant
+	// jobConstraints from the specs.
+	jobConstraints []cluster.Constraint
+}
+
+// BuildSnapshot turns the replicated state into the planner's vocabulary.
+// It is pure: now is in seconds. Tasks that cannot be planned for now — a
+// sleeping task whose image sits on a down node, a running task on a down
+// node not yet reported lost, a terminated task — are left out.
+func BuildSnapshot(st *store.State, now int64) *Snapshot {
+	m := &cluster.Model{Resources: []string{ResCPU, ResMemory}}
+	nodeIdx := map[string]int{}
+	draining := map[int]bool{}
+	for _, name := range st.SortedNodes() {
+		n := st.Nodes[name]
+		cn := cluster.Node{Name: name, Capacity: []int64{n.Capacity.CPUMilli, n.Capacity.MemoryBytes}, Labels: n.Labels}
+		if n.Status == store.NodeDown {
+			cn.State = cluster.NodeOffline
+		}
+		nodeIdx[name] = len(m.Nodes)
+		if n.Status == store.NodeDraining {
+			draining[len(m.Nodes)] = true
+		}
+		m.Nodes = append(m.Nodes, cn)
+	}
+	snap := &Snapshot{Specs: map[string]*JobSpec{}, Want: map[string]store.JobWant{}}
+	var jobs []policy.Job
+	for _, j := range st.SortedJobs() {
+		pj := policy.Job{Name: j.Name, Priority: j.Priority, Submitted: j.Submitted / 1e9, Preemptible: j.Preemptible, Migratable: j.Migratable}
+		for _, tn := range j.Tasks {
+			t := st.Tasks[tn]
+			if t == nil || t.Phase == store.TaskTerminated {
+				continue
+			}
+			ct := cluster.Task{Name: t.Name, Job: j.Name, Node: cluster.NoNode, Demand: []int64{t.Demand.CPUMilli, t.Demand.MemoryBytes}}
+			switch t.Phase {
+			case store.TaskWaiting:
+				ct.State = cluster.Ready
+			case store.TaskRunning, store.TaskSleeping:
+				ni, ok := nodeIdx[t.Node]
+				if !ok || m.Nodes[ni].State != cluster.NodeOnline {
+					continue
+				}
+				ct.State, ct.Node = cluster.Running, ni
+				if t.Phase == store.TaskSleeping {
+					ct.State = cluster.Sleeping
+				}
+			}
+			pj.Tasks = append(pj.Tasks, len(m.Tasks))
+			m.Tasks = append(m.Tasks, ct)
+		}
+		if len(pj.Tasks) == 0 {
+			continue
+		}
+		snap.Want[j.Name] = j.Want
+		if len(j.Spec) > 0 {
+			var s JobSpec
+			if json.Unmarshal(j.Spec, &s) == nil {
+				snap.Specs[j.Name] = &s
+				snap.jobConstraints = append(snap.jobConstraints, specConstraints(&s, pj.Tasks, m)...)
+			}
+		}
+		jobs = append(jobs, pj)
+	}
+	snap.View = &policy.View{Model: m, Jobs: jobs, Draining: draining, Now: now, Durations: Durations}
+	return snap
+}
+
+// specConstraints turns a job's placement rules into the catalog's.
+func specConstraints(s *JobSpec, tasks []int, m *cluster.Model) []cluster.Constraint {
+	c := s.Constraints
+	var out []cluster.Constraint
+	ts := append([]int(nil), tasks...)
+	if c.Spread && len(ts) > 1 {
+		out = append(out, cluster.Spread{Tasks: ts})
+	}
+	if c.Gather && len(ts) > 1 {
+		out = append(out, cluster.Gather{Tasks: ts})
+	}
+	if c.Lonely {
+		out = append(out, cluster.Lonely{Tasks: ts})
+	}
+	matching := func(labels map[string]string) []int {
+		var ns []int
+		for i, n := range m.Nodes {
+			ok := true
+			for k, v := range labels {
+				if n.Labels[k] != v {
+					ok = false
+					break
+				}
+			}
+			if ok {
+				ns = append(ns, i)
+			}
+		}
+		return ns
+	}
+	if c.Pinned != "" {
+		var ns []int
+		if i := m.NodeIndex(c.Pinned); i >= 0 {
+			ns = []int{i}
+		}
+		out = append(out, cluster.Fence{Tasks: ts, Nodes: ns})
+	}
+	if len(c.Fence) > 0 {
+		out = append(out, cluster.Fence{Tasks: ts, Nodes: matching(c.Fence)})
+	}
+	if len(c.Ban) > 0 {
+		if ns := matching(c.Ban); len(ns) > 0 {
+			out = append(out, cluster.Ban{Tasks: ts, Nodes: ns})
+		}
+	}
+	return out
+}
+
+// Problem runs the policy on the snapshot and returns the planner's problem:
+// the policy's wanted states (overridden by the operator: stopped jobs are
+// killed, suspended jobs sleep), its constraints, the jobs' constraints, and
+// bans keeping tasks off draining nodes.
+func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
+	m := s.View.Model
+	d, err := p.Decide(s.View)
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: %w", p.Name(), err)
+	}
+	if len(d.Want) != len(m.Tasks) {
+		return nil, fmt.Errorf("policy %s: %d wanted states for %d tasks", p.Name(), len(d.Want), len(m.Tasks))
+	}
+	want := append([]cluster.TaskState(nil), d.Want...)
+	for _, j := range s.View.Jobs {
+		for _, ti := range j.Tasks {
+			switch s.Want[j.Name] {
+			case store.WantStop:
+				want[ti] = cluster.Killed
+			case store.WantSleep:
+				if m.Tasks[ti].State == cluster.Running || m.Tasks[ti].State == cluster.Sleeping {
+					want[ti] = cluster.Sleeping
+				} else {
+					want[ti] = cluster.Ready
+				}
+			}
+		}
+	}
+	byState := map[cluster.TaskState][]int{}
+	for i, w := range want {
+		if w != m.Tasks[i].State || w == cluster.Running {
+			byState[w] = append(byState[w], i)
+		}
+	}
+	cons := append([]cluster.Constraint(nil), d.Constraints...)
+	states := make([]cluster.TaskState, 0, len(byState))
+	for st := range byState {
+		states = append(states, st)
+	}
+	sort.Slice(states, func(a, b int) bool { return states[a] < states[b] })
+	for _, st := range states {
+		cons = append(cons, cluster.StateConstraint{State: st, Tasks: byState[st]})
+	}
+	cons = append(cons, s.jobConstraints...)
+	if len(s.View.Draining) > 0 {
+		var nodes []int
+		for n := range s.View.Draining {
+			nodes = append(nodes, n)
+		}
+		sort.Ints(nodes)
+		var tasks []int
+		for i, t := range m.Tasks {
+			if want[i] == cluster.Running || t.State == cluster.Running {
+				tasks = append(tasks, i)
+			}
+		}
+		if len(tasks) > 0 {
+			cons = append(cons, cluster.Ban{Tasks: tasks, Nodes: nodes})
+		}
+	}
+	return &plan.Problem{Model: m, Constraints: cons, Objective: plan.MinMTTR, Durations: Durations}, nil
+}

@@ -1,0 +1,342 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/controller/executor"
+	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/store"
+)
+
+// poll gathers heartbeats from the agents that do not push them.
+func (c *Controller) poll(ctx context.Context) {
+	defer c.wg.Done()
+	if c.cfg.NoPoll {
+		return
+	}
+	t := time.NewTicker(c.cfg.Period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !c.st.IsLeader() {
+			continue
+		}
+		type target struct{ name, addr string }
+		var targets []target
+		c.st.View(func(s *store.State) {
+			for _, n := range s.Nodes {
+				if n.Addr != "" {
+					targets = append(targets, target{n.Name, n.Addr})
+				}
+			}
+		})
+		now := c.cfg.Now()
+		sem := make(chan struct{}, 32)
+		var wg sync.WaitGroup
+		for _, tg := range targets {
+			c.mu.Lock()
+			o := c.obs[tg.name]
+			pushed := o != nil && o.pushed && now.Sub(o.at) < 3*c.cfg.Period
+			c.mu.Unlock()
+			if pushed {
+				continue
+			}
+			wg.Add(1)
+			sem <- struct{}{}
+			go func(tg target) {
+				defer wg.Done()
+				defer func() { <-sem }()
+				pctx, cancel := context.WithTimeout(ctx, c.cfg.Period*2)
+				defer cancel()
+				cl := c.client(tg.addr)
+				info, err := cl.Node(pctx)
+				if err != nil {
+					return
+				}
+				tasks, err := cl.List(pctx)
+				if err != nil {
+					return
+				}
+				if info.Name != tg.name {
+					c.log.Warn("agent answers with another name", "node", tg.name, "addr", tg.addr, "name", info.Name)
+					return
+				}
+				_ = c.Observe(ctx, Heartbeat{Node: tg.name, Info: info, Tasks: tasks}, false)
+			}(tg)
+		}
+		wg.Wait()
+	}
+}
+
+// liveness marks silent nodes down (their running tasks are lost and will
+// restart elsewhere) and returning nodes online.
+func (c *Controller) liveness(ctx context.Context) {
+	now := c.cfg.Now()
+	var batch []store.Command
+	var downs, ups []string
+	c.st.View(func(s *store.State) {
+		for _, name := range s.SortedNodes() {
+			n := s.Nodes[name]
+			c.mu.Lock()
+			o := c.obs[name]
+			last := c.started
+			if o != nil && o.at.After(last) {
+				last = o.at
+			}
+			c.mu.Unlock()
+			silent := now.Sub(last) > c.cfg.HeartbeatTimeout
+			switch {
+			case n.Status != store.NodeDown && silent:
+				downs = append(downs, name)
+				batch = append(batch, store.Command{SetNode: &store.SetNode{Name: name, Status: store.NodeDown}})
+				for _, t := range s.Tasks {
+					if t.Phase == store.TaskRunning && t.Node == name && !c.inFlight(t.Name) {
+						batch = append(batch, store.Command{TaskEvent: &store.TaskEvent{Task: t.Name, Epoch: t.Epoch, Kind: store.TaskLost,
+							Message: fmt.Sprintf("node %s missed heartbeats", name)}})
+					}
+				}
+			case n.Status == store.NodeDown && !silent && o != nil && o.at.UnixNano() > n.Changed:
+				ups = append(ups, name)
+				batch = append(batch, store.Command{SetNode: &store.SetNode{Name: name, Status: store.NodeOnline}})
+			}
+		}
+	})
+	if len(batch) == 0 {
+		return
+	}
+	if _, err := c.apply(ctx, store.Command{Batch: batch}); err != nil {
+		c.log.Warn("cannot record node liveness", "err", err)
+		return
+	}
+	for _, n := range downs {
+		c.event("node", n, "down", "after", c.cfg.HeartbeatTimeout.String())
+	}
+	for _, n := range ups {
+		c.event("node", n, "online")
+	}
+}
+
+// inFlight reports whether an action of the running plan is running on task.
+func (c *Controller) inFlight(task string) bool {
+	if c.run == nil {
+		return false
+	}
+	for i, a := range c.run.acts {
+		if a.Task == task && c.run.ex.State(i) == executor.Running {
+			return true
+		}
+	}
+	return false
+}
+
+// copyRef is one copy of a task an agent reported.
+type copyRef struct {
+	node string
+	at   time.Time
+	t    api.Task
+}
+
+// reconcile compares the agents' reports with the store: stale copies are
+// stopped (never two live copies), tasks that ended on their own or vanished
+// are recorded. Only reports taken after the task's last change count.
+func (c *Controller) reconcile(ctx context.Context) {
+	c.mu.Lock()
+	copies := map[string][]copyRef{}
+	fresh := map[string]time.Time{}
+	for node, o := range c.obs {
+		fresh[node] = o.at
+		for _, t := range o.tasks {
+			copies[t.ID] = append(copies[t.ID], copyRef{node: node, at: o.at, t: t})
+		}
+	}
+	c.mu.Unlock()
+	var events []store.Command
+	type stop struct {
+		node, addr, id string
+		epoch          uint64
+		why            string
+	}
+	var stops []stop
+	c.st.View(func(s *store.State) {
+		for id, cs := range copies {
+			t := s.Tasks[id]
+			if t != nil && c.inFlight(id) {
+				continue
+			}
+			for _, cp := range cs {
+				if t != nil && cp.at.UnixNano() <= t.Changed {
+					continue
+				}
+				n := s.Nodes[cp.node]
+				if n == nil {
+					continue
+				}
+				switch cp.t.Phase {
+				case api.PhaseMigratingOut, api.PhaseIncoming, api.PhaseMoved:
+					continue
+				}
+				why := ""
+				switch {
+				case t == nil:
+					why = "unknown task"
+				case cp.t.Stale:
+					why = "agent flags it stale: " + cp.t.StaleReason
+				case t.Phase == store.TaskTerminated:
+					why = "task terminated"
+				case cp.t.Phase == api.PhaseSuspended:
+					keep := (t.Phase == store.TaskSleeping && cp.node == t.Node && cp.t.Epoch <= t.Epoch) ||
+						(cp.node == t.ImageNode && cp.t.Epoch == t.ImageEpoch)
+					if !keep {
+						why = "image no longer needed"
+					}
+				case t.Phase == store.TaskRunning && cp.node == t.Node && cp.t.Epoch == t.Epoch:
+					if cp.t.Phase == api.PhaseLost {
+						events = append(events, store.Command{TaskEvent: &store.TaskEvent{Task: id, Epoch: t.Epoch, Kind: store.TaskLost, Message: "the agent lost the process"}})
+					} else if st := cp.t.Status; st != nil && (st.State == driver.StateExited || st.State == driver.StateFailed) {
+						code := st.ExitCode
+						if st.State == driver.StateFailed && code == 0 {
+							code = -1
+						}
+						events = append(events, store.Command{TaskEvent: &store.TaskEvent{Task: id, Epoch: t.Epoch, Kind: store.TaskExited, ExitCode: code, Message: st.Message}})
+					}
+				default:
+					why = fmt.Sprintf("stale copy: store has %s on %q at epoch %d", t.Phase, t.Node, t.Epoch)
+				}
+				if why != "" {
+					stops = append(stops, stop{cp.node, n.Addr, id, cp.t.Epoch, why})
+				}
+			}
+		}
+		// A running task its node no longer reports has vanished.
+		for _, t := range s.Tasks {
+			if t.Phase != store.TaskRunning || c.inFlight(t.Name) {
+				continue
+			}
+			at, ok := fresh[t.Node]
+			if !ok || at.UnixNano() <= t.Changed+int64(2*c.cfg.Period) {
+				continue
+			}
+			found := false
+			for _, cp := range copies[t.Name] {
+				if cp.node == t.Node {
+					found = true
+				}
+			}
+			if !found && s.Nodes[t.Node] != nil && s.Nodes[t.Node].Status != store.NodeDown {
+				events = append(events, store.Command{TaskEvent: &store.TaskEvent{Task: t.Name, Epoch: t.Epoch, Kind: store.TaskLost, Message: "not reported by its node"}})
+			}
+		}
+	})
+	if len(events) > 0 {
+		if r, err := c.apply(ctx, store.Command{Batch: events}); err == nil {
+			for k, e := range events {
+				if r.Batch[k].Err == nil {
+					c.event("task", e.TaskEvent.Task, string(e.TaskEvent.Kind), "exit_code", e.TaskEvent.ExitCode, "message", e.TaskEvent.Message)
+				}
+			}
+			c.Trigger()
+		}
+	}
+	now := c.cfg.Now()
+	for _, s := range stops {
+		key := fmt.Sprintf("%s/%s/%d", s.node, s.id, s.epoch)
+		c.mu.Lock()
+		last, seen := c.killed[key]
+		if seen && now.Sub(last) < 10*time.Second {
+			c.mu.Unlock()
+			continue
+		}
+		c.killed[key] = now
+		c.mu.Unlock()
+		c.event("task", s.id, "stopping stale copy", "node", s.node, "epoch", s.epoch, "why", s.why)
+		c.metrics.StaleKills.Inc()
+		c.wg.Add(1)
+		go func(s stop) {
+			defer c.wg.Done()
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := c.client(s.addr).Stop(sctx, s.id, s.epoch); err != nil {
+				c.log.Warn("cannot stop a stale copy", "node", s.node, "task", s.id, "epoch", s.epoch, "err", err)
+			}
+		}(s)
+	}
+}
+
+// settleOrphans decides the outcome of actions a previous controller left
+// running, from the agents' reports: the expected result observed → done;
+// the task still as it was before, and not moving → failed (the next plan
+// redoes what is still wanted); otherwise wait (the executor's timeouts
+// bound the wait).
+func (c *Controller) settleOrphans(ctx context.Context, now time.Time) {
+	run := c.run
+	for i := range run.orphans {
+		a := run.acts[i]
+		var started int64 = a.Started
+		c.mu.Lock()
+		var from, to *api.Task
+		var fromSeen, toSeen bool
+		for node, o := range c.obs {
+			if o.at.UnixNano() <= started || now.Sub(o.at) > 3*c.cfg.Period {
+				continue
+			}
+			if node == a.From {
+				fromSeen = true
+			}
+			if node == a.To {
+				toSeen = true
+			}
+			for k := range o.tasks {
+				if o.tasks[k].ID != a.Task {
+					continue
+				}
+				if node == a.From {
+					from = &o.tasks[k]
+				}
+				if node == a.To {
+					to = &o.tasks[k]
+				}
+			}
+		}
+		c.mu.Unlock()
+		ok, failed := false, false
+		var epoch uint64
+		var image string
+		switch a.Kind {
+		case "boot", "resume", "migrate":
+			if toSeen && to != nil && to.Phase == api.PhaseRunning && to.Epoch >= a.NewEpoch && !to.Stale {
+				ok, epoch = true, to.Epoch
+			} else if toSeen && (to == nil || to.Phase != api.PhaseIncoming) && (a.Kind == "boot" || fromSeen && from != nil && from.Phase != api.PhaseMigratingOut) {
+				failed = true
+			}
+		case "suspend":
+			if fromSeen && from != nil && from.Phase == api.PhaseSuspended {
+				ok = true
+				if from.Image != nil {
+					image = from.Image.Dir
+				}
+			} else if fromSeen && from != nil && from.Phase == api.PhaseRunning && now.Sub(run.started) > 3*c.cfg.Period {
+				failed = true
+			}
+		case "shutdown", "kill":
+			if a.From == "" || fromSeen && (from == nil || from.Phase == api.PhaseMoved || from.Stale) {
+				ok = true
+			} else if fromSeen && now.Sub(run.started) > 3*c.cfg.Period {
+				failed = true
+			}
+		}
+		switch {
+		case ok:
+			c.finishAction(ctx, ackMsg{plan: run.id, action: i, kind: executor.Succeeded, epoch: epoch, image: image})
+		case failed:
+			c.finishAction(ctx, ackMsg{plan: run.id, action: i, kind: executor.FailedAck, err: fmt.Errorf("controller restarted before the %s completed; not carried out", a.Kind)})
+		}
+	}
+}

@@ -1,0 +1,213 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/client"
+	"github.com/ferrycluster/ferry/controller/executor"
+	"github.com/ferrycluster/ferry/pki"
+	"github.com/ferrycluster/ferry/policy"
+	"github.com/ferrycluster/ferry/store"
+)
+
+// ServerConfig configures `ferry server`.
+type ServerConfig struct {
+	// ID of this server in the raft cluster (default: the identity name).
+	ID      string
+	DataDir string
+	// Listen is the API address; RaftListen the raft address (default: the
+	// API port + 1 on the same host).
+	Listen, RaftListen string
+	Bootstrap          bool
+	// Join is the API address of a member to join through.
+	Join string
+	// TLSDir holds ca.crt and the server identity NAME.crt/.key (role server).
+	TLSDir, Identity string
+	Policy           policy.Policy
+	Limits           executor.Limits
+	Period           time.Duration
+	HeartbeatTimeout time.Duration
+	// Fast shortens raft's timeouts (ferry dev, tests).
+	Fast   bool
+	Logger *slog.Logger
+}
+
+// Server is a running `ferry server`: store, controller and API.
+type Server struct {
+	Store      *store.Store
+	Controller *Controller
+	API        *API
+	// AdminTokenFile is where a bootstrap wrote the first admin token ("" if
+	// none was created).
+	AdminTokenFile string
+
+	http   *http.Server
+	ln     net.Listener
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	log    *slog.Logger
+}
+
+// StartServer opens the store, starts the loop and serves the API.
+func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.Default()
+	}
+	if cfg.Identity == "" {
+		cfg.Identity = "server"
+	}
+	if cfg.ID == "" {
+		cfg.ID = cfg.Identity
+	}
+	if cfg.Policy == nil {
+		return nil, errors.New("server: no policy")
+	}
+	id, err := pki.Load(cfg.TLSDir, cfg.Identity)
+	if err != nil {
+		return nil, fmt.Errorf("server identity: %w", err)
+	}
+	if id.Role != pki.RoleServer {
+		return nil, fmt.Errorf("server identity %s has role %s, want server", cfg.Identity, id.Role)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	ln, err := tls.Listen("tcp", cfg.Listen, id.ServerConfig())
+	if err != nil {
+		return nil, err
+	}
+	apiAddr := ln.Addr().String()
+	if cfg.RaftListen == "" {
+		host, port, _ := net.SplitHostPort(apiAddr)
+		p, _ := strconv.Atoi(port)
+		cfg.RaftListen = net.JoinHostPort(host, strconv.Itoa(p+1))
+	}
+	st, err := store.Open(store.Config{
+		ID: cfg.ID, DataDir: filepath.Join(cfg.DataDir, "raft"), RaftAddr: cfg.RaftListen, APIAddr: apiAddr,
+		Bootstrap: cfg.Bootstrap, ServerTLS: id.ServerConfig(), ClientTLS: id.ClientConfig(), Fast: cfg.Fast, Logger: lg,
+	})
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s := &Server{Store: st, ln: ln, log: lg.With("component", "server")}
+	tokPath := filepath.Join(cfg.DataDir, "tokens.json")
+	if _, err := os.Stat(tokPath); errors.Is(err, os.ErrNotExist) {
+		secret, err := NewSecret()
+		if err != nil {
+			st.Close()
+			ln.Close()
+			return nil, err
+		}
+		if err := AddToken(tokPath, "admin", RoleAdmin, secret); err != nil {
+			st.Close()
+			ln.Close()
+			return nil, err
+		}
+		s.AdminTokenFile = filepath.Join(cfg.DataDir, "admin.token")
+		if err := os.WriteFile(s.AdminTokenFile, []byte(secret+"\n"), 0o600); err != nil {
+			st.Close()
+			ln.Close()
+			return nil, err
+		}
+		s.log.Info("created the first admin token", "file", s.AdminTokenFile)
+	}
+	toks, err := LoadTokens(tokPath)
+	if err != nil {
+		st.Close()
+		ln.Close()
+		return nil, err
+	}
+	clientTLS := id.ClientConfig()
+	s.Controller = New(Config{
+		Store: st, Policy: cfg.Policy, Limits: cfg.Limits, Period: cfg.Period, HeartbeatTimeout: cfg.HeartbeatTimeout, Logger: lg,
+		Dial: func(addr string) AgentAPI { return client.New(addr, clientTLS) },
+	})
+	s.API = &API{Store: st, Controller: s.Controller, Tokens: toks, PeerTLS: clientTLS}
+	s.http = &http.Server{Handler: s.API.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(lg.Handler(), slog.LevelWarn)}
+	rctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		_ = s.http.Serve(ln)
+	}()
+	go func() {
+		defer s.wg.Done()
+		_ = s.Controller.Run(rctx)
+	}()
+	if cfg.Join != "" {
+		if err := s.join(ctx, cfg.Join, store.Server{ID: cfg.ID, RaftAddr: st.RaftAddr(), APIAddr: apiAddr}, clientTLS); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	s.log.Info("serving", "api", apiAddr, "raft", st.RaftAddr(), "id", cfg.ID)
+	return s, nil
+}
+
+// join asks a member (forwarded to the leader) to add this server.
+func (s *Server) join(ctx context.Context, addr string, me store.Server, tc *tls.Config) error {
+	body, _ := json.Marshal(me)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 30 * time.Second}
+	var last error
+	for attempt := 0; attempt < 30; attempt++ {
+		req, _ := http.NewRequestWithContext(ctx, "POST", "https://"+addr+"/v1/cluster/join", bytes.NewReader(body))
+		resp, err := hc.Do(req)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+			err = fmt.Errorf("join through %s: %s: %s", addr, resp.Status, bytes.TrimSpace(b))
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	return last
+}
+
+// Addr is the API address.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Close stops the API, the loop and the store.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.http.Shutdown(ctx)
+	s.http.Close()
+	s.cancel()
+	s.wg.Wait()
+	return s.Store.Close()
+}
+
+// NewSecret returns a random token secret.
+func NewSecret() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return "fry_" + hex.EncodeToString(b), nil
+}
