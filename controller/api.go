@@ -127,7 +127,6 @@ type API struct {
 	Insecure bool
 }
 
-
 // Handler returns the routes.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
