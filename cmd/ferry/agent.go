@@ -14,6 +14,8 @@ import (
 	"github.com/ferrycluster/ferry/agent"
 	"github.com/ferrycluster/ferry/driver"
 	"github.com/ferrycluster/ferry/driver/process"
+	"github.com/ferrycluster/ferry/driver/qemu"
+	"github.com/ferrycluster/ferry/image"
 	"github.com/ferrycluster/ferry/pki"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -84,6 +86,8 @@ func init() {
 type agentFlags struct {
 	dataDir, listen, name, tlsDir string
 	cpus                          float64
+	kernel, initrd, accel         string
+	noQEMU                        bool
 }
 
 // processDriver builds the process driver under DATA/drivers/process.
@@ -122,13 +126,42 @@ func parseBytes(s string) (int64, error) {
 	return int64(n * float64(mult)), nil
 }
 
-func (o *agentFlags) addDriverFlags(f *pflag.FlagSet) {}
+func (o *agentFlags) addDriverFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.kernel, "kernel", "build/guest/vmlinuz", "guest kernel for the qemu driver's default image")
+	f.StringVar(&o.initrd, "initrd", "", "guest initramfs; empty builds the default image (workloads counter, dirty) into DATA/images")
+	f.StringVar(&o.accel, "accel", "", "qemu accelerator: kvm, tcg or empty to probe")
+	f.BoolVar(&o.noQEMU, "no-qemu", false, "run without the qemu driver")
+}
 
-// drivers builds the node's drivers.
+// drivers builds the node's drivers: process always, qemu unless disabled
+// or its guest kernel is missing (then the agent says so and runs without).
 func (o *agentFlags) drivers(ctx context.Context, log *slog.Logger) ([]driver.Driver, func(), error) {
 	p, closeP, err := o.processDriver(log)
 	if err != nil {
 		return nil, nil, err
 	}
-	return []driver.Driver{p}, closeP, nil
+	ds := []driver.Driver{p}
+	if o.noQEMU {
+		return ds, closeP, nil
+	}
+	initrd, kernel := o.initrd, o.kernel
+	if initrd == "" {
+		if _, err := os.Stat(kernel); err != nil {
+			log.Warn("no guest kernel: running without the qemu driver (run scripts/setup.sh or pass --kernel)", "component", "agent", "kernel", kernel)
+			return ds, closeP, nil
+		}
+		store := &image.Store{Dir: imagesDir(o.dataDir), DefaultKernel: kernel}
+		img, err := store.Build(ctx, image.Spec{Name: "default", Init: "counter"}, "")
+		if err != nil {
+			closeP()
+			return nil, nil, fmt.Errorf("build the default guest image: %w", err)
+		}
+		kernel, initrd = img.Kernel, img.Initrd
+	}
+	q, err := qemu.New(ctx, qemu.Config{DataDir: filepath.Join(o.dataDir, "drivers", "qemu"), Kernel: kernel, Initrd: initrd, Accel: o.accel, Logger: log})
+	if err != nil {
+		closeP()
+		return nil, nil, err
+	}
+	return append(ds, q), closeP, nil
 }
