@@ -1,0 +1,271 @@
+package policy
+
+import (
+	"sort"
+
+	"github.com/ferrycluster/ferry/cluster"
+)
+
+// Phase is where a job is in its life cycle, from its tasks' states.
+type Phase uint8
+
+const (
+	// Queued: every task ready (never started, or stopped).
+	Queued Phase = iota
+	// Active: every task running.
+	Active
+	// Asleep: every task sleeping.
+	Asleep
+	// Mixed: tasks in different states (an interrupted switch).
+	Mixed
+)
+
+// JobPhase classifies a job from its tasks' states.
+func JobPhase(m *cluster.Model, j *Job) Phase {
+	if len(j.Tasks) == 0 {
+		return Queued
+	}
+	s := m.Tasks[j.Tasks[0]].State
+	for _, t := range j.Tasks[1:] {
+		if m.Tasks[t].State != s {
+			return Mixed
+		}
+	}
+	switch s {
+	case cluster.Running:
+		return Active
+	case cluster.Sleeping:
+		return Asleep
+	}
+	return Queued
+}
+
+// Packer tracks free capacity per node and places jobs first-fit
+// decreasing. Draining nodes offer no capacity.
+type Packer struct {
+	m     *cluster.Model
+	free  [][]int64
+	drain map[int]bool
+	// slot cache: how many tasks of a demand fit, invalidated on change.
+	slots map[[4]int64]int
+	// Placement: chosen node per task index of the model (-1 none).
+	Placement []int
+	order     []int
+}
+
+// NewPacker starts with every online, non-draining node's whole capacity.
+func NewPacker(v *View) *Packer {
+	p := &Packer{m: v.Model, drain: v.Draining, slots: map[[4]int64]int{}}
+	p.free = make([][]int64, len(v.Model.Nodes))
+	for i, n := range v.Model.Nodes {
+		p.free[i] = append([]int64(nil), n.Capacity...)
+		if n.State != cluster.NodeOnline || v.Draining[i] {
+			clear(p.free[i])
+		}
+	}
+	p.Placement = make([]int, len(v.Model.Tasks))
+	for i := range p.Placement {
+		p.Placement[i] = cluster.NoNode
+	}
+	return p
+}
+
+// Free is the remaining capacity of node n.
+func (p *Packer) Free(n int) []int64 { return p.free[n] }
+
+func (p *Packer) fits(t, n int) bool {
+	f := p.free[n]
+	for r, d := range p.m.Tasks[t].Demand {
+		if d > f[r] {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *Packer) put(t, n int, sign int64) {
+	f := p.free[n]
+	for r, d := range p.m.Tasks[t].Demand {
+		f[r] -= sign * d
+	}
+	clear(p.slots)
+}
+
+// Keep charges a task where it runs now, even on a draining node or over
+// capacity (it is already there); it returns false when the node lacks
+// room, in which case nothing is charged.
+func (p *Packer) Keep(t int) bool {
+	n := p.m.Tasks[t].Node
+	if n < 0 || p.drain[n] || !p.fits(t, n) {
+		return false
+	}
+	p.put(t, n, 1)
+	p.Placement[t] = n
+	return true
+}
+
+// Release undoes the placement of a task.
+func (p *Packer) Release(t int) {
+	if n := p.Placement[t]; n >= 0 {
+		p.put(t, n, -1)
+		p.Placement[t] = cluster.NoNode
+	}
+}
+
+// Slots is how many tasks of demand d fit on the free capacity now (an
+// upper bound on what Place can do for a job of identical tasks).
+func (p *Packer) Slots(d []int64) int {
+	var key [4]int64
+	if len(d) <= 4 {
+		copy(key[:], d)
+		if s, ok := p.slots[key]; ok {
+			return s
+		}
+	}
+	total := 0
+	for _, f := range p.free {
+		k := -1
+		for r, x := range d {
+			if x <= 0 {
+				continue
+			}
+			c := int(f[r] / x)
+			if k < 0 || c < k {
+				k = c
+			}
+		}
+		if k < 0 {
+			k = 1 << 20
+		}
+		total += k
+	}
+	if len(d) <= 4 {
+		p.slots[key] = total
+	}
+	return total
+}
+
+// Place puts every task of the job first-fit decreasing (by demand), trying
+// a task's current node first when preferCurrent; on failure nothing is
+// charged and it returns false.
+func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
+	if len(tasks) == 0 {
+		return true
+	}
+	if d := p.m.Tasks[tasks[0]].Demand; uniform(p.m, tasks) && p.Slots(d) < len(tasks) {
+		return false
+	}
+	p.order = append(p.order[:0], tasks...)
+	sort.SliceStable(p.order, func(a, b int) bool {
+		da, db := p.m.Tasks[p.order[a]].Demand, p.m.Tasks[p.order[b]].Demand
+		for r := range da {
+			if da[r] != db[r] {
+				return da[r] > db[r]
+			}
+		}
+		return false
+	})
+	placed := 0
+	for _, t := range p.order {
+		n := cluster.NoNode
+		if cur := p.m.Tasks[t].Node; preferCurrent && cur >= 0 && !p.drain[cur] && p.fits(t, cur) {
+			n = cur
+		} else {
+			for k := range p.free {
+				if p.fits(t, k) {
+					n = k
+					break
+				}
+			}
+		}
+		if n < 0 {
+			break
+		}
+		p.put(t, n, 1)
+		p.Placement[t] = n
+		placed++
+	}
+	if placed < len(p.order) {
+		for _, t := range p.order[:placed] {
+			p.Release(t)
+		}
+		return false
+	}
+	return true
+}
+
+func uniform(m *cluster.Model, tasks []int) bool {
+	d0 := m.Tasks[tasks[0]].Demand
+	for _, t := range tasks[1:] {
+		d := m.Tasks[t].Demand
+		for r := range d0 {
+			if d[r] != d0[r] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Current returns the decision that keeps every task in its state.
+func Current(m *cluster.Model) Decision {
+	want := make([]cluster.TaskState, len(m.Tasks))
+	for i, t := range m.Tasks {
+		want[i] = t.State
+	}
+	return Decision{Want: want}
+}
+
+// FIFO sorts jobs by submission time, then priority (higher first), then name.
+func FIFO(jobs []Job) []int {
+	idx := make([]int, len(jobs))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool {
+		x, y := &jobs[idx[a]], &jobs[idx[b]]
+		if x.Submitted != y.Submitted {
+			return x.Submitted < y.Submitted
+		}
+		if x.Priority != y.Priority {
+			return x.Priority > y.Priority
+		}
+		return x.Name < y.Name
+	})
+	return idx
+}
+
+// setJob sets the wanted state of every task of a job.
+func setJob(d *Decision, j *Job, s cluster.TaskState) {
+	for _, t := range j.Tasks {
+		d.Want[t] = s
+	}
+}
+
+// pin fences the tasks whose placement differs from where they are (or
+// that are not running) to their chosen node.
+func pin(d *Decision, m *cluster.Model, p *Packer, tasks []int) {
+	for _, t := range tasks {
+		n := p.Placement[t]
+		if n < 0 {
+			continue
+		}
+		if m.Tasks[t].State == cluster.Running && m.Tasks[t].Node == n {
+			continue
+		}
+		d.Constraints = append(d.Constraints, cluster.Fence{Tasks: []int{t}, Nodes: []int{n}})
+	}
+}
+
+// drainRunning handles a running job with tasks on draining nodes that
+// must keep running: migratable tasks are banned from the draining nodes
+// (the planner moves them); it returns false when the job cannot move
+// and must be suspended instead.
+func drainRunning(v *View, j *Job) (onDrain bool) {
+	for _, t := range j.Tasks {
+		if n := v.Model.Tasks[t].Node; n >= 0 && v.Draining[n] {
+			return true
+		}
+	}
+	return false
+}

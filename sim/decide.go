@@ -1,0 +1,311 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ferrycluster/ferry/cluster"
+	"github.com/ferrycluster/ferry/plan"
+	"github.com/ferrycluster/ferry/policy"
+)
+
+// decide runs one turn of the control loop: view, policy, problem, plan.
+func (e *engine) decide(ctx context.Context) error {
+	if len(e.active) == 0 {
+		return nil
+	}
+	w := e.w
+	m := &cluster.Model{Resources: w.Resources, Nodes: e.nodes()}
+	glob := e.sub2glob[:0]
+	jobs := make([]policy.Job, 0, len(e.active))
+	nt := 0
+	for _, ji := range e.active {
+		nt += e.jobs[ji].spec.Tasks
+	}
+	m.Tasks = make([]cluster.Task, 0, nt)
+	idx := make([]int, nt)
+	for _, ji := range e.active {
+		j := &e.jobs[ji]
+		e.fold(int(ji))
+		start := len(m.Tasks)
+		for k := int32(0); k < int32(j.spec.Tasks); k++ {
+			g := j.firstTask + k
+			tk := &e.tasks[g]
+			d := j.spec.Demand
+			if e.observed && e.cpu >= 0 && len(j.spec.Segments) > 0 {
+				d = append([]int64(nil), d...)
+				d[e.cpu] = e.taskCPU(j, k)
+			}
+			m.Tasks = append(m.Tasks, cluster.Task{Name: e.taskName(g), Job: j.spec.Name, State: tk.state, Node: int(tk.node), Demand: d})
+			glob = append(glob, g)
+			idx[len(m.Tasks)-1] = len(m.Tasks) - 1
+		}
+		done := int64(j.progress)
+		est := j.spec.Walltime
+		jobs = append(jobs, policy.Job{
+			Name: j.spec.Name, Priority: j.spec.Priority, Submitted: j.spec.Submit,
+			Tasks: idx[start:len(m.Tasks):len(m.Tasks)], Walltime: max(est-done, 1), Done: done, Total: est,
+			Preemptible: j.spec.Preemptible, Migratable: j.spec.Migratable,
+		})
+	}
+	e.sub2glob = glob
+	view := &policy.View{Model: m, Jobs: jobs, Draining: e.draining, Now: e.now, Durations: w.Durations}
+	d, err := e.cfg.Policy.Decide(view)
+	if err != nil {
+		return fmt.Errorf("sim: policy %s at t=%d: %w", e.cfg.Policy.Name(), e.now, err)
+	}
+	if len(d.Want) != len(m.Tasks) {
+		return fmt.Errorf("sim: policy %s returned %d wanted states for %d tasks", e.cfg.Policy.Name(), len(d.Want), len(m.Tasks))
+	}
+	prob, sub, err := e.problem(m, d)
+	if err != nil {
+		return err
+	}
+	if prob == nil {
+		return nil
+	}
+	var tick time.Time
+	clock := func() time.Time { tick = tick.Add(time.Millisecond); return tick }
+	pl, err := e.cfg.Planner(ctx, prob, plan.Options{Timeout: e.cfg.PlannerBudget, Seed: e.cfg.Seed, Now: clock})
+	e.res.PlannerCalls++
+	if err != nil {
+		if errors.Is(err, plan.ErrNoSolution) {
+			e.res.NoPlans++
+			e.log(Event{T: e.now, Kind: EvNoPlan, Job: -1, Task: -1, From: -1, To: -1})
+			return nil
+		}
+		return fmt.Errorf("sim: planner at t=%d: %w", e.now, err)
+	}
+	e.acts = e.acts[:0]
+	for _, a := range pl.Actions {
+		if a.Kind.IsNodeAction() {
+			continue
+		}
+		a.Task = int(sub[a.Task])
+		e.acts = append(e.acts, a)
+	}
+	e.log(Event{T: e.now, Kind: EvPlan, Job: -1, Task: -1, From: -1, To: -1, N: int32(len(e.acts))})
+	if len(e.acts) == 0 {
+		return nil
+	}
+	e.inFlight = true
+	e.actsLeft = len(e.acts)
+	for i, a := range e.acts {
+		e.push(e.now+a.Start, qStart, i, 0)
+		if a.End > a.Start {
+			e.push(e.now+a.End, qEnd, i, 0)
+		}
+		e.account(a)
+	}
+	return nil
+}
+
+// account adds an action's modelled cost to the totals.
+func (e *engine) account(a plan.Action) {
+	c := &e.res.Summary
+	d := a.End - a.Start
+	switch a.Kind {
+	case cluster.Suspend:
+		c.Suspends++
+		c.SuspendTime += d
+	case cluster.Resume:
+		c.Resumes++
+		c.ResumeTime += d
+		if a.From != a.To {
+			c.RemoteResumes++
+		}
+	case cluster.Migrate:
+		c.Migrations++
+		c.MigrationTime += d
+	}
+	if a.Kind == cluster.Suspend || a.Kind == cluster.Resume || a.Kind == cluster.Migrate {
+		if r := e.w.Durations.Memory; r != "" {
+			for i, n := range e.w.Resources {
+				if n == r {
+					c.BytesMoved += e.w.Jobs[e.tasks[a.Task].job].Demand[i]
+				}
+			}
+		}
+	}
+}
+
+func (e *engine) taskName(g int32) string {
+	if e.tnames == nil {
+		e.tnames = make([]string, len(e.tasks))
+	}
+	if e.tnames[g] == "" {
+		tk := &e.tasks[g]
+		e.tnames[g] = fmt.Sprintf("%s/%d", e.w.Jobs[tk.job].Name, tk.k)
+	}
+	return e.tnames[g]
+}
+
+func (e *engine) nodes() []cluster.Node {
+	ns := make([]cluster.Node, len(e.w.Nodes))
+	for i, n := range e.w.Nodes {
+		ns[i] = cluster.Node{Name: n.Name, Capacity: n.Capacity}
+	}
+	return ns
+}
+
+// problem builds the planner's problem from a decision. Unless Config.Full,
+// only the tasks whose state changes or that a constraint names enter it;
+// the others stay where they are and their running demand is taken off the
+// nodes' capacities. It returns the problem (nil when nothing changes) and
+// the global task id of each problem task.
+func (e *engine) problem(m *cluster.Model, d policy.Decision) (*plan.Problem, []int32, error) {
+	n := len(m.Tasks)
+	incl := make([]bool, n)
+	any := false
+	for i, want := range d.Want {
+		if want == cluster.Killed {
+			return nil, nil, fmt.Errorf("sim: policy %s wants task %s killed; the simulator never kills", e.cfg.Policy.Name(), m.Tasks[i].Name)
+		}
+		if want != m.Tasks[i].State {
+			incl[i], any = true, true
+		}
+	}
+	full := e.cfg.Full
+	for _, c := range d.Constraints {
+		ts, ok := constraintTasks(c)
+		if !ok {
+			full = true
+			continue
+		}
+		for _, t := range ts {
+			if t < 0 || t >= n {
+				return nil, nil, fmt.Errorf("sim: policy %s: constraint %s names task %d of %d", e.cfg.Policy.Name(), c.Kind(), t, n)
+			}
+			incl[t] = true
+		}
+	}
+	if !any {
+		return nil, nil, nil
+	}
+	if full {
+		for i := range incl {
+			incl[i] = true
+		}
+	}
+	sm := &cluster.Model{Resources: m.Resources, Nodes: m.Nodes}
+	if !full {
+		sm.Nodes = make([]cluster.Node, len(m.Nodes))
+		for i, nd := range m.Nodes {
+			nd.Capacity = append([]int64(nil), nd.Capacity...)
+			sm.Nodes[i] = nd
+		}
+	}
+	if cap(e.glob2sub) < n {
+		e.glob2sub = make([]int32, n)
+	}
+	toSub := e.glob2sub[:n]
+	var sub []int32
+	byState := map[cluster.TaskState][]int{}
+	for i := range m.Tasks {
+		t := &m.Tasks[i]
+		if !incl[i] {
+			toSub[i] = -1
+			if t.State == cluster.Running {
+				c := sm.Nodes[t.Node].Capacity
+				for r, v := range t.Demand {
+					c[r] = max(c[r]-v, 0)
+				}
+			}
+			continue
+		}
+		toSub[i] = int32(len(sm.Tasks))
+		if d.Want[i] != t.State {
+			byState[d.Want[i]] = append(byState[d.Want[i]], len(sm.Tasks))
+		}
+		sm.Tasks = append(sm.Tasks, *t)
+		sub = append(sub, e.sub2glob[i])
+	}
+	p := &plan.Problem{Model: sm, Durations: e.w.Durations}
+	for _, s := range []cluster.TaskState{cluster.Running, cluster.Sleeping, cluster.Ready} {
+		if ts := byState[s]; len(ts) > 0 {
+			p.Constraints = append(p.Constraints, cluster.StateConstraint{State: s, Tasks: ts})
+		}
+	}
+	for _, c := range d.Constraints {
+		p.Constraints = append(p.Constraints, remap(c, toSub))
+	}
+	return p, sub, nil
+}
+
+// constraintTasks lists the tasks a constraint names; ok is false for kinds
+// whose meaning depends on tasks it does not name (capacities, overbook):
+// those need the whole configuration.
+func constraintTasks(c cluster.Constraint) ([]int, bool) {
+	switch c := c.(type) {
+	case cluster.Fence:
+		return c.Tasks, true
+	case cluster.Ban:
+		return c.Tasks, true
+	case cluster.Spread:
+		return c.Tasks, true
+	case cluster.Gather:
+		return c.Tasks, true
+	case cluster.Root:
+		return c.Tasks, true
+	case cluster.Lonely:
+		return nil, false
+	case cluster.Among:
+		return c.Tasks, true
+	case cluster.Seq:
+		return c.Tasks, true
+	case cluster.Preserve:
+		return c.Tasks, true
+	case cluster.StateConstraint:
+		return c.Tasks, true
+	case cluster.NoDelay:
+		return []int{c.Task}, true
+	}
+	return nil, false
+}
+
+func mapTasks(ts []int, toSub []int32) []int {
+	out := make([]int, len(ts))
+	for i, t := range ts {
+		out[i] = int(toSub[t])
+	}
+	return out
+}
+
+// remap rewrites a constraint's task indices into the problem's.
+func remap(c cluster.Constraint, toSub []int32) cluster.Constraint {
+	switch c := c.(type) {
+	case cluster.Fence:
+		c.Tasks = mapTasks(c.Tasks, toSub)
+		return c
+	case cluster.Ban:
+		c.Tasks = mapTasks(c.Tasks, toSub)
+		return c
+	case cluster.Spread:
+		c.Tasks = mapTasks(c.Tasks, toSub)
+		return c
+	case cluster.Gather:
+		c.Tasks = mapTasks(c.Tasks, toSub)
+		return c
+	case cluster.Root:
+		c.Tasks = mapTasks(c.Tasks, toSub)
+		return c
+	case cluster.Among:
+		c.Tasks = mapTasks(c.Tasks, toSub)
+		return c
+	case cluster.Seq:
+		c.Tasks = mapTasks(c.Tasks, toSub)
+		return c
+	case cluster.Preserve:
+		c.Tasks = mapTasks(c.Tasks, toSub)
+		return c
+	case cluster.StateConstraint:
+		c.Tasks = mapTasks(c.Tasks, toSub)
+		return c
+	case cluster.NoDelay:
+		c.Task = int(toSub[c.Task])
+		return c
+	}
+	return c
+}
