@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -172,7 +173,6 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		where[e.ID] = append(where[e.ID], i)
 	}
 	var want []uint32
-	wanted := map[uint32]bool{}
 	buf := make([]byte, 0, 64<<10)
 	for _, first := range order {
 		if err := ctx.Err(); err != nil {
@@ -216,7 +216,6 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		}
 		if data == nil {
 			want = append(want, uint32(first))
-			wanted[uint32(first)] = true
 			prog.p.Wanted += int64(e.Length)
 			continue
 		}
@@ -239,15 +238,40 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		return fmt.Errorf("transfer: send WANT: %w", err)
 	}
 
-	// Receive the chunks.
+	// Receive the chunks. Contiguous chunks are written in 1 MiB runs, and
+	// the whole-file digest follows the completed prefix of the file on
+	// another goroutine, so verification overlaps the stream.
 	prog.phase(PhaseStream)
-	var zbuf []byte
-	var frame []byte
+	isWanted := make([]bool, len(x.Entries))
+	for _, i := range want {
+		isWanted[i] = true
+	}
+	done := make([]bool, len(x.Entries))
+	for i, e := range x.Entries {
+		done[i] = e.Hole || !isWanted[where[e.ID][0]]
+	}
+	dg := newPrefixDigest(part.f)
+	defer dg.stop()
+	pw := &runWriter{f: part.f, buf: make([]byte, 0, 1<<20), done: done}
+	defer pw.flush() // on failure, keep every verified chunk for a resume
+	next := 0 // first entry not known to be on disk
+	advance := func() {
+		for next < len(done) && done[next] {
+			next++
+		}
+		end := x.Size
+		if next < len(done) {
+			end = offs[next]
+		}
+		dg.upTo(end)
+	}
+	advance()
+	var zbuf, frame []byte
 	limits := map[msgType]int{msgChunk: maxChunkFrame, msgDone: 0}
 	for {
-		t, n, err := r.next(fmt.Sprintf("CHUNK (%d of %d received)", res.Received, len(want)), limits)
+		t, n, err := r.next("CHUNK", limits)
 		if err != nil {
-			return err
+			return fmt.Errorf("after %d of %d chunks: %w", res.Received, len(want), err)
 		}
 		if t == msgDone {
 			break
@@ -258,8 +282,8 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		if len(frame) < chunkHdrLen {
 			return fmt.Errorf("%w: CHUNK of %d bytes is too short", cas.ErrInvalid, len(frame))
 		}
-		i := uint32(frame[0])<<24 | uint32(frame[1])<<16 | uint32(frame[2])<<8 | uint32(frame[3])
-		if !wanted[i] {
+		i := binary.BigEndian.Uint32(frame)
+		if int64(i) >= int64(len(isWanted)) || !isWanted[i] {
 			return fmt.Errorf("%w: CHUNK for entry %d, which was not asked for or came twice", cas.ErrInvalid, i)
 		}
 		e := x.Entries[i]
@@ -273,40 +297,47 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		if cas.Sum(data) != e.ID {
 			return fmt.Errorf("%w: CHUNK for entry %d does not hash to its id %s", cas.ErrCorrupt, i, e.ID.Short())
 		}
+		flushed := false
 		for _, k := range where[e.ID] {
-			if _, err := part.f.WriteAt(data, offs[k]); err != nil {
+			f, err := pw.write(data, offs[k], k)
+			if err != nil {
 				return fmt.Errorf("transfer: write partial: %w", err)
 			}
+			flushed = flushed || f
+		}
+		if flushed {
+			advance()
 		}
 		if rc.Keep && rc.Store != nil {
 			if _, err := rc.Store.Put(e.ID, data); err != nil {
 				return err
 			}
 		}
-		delete(wanted, i)
+		isWanted[i] = false
 		res.Received++
 		res.ReceivedBytes += int64(e.Length)
 		prog.add(int64(e.Length))
 	}
-	if len(wanted) != 0 {
-		return fmt.Errorf("%w: DONE with %d of %d chunks missing", ErrProtocol, len(wanted), len(want))
+	if res.Received != len(want) {
+		return fmt.Errorf("%w: DONE with %d of %d chunks missing", ErrProtocol, len(want)-res.Received, len(want))
 	}
+	if err := pw.flush(); err != nil {
+		return fmt.Errorf("transfer: write partial: %w", err)
+	}
+	advance()
 
 	// Verify and commit.
 	prog.phase(PhaseVerify)
-	if err := part.f.Sync(); err != nil {
-		return err
+	sum, err := dg.finish()
+	if err != nil {
+		return fmt.Errorf("transfer: verify partial: %w", err)
 	}
-	if _, err := part.f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	hsh := sha256.New()
-	if _, err := io.Copy(hsh, part.f); err != nil {
-		return err
-	}
-	if cas.ID(hsh.Sum(nil)) != x.Digest {
+	if sum != x.Digest {
 		part.discard()
 		return fmt.Errorf("%w: rebuilt %s does not match its whole-file digest %s", cas.ErrCorrupt, h.Name, x.Digest.Short())
+	}
+	if err := part.f.Sync(); err != nil {
+		return err
 	}
 	if rc.Keep && rc.Store != nil {
 		if err := rc.Store.Sync(); err != nil {
@@ -445,5 +476,108 @@ func syncDir(dir string) {
 	if f, err := os.Open(dir); err == nil {
 		f.Sync()
 		f.Close()
+	}
+}
+
+// runWriter coalesces writes at consecutive offsets into one pwrite and
+// marks entries done only once their bytes are in the file.
+type runWriter struct {
+	f       *os.File
+	buf     []byte
+	start   int64
+	pending []int
+	done    []bool
+}
+
+// write queues data of entry k at off; it reports whether a flush happened
+// (so more entries are now done).
+func (w *runWriter) write(data []byte, off int64, k int) (bool, error) {
+	if len(w.buf) > 0 && off == w.start+int64(len(w.buf)) && len(w.buf)+len(data) <= cap(w.buf) {
+		w.buf = append(w.buf, data...)
+		w.pending = append(w.pending, k)
+		return false, nil
+	}
+	flushed := len(w.buf) > 0
+	if err := w.flush(); err != nil {
+		return false, err
+	}
+	if len(data) > cap(w.buf) {
+		if _, err := w.f.WriteAt(data, off); err != nil {
+			return false, err
+		}
+		w.done[k] = true
+		return true, nil
+	}
+	w.start, w.buf = off, append(w.buf[:0], data...)
+	w.pending = append(w.pending, k)
+	return flushed, nil
+}
+
+func (w *runWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	if _, err := w.f.WriteAt(w.buf, w.start); err != nil {
+		return err
+	}
+	for _, k := range w.pending {
+		w.done[k] = true
+	}
+	w.buf, w.pending = w.buf[:0], w.pending[:0]
+	return nil
+}
+
+// prefixDigest hashes a file from the start as far as it is known to be
+// complete, on its own goroutine.
+type prefixDigest struct {
+	ends   chan int64
+	result chan error
+	sum    cas.ID
+	last   int64
+	closed bool
+}
+
+func newPrefixDigest(f *os.File) *prefixDigest {
+	d := &prefixDigest{ends: make(chan int64, 256), result: make(chan error, 1)}
+	go func() {
+		h := sha256.New()
+		buf := make([]byte, 1<<20)
+		var pos int64
+		var err error
+		for end := range d.ends {
+			for err == nil && pos < end {
+				n := int(min(int64(len(buf)), end-pos))
+				if _, err = f.ReadAt(buf[:n], pos); err == nil {
+					h.Write(buf[:n])
+					pos += int64(n)
+				}
+			}
+		}
+		d.sum = cas.ID(h.Sum(nil))
+		d.result <- err
+	}()
+	return d
+}
+
+// upTo says the file is complete up to end.
+func (d *prefixDigest) upTo(end int64) {
+	if end > d.last {
+		d.last = end
+		d.ends <- end
+	}
+}
+
+func (d *prefixDigest) finish() (cas.ID, error) {
+	d.closed = true
+	close(d.ends)
+	err := <-d.result
+	return d.sum, err
+}
+
+func (d *prefixDigest) stop() {
+	if !d.closed {
+		d.closed = true
+		close(d.ends)
+		<-d.result
 	}
 }
