@@ -1,5 +1,7 @@
 package policy
 
+import "sort"
+
 // Entropy is the sample scheduler of the VTDC'10 paper (seeds/002): a FIFO
 // queue gives the priorities (an earlier job always goes first, so no job
 // starves); jobs are considered in that order and their VMs assigned to
@@ -9,19 +11,32 @@ package policy
 // them); a running job that no longer fits, because earlier jobs grew, is
 // suspended; a waiting job that does not fit waits. The planner turns this
 // into suspends, resumes and migrations.
-type Entropy struct{}
+type Entropy struct {
+	// SRPT orders the queue by shortest estimated remaining time instead of
+	// submission (ties by submission).
+	SRPT bool
+}
 
 // Name implements Policy.
-func (Entropy) Name() string { return "entropy" }
+func (e Entropy) Name() string {
+	if e.SRPT {
+		return "entropy-srpt"
+	}
+	return "entropy"
+}
 
 // ObservesDemand implements Observing: Entropy packs by observed usage.
 func (Entropy) ObservesDemand() bool { return true }
 
 // Decide implements Policy.
-func (Entropy) Decide(v *View) (Decision, error) {
+func (e Entropy) Decide(v *View) (Decision, error) {
 	d := Current(v.Model)
 	p := NewPacker(v)
-	for _, i := range FIFO(v.Jobs) {
+	order := FIFO(v.Jobs)
+	if e.SRPT {
+		sort.SliceStable(order, func(a, b int) bool { return v.Jobs[order[a]].Walltime < v.Jobs[order[b]].Walltime })
+	}
+	for _, i := range order {
 		j := &v.Jobs[i]
 		ph := JobPhase(v.Model, j)
 		if p.Place(j.Tasks, true) {

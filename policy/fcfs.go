@@ -10,26 +10,21 @@ import (
 // migrates them). It returns false when the job fits nowhere: the caller
 // suspends it.
 func keep(v *View, p *Packer, d *Decision, j *Job) bool {
-	ok := true
+	var moved []int
 	for _, t := range j.Tasks {
 		if !p.Keep(t) {
-			ok = false
-			break
+			moved = append(moved, t)
 		}
 	}
-	if ok {
+	if len(moved) == 0 {
+		return true
+	}
+	if (j.Migratable || drainRunning(v, j)) && p.Place(moved, false) {
+		pin(d, v.Model, p, moved)
 		return true
 	}
 	for _, t := range j.Tasks {
 		p.Release(t)
-	}
-	if !j.Migratable && !drainRunning(v, j) {
-		// Cannot move: stay put even if over (the node was overfull before).
-		return false
-	}
-	if p.Place(j.Tasks, true) {
-		pin(d, v.Model, p, j.Tasks)
-		return true
 	}
 	return false
 }

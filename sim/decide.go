@@ -179,6 +179,7 @@ func (e *engine) problem(m *cluster.Model, d policy.Decision) (*plan.Problem, []
 				return nil, nil, fmt.Errorf("sim: policy %s: constraint %s names task %d of %d", e.cfg.Policy.Name(), c.Kind(), t, n)
 			}
 			incl[t] = true
+			any = true
 		}
 	}
 	if !any {
