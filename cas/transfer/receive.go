@@ -254,7 +254,7 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 	defer dg.stop()
 	pw := &runWriter{f: part.f, buf: make([]byte, 0, 1<<20), done: done}
 	defer pw.flush() // on failure, keep every verified chunk for a resume
-	next := 0 // first entry not known to be on disk
+	next := 0        // first entry not known to be on disk
 	advance := func() {
 		for next < len(done) && done[next] {
 			next++

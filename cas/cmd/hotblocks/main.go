@@ -178,5 +178,3 @@ func wireBytes(a, b string, k cas.Chunking) (int64, error) {
 	}
 	return last.WireBytes, nil
 }
-
-
