@@ -266,6 +266,11 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		dg.upTo(end)
 	}
 	advance()
+	var keeper *storeWriter
+	if rc.Keep && rc.Store != nil {
+		keeper = newStoreWriter(rc.Store, 4)
+		defer keeper.wait()
+	}
 	var zbuf, frame []byte
 	limits := map[msgType]int{msgChunk: maxChunkFrame, msgDone: 0}
 	for {
@@ -308,8 +313,8 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		if flushed {
 			advance()
 		}
-		if rc.Keep && rc.Store != nil {
-			if _, err := rc.Store.Put(e.ID, data); err != nil {
+		if keeper != nil {
+			if err := keeper.put(e.ID, data); err != nil {
 				return err
 			}
 		}
@@ -339,7 +344,10 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 	if err := part.f.Sync(); err != nil {
 		return err
 	}
-	if rc.Keep && rc.Store != nil {
+	if keeper != nil {
+		if err := keeper.wait(); err != nil {
+			return err
+		}
 		if err := rc.Store.Sync(); err != nil {
 			return err
 		}
@@ -580,4 +588,64 @@ func (d *prefixDigest) stop() {
 		close(d.ends)
 		<-d.result
 	}
+}
+
+// storeWriter adds chunks to a store on a few goroutines: creating a small
+// file is syscall-bound, so several in flight go faster than one.
+type storeWriter struct {
+	st   *cas.Store
+	ch   chan storeItem
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	err  error
+	done bool
+}
+
+type storeItem struct {
+	id   cas.ID
+	data []byte
+}
+
+func newStoreWriter(st *cas.Store, n int) *storeWriter {
+	w := &storeWriter{st: st, ch: make(chan storeItem, 64)}
+	for range n {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for it := range w.ch {
+				if _, err := w.st.Put(it.id, it.data); err != nil {
+					w.mu.Lock()
+					if w.err == nil {
+						w.err = err
+					}
+					w.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return w
+}
+
+// put queues a copy of data; it returns the first error of an earlier put.
+func (w *storeWriter) put(id cas.ID, data []byte) error {
+	w.mu.Lock()
+	err := w.err
+	w.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	w.ch <- storeItem{id, append([]byte(nil), data...)}
+	return nil
+}
+
+// wait finishes the queued puts (once) and returns the first error.
+func (w *storeWriter) wait() error {
+	if !w.done {
+		w.done = true
+		close(w.ch)
+		w.wg.Wait()
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
 }
