@@ -222,7 +222,7 @@ func FIFO(jobs []Job) []int {
 	for i := range idx {
 		idx[i] = i
 	}
-	sort.SliceStable(idx, func(a, b int) bool {
+	less := func(a, b int) bool {
 		x, y := &jobs[idx[a]], &jobs[idx[b]]
 		if x.Submitted != y.Submitted {
 			return x.Submitted < y.Submitted
@@ -231,7 +231,13 @@ func FIFO(jobs []Job) []int {
 			return x.Priority > y.Priority
 		}
 		return x.Name < y.Name
-	})
+	}
+	for i := 1; i < len(idx); i++ {
+		if less(i, i-1) {
+			sort.SliceStable(idx, less)
+			break
+		}
+	}
 	return idx
 }
 

@@ -17,17 +17,27 @@ func (e *engine) decide(ctx context.Context) error {
 		return nil
 	}
 	w := e.w
-	m := &cluster.Model{Resources: w.Resources, Nodes: e.nodes()}
-	glob := e.sub2glob[:0]
-	jobs := make([]policy.Job, 0, len(e.active))
-	nt := 0
-	for _, ji := range e.active {
-		nt += e.jobs[ji].spec.Tasks
+	if e.view.Model == nil {
+		e.view.Model = &cluster.Model{Resources: w.Resources, Nodes: e.nodes()}
 	}
-	m.Tasks = make([]cluster.Task, 0, nt)
-	idx := make([]int, nt)
+	m := e.view.Model
+	glob := e.sub2glob[:0]
+	jobs := e.view.Jobs[:0]
+	window := e.cfg.Window
+	if window <= 0 {
+		window = 200
+	}
+	m.Tasks = m.Tasks[:0]
+	e.idx = e.idx[:0]
+	queued := 0
 	for _, ji := range e.active {
 		j := &e.jobs[ji]
+		if !j.touched() {
+			if queued >= window {
+				continue
+			}
+			queued++
+		}
 		e.fold(int(ji))
 		start := len(m.Tasks)
 		for k := int32(0); k < int32(j.spec.Tasks); k++ {
@@ -40,18 +50,28 @@ func (e *engine) decide(ctx context.Context) error {
 			}
 			m.Tasks = append(m.Tasks, cluster.Task{Name: e.taskName(g), Job: j.spec.Name, State: tk.state, Node: int(tk.node), Demand: d})
 			glob = append(glob, g)
-			idx[len(m.Tasks)-1] = len(m.Tasks) - 1
+			e.idx = append(e.idx, len(m.Tasks)-1)
 		}
 		done := int64(j.progress)
 		est := j.spec.Walltime
 		jobs = append(jobs, policy.Job{
 			Name: j.spec.Name, Priority: j.spec.Priority, Submitted: j.spec.Submit,
-			Tasks: idx[start:len(m.Tasks):len(m.Tasks)], Walltime: max(est-done, 1), Done: done, Total: est,
+			Tasks: e.idx[start:len(m.Tasks):len(m.Tasks)], Walltime: max(est-done, 1), Done: done, Total: est,
 			Preemptible: j.spec.Preemptible, Migratable: j.spec.Migratable,
 		})
 	}
+	// e.idx may have grown: re-slice every job's tasks onto the final array.
+	for i := range jobs {
+		n := len(jobs[i].Tasks)
+		if n > 0 {
+			s := jobs[i].Tasks[0]
+			jobs[i].Tasks = e.idx[s : s+n : s+n]
+		}
+	}
+	e.view.Jobs = jobs
 	e.sub2glob = glob
-	view := &policy.View{Model: m, Jobs: jobs, Draining: e.draining, Now: e.now, Durations: w.Durations}
+	view := &e.view
+	view.Draining, view.Now, view.Durations = e.draining, e.now, w.Durations
 	d, err := e.cfg.Policy.Decide(view)
 	if err != nil {
 		return fmt.Errorf("sim: policy %s at t=%d: %w", e.cfg.Policy.Name(), e.now, err)

@@ -57,6 +57,10 @@ type Config struct {
 	// planner's clock advances 1 ms per reading, so the cut is
 	// deterministic (default 2 s, i.e. 2000 readings).
 	PlannerBudget time.Duration
+	// Window is how many never-started jobs (oldest first) the policy
+	// sees besides the started ones, like Slurm's bf_max_job_test
+	// (default 200).
+	Window int
 	// Full gives the planner the whole configuration instead of only the
 	// tasks that change.
 	Full   bool
@@ -84,6 +88,8 @@ type jobRun struct {
 	resumes   int
 	migrates  int
 	lostTime  int64
+	// startedTasks: some task left the ready state.
+	startedTasks bool
 }
 
 type taskRun struct {
@@ -171,6 +177,9 @@ type engine struct {
 	sub2glob []int32
 	tnames   []string
 	idle     int
+	// the policy's view, reused between decisions (policies keep nothing)
+	view     policy.View
+	idx      []int
 	glob2sub []int32
 }
 
@@ -386,6 +395,10 @@ func (e *engine) handle(ev qev) {
 	}
 }
 
+// touched: the job has started at least once (it is running, sleeping or
+// switching), so the policy always sees it.
+func (j *jobRun) touched() bool { return j.started >= 0 || j.suspends > 0 || j.startedTasks }
+
 func (e *engine) segEnd(j *jobRun) int64 {
 	if len(j.spec.Segments) == 0 {
 		return j.spec.Work
@@ -584,6 +597,7 @@ func (e *engine) startAction(i int) {
 	tk.action = int32(i)
 	switch a.Kind {
 	case cluster.Boot, cluster.Resume, cluster.Migrate:
+		e.jobs[tk.job].startedTasks = true
 		tk.resTo = int32(a.To)
 		e.reserve(int32(a.To), int32(a.Task), 1)
 	case cluster.Suspend, cluster.Shutdown, cluster.Kill:
