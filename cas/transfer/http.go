@@ -1,9 +1,11 @@
 package transfer
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 )
@@ -105,3 +107,20 @@ func (c *clientConn) Close() error {
 	})
 	return nil
 }
+
+// Hijacked wraps a connection taken over from an HTTP server (an Upgrade
+// handler's Hijack) so that bytes the server had already buffered in r are
+// read first. Pass the result to Receiver.Serve or SendFile.
+func Hijacked(conn net.Conn, r *bufio.Reader) net.Conn {
+	if r == nil || r.Buffered() == 0 {
+		return conn
+	}
+	return &hijackedConn{Conn: conn, r: r}
+}
+
+type hijackedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *hijackedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
