@@ -362,3 +362,28 @@ func (in *inst) duration(k cluster.ActionKind, t, from, to int32) int64 {
 	}
 	return d
 }
+
+// migrateCost is the duration of a live migration of t away from n.
+func (in *inst) migrateCost(t, n int32) int64 {
+	return in.duration(cluster.Migrate, t, n, -1)
+}
+
+// sleepMoveCost is the least MTTR a relocation of t away from n by suspend
+// then remote resume adds: the suspend ends at su, the resume at su+re.
+func (in *inst) sleepMoveCost(t, n, to int32) int64 {
+	su := in.duration(cluster.Suspend, t, n, n)
+	return 2*su + in.duration(cluster.Resume, t, n, to)
+}
+
+// relocCost is the least MTTR any relocation of running task t away from n
+// adds: a migration, or a suspend and a remote resume.
+func (in *inst) relocCost(t, n int32) int64 {
+	return min(in.migrateCost(t, n), in.sleepMoveCost(t, n, -1))
+}
+
+// viaSleep reports whether the scheduler moves t from n to to by suspend and
+// resume rather than by live migration: only for the MTTR objective, and only
+// when that is strictly cheaper.
+func (in *inst) viaSleep(t, n, to int32) bool {
+	return in.p.Objective == MinMTTR && in.sleepMoveCost(t, n, to) < in.migrateCost(t, n)
+}

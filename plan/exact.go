@@ -1,6 +1,8 @@
 package plan
 
 import (
+	"math"
+
 	"github.com/ferrycluster/ferry/cluster"
 )
 
@@ -40,7 +42,7 @@ func (s *search) exhaustive(incumbent *candidate) (best *candidate, proved, time
 	mig := make([]int64, in.nT)
 	for _, t := range free {
 		if in.curState[t] == cluster.Running {
-			mig[t] = in.duration(cluster.Migrate, t, in.curNode[t], in.curNode[t])
+			mig[t] = in.relocCost(t, in.curNode[t])
 		}
 	}
 	for t := int32(0); t < int32(in.nT); t++ {
@@ -64,7 +66,12 @@ func (s *search) exhaustive(incumbent *candidate) (best *candidate, proved, time
 	a := newAssign(in)
 	leaves := 0
 	complete := true
-	cost := func(c *candidate) (int64, int) { return c.mttr, c.migrations }
+	cost := func(c *candidate) (int64, int) {
+		if c == nil {
+			return math.MaxInt64, math.MaxInt
+		}
+		return c.mttr, c.migrations
+	}
 	var dfs func(k int, partial int64, moved int)
 	dfs = func(k int, partial int64, moved int) {
 		if !complete {
@@ -88,11 +95,7 @@ func (s *search) exhaustive(incumbent *candidate) (best *candidate, proved, time
 				timedOut = true
 				return
 			}
-			c, err := s.evaluate(a)
-			if err == nil && c.better(best, obj) {
-				c.a = a.clone()
-				best = c
-			}
+			s.leaf(a, obj, &best)
 			return
 		}
 		t := free[k]
@@ -132,4 +135,39 @@ func (a *assign) clone() *assign {
 	c.load = append([]int64(nil), a.load...)
 	c.count = append([]int32(nil), a.count...)
 	return c
+}
+
+// leaf schedules a complete placement, and for the MTTR objective also every
+// choice between migration and suspend-and-resume for up to four moved
+// tasks, keeping the best plan in *best.
+func (s *search) leaf(a *assign, obj Objective, best **candidate) {
+	in := s.in
+	try := func(sleep []bool) {
+		c, err := s.evaluate(a, sleep)
+		if err == nil && c.better(*best, obj) {
+			c.a = a.clone()
+			c.sleep = sleep
+			*best = c
+		}
+	}
+	try(nil)
+	if obj != MinMTTR {
+		return
+	}
+	var moved []int32
+	for t := int32(0); t < int32(in.nT); t++ {
+		if in.curState[t] == cluster.Running && a.node[t] >= 0 && a.node[t] != in.curNode[t] {
+			moved = append(moved, t)
+		}
+	}
+	if len(moved) == 0 || len(moved) > 4 {
+		return
+	}
+	for mask := 0; mask < 1<<len(moved); mask++ {
+		sleep := make([]bool, in.nT)
+		for i, t := range moved {
+			sleep[t] = mask&(1<<i) != 0
+		}
+		try(sleep)
+	}
 }

@@ -139,6 +139,23 @@ func (in *inst) applyMaxOnline() error {
 	return nil
 }
 
+// imagesStay checks that sleeping images that stay sit on nodes that stay
+// online.
+func (in *inst) imagesStay() error {
+	// Sleeping images that stay must sit on nodes that stay online.
+	for t := 0; t < in.nT; t++ {
+		if in.curState[t] == cluster.Sleeping && in.tgtState[t] == cluster.Sleeping && in.nodeTgt[in.curNode[t]] != cluster.NodeOnline {
+			return &ConflictError{Constraint: "offline", Node: in.m.Nodes[in.curNode[t]].Name,
+				Reason: fmt.Sprintf("node must go offline but keeps the image of sleeping task %q", in.m.Tasks[t].Name)}
+		}
+		if in.curState[t] == cluster.Running && in.tgtState[t] == cluster.Sleeping && in.nodeTgt[in.curNode[t]] != cluster.NodeOnline {
+			return &ConflictError{Constraint: "offline", Node: in.m.Nodes[in.curNode[t]].Name,
+				Reason: fmt.Sprintf("node must go offline but task %q is to be suspended on it", in.m.Tasks[t].Name)}
+		}
+	}
+	return nil
+}
+
 // canBoot reports whether offline node n may be booted without breaking a
 // maxOnline constraint.
 func (in *inst) canBoot(n int32) bool {
@@ -165,22 +182,8 @@ func (in *inst) canBoot(n int32) bool {
 // place computes the target placement. It returns the assignment (node of
 // each task running in the target) or a *ConflictError.
 func (in *inst) place() (*assign, error) {
-	if err := in.applyMaxOnline(); err != nil {
-		return nil, err
-	}
 	pl := newPlacer(in)
 	a := pl.a
-	// Sleeping images that stay must sit on nodes that stay online.
-	for t := 0; t < in.nT; t++ {
-		if in.curState[t] == cluster.Sleeping && in.tgtState[t] == cluster.Sleeping && in.nodeTgt[in.curNode[t]] != cluster.NodeOnline {
-			return nil, &ConflictError{Constraint: "offline", Node: in.m.Nodes[in.curNode[t]].Name,
-				Reason: fmt.Sprintf("node must go offline but keeps the image of sleeping task %q", in.m.Tasks[t].Name)}
-		}
-		if in.curState[t] == cluster.Running && in.tgtState[t] == cluster.Sleeping && in.nodeTgt[in.curNode[t]] != cluster.NodeOnline {
-			return nil, &ConflictError{Constraint: "offline", Node: in.m.Nodes[in.curNode[t]].Name,
-				Reason: fmt.Sprintf("node must go offline but task %q is to be suspended on it", in.m.Tasks[t].Name)}
-		}
-	}
 	// Keep phase.
 	var keep, toPlace []int32
 	for t := 0; t < in.nT; t++ {
@@ -195,7 +198,7 @@ func (in *inst) place() (*assign, error) {
 	}
 	mig := make([]int64, in.nT)
 	for _, t := range keep {
-		mig[t] = in.duration(cluster.Migrate, t, in.curNode[t], in.curNode[t])
+		mig[t] = in.relocCost(t, in.curNode[t])
 	}
 	sort.SliceStable(keep, func(i, j int) bool {
 		ti, tj := keep[i], keep[j]
@@ -207,8 +210,13 @@ func (in *inst) place() (*assign, error) {
 		}
 		return pl.size(ti) > pl.size(tj)
 	})
+	evict := pl.evictions(keep, mig)
 	for _, t := range keep {
 		n := in.curNode[t]
+		if evict[t] && !in.pinned[t] {
+			toPlace = append(toPlace, t)
+			continue
+		}
 		ok, _ := a.allowed(t, n)
 		if ok && a.fits(t, n) {
 			a.place(t, n)
@@ -278,6 +286,12 @@ func (pl *placer) candidates(t int32) []int32 {
 			}
 			if r.cnt > 0 {
 				return []int32{r.node}
+			}
+		case *amongRule:
+			if g := r.group(); g >= 0 {
+				if ns := r.gs.groups[g]; best == nil || len(ns) < len(best) {
+					best = ns
+				}
 			}
 		}
 	}
@@ -366,13 +380,21 @@ func (pl *placer) explain(t int32) error {
 	name := in.m.Tasks[t].Name
 	var rejected rule
 	anyAllowed := false
+	counts := map[rule]int{}
 	for n := int32(0); n < int32(in.nN); n++ {
 		ok, r := a.allowed(t, n)
 		if ok {
 			anyAllowed = true
 			break
 		}
-		if r != nil && rejected == nil {
+		if r != nil {
+			counts[r]++
+		}
+	}
+	// The rule that refuses the fewest nodes is the one that closed the
+	// last doors (a fence refuses most nodes but leaves some open).
+	for r, c := range counts {
+		if rejected == nil || c < counts[rejected] || (c == counts[rejected] && r.name() < rejected.name()) {
 			rejected = r
 		}
 	}
@@ -420,4 +442,180 @@ func (in *inst) conflictAt(a *assign, t, n int32, what string) error {
 		}
 	}
 	return ce
+}
+
+// evictBudget bounds the search nodes of one node's eviction choice.
+const evictBudget = 4096
+
+// evictions chooses, on every node whose staying tasks overflow it, the set
+// of tasks to move that frees enough room at least cost: the sum of their
+// migration durations (the MTTR they add), or their number first for the
+// MinMigrations objective. Pinned tasks never move. It is a small branch and
+// bound per node (tasks sorted by cost), seeded with a greedy solution.
+func (pl *placer) evictions(keep []int32, mig []int64) []bool {
+	in := pl.in
+	evict := make([]bool, in.nT)
+	byNode := map[int32][]int32{}
+	a := pl.a
+	for _, t := range keep {
+		n := in.curNode[t]
+		if ok, _ := a.allowed(t, n); !ok && !in.pinned[t] {
+			evict[t] = true // must leave anyway
+			continue
+		}
+		byNode[n] = append(byNode[n], t)
+	}
+	nR := in.nR
+	cost := func(t int32) int64 {
+		if in.p.Objective == MinMigrations {
+			return mig[t] + 1<<32
+		}
+		return mig[t]
+	}
+	nodes := make([]int32, 0, len(byNode))
+	for n := range byNode {
+		nodes = append(nodes, n)
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i] < nodes[j] })
+	for _, n := range nodes {
+		ts := byNode[n]
+		excess := make([]int64, nR)
+		over := false
+		for r := 0; r < nR; r++ {
+			var sum int64
+			for _, t := range ts {
+				sum += in.demand[int(t)*nR+r]
+			}
+			excess[r] = sum - in.capa[int(n)*nR+r]
+			if excess[r] > 0 {
+				over = true
+			}
+		}
+		if !over {
+			continue
+		}
+		var movable []int32
+		for _, t := range ts {
+			if !in.pinned[t] {
+				movable = append(movable, t)
+			}
+		}
+		best, _, _ := in.minCover(movable, excess, cost, pl.size)
+		for _, t := range best {
+			evict[t] = true
+		}
+	}
+	return evict
+}
+
+// minCover finds the subset of tasks whose demands cover excess (per
+// resource) at least total cost: a branch and bound over tasks sorted by
+// cost, seeded greedily. complete is false when the search budget ran out
+// (best is then the best found) or when no subset covers (best is nil).
+func (in *inst) minCover(tasks []int32, excess []int64, cost func(int32) int64, size func(int32) float64) (best []int32, bestCost int64, complete bool) {
+	nR := in.nR
+	movable := append([]int32(nil), tasks...)
+	sort.SliceStable(movable, func(i, j int) bool {
+		ci, cj := cost(movable[i]), cost(movable[j])
+		if ci != cj {
+			return ci < cj
+		}
+		return size(movable[i]) > size(movable[j])
+	})
+	covered := func(ex []int64) bool {
+		for _, e := range ex {
+			if e > 0 {
+				return false
+			}
+		}
+		return true
+	}
+	// Greedy seed: cheapest useful first until covered, then put back what
+	// is not needed.
+	ex := append([]int64(nil), excess...)
+	var greedy []int32
+	for _, t := range movable {
+		if covered(ex) {
+			break
+		}
+		useful := false
+		for r := 0; r < nR; r++ {
+			if ex[r] > 0 && in.demand[int(t)*nR+r] > 0 {
+				useful = true
+			}
+		}
+		if !useful {
+			continue
+		}
+		greedy = append(greedy, t)
+		for r := 0; r < nR; r++ {
+			ex[r] -= in.demand[int(t)*nR+r]
+		}
+	}
+	if !covered(ex) {
+		return nil, 0, false
+	}
+	for i := len(greedy) - 1; i >= 0; i-- {
+		t := greedy[i]
+		back := true
+		for r := 0; r < nR; r++ {
+			if ex[r]+in.demand[int(t)*nR+r] > 0 {
+				back = false
+			}
+		}
+		if back {
+			for r := 0; r < nR; r++ {
+				ex[r] += in.demand[int(t)*nR+r]
+			}
+			greedy = append(greedy[:i], greedy[i+1:]...)
+		}
+	}
+	best = append([]int32(nil), greedy...)
+	for _, t := range best {
+		bestCost += cost(t)
+	}
+	// suffix[i]: can tasks i.. still cover what remains? (sum of demands)
+	suffix := make([]int64, (len(movable)+1)*nR)
+	for i := len(movable) - 1; i >= 0; i-- {
+		for r := 0; r < nR; r++ {
+			suffix[i*nR+r] = suffix[(i+1)*nR+r] + in.demand[int(movable[i])*nR+r]
+		}
+	}
+	var cur []int32
+	visits := 0
+	complete = true
+	ex = append(ex[:0], excess...)
+	var dfs func(i int, c int64)
+	dfs = func(i int, c int64) {
+		if c >= bestCost {
+			return
+		}
+		if visits++; visits > evictBudget {
+			complete = false
+			return
+		}
+		if covered(ex) {
+			bestCost = c
+			best = append(best[:0], cur...)
+			return
+		}
+		for r := 0; r < nR; r++ {
+			if ex[r] > suffix[i*nR+r] {
+				return // the rest cannot cover
+			}
+		}
+		t := movable[i]
+		cur = append(cur, t)
+		for r := 0; r < nR; r++ {
+			ex[r] -= in.demand[int(t)*nR+r]
+		}
+		dfs(i+1, c+cost(t))
+		for r := 0; r < nR; r++ {
+			ex[r] += in.demand[int(t)*nR+r]
+		}
+		cur = cur[:len(cur)-1]
+		dfs(i+1, c)
+	}
+	dfs(0, 0)
+	return best, bestCost, complete
 }

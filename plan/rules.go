@@ -30,6 +30,7 @@ func (b ruleBase) name() string { return fmt.Sprintf("%s #%d", b.kind, b.ci) }
 type banRule struct {
 	ruleBase
 	nodes []int32
+	cont  bool
 }
 
 func (r *banRule) ok(_ *assign, _, n int32) bool { return !containsNode(r.nodes, n) }
@@ -40,6 +41,7 @@ func (*banRule) reset()                          {}
 type fenceRule struct {
 	ruleBase
 	nodes []int32
+	cont  bool
 }
 
 func (r *fenceRule) ok(_ *assign, _, n int32) bool { return containsNode(r.nodes, n) }
@@ -92,15 +94,63 @@ type amongRule struct {
 	ruleBase
 	tasks   []int32
 	cont    bool
-	groups  [][]int32
+	gs      *groupSet
 	allowed []bool // groups still allowed (continuous among pins the group)
 	in      []int32
 	total   int32
 }
 
+// groupSet is a list of node groups compiled once and shared by every
+// constraint that names the same groups: sorted members and, per node, the
+// groups that contain it.
+type groupSet struct {
+	groups  [][]int32
+	ofNode  map[int32][]int32
+	ofNode1 []int32 // dense node -> group (-1 none) when groups are disjoint
+}
+
+func newGroupSet(gs [][]int, nN int) *groupSet {
+	s := &groupSet{ofNode: map[int32][]int32{}}
+	disjoint := true
+	for g, ns := range gs {
+		sorted := sortedNodes(ns)
+		s.groups = append(s.groups, sorted)
+		for _, n := range sorted {
+			if len(s.ofNode[n]) > 0 {
+				disjoint = false
+			}
+			s.ofNode[n] = append(s.ofNode[n], int32(g))
+		}
+	}
+	if disjoint {
+		s.ofNode1 = make([]int32, nN)
+		for i := range s.ofNode1 {
+			s.ofNode1[i] = -1
+		}
+		for n, g := range s.ofNode {
+			s.ofNode1[n] = g[0]
+		}
+		s.ofNode = nil
+	}
+	return s
+}
+
+// of returns the groups containing n.
+func (s *groupSet) of(n int32, buf *[1]int32) []int32 {
+	if s.ofNode1 != nil {
+		if g := s.ofNode1[n]; g >= 0 {
+			buf[0] = g
+			return buf[:]
+		}
+		return nil
+	}
+	return s.ofNode[n]
+}
+
 func (r *amongRule) ok(_ *assign, _, n int32) bool {
-	for g, ns := range r.groups {
-		if r.allowed[g] && r.in[g] == r.total && containsNode(ns, n) {
+	var buf [1]int32
+	for _, g := range r.gs.of(n, &buf) {
+		if r.allowed[g] && r.in[g] == r.total {
 			return true
 		}
 	}
@@ -108,21 +158,34 @@ func (r *amongRule) ok(_ *assign, _, n int32) bool {
 }
 func (r *amongRule) add(_ *assign, _, n int32) {
 	r.total++
-	for g, ns := range r.groups {
-		if containsNode(ns, n) {
-			r.in[g]++
-		}
+	var buf [1]int32
+	for _, g := range r.gs.of(n, &buf) {
+		r.in[g]++
 	}
 }
 func (r *amongRule) remove(_ *assign, _, n int32) {
 	r.total--
-	for g, ns := range r.groups {
-		if containsNode(ns, n) {
-			r.in[g]--
-		}
+	var buf [1]int32
+	for _, g := range r.gs.of(n, &buf) {
+		r.in[g]--
 	}
 }
 func (r *amongRule) reset() { clear(r.in); r.total = 0 }
+
+// group returns the only group members may still use, or -1 when several
+// (or none) remain.
+func (r *amongRule) group() int {
+	found := -1
+	for g := range r.gs.groups {
+		if r.allowed[g] && r.in[g] == r.total {
+			if found >= 0 {
+				return -1
+			}
+			found = g
+		}
+	}
+	return found
+}
 
 // split: members of different groups never share a node.
 type splitRule struct {
@@ -292,15 +355,22 @@ func (in *inst) buildRules() error {
 		}
 		in.rules = append(in.rules, r)
 	}
+	// Constraints often share one list of node groups (racks, zones):
+	// compile it once.
+	type groupKey struct {
+		first *[]int
+		n     int
+	}
+	groupSets := map[groupKey]*groupSet{}
 	runningNow := func(t int) bool { return in.curState[t] == cluster.Running }
 	staysRunning := func(t int) bool { return runningNow(t) && in.tgtState[t] == cluster.Running }
 	for ci, c := range in.p.Constraints {
 		base := ruleBase{kind: c.Kind(), ci: ci}
 		switch c := c.(type) {
 		case cluster.Ban:
-			addTask(&banRule{ruleBase: base, nodes: sortedNodes(c.Nodes)}, c.Tasks)
+			addTask(&banRule{ruleBase: base, nodes: sortedNodes(c.Nodes), cont: c.Continuous}, c.Tasks)
 		case cluster.Fence:
-			addTask(&fenceRule{ruleBase: base, nodes: sortedNodes(c.Nodes)}, c.Tasks)
+			addTask(&fenceRule{ruleBase: base, nodes: sortedNodes(c.Nodes), cont: c.Continuous}, c.Tasks)
 		case cluster.Spread:
 			r := &spreadRule{ruleBase: base, tasks: toInt32(c.Tasks), cnt: map[int32]int32{}, cont: c.Continuous}
 			addTask(r, c.Tasks)
@@ -321,15 +391,20 @@ func (in *inst) buildRules() error {
 			}
 			addTask(r, c.Tasks)
 		case cluster.Among:
-			r := &amongRule{ruleBase: base, allowed: make([]bool, len(c.Groups)), in: make([]int32, len(c.Groups)), tasks: toInt32(c.Tasks), cont: c.Continuous}
-			for g, ns := range c.Groups {
-				r.groups = append(r.groups, sortedNodes(ns))
+			key := groupKey{&c.Groups[0], len(c.Groups)}
+			gs := groupSets[key]
+			if gs == nil {
+				gs = newGroupSet(c.Groups, in.nN)
+				groupSets[key] = gs
+			}
+			r := &amongRule{ruleBase: base, gs: gs, allowed: make([]bool, len(c.Groups)), in: make([]int32, len(c.Groups)), tasks: toInt32(c.Tasks), cont: c.Continuous}
+			for g := range r.allowed {
 				r.allowed[g] = true
 			}
 			if c.Continuous {
 				for _, t := range c.Tasks {
 					if staysRunning(t) {
-						for g, ns := range r.groups {
+						for g, ns := range gs.groups {
 							if !containsNode(ns, in.curNode[t]) {
 								r.allowed[g] = false
 							}

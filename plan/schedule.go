@@ -100,8 +100,10 @@ func (s *sched) edge(from, to int32) {
 	s.acts[to].deps++
 }
 
-// buildActions derives the actions from the origin and the assignment.
-func newSched(in *inst, a *assign) *sched {
+// newSched derives the actions from the origin and the assignment. sleep,
+// when not nil, says per task whether a relocation goes by suspend and
+// resume; nil means in.viaSleep decides.
+func newSched(in *inst, a *assign, sleep []bool) *sched {
 	s := &sched{in: in, tgt: a.node}
 	s.firstAct = make([]int32, in.nT)
 	s.lastAct = make([]int32, in.nT)
@@ -129,6 +131,18 @@ func newSched(in *inst, a *assign) *sched {
 		case cs == ts && (cs != cluster.Running || cn == tn):
 			continue
 		case cs == cluster.Running && ts == cluster.Running:
+			if (sleep == nil && in.viaSleep(t, cn, tn)) || (sleep != nil && sleep[t]) {
+				// Suspend here, resume there.
+				su := sact{Action: Action{Kind: cluster.Suspend, Task: int(t), Node: cluster.NoNode, From: int(cn), To: int(cn)},
+					dur: in.duration(cluster.Suspend, t, cn, cn), gate: -1, leave: cn, first: true}
+				re := sact{Action: Action{Kind: cluster.Resume, Task: int(t), Node: cluster.NoNode, From: int(cn), To: int(tn)},
+					dur: in.duration(cluster.Resume, t, cn, tn), gate: tn, leave: -1}
+				i := s.addAct(su)
+				j := s.addAct(re)
+				s.edge(i, j)
+				s.firstAct[t], s.lastAct[t] = i, j
+				continue
+			}
 			x.Kind, x.From, x.To, x.gate, x.leave = cluster.Migrate, int(cn), int(tn), tn, cn
 		case cs == cluster.Running && ts == cluster.Sleeping:
 			x.Kind, x.From, x.To, x.leave = cluster.Suspend, int(cn), int(cn), cn
@@ -263,7 +277,7 @@ func (s *sched) contAllows(t, n, src int32) bool {
 				continue
 			}
 			okAny := false
-			for g, ns := range r.groups {
+			for g, ns := range r.gs.groups {
 				if !r.allowed[g] || !containsNode(ns, n) {
 					continue
 				}
@@ -650,14 +664,15 @@ func (s *sched) pivotNode(t, from, to int32) int32 {
 		if n == from || n == to || !s.online[n] || in.sealed[n] || in.nodeTgt[n] != cluster.NodeOnline {
 			continue
 		}
+		// A temporary stay needs only the continuous rules; fitsNow checks
+		// the presence-based ones, ban and fence are checked here.
 		ok := true
 		for _, r := range in.taskRules[t] {
 			switch r := r.(type) {
-			case *banRule, *fenceRule, *amongRule, *splitAmongRule, *gatherRule:
-				// placement rules: a temporary stay must respect them too.
-				if !r.ok(nil, t, n) {
-					ok = false
-				}
+			case *banRule:
+				ok = ok && (!r.cont || r.ok(nil, t, n))
+			case *fenceRule:
+				ok = ok && (!r.cont || r.ok(nil, t, n))
 			}
 		}
 		if !ok {

@@ -17,6 +17,9 @@ import (
 // it reads the clock only through opts.Now, to honour opts.Timeout, and the
 // same problem and options give the same plan. When the timeout cuts the
 // search short it returns the best viable plan found so far.
+//
+// Plan.Result shares the Labels and Durations maps of p.Model: treat them as
+// read-only.
 func Solve(ctx context.Context, p *Problem, opts Options) (*Plan, error) {
 	now := opts.Now
 	if now == nil {
@@ -59,6 +62,7 @@ func Solve(ctx context.Context, p *Problem, opts Options) (*Plan, error) {
 // candidate is a complete viable plan with its placement and scores.
 type candidate struct {
 	a          *assign
+	sleep      []bool // relocation modes it was scheduled with (nil: default)
 	actions    []Action
 	mttr       int64
 	migrations int
@@ -87,8 +91,8 @@ type search struct {
 	proved   bool
 }
 
-func (s *search) evaluate(a *assign) (*candidate, error) {
-	sc := newSched(s.in, a)
+func (s *search) evaluate(a *assign, sleep []bool) (*candidate, error) {
+	sc := newSched(s.in, a, sleep)
 	if err := sc.run(); err != nil {
 		return nil, err
 	}
@@ -104,13 +108,27 @@ func (s *search) evaluate(a *assign) (*candidate, error) {
 
 func (s *search) run() (*candidate, error) {
 	in := s.in
-	a, err := in.place()
-	if err != nil {
+	var best *candidate
+	if err := in.applyMaxOnline(); err != nil {
 		return nil, err
 	}
-	best, err := s.evaluate(a)
-	if err != nil {
+	if err := in.imagesStay(); err != nil {
 		return nil, err
+	}
+	a, err := in.place()
+	if err == nil {
+		best, err = s.evaluate(a, nil)
+	}
+	if err != nil {
+		// The greedy placement failed: small problems get the exhaustive
+		// search, which may still find a plan.
+		c, proved, timedOut := s.exhaustive(nil)
+		s.timedOut = timedOut
+		if c == nil {
+			return nil, err
+		}
+		s.proved = proved
+		return c, nil
 	}
 	if s.expired() {
 		s.timedOut = true
@@ -126,14 +144,28 @@ func (s *search) run() (*candidate, error) {
 	return best, nil
 }
 
-// result applies the target to a copy of the origin.
+// result applies the target to a copy of the origin. The copy has its own
+// node and task slices and demand and capacity vectors; it shares the
+// read-only Labels and Durations maps with the origin (cloning 300,000 maps
+// would cost more than the whole search).
 func (in *inst) result(a *assign) *cluster.Model {
-	r := in.m.Clone()
+	m := in.m
+	r := &cluster.Model{Resources: append([]string(nil), m.Resources...)}
+	r.Nodes = append([]cluster.Node(nil), m.Nodes...)
+	caps := make([]int64, len(m.Nodes)*in.nR)
 	for i := range r.Nodes {
+		c := caps[i*in.nR : (i+1)*in.nR : (i+1)*in.nR]
+		copy(c, m.Nodes[i].Capacity)
+		r.Nodes[i].Capacity = c
 		r.Nodes[i].State = in.nodeTgt[i]
 	}
+	r.Tasks = append([]cluster.Task(nil), m.Tasks...)
+	dems := make([]int64, len(m.Tasks)*in.nR)
 	for t := range r.Tasks {
 		task := &r.Tasks[t]
+		d := dems[t*in.nR : (t+1)*in.nR : (t+1)*in.nR]
+		copy(d, m.Tasks[t].Demand)
+		task.Demand = d
 		task.State = in.tgtState[t]
 		switch task.State {
 		case cluster.Running:
@@ -186,7 +218,7 @@ func (in *inst) lowerBound() int64 {
 				}
 			}
 			if forced[t] {
-				lb += in.duration(cluster.Migrate, t, cn, cn)
+				lb += in.relocCost(t, cn)
 			}
 		case ts == cluster.Running && cs == cluster.Ready:
 			lb += in.duration(cluster.Boot, t, -1, -1)
@@ -212,38 +244,50 @@ func (in *inst) lowerBound() int64 {
 		if len(ts) == 0 || in.nodeTgt[n] != cluster.NodeOnline {
 			continue
 		}
-		k := 0
+		excess := make([]int64, in.nR)
+		over := false
 		for r := 0; r < in.nR; r++ {
 			var sum int64
-			ds := make([]int64, 0, len(ts))
 			for _, t := range ts {
-				d := in.demand[int(t)*in.nR+r]
-				sum += d
-				ds = append(ds, d)
+				sum += in.demand[int(t)*in.nR+r]
 			}
-			excess := sum - in.capa[int(n)*in.nR+r]
-			if excess <= 0 {
+			excess[r] = sum - in.capa[int(n)*in.nR+r]
+			over = over || excess[r] > 0
+		}
+		if !over {
+			continue
+		}
+		// The cheapest set of migrations that relieves n, when the search
+		// proves it; else the k cheapest migrations, k the fewest tasks
+		// whose demands can cover the excess.
+		cost := func(t int32) int64 { return in.relocCost(t, n) }
+		if _, c, complete := in.minCover(ts, excess, cost, func(int32) float64 { return 0 }); complete {
+			lb += c
+			continue
+		}
+		k := 0
+		for r := 0; r < in.nR; r++ {
+			if excess[r] <= 0 {
 				continue
 			}
+			ds := make([]int64, 0, len(ts))
+			for _, t := range ts {
+				ds = append(ds, in.demand[int(t)*in.nR+r])
+			}
 			sort.Slice(ds, func(i, j int) bool { return ds[i] > ds[j] })
-			kr := 0
+			kr, e := 0, excess[r]
 			for _, d := range ds {
-				if excess <= 0 {
+				if e <= 0 {
 					break
 				}
-				excess -= d
+				e -= d
 				kr++
 			}
-			if kr > k {
-				k = kr
-			}
-		}
-		if k == 0 {
-			continue
+			k = max(k, kr)
 		}
 		durs := make([]int64, 0, len(ts))
 		for _, t := range ts {
-			durs = append(durs, in.duration(cluster.Migrate, t, n, n))
+			durs = append(durs, cost(t))
 		}
 		sort.Slice(durs, func(i, j int) bool { return durs[i] < durs[j] })
 		for i := 0; i < k && i < len(durs); i++ {
