@@ -135,9 +135,9 @@ func (c *checker) checkConstraints() {
 			c.checkLonely(ci, k)
 		case cluster.Root:
 			for _, t := range k.Tasks {
-				for i, a := range c.pl.Actions {
-					if c.valid[i] && a.Task == t && !a.Kind.IsNodeAction() &&
-						(a.Kind == cluster.Migrate || (a.Kind == cluster.Resume && a.To != a.From)) {
+				for _, i := range c.taskActs[t] {
+					a := c.pl.Actions[i]
+					if a.Kind == cluster.Migrate || (a.Kind == cluster.Resume && a.To != a.From) {
 						c.cviol(ci, i, t, a.To, a.Start, "a root task may not move (%s from %s to %s)", a.Kind, c.nodeName(a.From), c.nodeName(a.To))
 					}
 				}
@@ -170,8 +170,8 @@ func (c *checker) checkConstraints() {
 			c.checkSeq(ci, k)
 		case cluster.NoDelay:
 			first := -1
-			for i, a := range c.pl.Actions {
-				if c.valid[i] && !a.Kind.IsNodeAction() && a.Task == k.Task && (first < 0 || a.Start < c.pl.Actions[first].Start) {
+			for _, i := range c.taskActs[k.Task] {
+				if first < 0 || c.pl.Actions[i].Start < c.pl.Actions[first].Start {
 					first = i
 				}
 			}
@@ -481,10 +481,8 @@ func (c *checker) checkSeq(ci int, k cluster.Seq) {
 	for _, t := range k.Tasks {
 		var first, end int64 = inf, -1
 		firstIdx := -1
-		for i, a := range c.pl.Actions {
-			if !c.valid[i] || a.Kind.IsNodeAction() || a.Task != t {
-				continue
-			}
+		for _, i := range c.taskActs[t] {
+			a := c.pl.Actions[i]
 			if a.Start < first {
 				first, firstIdx = a.Start, i
 			}

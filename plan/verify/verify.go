@@ -162,7 +162,8 @@ type checker struct {
 	powerWin [][][2]int64
 	finalT   []taskState
 	finalN   []cluster.NodeState
-	valid    []bool // per action: well-formed enough to replay
+	valid    []bool  // per action: well-formed enough to replay
+	taskActs [][]int // per task: indices of its valid actions
 }
 
 type taskState struct {
@@ -465,6 +466,12 @@ func (c *checker) checkActions() {
 			c.viol(RuleDuration, i, task, node, a.Start, "%s lasts %d, the duration model says %d", a.Kind, a.End-a.Start, want)
 		}
 		c.valid[i] = true
+	}
+	c.taskActs = make([][]int, nt)
+	for i, a := range c.pl.Actions {
+		if c.valid[i] && !a.Kind.IsNodeAction() {
+			c.taskActs[a.Task] = append(c.taskActs[a.Task], i)
+		}
 	}
 }
 
