@@ -39,12 +39,11 @@ package reference
 
 import (
 	"container/heap"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"sort"
-	"strconv"
-	"strings"
 
 	"github.com/ferrycluster/ferry/cluster"
 	"github.com/ferrycluster/ferry/plan"
@@ -116,6 +115,9 @@ type search struct {
 	noDelay []bool
 	root    []bool
 	quar    []bool
+	// minDur[task][kind] and mustLeave[task][node], see precompute.
+	minDur    [][]int64
+	mustLeave [][]bool
 }
 
 // Solve returns the optimum MTTR plan of p within the search space described
@@ -137,6 +139,7 @@ func Solve(p *plan.Problem, budget int) (*Result, error) {
 	if err := s.prepare(); err != nil {
 		return nil, err
 	}
+	s.precompute()
 	return s.run(budget)
 }
 
@@ -261,27 +264,42 @@ func (st *state) clone() *state {
 }
 
 func (st *state) key() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d/%d|", st.t, st.d)
+	b := make([]byte, 0, 16+len(st.vms)*24+len(st.nodes)*10+len(st.seqPos)*2)
+	put := func(x int64) { b = binary.AppendVarint(b, x) }
+	put(st.t)
+	put(int64(st.d))
 	for _, v := range st.vms {
 		busy := v.busy
 		if busy <= st.t {
 			busy = 0
 		}
-		fmt.Fprintf(&b, "%d,%d,%d,%d,%d,%t,%d,%t;", v.st, v.node, busy, v.kind, v.from, v.fromRun, v.nActs, v.mustBack)
+		flags := int64(v.nActs) << 2
+		if v.fromRun {
+			flags |= 1
+		}
+		if v.mustBack {
+			flags |= 2
+		}
+		put(int64(v.st))
+		put(int64(v.node))
+		put(busy)
+		put(int64(v.kind))
+		put(int64(v.from))
+		put(flags)
 	}
 	for _, n := range st.nodes {
 		busy := n.busy
 		if busy <= st.t {
 			busy = 0
 		}
-		fmt.Fprintf(&b, "%d,%d,%d;", n.st, busy, n.nActs)
+		put(int64(n.st))
+		put(busy)
+		put(int64(n.nActs))
 	}
 	for _, p := range st.seqPos {
-		b.WriteString(strconv.Itoa(p))
-		b.WriteByte(',')
+		put(int64(p))
 	}
-	return b.String()
+	return string(b)
 }
 
 // presences of task v at the state's instant: (node, running) pairs.
@@ -667,56 +685,84 @@ func (s *search) finalOK(st *state) bool {
 }
 
 // heuristic: every idle task or node that must still act costs at least the
-// current instant plus its shortest action.
+// end of the cheapest action sequence that fixes it, started now.
 func (s *search) heuristic(st *state) int64 {
 	var h int64
+	t := st.t
 	for v, x := range st.vms {
-		if x.busy > st.t {
+		if x.busy > t {
 			continue
 		}
-		need := x.st != s.wantT[v] || x.mustBack
-		if !need && x.st == cluster.Running {
-			n := x.node
-			if s.wantN[n] == int(cluster.NodeOffline) {
-				need = true
-			}
-			for _, k := range s.cons {
-				switch k := k.(type) {
-				case cluster.Ban:
-					need = need || (has(k.Tasks, v) && has(k.Nodes, n))
-				case cluster.Fence:
-					need = need || (has(k.Tasks, v) && !has(k.Nodes, n))
+		md := s.minDur[v]
+		want := s.wantT[v]
+		switch {
+		case x.mustBack:
+			h += t + md[cluster.Resume]
+		case x.st != want:
+			var k cluster.ActionKind
+			switch want {
+			case cluster.Running:
+				k = cluster.Boot
+				if x.st == cluster.Sleeping {
+					k = cluster.Resume
 				}
+			case cluster.Sleeping:
+				k = cluster.Suspend
+			case cluster.Ready:
+				k = cluster.Shutdown
+			default:
+				k = cluster.Kill
 			}
-		}
-		if need {
-			h += st.t + s.minDur(v)
+			h += t + md[k]
+		case x.st == cluster.Running && s.mustLeave[v][x.node]:
+			h += min(t+md[cluster.Migrate], 2*t+2*md[cluster.Suspend]+md[cluster.Resume])
 		}
 	}
 	for n, x := range st.nodes {
-		if x.busy <= st.t && s.wantN[n] >= 0 && int(x.st) != s.wantN[n] {
+		if x.busy <= t && s.wantN[n] >= 0 && int(x.st) != s.wantN[n] {
 			kind := cluster.BootNode
 			if x.st == cluster.NodeOnline {
 				kind = cluster.ShutdownNode
 			}
-			h += st.t + s.dur(kind, -1, -1, n)
+			h += t + s.dur(kind, -1, -1, n)
 		}
 	}
 	return h
 }
 
-func (s *search) minDur(v int) int64 {
-	best := int64(math.MaxInt64)
-	for _, k := range []cluster.ActionKind{cluster.Boot, cluster.Shutdown, cluster.Suspend, cluster.Resume, cluster.Migrate, cluster.Kill} {
-		for from := -1; from < s.nN; from++ {
-			for to := -1; to < s.nN; to++ {
-				if d := s.dur(k, v, from, to); d < best {
-					best = d
+// precompute fills minDur (per task and kind, the shortest duration over
+// all node pairs) and mustLeave (a running task may not end on the node).
+func (s *search) precompute() {
+	s.minDur = make([][]int64, s.nT)
+	s.mustLeave = make([][]bool, s.nT)
+	kinds := cluster.ActionKinds()
+	for v := 0; v < s.nT; v++ {
+		s.minDur[v] = make([]int64, len(kinds))
+		for _, k := range kinds {
+			best := int64(math.MaxInt64)
+			for from := -1; from < s.nN; from++ {
+				for to := -1; to < s.nN; to++ {
+					if d := s.dur(k, v, from, to); d < best {
+						best = d
+					}
 				}
 			}
+			s.minDur[v][k] = best
+		}
+		s.mustLeave[v] = make([]bool, s.nN)
+		for n := 0; n < s.nN; n++ {
+			leave := s.wantN[n] == int(cluster.NodeOffline)
+			for _, k := range s.cons {
+				switch k := k.(type) {
+				case cluster.Ban:
+					leave = leave || (has(k.Tasks, v) && has(k.Nodes, n))
+				case cluster.Fence:
+					leave = leave || (has(k.Tasks, v) && !has(k.Nodes, n))
+				}
+			}
+			s.mustLeave[v][n] = leave
 		}
 	}
-	return best
 }
 
 // successors of st: the options of decision st.d.
