@@ -145,9 +145,10 @@ func (p *Packer) Slots(d []int64) int {
 	return total
 }
 
-// Place puts every task of the job first-fit decreasing (by demand), trying
-// a task's current node first when preferCurrent; on failure nothing is
-// charged and it returns false.
+// Place puts every task of the job first-fit decreasing (by demand); with
+// preferCurrent the tasks that fit where they are stay there first. On
+// failure nothing is charged and it returns false. The tasks must not be
+// placed already.
 func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 	if len(tasks) == 0 {
 		return true
@@ -166,16 +167,26 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 		return false
 	})
 	placed := 0
+	if preferCurrent {
+		// First keep every task that can stay where it is, then place the
+		// others: fewer moves than a plain first fit.
+		for _, t := range p.order {
+			if cur := p.m.Tasks[t].Node; cur >= 0 && !p.drain[cur] && p.fits(t, cur) {
+				p.put(t, cur, 1)
+				p.Placement[t] = cur
+				placed++
+			}
+		}
+	}
 	for _, t := range p.order {
+		if p.Placement[t] >= 0 {
+			continue
+		}
 		n := cluster.NoNode
-		if cur := p.m.Tasks[t].Node; preferCurrent && cur >= 0 && !p.drain[cur] && p.fits(t, cur) {
-			n = cur
-		} else {
-			for k := range p.free {
-				if p.fits(t, k) {
-					n = k
-					break
-				}
+		for k := range p.free {
+			if p.fits(t, k) {
+				n = k
+				break
 			}
 		}
 		if n < 0 {
@@ -186,7 +197,7 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 		placed++
 	}
 	if placed < len(p.order) {
-		for _, t := range p.order[:placed] {
+		for _, t := range p.order {
 			p.Release(t)
 		}
 		return false

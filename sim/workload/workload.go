@@ -126,18 +126,18 @@ func (w *Workload) Validate() error {
 				return fmt.Errorf("%w: job %q: negative demand", ErrInvalid, j.Name)
 			}
 		}
-		fits := false
+		slots := 0
 		for _, n := range w.Nodes {
-			ok := true
+			k := j.Tasks
 			for r := range n.Capacity {
-				if j.Demand[r] > n.Capacity[r] {
-					ok = false
+				if j.Demand[r] > 0 {
+					k = min(k, int(n.Capacity[r]/j.Demand[r]))
 				}
 			}
-			fits = fits || ok
+			slots += k
 		}
-		if !fits {
-			return fmt.Errorf("%w: job %q: a task fits on no node", ErrInvalid, j.Name)
+		if slots < j.Tasks {
+			return fmt.Errorf("%w: job %q: its %d tasks do not fit on the whole empty cluster", ErrInvalid, j.Name, j.Tasks)
 		}
 		var prev int64
 		for s, seg := range j.Segments {
