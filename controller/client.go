@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -247,8 +248,8 @@ func (c *Client) Events(ctx context.Context, follow bool, fn func(Event) bool) e
 			return nil
 		}
 	}
-	if ctx.Err() != nil {
-		return nil
+	if ctx.Err() != nil || errors.Is(sc.Err(), io.ErrUnexpectedEOF) {
+		return nil // the caller stopped, or the server went away
 	}
 	return sc.Err()
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -16,89 +15,11 @@ import (
 	"github.com/ferrycluster/ferry/agent"
 	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/agent/client"
-	"github.com/ferrycluster/ferry/cluster"
 	"github.com/ferrycluster/ferry/driver"
 	"github.com/ferrycluster/ferry/driver/process"
 	"github.com/ferrycluster/ferry/pki"
-	"github.com/ferrycluster/ferry/policy"
 	"github.com/ferrycluster/ferry/store"
 )
-
-// prioPolicy is the tests' policy: jobs by priority (then submission), each
-// run whole on first-fit if it fits beside the ones before it; a running
-// job that no longer fits is suspended (preemption). Draining nodes host
-// nothing new. The simulator engineer's policies replace it in the product.
-type prioPolicy struct{}
-
-func (prioPolicy) Name() string { return "test-priority" }
-
-func (prioPolicy) Decide(v *policy.View) (policy.Decision, error) {
-	m := v.Model
-	want := make([]cluster.TaskState, len(m.Tasks))
-	for i, t := range m.Tasks {
-		want[i] = t.State
-	}
-	free := make([][]int64, len(m.Nodes))
-	for i, n := range m.Nodes {
-		free[i] = append([]int64(nil), n.Capacity...)
-		if n.State != cluster.NodeOnline || v.Draining[i] {
-			free[i] = make([]int64, len(n.Capacity))
-		}
-	}
-	jobs := append([]policy.Job(nil), v.Jobs...)
-	sort.SliceStable(jobs, func(a, b int) bool {
-		if jobs[a].Priority != jobs[b].Priority {
-			return jobs[a].Priority > jobs[b].Priority
-		}
-		return jobs[a].Submitted < jobs[b].Submitted
-	})
-	fits := func(d []int64, f []int64) bool {
-		for r := range d {
-			if d[r] > f[r] {
-				return false
-			}
-		}
-		return true
-	}
-	for _, j := range jobs {
-		trial := make([][]int64, len(free))
-		for i := range free {
-			trial[i] = append([]int64(nil), free[i]...)
-		}
-		ok := true
-		for _, ti := range j.Tasks {
-			t := m.Tasks[ti]
-			placed := false
-			for n := range trial {
-				if fits(t.Demand, trial[n]) {
-					for r := range t.Demand {
-						trial[n][r] -= t.Demand[r]
-					}
-					placed = true
-					break
-				}
-			}
-			if !placed {
-				ok = false
-				break
-			}
-		}
-		for _, ti := range j.Tasks {
-			switch {
-			case ok:
-				want[ti] = cluster.Running
-			case m.Tasks[ti].State == cluster.Running || m.Tasks[ti].State == cluster.Sleeping:
-				want[ti] = cluster.Sleeping
-			default:
-				want[ti] = cluster.Ready
-			}
-		}
-		if ok {
-			free = trial
-		}
-	}
-	return policy.Decision{Want: want}, nil
-}
 
 // testCluster is a real server (raft on disk, TLS API) and real agents with
 // the process driver, all on 127.0.0.1.
@@ -173,7 +94,7 @@ func (c *testCluster) startServer(listen string) {
 	t.Helper()
 	srv, err := StartServer(context.Background(), ServerConfig{
 		DataDir: c.dataDir, Listen: listen, Bootstrap: true, TLSDir: c.tlsDir, Identity: "server",
-		Policy: prioPolicy{}, Period: 200 * time.Millisecond, HeartbeatTimeout: 2 * time.Second, Fast: true, Logger: quietLog(),
+		Policy: Priority{}, Period: 200 * time.Millisecond, HeartbeatTimeout: 2 * time.Second, Fast: true, Logger: quietLog(),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,8 @@ package controller
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -149,4 +151,28 @@ func FuzzParseSpec(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestExampleSpecs(t *testing.T) {
+	files, err := filepath.Glob("../examples/jobs/*.yaml")
+	if err != nil || len(files) < 4 {
+		t.Fatalf("examples: %v %v", files, err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ParseSpec(b)
+		if filepath.Base(f) == "bad.yaml" {
+			var se *SpecError
+			if !errors.As(err, &se) || se.Line != 8 || se.Field != "tasks[0].memory" {
+				t.Errorf("%s: %v", f, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
 }
