@@ -106,6 +106,18 @@ func (t *task) runMigration(ctx context.Context, uri string, startPostcopy bool,
 		}
 		switch mi.Status {
 		case "completed":
+			// QEMU reports "completed" a moment before it fills in the
+			// total time and downtime: ask again briefly for them.
+			for i := 0; i < 20 && mi.TotalTime == 0; i++ {
+				time.Sleep(10 * time.Millisecond)
+				qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				t.execute(qctx, "query-migrate", nil, &mi)
+				cancel()
+			}
+			p = mi.progress()
+			if progress != nil {
+				progress(p)
+			}
 			return p, nil
 		case "failed", "cancelled":
 			return p, fmt.Errorf("%w: qemu task %q: migration %s: %s", driver.ErrTaskFailed, t.id, mi.Status, mi.ErrorDesc)
@@ -360,7 +372,9 @@ func (d *Driver) MigrateOut(ctx context.Context, id, socket string, opts driver.
 		t.setOp(opNone)
 		return driver.Progress{}, err
 	}
+	t.setWatched(true)
 	final, err := t.runMigration(ctx, "unix:"+socket, opts.PostCopy, progress)
+	t.setWatched(false)
 	if err != nil {
 		// QEMU resumes a source whose migration failed; make sure.
 		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -438,7 +452,7 @@ func (d *Driver) AbortOut(ctx context.Context, id string) error {
 	if o != opOutDone && o != opOutgoing && o != opNone {
 		return fmt.Errorf("%w: qemu task %q is %s", driver.ErrBusy, id, o)
 	}
-	if o == opOutgoing {
+	if o == opOutgoing || o == opNone {
 		t.execute(ctx, "migrate_cancel", nil, nil)
 		t.waitMigrationEnd(ctx)
 	}
@@ -457,10 +471,24 @@ func (d *Driver) CancelOut(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if t.getOp() != opOutgoing {
+	if o := t.getOp(); o != opOutgoing {
+		if o == opOutDone {
+			return fmt.Errorf("%w: qemu task %q: the migration has completed; AbortOut resumes the source", driver.ErrBusy, id)
+		}
 		return nil
 	}
-	return t.execute(ctx, "migrate_cancel", nil, nil)
+	if err := t.execute(ctx, "migrate_cancel", nil, nil); err != nil {
+		return err
+	}
+	if !t.watched() {
+		// Nobody polls this migration (driver restarted mid-flight).
+		t.waitMigrationEnd(ctx)
+		if err := t.ensureRunning(ctx); err != nil {
+			return err
+		}
+		t.setOp(opNone)
+	}
+	return nil
 }
 
 func orIdle(o op) string {

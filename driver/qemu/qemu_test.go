@@ -27,7 +27,9 @@ var (
 	imgDir  string
 )
 
-func guestImage(t *testing.T) image.Image {
+func guestImage(t *testing.T) image.Image { return guestImageB(t) }
+
+func guestImageB(t testing.TB) image.Image {
 	t.Helper()
 	imgOnce.Do(func() {
 		root, _ := filepath.Abs("../..")

@@ -65,6 +65,20 @@ type task struct {
 	shutdown  string // reason from the SHUTDOWN event, if one came
 	message   string // why the task failed, when it did
 	lastIO    ioSample
+	polling   bool // a MigrateOut call is polling the outgoing migration
+}
+
+// watched reports whether a MigrateOut call is polling the migration.
+func (t *task) watched() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.polling
+}
+
+func (t *task) setWatched(v bool) {
+	t.mu.Lock()
+	t.polling = v
+	t.mu.Unlock()
 }
 
 func (t *task) getOp() op {
@@ -476,15 +490,21 @@ func (d *Driver) recover(ctx context.Context) {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		c.Execute(qctx, "query-status", nil, &qs)
 		cancel()
-		switch qs.Status {
-		case "inmigrate":
+		var mi migrateInfo
+		qctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		c.Execute(qctx, "query-migrate", nil, &mi)
+		cancel()
+		switch {
+		case qs.Status == "inmigrate":
 			t.op = opIncoming
-		case "postmigrate":
-			t.op = opOutDone
-		case "prelaunch", "paused":
-			if rec.Role == roleIncoming {
-				t.op = opIncoming // completed incoming, not yet finished
-			}
+		case qs.Status == "postmigrate":
+			t.op = opOutDone // completed outgoing: awaiting ConfirmOut or AbortOut
+		case rec.Role == roleIncoming && (qs.Status == "prelaunch" || qs.Status == "paused"):
+			t.op = opIncoming // incoming, maybe completed, not yet finished
+		case mi.Status == "setup" || mi.Status == "active" || strings.HasPrefix(mi.Status, "postcopy") ||
+			mi.Status == "pre-switchover" || mi.Status == "device" || mi.Status == "cancelling":
+			// An outgoing migration nobody watches: CancelOut or AbortOut ends it.
+			t.op = opOutgoing
 		}
 		d.log.Info("re-attached", "task", t.id, "pid", t.pid, "qemu", qs.Status)
 	}

@@ -1,0 +1,115 @@
+package qemu
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferrycluster/ferry/driver"
+)
+
+// migrateWith live-migrates s from a to b with opts and checks the counter
+// continues.
+func migrateWith(t *testing.T, a, b *Driver, s driver.Spec, opts driver.MigrationOptions) driver.Progress {
+	t.Helper()
+	sock, err := b.PrepareIncoming(ctxT(t, time.Minute), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.MigrateOut(ctxT(t, 4*time.Minute), s.ID, sock, opts, nil)
+	if err != nil {
+		t.Fatalf("MigrateOut %+v: %v", opts, err)
+	}
+	before := lastCounter(a, s.ID, 0)
+	if err := b.FinishIncoming(ctxT(t, time.Minute), s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ConfirmOut(ctxT(t, time.Minute), s.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitCounter(t, b, s.ID, 0, before)
+	if after := counters(b, s.ID, 0); after[0] <= before {
+		t.Fatalf("counter reset: %d after, %d before", after[0], before)
+	}
+	return p
+}
+
+// TestDirtyWorkloadMigrates runs the "dirty" workload (rewriting guest
+// memory) and live-migrates it with auto-converge.
+func TestDirtyWorkloadMigrates(t *testing.T) {
+	t.Parallel()
+	a, b := newDriver(t), newDriver(t)
+	s := spec("dirty")
+	s.VM.Workload = "dirty 10 16"
+	if err := a.Start(ctxT(t, time.Minute), s); err != nil {
+		t.Fatal(err)
+	}
+	waitCounter(t, a, s.ID, 0, 10)
+	s.Epoch++
+	p := migrateWith(t, a, b, s, driver.MigrationOptions{MaxDowntime: 100 * time.Millisecond, AutoConverge: true})
+	t.Logf("dirty 10 MB/s, auto-converge: total %v, downtime %v, transferred %d B", p.TotalTime, p.Downtime, p.TransferredBytes)
+	// And back with post-copy, bandwidth-limited so that pre-copy alone
+	// would take a while. The destination stays paused until the move is
+	// complete (FinishIncoming), post-copy or not.
+	s.Epoch++
+	sawPostcopy := false
+	opts := driver.MigrationOptions{PostCopy: true, Bandwidth: 32 << 20}
+	sock, err := a.PrepareIncoming(ctxT(t, time.Minute), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := lastCounter(b, s.ID, 0)
+	off := logSize(a, s.ID)
+	p, err = b.MigrateOut(ctxT(t, 4*time.Minute), s.ID, sock, opts, func(p driver.Progress) {
+		sawPostcopy = sawPostcopy || p.Status == "postcopy-active"
+	})
+	if err != nil {
+		t.Fatalf("post-copy MigrateOut: %v", err)
+	}
+	if err := a.FinishIncoming(ctxT(t, time.Minute), s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ConfirmOut(ctxT(t, time.Minute), s.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitCounter(t, a, s.ID, off, before)
+	if after := counters(a, s.ID, off); after[0] <= before {
+		t.Fatalf("counter reset after post-copy: %d after, %d before", after[0], before)
+	}
+	t.Logf("post-copy (entered post-copy phase: %v): total %v, downtime %v, transferred %d B", sawPostcopy, p.TotalTime, p.Downtime, p.TransferredBytes)
+}
+
+// TestResumeGarbageState: an image whose record is fine but whose state is
+// garbage fails to load, and leaves nothing behind.
+func TestResumeGarbageState(t *testing.T) {
+	t.Parallel()
+	d := newDriver(t)
+	s := spec("garbage")
+	m, err := d.shape(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := writeJSON(filepath.Join(dir, imageMeta), record{Spec: s, Machine: m}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, stateFile), []byte("QEVM but not really\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Resume(ctxT(t, time.Minute), s, dir); err == nil {
+		t.Fatal("Resume from garbage state succeeded")
+	}
+	if _, err := d.Inspect(ctxT(t, time.Minute), s.ID); !errors.Is(err, driver.ErrNotFound) {
+		t.Errorf("failed Resume left a task: %v", err)
+	}
+	if _, err := os.Stat(d.taskDir(s.ID)); !os.IsNotExist(err) {
+		t.Errorf("failed Resume left its task dir: %v", err)
+	}
+	// A spec that does not fit the image is refused before QEMU starts.
+	s.MemoryBytes = 256 << 20
+	if err := d.Resume(ctxT(t, time.Minute), s, dir); !errors.Is(err, driver.ErrInvalidSpec) {
+		t.Errorf("Resume with other memory: %v, want ErrInvalidSpec", err)
+	}
+}
