@@ -14,6 +14,7 @@ import (
 type inst struct {
 	p          *Problem
 	m          *cluster.Model
+	liveOnly   bool // Options.LiveOnly
 	dm         cluster.DurationModel
 	nT, nN, nR int
 
@@ -378,6 +379,9 @@ func (in *inst) sleepMoveCost(t, n, to int32) int64 {
 // relocCost is the least MTTR any relocation of running task t away from n
 // adds: a migration, or a suspend and a remote resume.
 func (in *inst) relocCost(t, n int32) int64 {
+	if in.liveOnly {
+		return in.migrateCost(t, n)
+	}
 	return min(in.migrateCost(t, n), in.sleepMoveCost(t, n, -1))
 }
 
@@ -385,5 +389,5 @@ func (in *inst) relocCost(t, n int32) int64 {
 // resume rather than by live migration: only for the MTTR objective, and only
 // when that is strictly cheaper.
 func (in *inst) viaSleep(t, n, to int32) bool {
-	return in.p.Objective == MinMTTR && in.sleepMoveCost(t, n, to) < in.migrateCost(t, n)
+	return !in.liveOnly && in.p.Objective == MinMTTR && in.sleepMoveCost(t, n, to) < in.migrateCost(t, n)
 }

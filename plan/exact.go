@@ -151,7 +151,7 @@ func (s *search) leaf(a *assign, obj Objective, best **candidate) {
 		}
 	}
 	try(nil)
-	if obj != MinMTTR {
+	if obj != MinMTTR || in.liveOnly {
 		return
 	}
 	var moved []int32

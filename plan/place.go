@@ -20,6 +20,9 @@ type placer struct {
 	scale []float64
 	open  []int32 // online target nodes still scanned for room at t=0
 	cur   int     // cursor into open (round robin)
+	// repair state, built on the first ejection
+	ejected []uint8   // times each task was ejected
+	onNode  [][]int32 // placed tasks per node
 }
 
 func newPlacer(in *inst) *placer {
@@ -85,6 +88,9 @@ func (pl *placer) zexcess(t, n int32) float64 {
 func (pl *placer) put(t, n int32) {
 	pl.a.place(t, n)
 	in := pl.in
+	if pl.onNode != nil {
+		pl.onNode[n] = append(pl.onNode[n], t)
+	}
 	if in.curState[t] == cluster.Running && in.curNode[t] == n {
 		return // already counted in zload
 	}
@@ -253,10 +259,24 @@ func (in *inst) place() (*assign, error) {
 			pl.open = append(pl.open, int32(n))
 		}
 	}
-	for _, t := range toPlace {
+	// A task no node takes ejects the fewest tasks from the node where that
+	// makes room; they go back to the queue. Bounded: each task is ejected
+	// at most maxEjections times, and the whole repair has a budget.
+	queue := toPlace
+	budget := 20*len(toPlace) + 200
+	for len(queue) > 0 {
+		t := queue[0]
+		queue = queue[1:]
 		n := pl.choose(t)
 		if n < 0 {
 			n = pl.bootFor(t)
+		}
+		if n < 0 && budget > 0 {
+			var victims []int32
+			if n, victims = pl.eject(t); n >= 0 {
+				budget -= len(victims) + 1
+				queue = append(victims, queue...)
+			}
 		}
 		if n < 0 {
 			return nil, pl.explain(t)
@@ -264,6 +284,138 @@ func (in *inst) place() (*assign, error) {
 		pl.put(t, n)
 	}
 	return a, nil
+}
+
+// maxEjections bounds how often one task is pushed out by the repair.
+const maxEjections = 3
+
+// eject finds the node where t can run after removing the fewest placed
+// tasks (then the smallest), removes them and returns the node and the
+// removed tasks; -1 when no node works.
+func (pl *placer) eject(t int32) (int32, []int32) {
+	in := pl.in
+	a := pl.a
+	if pl.ejected == nil {
+		pl.ejected = make([]uint8, in.nT)
+		pl.onNode = make([][]int32, in.nN)
+		for u := int32(0); u < int32(in.nT); u++ {
+			if n := a.node[u]; n >= 0 {
+				pl.onNode[n] = append(pl.onNode[n], u)
+			}
+		}
+	}
+	nodes := pl.candidates(t)
+	if nodes == nil {
+		for n := int32(0); n < int32(in.nN); n++ {
+			if in.nodeTgt[n] == cluster.NodeOnline && !in.sealed[n] {
+				nodes = append(nodes, n)
+			}
+		}
+	}
+	best, bestK, bestSize := int32(-1), 0, 0.0
+	var movable []int32
+	for _, n := range nodes {
+		if in.nodeTgt[n] != cluster.NodeOnline || (in.pinned[t] && in.curNode[t] >= 0 && in.curNode[t] != n) {
+			continue
+		}
+		movable = movable[:0]
+		for _, u := range pl.onNode[n] {
+			if !in.pinned[u] && !in.noDelay[u] && pl.ejected[u] < maxEjections && u != t {
+				movable = append(movable, u)
+			}
+		}
+		sort.SliceStable(movable, func(i, j int) bool { return pl.size(movable[i]) > pl.size(movable[j]) })
+		// Remove the largest first until t is allowed and fits, then put
+		// back those not needed.
+		k := 0
+		ok := false
+		for k <= len(movable) {
+			if allowed, _ := a.allowed(t, n); allowed && a.fits(t, n) {
+				ok = true
+				break
+			}
+			if k == len(movable) {
+				break
+			}
+			a.unplace(movable[k])
+			k++
+		}
+		removed := append([]int32(nil), movable[:k]...)
+		if ok {
+			for i := len(removed) - 1; i >= 0; i-- {
+				u := removed[i]
+				a.place(u, n)
+				if allowed, _ := a.allowed(t, n); !allowed || !a.fits(t, n) {
+					a.unplace(u)
+				} else {
+					removed = append(removed[:i], removed[i+1:]...)
+				}
+			}
+		}
+		var size float64
+		for _, u := range removed {
+			size += pl.size(u)
+			a.place(u, n)
+		}
+		if ok && (best < 0 || len(removed) < bestK || (len(removed) == bestK && size < bestSize)) {
+			best, bestK, bestSize = n, len(removed), size
+		}
+	}
+	if best < 0 {
+		return -1, nil
+	}
+	// Redo the removal on the chosen node.
+	movable = movable[:0]
+	for _, u := range pl.onNode[best] {
+		if !in.pinned[u] && !in.noDelay[u] && pl.ejected[u] < maxEjections && u != t {
+			movable = append(movable, u)
+		}
+	}
+	sort.SliceStable(movable, func(i, j int) bool { return pl.size(movable[i]) > pl.size(movable[j]) })
+	var victims []int32
+	for _, u := range movable {
+		if allowed, _ := a.allowed(t, best); allowed && a.fits(t, best) {
+			break
+		}
+		pl.take(u)
+		victims = append(victims, u)
+	}
+	for i := len(victims) - 1; i >= 0; i-- {
+		u := victims[i]
+		pl.put(u, best)
+		if allowed, _ := a.allowed(t, best); !allowed || !a.fits(t, best) {
+			pl.take(u)
+		} else {
+			victims = append(victims[:i], victims[i+1:]...)
+		}
+	}
+	for _, u := range victims {
+		pl.ejected[u]++
+	}
+	return best, victims
+}
+
+// take undoes put.
+func (pl *placer) take(t int32) {
+	in := pl.in
+	n := pl.a.node[t]
+	pl.a.unplace(t)
+	if pl.onNode != nil {
+		l := pl.onNode[n]
+		for i, u := range l {
+			if u == t {
+				l[i] = l[len(l)-1]
+				pl.onNode[n] = l[:len(l)-1]
+				break
+			}
+		}
+	}
+	if in.curState[t] == cluster.Running && in.curNode[t] == n {
+		return
+	}
+	for r, d := range in.dem(t) {
+		pl.zload[int(n)*in.nR+r] -= d
+	}
 }
 
 // candidates returns the explicit node list for t when one rule restricts it

@@ -40,6 +40,7 @@ func Solve(ctx context.Context, p *Problem, opts Options) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	in.liveOnly = opts.LiveOnly
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrycluster/ferry/cluster"
 	"github.com/ferrycluster/ferry/plan"
+	"github.com/ferrycluster/ferry/plan/gen"
 	"github.com/ferrycluster/ferry/plan/verify"
 	"pgregory.net/rapid"
 )
@@ -223,4 +227,153 @@ func TestSolveCapacityOnly(t *testing.T) {
 		p := genProblem(t, 4, 8, false)
 		solveAndVerify(t, p, 1)
 	})
+}
+
+// Malformed problems are rejected with cluster.ErrInvalid naming the
+// element, and change nothing.
+func TestSolveRejectsMalformedProblems(t *testing.T) {
+	base := func() *plan.Problem {
+		return &plan.Problem{Model: world("n1:4 n2:4", "a:1@n1 b:1@-")}
+	}
+	cases := []struct {
+		name string
+		c    cluster.Constraint
+		want string
+	}{
+		{"task out of range", cluster.Spread{Tasks: []int{0, 7}}, "task index 7 out of range"},
+		{"node out of range", cluster.Ban{Tasks: []int{0}, Nodes: []int{-1}}, "node index -1 out of range"},
+		{"unknown resource", cluster.Preserve{Tasks: []int{0}, Resource: "gpu", Amount: 1}, `unknown resource "gpu"`},
+		{"negative amount", cluster.RunningCapacity{Nodes: []int{0}, Amount: -1}, "negative amount"},
+		{"bad ratio", cluster.Overbook{Nodes: []int{0}, Resource: "cpu", Ratio: 0.5}, "ratio 0.5"},
+		{"nil constraint", nil, "constraint 0 is nil"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := base()
+			p.Constraints = []cluster.Constraint{c.c}
+			_, err := plan.Solve(context.Background(), p, plan.Options{})
+			if !errors.Is(err, cluster.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want ErrInvalid mentioning %q", err, c.want)
+			}
+		})
+	}
+	if _, err := plan.Solve(context.Background(), &plan.Problem{}, plan.Options{}); !errors.Is(err, cluster.ErrInvalid) {
+		t.Fatalf("nil model: got %v", err)
+	}
+	p := base()
+	p.Model.Tasks[0].Node = 9
+	if _, err := plan.Solve(context.Background(), p, plan.Options{}); !errors.Is(err, cluster.ErrInvalid) {
+		t.Fatalf("invalid model: got %v", err)
+	}
+}
+
+// Problems without a viable plan get a *ConflictError naming the
+// constraint, node or resource.
+func TestSolveNamesTheConflict(t *testing.T) {
+	cases := []struct {
+		name  string
+		p     *plan.Problem
+		check func(ce *plan.ConflictError) bool
+	}{
+		{"no room", &plan.Problem{Model: world("n1:4", "a:3@n1 b:3@-"), Constraints: []cluster.Constraint{
+			cluster.StateConstraint{State: cluster.Running, Tasks: []int{1}}}},
+			func(ce *plan.ConflictError) bool { return ce.Resource == "cpu" }},
+		{"fence to nowhere", &plan.Problem{Model: world("n1:4 n2:4", "a:1@n1"), Constraints: []cluster.Constraint{
+			cluster.Fence{Tasks: []int{0}, Nodes: []int{1}},
+			cluster.NodeStateConstraint{State: cluster.NodeOffline, Nodes: []int{1}}}},
+			func(ce *plan.ConflictError) bool { return strings.HasPrefix(ce.Constraint, "fence") }},
+		{"two wanted states", &plan.Problem{Model: world("n1:4", "a:1@n1"), Constraints: []cluster.Constraint{
+			cluster.StateConstraint{State: cluster.Ready, Tasks: []int{0}},
+			cluster.StateConstraint{State: cluster.Sleeping, Tasks: []int{0}}}},
+			func(ce *plan.ConflictError) bool { return ce.Constraint == "sleeping" }},
+		{"root on a draining node", &plan.Problem{Model: world("n1:4 n2:4", "a:1@n1"), Constraints: []cluster.Constraint{
+			cluster.Root{Tasks: []int{0}},
+			cluster.NodeStateConstraint{State: cluster.NodeOffline, Nodes: []int{0}}}},
+			func(ce *plan.ConflictError) bool { return ce.Node == "n1" }},
+		{"too many online", &plan.Problem{Model: world("n1:4 n2:4", "a:1@n1 b:1@n2"), Constraints: []cluster.Constraint{
+			cluster.MaxOnline{Nodes: []int{0, 1}, Amount: 1},
+			cluster.NodeStateConstraint{State: cluster.NodeOnline, Nodes: []int{0, 1}}}},
+			func(ce *plan.ConflictError) bool { return ce.Constraint == "maxOnline" }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := plan.Solve(context.Background(), c.p, plan.Options{})
+			var ce *plan.ConflictError
+			if !errors.As(err, &ce) || !errors.Is(err, plan.ErrNoSolution) {
+				t.Fatalf("got %v, want a ConflictError", err)
+			}
+			if !c.check(ce) {
+				t.Fatalf("conflict does not name the culprit: %+v", ce)
+			}
+		})
+	}
+}
+
+// The same problem and seed give the same plan.
+func TestSolveIsDeterministic(t *testing.T) {
+	p, err := gen.Generate(gen.Config{Nodes: 60, VMs: 360, Constrained: 0.5, Scenario: gen.NodeReboot, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := plan.Solve(context.Background(), p, plan.Options{Seed: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := plan.Solve(context.Background(), p, plan.Options{Seed: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(a.Actions, b.Actions) {
+		t.Fatal("two solves of one problem differ")
+	}
+	if err := verify.Check(p, a); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A clock past the deadline still yields a viable plan (the first one
+// found), marked TimedOut; a cancelled context yields its error.
+func TestSolveHonoursTimeoutAndContext(t *testing.T) {
+	p := &plan.Problem{Model: world("n1:4 n2:4 n3:4", "a:3@n1 b:3@n2"), Constraints: []cluster.Constraint{
+		cluster.Fence{Tasks: []int{0}, Nodes: []int{1}},
+		cluster.Fence{Tasks: []int{1}, Nodes: []int{0}},
+	}}
+	now := time.Unix(0, 0)
+	clock := func() time.Time { now = now.Add(time.Hour); return now }
+	pl, err := plan.Solve(context.Background(), p, plan.Options{Timeout: time.Second, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pl.Stats.TimedOut {
+		t.Error("Stats.TimedOut not set")
+	}
+	if err := verify.Check(p, pl); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := plan.Solve(ctx, p, plan.Options{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled context: got %v", err)
+	}
+}
+
+// Generated TDSC-like instances (both scenarios, every constrained
+// fraction) are solved and verified; the MTTR stays within 1.15 of the
+// lower bound.
+func TestSolveGeneratedInstances(t *testing.T) {
+	for _, sc := range []gen.Scenario{gen.LoadIncrease, gen.NodeReboot} {
+		for _, c := range []float64{0, 0.33, 0.66, 1} {
+			p, err := gen.Generate(gen.Config{Nodes: 200, VMs: 1200, Constrained: c, Scenario: sc, Seed: 11})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pl := solveAndVerify(t, p, 1)
+			if pl == nil {
+				t.Fatalf("%s c=%.2f: no plan", sc, c)
+			}
+			if lb := pl.Stats.LowerBound; lb > 0 && float64(pl.MTTR()) > 1.15*float64(lb) {
+				t.Errorf("%s c=%.2f: MTTR %d above 1.15 x lower bound %d", sc, c, pl.MTTR(), lb)
+			}
+		}
+	}
 }

@@ -56,6 +56,12 @@ type Options struct {
 	// Now reads the clock to enforce Timeout; nil means time.Now. Tests and
 	// the simulator pass a virtual clock.
 	Now func() time.Time
+	// LiveOnly keeps running tasks running while they move: a relocation
+	// is always a live migration. Without it, under MinMTTR, the planner
+	// relocates by suspend and resume when the duration model makes that
+	// cheaper (never with cluster.BandwidthDurations, often with BtrPlace
+	// attributes). Pivots may still suspend when no third node has room.
+	LiveOnly bool
 }
 
 // Action is one transition with its time window [Start, End).
