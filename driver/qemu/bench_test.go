@@ -27,7 +27,7 @@ func BenchmarkGuest(b *testing.B) {
 }
 
 func benchGuestOnce(b *testing.B, mem int64) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	im := guestImageB(b)
 	mk := func() *Driver {

@@ -224,7 +224,7 @@ func (d *Driver) shape(spec driver.Spec) (machine, error) {
 	if !cmdlineRE.MatchString(vm.Cmdline) || len(vm.Cmdline) > 1024 || strings.Contains(vm.Cmdline, "ferry_run") {
 		return bad("cmdline %q: printable ASCII, at most 1024 bytes, without ferry_run", vm.Cmdline)
 	}
-	parts := []string{"console=ttyS0", "quiet", "panic=-1"}
+	parts := []string{"console=ttyS0", "quiet", "panic=-1", "init_on_free=1"}
 	if w := strings.Join(strings.Fields(vm.Workload), ","); w != "" {
 		parts = append(parts, "ferry_run="+w)
 	}
