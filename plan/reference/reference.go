@@ -16,12 +16,14 @@
 // action is running and none started, the configuration is final and is a
 // solution if it meets every final-state rule.
 //
-// Actions considered: a node boots if it is offline (at most one power
-// action per node) and shuts down only if a constraint wants it offline; a
-// task does at most two actions: migrate (to any hosting node) and resume if
-// its wanted state is running, boot if it is ready and wanted running,
-// suspend if it is wanted sleeping or, as a pivot, wanted running (then it
-// must resume later), shutdown if wanted ready, kill if wanted killed.
+// Actions considered: a node boots if it is offline and not wanted offline
+// (at most one power action per node) and shuts down only if a constraint
+// wants it offline; a task does at most two actions: migrate (to any hosting
+// node) if it is to end running, sleeping or ready; resume if wanted running
+// (or as the first of resume+shutdown when wanted ready); boot if wanted
+// running (or as the first of boot+suspend when wanted sleeping); suspend if
+// wanted sleeping or, as a pivot, wanted running (then it must resume later);
+// shutdown if wanted ready; kill if wanted killed.
 //
 // The cost of a partial plan is the sum of the end times of its actions
 // (known when they start); the heuristic adds, for every idle task or node
@@ -32,9 +34,11 @@
 //
 // Limits: durations must be >= 1 (zero-length actions would need decisions
 // after an event within the same instant); each task does at most two
-// actions and each node at most one; a task never shuts down and reboots, or
-// resumes and suspends again, as a pivot. Any plan outside that space is
-// still judged by plan/verify, never by this package.
+// actions and each node at most one; a task never resumes and suspends again
+// as a pivot (and a reboot is no pivot: plan/verify rejects it). Any plan
+// outside that space is still judged by plan/verify, never by this package.
+// brute_test.go confirms the optimum against plain enumeration of every
+// plan of up to three actions on micro problems.
 package reference
 
 import (
@@ -836,7 +840,7 @@ func (s *search) successors(st *state) []*state {
 	}
 	switch x.st {
 	case cluster.Running:
-		if want == cluster.Running {
+		if want == cluster.Running || want == cluster.Sleeping || want == cluster.Ready {
 			for m := 0; m < s.nN; m++ {
 				if m != x.node {
 					try(cluster.Migrate, x.node, m, true, cluster.Running, m)
@@ -853,7 +857,7 @@ func (s *search) successors(st *state) []*state {
 			try(cluster.Kill, x.node, cluster.NoNode, true, cluster.Killed, cluster.NoNode)
 		}
 	case cluster.Sleeping:
-		if want == cluster.Running {
+		if want == cluster.Running || (want == cluster.Ready && x.nActs == 0) {
 			for m := 0; m < s.nN; m++ {
 				try(cluster.Resume, x.node, m, false, cluster.Running, m)
 			}
@@ -862,7 +866,7 @@ func (s *search) successors(st *state) []*state {
 			try(cluster.Kill, x.node, cluster.NoNode, false, cluster.Killed, cluster.NoNode)
 		}
 	case cluster.Ready:
-		if want == cluster.Running {
+		if want == cluster.Running || (want == cluster.Sleeping && x.nActs == 0) {
 			for m := 0; m < s.nN; m++ {
 				try(cluster.Boot, cluster.NoNode, m, false, cluster.Running, m)
 			}

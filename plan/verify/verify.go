@@ -13,7 +13,8 @@
 //   - life cycle: a task's actions chain through the state machine
 //     (ready -boot-> running -migrate-> running -suspend-> sleeping
 //     -resume-> running -shutdown-> ready; kill from any live state), do
-//     not overlap, and each starts where the previous one left the task;
+//     not overlap, and each starts where the previous one left the task; a
+//     task shut down may not boot again (a reboot is not a pivot);
 //   - demand windows: migrate keeps the old demand on From until End and puts
 //     the new demand on To from Start; boot and resume put it on the
 //     destination from Start; shutdown, suspend and kill keep it until End;
@@ -520,7 +521,7 @@ func (c *checker) replayTasks() {
 		st := taskState{c.m.Tasks[t].State, c.m.Tasks[t].Node}
 		since, arrival := int64(0), -1
 		var busyUntil int64
-		prev := -1
+		prev, shut := -1, -1
 		for _, ai := range perTask[t] {
 			a := c.pl.Actions[ai]
 			if prev >= 0 && a.Start < busyUntil {
@@ -551,6 +552,7 @@ func (c *checker) replayTasks() {
 				switch a.Kind {
 				case cluster.Shutdown:
 					st = taskState{cluster.Ready, cluster.NoNode}
+					shut = ai
 				case cluster.Suspend:
 					st = taskState{cluster.Sleeping, a.To}
 					since, arrival = a.End, -1
@@ -593,6 +595,9 @@ func (c *checker) replayTasks() {
 		}
 		if st.state == cluster.Running || st.state == cluster.Sleeping {
 			addPres(presence{task: t, node: st.node, running: st.state == cluster.Running, start: since, end: inf, arrival: arrival})
+			if shut >= 0 {
+				c.viol(RuleLifecycle, shut, t, -1, c.pl.Actions[shut].Start, "the task is shut down and then booted again: a reboot loses its state and is not a pivot")
+			}
 		}
 		c.finalT[t] = st
 	}

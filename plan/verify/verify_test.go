@@ -156,6 +156,7 @@ func TestEachRuleViolated(t *testing.T) {
 		{name: "resume from the wrong node", actions: []plan.Action{resume(tc, n1, n2, 0)}, rule: RuleLifecycle, want: "image is on n2"},
 		{name: "two overlapping actions", actions: []plan.Action{mig(ta, n0, n2, 0), {Kind: cluster.Migrate, Task: ta, From: n2, To: n1, Start: 0, End: 1}}, rule: RuleLifecycle, want: "before the task's previous action"},
 		{name: "two migrations from the origin", actions: []plan.Action{mig(ta, n0, n2, 0), mig(ta, n0, n1, 1)}, rule: RuleLifecycle, want: "runs on n2, not n0"},
+		{name: "reboot as a pivot", actions: []plan.Action{shutdown(ta, n0, 0), boot(ta, n2, 1)}, rule: RuleLifecycle, want: "a reboot loses its state"},
 		{name: "kill twice", actions: []plan.Action{kill(ta, n0, 0), kill(ta, n0, 1)}, rule: RuleLifecycle, want: "already killed"},
 		{name: "kill ready with a node", actions: []plan.Action{kill(td, n0, 0)}, rule: RuleLifecycle, want: "ready task is on no node"},
 		{name: "boot an online node", actions: []plan.Action{bootNode(n0, 0)}, rule: RuleLifecycle, want: "bootNode of an online node"},
