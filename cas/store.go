@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,10 +39,10 @@ type Options struct {
 //	DIR/chunks/ab/abcdef…   one file per chunk, named by its ID in hex,
 //	                        fanned out by the first byte
 //	DIR/pins/NAME           a pinned index (EncodeIndex format)
-//	DIR/tmp/                files being written
+//	DIR/tmp/                pins being written
 //
 // A chunk file is a 5-byte header (encoding u8, length u32) and the payload.
-// Writes go to tmp/ and are renamed into place, so a chunk file is either
+// Writes go to a temporary file beside the final name and are renamed into place, so a chunk file is either
 // absent or complete; concurrent writers of the same chunk race harmlessly
 // (the last rename wins with identical content). Every read is verified
 // against the ID; a chunk that fails is removed and reported as ErrCorrupt,
@@ -147,9 +148,15 @@ func (s *Store) Put(id ID, data []byte) (bool, error) {
 	return true, nil
 }
 
-// writeAtomic writes parts to a temporary file and renames it to path.
+// tmpPrefix starts the name of a chunk file being written. It is created
+// beside its final name (a rename within one directory costs half of one
+// across directories here); GC removes stale ones.
+const tmpPrefix = ".tmp-"
+
+// writeAtomic writes parts to a temporary file in the directory of path
+// and renames it to path.
 func (s *Store) writeAtomic(path string, hdr, payload []byte, sync bool) error {
-	f, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "w-*")
+	f, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
 	if err != nil {
 		return err
 	}
@@ -393,6 +400,13 @@ func (s *Store) GC(ctx context.Context, now time.Time, grace time.Duration) (GCS
 			return st, err
 		}
 		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), tmpPrefix) {
+				// A write interrupted by a crash.
+				if info, err := e.Info(); err == nil && info.ModTime().Before(cutoff) {
+					os.Remove(filepath.Join(d, e.Name()))
+				}
+				continue
+			}
 			st.Scanned++
 			id, err := ParseID(e.Name())
 			if err != nil || refs[id] {

@@ -94,7 +94,7 @@ func TestStoreConcurrentWritersOfOneChunk(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	left, _ := os.ReadDir(filepath.Join(s.Dir(), "tmp"))
+	left, _ := filepath.Glob(filepath.Join(s.Dir(), "chunks", "*", tmpPrefix+"*"))
 	if len(left) != 0 {
 		t.Fatalf("%d temporary files left", len(left))
 	}
