@@ -105,15 +105,16 @@ func (r *Result) UtilSVG(w io.Writer) error {
 		if i+1 < len(r.Util) {
 			end = r.Util[i+1].T
 		}
-		for s := p.T; s < end; {
-			k := min(int(float64(s-t0)/span*buckets), buckets-1)
-			bEnd := t0 + int64(float64(k+1)*span/buckets)
-			e := min(end, max(bEnd, s+1))
-			area[k] += p.Frac * float64(e-s)
-			s = e
+		bw := span / buckets
+		a, z := float64(p.T-t0), float64(end-t0)
+		for k := max(int(a/bw), 0); k < buckets && float64(k)*bw < z; k++ {
+			lo, hi := max(a, float64(k)*bw), min(z, float64(k+1)*bw)
+			if hi > lo {
+				area[k] += p.Frac * (hi - lo)
+			}
 		}
 	}
-	b.WriteString(`<polyline fill="#cfe3f7" stroke="#2a6fb0" stroke-width="1" points="`)
+	b.WriteString(`<polyline fill="#6fa8dc" stroke="none" points="`)
 	fmt.Fprintf(&b, "%d,%d ", padL, padT+ph)
 	for k := range buckets {
 		frac := area[k] / (span / buckets)
