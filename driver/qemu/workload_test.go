@@ -113,3 +113,38 @@ func TestResumeGarbageState(t *testing.T) {
 		t.Errorf("Resume with other memory: %v, want ErrInvalidSpec", err)
 	}
 }
+
+// TestReattachMidMigration: the source's driver goes away while an
+// outgoing migration is in flight; a new driver over the same data dir
+// finds the migration and CancelOut leaves the source running.
+func TestReattachMidMigration(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	a, b := newDriverAt(t, dir), newDriver(t)
+	s, done := slowMigration(t, a, b, "midflight")
+	a.mu.Lock()
+	for _, tk := range a.tasks {
+		tk.qmp.Close()
+	}
+	a.tasks = map[string]*task{}
+	a.mu.Unlock()
+	<-done // the old driver's MigrateOut ends with its connection
+
+	a2 := newDriverAt(t, dir)
+	st, err := a2.Inspect(ctxT(t, time.Minute), s.ID)
+	if err != nil || st.State != driver.StateMigrating {
+		t.Fatalf("re-attached source: %+v, %v; want migrating", st, err)
+	}
+	if err := a2.CancelOut(ctxT(t, time.Minute), s.ID); err != nil {
+		t.Fatalf("CancelOut after re-attach: %v", err)
+	}
+	st, err = a2.Inspect(ctxT(t, time.Minute), s.ID)
+	if err != nil || st.State != driver.StateRunning {
+		t.Fatalf("source after CancelOut: %+v, %v; want running", st, err)
+	}
+	c := lastCounter(a2, s.ID, 0)
+	waitCounter(t, a2, s.ID, 0, c)
+	if err := b.AbortIncoming(ctxT(t, time.Minute), s.ID); err != nil {
+		t.Errorf("AbortIncoming: %v", err)
+	}
+}
