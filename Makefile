@@ -48,6 +48,10 @@ fuzz:
 bench-plan:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./plan/...
 
+# Guest boot, suspend, resume and one live migration (driver/qemu, 128 MiB).
+bench-vm: setup
+	$(GO) test -run '^$$' -bench Guest -benchtime 1x -timeout 30m ./driver/qemu/...
+
 bench-migrate: setup
 	$(GO) test -run '^$$' -bench Migrate -benchtime 1x -timeout 60m ./agent/...
 

@@ -357,6 +357,9 @@ func (c *Client) Execute(ctx context.Context, cmd string, args, result any) erro
 	if err := c.Err(); err != nil {
 		return err
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("qmp: %s: %w", cmd, err)
+	}
 	c.nextID++
 	id := "ferry-" + strconv.FormatUint(c.nextID, 10)
 	req := struct {

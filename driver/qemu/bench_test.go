@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -48,7 +49,8 @@ func benchGuestOnce(b *testing.B, mem int64) {
 	waitFor := func(d *Driver, off, min int64) {
 		for lastCounter(d, s.ID, off) <= min {
 			if ctx.Err() != nil {
-				b.Fatal("no progress")
+				log, _ := os.ReadFile(d.LogPath(s.ID))
+				b.Fatalf("no counter above %d in %s from offset %d; log ends %q", min, d.LogPath(s.ID), off, log[max(0, len(log)-400):])
 			}
 			time.Sleep(10 * time.Millisecond)
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,5 +147,41 @@ func TestReattachMidMigration(t *testing.T) {
 	waitCounter(t, a2, s.ID, 0, c)
 	if err := b.AbortIncoming(ctxT(t, time.Minute), s.ID); err != nil {
 		t.Errorf("AbortIncoming: %v", err)
+	}
+}
+
+// TestGuestExit: a workload that ends powers the guest off; the task is
+// then exited (not failed), and Stop forgets it.
+func TestGuestExit(t *testing.T) {
+	t.Parallel()
+	d := newDriver(t)
+	s := spec("exits")
+	s.VM.Workload = "echo bye"
+	if err := d.Start(ctxT(t, time.Minute), s); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		st, err := d.Inspect(ctxT(t, time.Minute), s.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State == driver.StateExited {
+			break
+		}
+		if st.State == driver.StateFailed || time.Now().After(deadline) {
+			t.Fatalf("state %+v, want exited", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(d.LogPath(s.ID))
+	if !strings.Contains(string(log), "bye") {
+		t.Errorf("console log lacks the workload's output: %q", log)
+	}
+	if err := d.Stop(ctxT(t, time.Minute), s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Inspect(ctxT(t, time.Minute), s.ID); !errors.Is(err, driver.ErrNotFound) {
+		t.Errorf("after Stop: %v", err)
 	}
 }
