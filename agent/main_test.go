@@ -76,11 +76,11 @@ func counterJob() int {
 
 // testCA is a cluster CA with identities issued on demand.
 type testCA struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 }
 
-func newTestCA(t *testing.T) *testCA {
+func newTestCA(t testing.TB) *testCA {
 	t.Helper()
 	dir := t.TempDir()
 	if err := pki.Init(dir, time.Now()); err != nil {
@@ -110,7 +110,7 @@ func (c *testCA) controller(addr string) *client.Client {
 
 // node is one agent under test with its data dir, restartable.
 type node struct {
-	t       *testing.T
+	t       testing.TB
 	ca      *testCA
 	name    string
 	dataDir string
@@ -122,7 +122,7 @@ type node struct {
 	c       *client.Client
 }
 
-func startNode(t *testing.T, ca *testCA, name string, mkDrv func(string) []driver.Driver, cfg func(*Config)) *node {
+func startNode(t testing.TB, ca *testCA, name string, mkDrv func(string) []driver.Driver, cfg func(*Config)) *node {
 	t.Helper()
 	n := &node{t: t, ca: ca, name: name, dataDir: t.TempDir(), addr: "127.0.0.1:0", mkDrv: mkDrv, cfg: cfg}
 	n.start()
@@ -193,7 +193,7 @@ func (n *node) restart() {
 	n.start()
 }
 
-func processDrivers(t *testing.T) func(string) []driver.Driver {
+func processDrivers(t testing.TB) func(string) []driver.Driver {
 	return func(dir string) []driver.Driver {
 		d, err := process.New(process.Config{DataDir: filepath.Join(dir, "drivers", "process"), NoCgroups: true, StopGrace: 2 * time.Second,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

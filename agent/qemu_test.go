@@ -62,7 +62,7 @@ func newQEMUDriver(dir string, im image.Image) (*qemu.Driver, error) {
 		MaxMemoryBytes: 1 << 30, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 }
 
-func qemuDrivers(t *testing.T) func(string) []driver.Driver {
+func qemuDrivers(t testing.TB) func(string) []driver.Driver {
 	im := guestImage(t)
 	return func(dir string) []driver.Driver {
 		d, err := newQEMUDriver(dir, im)

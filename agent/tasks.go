@@ -417,15 +417,19 @@ func (a *Agent) Run(ctx context.Context, req api.RunRequest) (api.Task, error) {
 	rec := &record{ID: spec.ID, Driver: d.Kind(), Epoch: spec.Epoch, Phase: api.PhaseRunning, Spec: spec}
 	err = a.putLocked(rec)
 	a.mu.Unlock()
-	defer a.release(spec.ID)
 	if err != nil {
+		a.release(spec.ID)
 		return api.Task{}, err
 	}
-	if err := d.Start(ctx, spec); err != nil {
+	err = d.Start(ctx, spec)
+	if err != nil {
 		a.mu.Lock()
 		delete(a.records, spec.ID)
 		a.store.remove(spec.ID)
 		a.mu.Unlock()
+	}
+	a.release(spec.ID)
+	if err != nil {
 		return api.Task{}, err
 	}
 	a.log.Info("task started", "task", spec.ID, "driver", d.Kind(), "epoch", spec.Epoch)

@@ -1,0 +1,218 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/driver"
+)
+
+// migrationRun is one measured live migration.
+type migrationRun struct {
+	ok        bool
+	err       string
+	wall      time.Duration // from the request to the destination running
+	qemuTotal time.Duration // QEMU's total-time
+	downtime  time.Duration // QEMU's reported downtime
+	bytes     int64         // RAM bytes QEMU transferred
+}
+
+type benchRow struct {
+	memMiB         int64
+	load           string
+	tunnel, direct migrationRun
+}
+
+// BenchmarkMigrate live-migrates guests of 128, 256 and 512 MiB, idle and
+// dirtying memory at about 10, 50 and 100 MB/s, once through the agents
+// (QEMU → unix socket → agent → mutual TLS → agent → unix socket → QEMU,
+// with the whole prepare/perform/finish/confirm protocol) and once directly
+// between the two QEMUs over a unix socket, and measures loopback TCP
+// throughput in the same run. It prints a markdown table (docs/agent.md).
+//
+//	make bench-migrate    # go test -run '^$' -bench Migrate -benchtime 1x ./agent/...
+//
+// FERRY_BENCH_MEM (e.g. "128") and FERRY_BENCH_LOAD (e.g. "idle") narrow the
+// matrix.
+func BenchmarkMigrate(b *testing.B) {
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
+	defer cancel()
+	loop := loopbackThroughput(b, 1<<30)
+	b.Logf("loopback TCP throughput: %.0f MB/s", loop/1e6)
+	ca := newTestCA(b)
+	a := startNode(b, ca, "node-a", qemuDrivers(b), nil)
+	c := startNode(b, ca, "node-b", qemuDrivers(b), nil)
+	loads := []struct{ name, workload string }{
+		{"idle", "counter"}, {"dirty10", "dirty 10 48"}, {"dirty50", "dirty 50 48"}, {"dirty100", "dirty 100 48"},
+	}
+	var rows []benchRow
+	for _, mem := range []int64{128, 256, 512} {
+		if f := os.Getenv("FERRY_BENCH_MEM"); f != "" && f != fmt.Sprint(mem) {
+			continue
+		}
+		for _, l := range loads {
+			if f := os.Getenv("FERRY_BENCH_LOAD"); f != "" && f != l.name {
+				continue
+			}
+			b.Run(fmt.Sprintf("%dMiB/%s", mem, l.name), func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					r := benchMigrateOnce(ctx, b, a, c, fmt.Sprintf("m%d-%s-%d", mem, l.name, i), mem, l.workload)
+					r.load = l.name
+					rows = append(rows, r)
+					if r.tunnel.ok {
+						b.ReportMetric(float64(r.tunnel.qemuTotal.Milliseconds()), "tunnel-total-ms")
+						b.ReportMetric(float64(r.tunnel.downtime.Milliseconds()), "tunnel-downtime-ms")
+					}
+					if r.direct.ok {
+						b.ReportMetric(float64(r.direct.qemuTotal.Milliseconds()), "direct-total-ms")
+						b.ReportMetric(float64(r.direct.downtime.Milliseconds()), "direct-downtime-ms")
+					}
+				}
+			})
+		}
+	}
+	fmt.Print(benchTable(rows, loop))
+}
+
+func benchMigrateOnce(ctx context.Context, b *testing.B, a, c *node, id string, memMiB int64, workload string) benchRow {
+	row := benchRow{memMiB: memMiB}
+	spec := vmSpec(id, workload)
+	spec.MemoryBytes = memMiB << 20
+	if _, err := a.c.Run(ctx, api.RunRequest{Spec: spec}); err != nil {
+		b.Fatal(err)
+	}
+	bctx, bcancel := context.WithTimeout(ctx, 4*time.Minute)
+	a.waitCounter(bctx, id, 5)
+	bcancel()
+	time.Sleep(2 * time.Second) // let the workload reach its rate
+	opts := driver.MigrationOptions{MaxDowntime: 50 * time.Millisecond}
+
+	// Through the agents: A → B.
+	mctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	t0 := time.Now()
+	ev, err := a.c.Migrate(mctx, id, api.MigrateRequest{Epoch: 1, To: c.addr, Mode: "live", Options: opts}, nil)
+	cancel()
+	if err != nil {
+		row.tunnel = migrationRun{err: err.Error()}
+		a.c.Stop(ctx, id, 1)
+		return row
+	}
+	row.tunnel = migrationRun{ok: true, wall: time.Since(t0), qemuTotal: ev.Progress.TotalTime, downtime: ev.Downtime, bytes: ev.Progress.TransferredBytes}
+	bctx, bcancel = context.WithTimeout(ctx, 2*time.Minute)
+	c.waitNew(bctx, id, 0)
+	bcancel()
+
+	// Directly between the QEMUs: B → A over A's incoming socket.
+	src := c.drivers[0].(driver.LiveMigrator)
+	dst := a.drivers[0].(driver.LiveMigrator)
+	spec.Epoch = 3
+	mctx, cancel = context.WithTimeout(ctx, 3*time.Minute)
+	t0 = time.Now()
+	sock, err := dst.PrepareIncoming(mctx, spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := src.MigrateOut(mctx, id, sock, opts, nil)
+	if err == nil {
+		err = dst.FinishIncoming(mctx, id)
+	}
+	cancel()
+	if err != nil {
+		row.direct = migrationRun{err: err.Error()}
+		src.AbortOut(ctx, id)
+		dst.AbortIncoming(ctx, id)
+	} else {
+		row.direct = migrationRun{ok: true, wall: time.Since(t0), qemuTotal: p.TotalTime, downtime: p.Downtime, bytes: p.TransferredBytes}
+		src.ConfirmOut(ctx, id)
+		a.drivers[0].Stop(ctx, id)
+	}
+	c.c.Stop(ctx, id, 2)
+	return row
+}
+
+// loopbackThroughput sends n bytes over a loopback TCP connection and
+// returns bytes per second.
+func loopbackThroughput(b *testing.B, n int64) float64 {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	done := make(chan time.Time, 1)
+	go func() {
+		cn, err := l.Accept()
+		if err != nil {
+			done <- time.Now()
+			return
+		}
+		io.Copy(io.Discard, cn)
+		done <- time.Now()
+		cn.Close()
+	}()
+	cn, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 256<<10)
+	t0 := time.Now()
+	for sent := int64(0); sent < n; sent += int64(len(buf)) {
+		if _, err := cn.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cn.Close()
+	end := <-done
+	return float64(n) / end.Sub(t0).Seconds()
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d.Microseconds())/1000) }
+
+// benchTable renders the rows as markdown with the targets' ratios.
+func benchTable(rows []benchRow, loop float64) string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "\nloopback TCP: %.0f MB/s\n\n", loop/1e6)
+	sb.WriteString("| RAM MiB | load | tunnel total ms | tunnel downtime ms | tunnel MB sent | tunnel wall ms | direct total ms | direct downtime ms | direct MB sent | tunnel/direct total | total / (RAM/loopback) |\n")
+	sb.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		cell := func(m migrationRun, f func(migrationRun) string) string {
+			if !m.ok {
+				return "failed"
+			}
+			return f(m)
+		}
+		ratio, ideal := "-", "-"
+		if r.tunnel.ok && r.direct.ok && r.direct.qemuTotal > 0 {
+			ratio = fmt.Sprintf("%.2f", float64(r.tunnel.qemuTotal)/float64(r.direct.qemuTotal))
+		}
+		if r.tunnel.ok {
+			idealT := float64(r.memMiB<<20) / loop
+			ideal = fmt.Sprintf("%.1f", r.tunnel.qemuTotal.Seconds()/idealT)
+		}
+		fmt.Fprintf(&sb, "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.memMiB, r.load,
+			cell(r.tunnel, func(m migrationRun) string { return ms(m.qemuTotal) }),
+			cell(r.tunnel, func(m migrationRun) string { return ms(m.downtime) }),
+			cell(r.tunnel, func(m migrationRun) string { return fmt.Sprintf("%.1f", float64(m.bytes)/1e6) }),
+			cell(r.tunnel, func(m migrationRun) string { return ms(m.wall) }),
+			cell(r.direct, func(m migrationRun) string { return ms(m.qemuTotal) }),
+			cell(r.direct, func(m migrationRun) string { return ms(m.downtime) }),
+			cell(r.direct, func(m migrationRun) string { return fmt.Sprintf("%.1f", float64(m.bytes)/1e6) }),
+			ratio, ideal)
+	}
+	for _, r := range rows {
+		if !r.tunnel.ok {
+			fmt.Fprintf(&sb, "\n%dMiB/%s tunnel: %s", r.memMiB, r.load, r.tunnel.err)
+		}
+		if !r.direct.ok {
+			fmt.Fprintf(&sb, "\n%dMiB/%s direct: %s", r.memMiB, r.load, r.direct.err)
+		}
+	}
+	sb.WriteString("\n")
+	return sb.String()
+}
