@@ -15,12 +15,17 @@ type Entropy struct {
 	// SRPT orders the queue by shortest estimated remaining time instead of
 	// submission (ties by submission).
 	SRPT bool
+	// SpreadIdle places idle VMs where CPU is most free (see Packer).
+	SpreadIdle bool
 }
 
 // Name implements Policy.
 func (e Entropy) Name() string {
 	if e.SRPT {
 		return "entropy-srpt"
+	}
+	if e.SpreadIdle {
+		return "entropy-spread"
 	}
 	return "entropy"
 }
@@ -32,6 +37,9 @@ func (Entropy) ObservesDemand() bool { return true }
 func (e Entropy) Decide(v *View) (Decision, error) {
 	d := Current(v.Model)
 	p := NewPacker(v)
+	if e.SpreadIdle {
+		p.SpreadIdle = v.Model.Resource("cpu")
+	}
 	order := FIFO(v.Jobs)
 	if e.SRPT {
 		sort.SliceStable(order, func(a, b int) bool { return v.Jobs[order[a]].Walltime < v.Jobs[order[b]].Walltime })

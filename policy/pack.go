@@ -51,11 +51,15 @@ type Packer struct {
 	// Placement: chosen node per task index of the model (-1 none).
 	Placement []int
 	order     []int
+	// SpreadIdle, a resource index or -1, places tasks that use none of it
+	// now on the node with the most of it free (worst fit) instead of
+	// first fit: a waiting VM then finds CPU when it wakes up.
+	SpreadIdle int
 }
 
 // NewPacker starts with every online, non-draining node's whole capacity.
 func NewPacker(v *View) *Packer {
-	p := &Packer{m: v.Model, drain: v.Draining, slots: map[[4]int64]int{}}
+	p := &Packer{m: v.Model, drain: v.Draining, slots: map[[4]int64]int{}, SpreadIdle: -1}
 	p.free = make([][]int64, len(v.Model.Nodes))
 	for i, n := range v.Model.Nodes {
 		p.free[i] = append([]int64(nil), n.Capacity...)
@@ -183,10 +187,20 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 			continue
 		}
 		n := cluster.NoNode
-		for k := range p.free {
-			if p.fits(t, k) {
-				n = k
-				break
+		if r := p.SpreadIdle; r >= 0 && p.m.Tasks[t].Demand[r] == 0 {
+			// An idle task goes where resource r is most free: room for
+			// when it wakes up.
+			for k := range p.free {
+				if p.fits(t, k) && (n < 0 || p.free[k][r] > p.free[n][r]) {
+					n = k
+				}
+			}
+		} else {
+			for k := range p.free {
+				if p.fits(t, k) {
+					n = k
+					break
+				}
 			}
 		}
 		if n < 0 {

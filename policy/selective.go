@@ -32,12 +32,15 @@ type Selective struct {
 	Observe bool
 	// Pinned fences started tasks to their first-fit node.
 	Pinned bool
+	// SpreadIdle places tasks that use no CPU now on the node with the
+	// most CPU free (see Packer.SpreadIdle).
+	SpreadIdle bool
 }
 
-// Ferry is ferry's own policy: cost-aware selective suspension packing by
-// observed demand.
+// Ferry is ferry's own policy: cost-aware selective suspension, packing by
+// observed demand with idle VMs spread where CPU is free.
 func Ferry() Selective {
-	return Selective{Label: "ferry", Factor: 2, CostAware: true, Observe: true, Pinned: true}
+	return Selective{Label: "ferry", Factor: 2, CostAware: true, Observe: true, Pinned: true, SpreadIdle: true}
 }
 
 // Name implements Policy.
@@ -80,6 +83,9 @@ func (s Selective) Decide(v *View) (Decision, error) {
 	m := v.Model
 	d := Current(m)
 	p := NewPacker(v)
+	if s.SpreadIdle {
+		p.SpreadIdle = m.Resource("cpu")
+	}
 	xf := make([]float64, len(v.Jobs))
 	var running, idle []int
 	justSlept := make([]bool, len(v.Jobs))
