@@ -328,3 +328,45 @@ func TestRealQEMU(t *testing.T) {
 		t.Errorf("after quit: err = %v", err)
 	}
 }
+
+// TestOneCommandInFlight: concurrent callers are serialised; the fake
+// server fails the test if a command arrives before the previous reply.
+func TestOneCommandInFlight(t *testing.T) {
+	const n = 20
+	sock := fakeQEMU(t, func(r *bufio.Reader, c net.Conn) {
+		if !negotiate(t, r, c) {
+			return
+		}
+		for i := 0; i < n; i++ {
+			m, ok := readCmd(t, r)
+			if !ok {
+				return
+			}
+			// Anything already buffered would be a second command in flight.
+			c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			if _, err := r.Peek(1); err == nil {
+				t.Errorf("a second command arrived while %s was in flight", m.ID)
+			}
+			c.SetReadDeadline(time.Time{})
+			send(c, `{"return": {"id": "`+m.ID+`"}, "id": "`+m.ID+`"}`)
+		}
+		io.Copy(io.Discard, r)
+	})
+	c, err := Dial(ctx(t), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			var got struct{ ID string }
+			errs <- c.Execute(ctx(t), "query-status", nil, &got)
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
