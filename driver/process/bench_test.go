@@ -1,0 +1,180 @@
+package process
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkCheckpoint measures checkpoint + move + restart of a job holding
+// 10 MB, 100 MB and 1 GB of state between two driver instances (two data
+// dirs: two nodes), the move over a loopback TCP connection
+// (SendImage/ReceiveImage), against a plain copy of the same bytes over
+// TCP in the same run. Run it with `make bench-checkpoint`.
+//
+// Reported metrics (seconds): ckpt = Suspend (the job writes its state,
+// the driver fsyncs and commits), move = stream + fsync + commit on the
+// destination, resume = Resume until the job has read its state back,
+// total = the three; plain = file → TCP → file without fsync, plain+fsync
+// = the same with an fsync at the end; ratio = total / plain.
+func BenchmarkCheckpoint(b *testing.B) {
+	for _, size := range []int64{10 << 20, 100 << 20, 1 << 30} {
+		b.Run(sizeName(size), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				benchOnce(b, size)
+			}
+		})
+	}
+}
+
+func sizeName(n int64) string {
+	if n >= 1<<30 {
+		return strconv.FormatInt(n>>30, 10) + "GB"
+	}
+	return strconv.FormatInt(n>>20, 10) + "MB"
+}
+
+func benchOnce(b *testing.B, size int64) {
+	b.StopTimer()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	root := b.TempDir()
+	nodeA, err := New(Config{DataDir: filepath.Join(root, "a"), NoCgroups: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nodeA.Close()
+	nodeB, err := New(Config{DataDir: filepath.Join(root, "b"), NoCgroups: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nodeB.Close()
+	spec := jobSpec("blob", "blob", map[string]string{"FERRY_TEST_BYTES": strconv.FormatInt(size, 10)})
+	spec.Process.CheckpointTimeout = 5 * time.Minute
+	if err := nodeA.Start(ctx, spec); err != nil {
+		b.Fatal(err)
+	}
+	waitLog(b, nodeA, "blob", "ready ")
+
+	// Plain copy of the same bytes first (source in the page cache, as the
+	// job's state is in memory).
+	src := filepath.Join(root, "plain-src")
+	if err := os.WriteFile(src, make([]byte, size), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	plain := plainCopy(b, src, filepath.Join(root, "plain-dst"), false)
+	plainSync := plainCopy(b, src, filepath.Join(root, "plain-dst-sync"), true)
+	os.Remove(src)
+
+	b.StartTimer()
+	t0 := time.Now()
+	img, err := nodeA.Suspend(ctx, "blob", filepath.Join(root, "image"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	t1 := time.Now()
+	inbox := filepath.Join(root, "inbox")
+	if err := moveOverTCP(ctx, img.Dir, inbox); err != nil {
+		b.Fatal(err)
+	}
+	t2 := time.Now()
+	spec.Epoch++
+	if err := nodeB.Resume(ctx, spec, inbox); err != nil {
+		b.Fatal(err)
+	}
+	tr := time.Now()
+	waitLog(b, nodeB, "blob", "restored ")
+	if os.Getenv("FERRY_BENCH_DEBUG") != "" {
+		b.Logf("Resume call %v, job ready after %v", tr.Sub(t2), time.Since(tr))
+	}
+	t3 := time.Now()
+	b.StopTimer()
+	_ = nodeB.Stop(ctx, "blob")
+
+	total := t3.Sub(t0)
+	b.ReportMetric(t1.Sub(t0).Seconds(), "ckpt-s")
+	b.ReportMetric(t2.Sub(t1).Seconds(), "move-s")
+	b.ReportMetric(t3.Sub(t2).Seconds(), "resume-s")
+	b.ReportMetric(total.Seconds(), "total-s")
+	b.ReportMetric(plain.Seconds(), "plain-s")
+	b.ReportMetric(plainSync.Seconds(), "plain+fsync-s")
+	b.ReportMetric(total.Seconds()/plain.Seconds(), "ratio")
+	b.ReportMetric(total.Seconds()/plainSync.Seconds(), "ratio-fsync")
+	b.SetBytes(size)
+}
+
+func waitLog(b *testing.B, d *Driver, id, s string) {
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		body, _ := os.ReadFile(d.LogPath(id))
+		if strings.Contains(string(body), s) {
+			return
+		}
+		if st, err := d.Inspect(context.Background(), id); err == nil && st.State == "failed" {
+			b.Fatalf("%s failed: %s", id, st.Message)
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("no %q in %s", s, d.LogPath(id))
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// plainCopy copies src to dst over a loopback TCP connection (sendfile on
+// the sending side, as SendImage does).
+func plainCopy(b *testing.B, src, dst string, sync bool) time.Duration {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	t0 := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		f, err := os.Create(dst)
+		if err != nil {
+			done <- err
+			return
+		}
+		_, err = io.Copy(f, c)
+		if err == nil && sync {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		done <- err
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(c, f); err != nil {
+		b.Fatal(err)
+	}
+	f.Close()
+	c.Close()
+	if err := <-done; err != nil {
+		b.Fatal(fmt.Errorf("plain copy: %w", err))
+	}
+	d := time.Since(t0)
+	os.Remove(dst)
+	return d
+}
