@@ -157,7 +157,8 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 	if len(tasks) == 0 {
 		return true
 	}
-	if d := p.m.Tasks[tasks[0]].Demand; uniform(p.m, tasks) && p.Slots(d) < len(tasks) {
+	same := uniform(p.m, tasks)
+	if same && p.Slots(p.m.Tasks[tasks[0]].Demand) < len(tasks) {
 		return false
 	}
 	p.order = append(p.order[:0], tasks...)
@@ -171,6 +172,7 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 		return false
 	})
 	placed := 0
+	cursor := 0
 	if preferCurrent {
 		// First keep every task that can stay where it is, then place the
 		// others: fewer moves than a plain first fit.
@@ -196,11 +198,20 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 				}
 			}
 		} else {
-			for k := range p.free {
+			// Identical tasks: a node that did not fit the previous one
+			// will not fit this one (free capacity only shrinks here).
+			k := 0
+			if same {
+				k = cursor
+			}
+			for ; k < len(p.free); k++ {
 				if p.fits(t, k) {
 					n = k
 					break
 				}
+			}
+			if same {
+				cursor = max(k, 0)
 			}
 		}
 		if n < 0 {

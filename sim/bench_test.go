@@ -56,3 +56,5 @@ func BenchmarkKTH(b *testing.B)     { benchTrace(b, "KTH-SP2-1996-2.1-cln.swf.gz
 func BenchmarkCTC(b *testing.B)     { benchTrace(b, "CTC-SP2-1996-3.1-cln.swf.gz", 0) }
 func BenchmarkLublin(b *testing.B)  { benchTrace(b, "lublin_256.swf.gz", 0) }
 func BenchmarkKTH5000(b *testing.B) { benchTrace(b, "KTH-SP2-1996-2.1-cln.swf.gz", 5000) }
+
+func BenchmarkLublin2000(b *testing.B) { benchTrace(b, "lublin_256.swf.gz", 2000) }
