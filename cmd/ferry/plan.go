@@ -31,12 +31,13 @@ type planFlags struct {
 	seed      int64
 	output    string
 	explain   bool
+	liveOnly  bool
 }
 
 func init() {
 	var f planFlags
 	cmd := &cobra.Command{
-		Use:   "plan [flags] INSTANCE|-",
+		Use:   "plan [--timeout 30s] [--objective mttr|migrations] [--seed N] [-o PLAN.json] [--explain] [--live-only] INSTANCE|-",
 		Short: "Compute a reconfiguration plan for a BtrPlace instance",
 		Long: `Read a BtrPlace instance (JSON or .json.gz; - for stdin), compute a target
 placement and a viable plan, and write it as a BtrPlace ReconfigurationPlan
@@ -55,6 +56,7 @@ plan exists (the message names the constraint, node or resource at fault).`,
 	cmd.Flags().Int64Var(&f.seed, "seed", 0, "seed for the planner's randomised choices")
 	cmd.Flags().StringVarP(&f.output, "output", "o", "", "write the plan to this file (atomically) instead of stdout")
 	cmd.Flags().BoolVar(&f.explain, "explain", false, "print a readable summary of the plan")
+	cmd.Flags().BoolVar(&f.liveOnly, "live-only", false, "relocate running VMs by live migration only (as BtrPlace does), never by suspend and resume")
 	root.AddCommand(cmd)
 }
 
@@ -80,7 +82,7 @@ func runPlan(ctx context.Context, f planFlags, path string, stdout, stderr io.Wr
 		return withCode(exitMalformed, fmt.Errorf("--objective %q: want mttr or migrations", f.objective))
 	}
 	start := time.Now()
-	pl, err := plan.Solve(ctx, in.Problem, plan.Options{Timeout: f.timeout, Seed: f.seed})
+	pl, err := plan.Solve(ctx, in.Problem, plan.Options{Timeout: f.timeout, Seed: f.seed, LiveOnly: f.liveOnly})
 	spent := time.Since(start)
 	switch {
 	case errors.Is(err, plan.ErrNoSolution):

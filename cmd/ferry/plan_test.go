@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrycluster/ferry/cluster"
 	"github.com/ferrycluster/ferry/plan/btrplace"
 	"github.com/ferrycluster/ferry/plan/verify"
 )
@@ -72,11 +73,18 @@ func TestPlanStdinAndStdout(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	f := planOpts()
 	f.objective = "migrations"
+	f.liveOnly = true
 	if err := runPlan(context.Background(), f, "-", &stdout, &stderr); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := btrplace.ReadPlan(&stdout); err != nil {
+	_, pl, err := btrplace.ReadPlan(&stdout)
+	if err != nil {
 		t.Fatalf("stdout is not a plan: %v", err)
+	}
+	for _, a := range pl.Actions {
+		if a.Kind == cluster.Suspend {
+			t.Fatalf("--live-only plan suspends a running VM: %+v", a)
+		}
 	}
 }
 
