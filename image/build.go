@@ -247,7 +247,7 @@ func buildInitramfs(ctx context.Context, n Spec, files []input) ([]byte, error) 
 		return nil, err
 	}
 	var buf bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
 	cw := NewCPIOWriter(zw)
 	dirs := map[string]bool{}
 	var mkdirs func(p string) error
