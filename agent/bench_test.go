@@ -2,16 +2,19 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/pki"
 )
 
 // migrationRun is one measured live migration.
@@ -215,4 +218,91 @@ func benchTable(rows []benchRow, loop float64) string {
 	}
 	sb.WriteString("\n")
 	return sb.String()
+}
+
+// BenchmarkMigrateTunnelPath measures the tunnel's byte path alone — unix
+// socket → agent → mutual TLS 1.3 over loopback TCP → agent → unix socket —
+// against loopback TCP in the same run, to separate the tunnel's capacity
+// from QEMU's.
+func BenchmarkMigrateTunnelPath(b *testing.B) {
+	const n = 512 << 20
+	loop := loopbackThroughput(b, n)
+	ca := newTestCA(b)
+	srcID, dstID := ca.identity("node-a", pki.RoleAgent), ca.identity("node-b", pki.RoleAgent)
+	dir := b.TempDir()
+	for i := 0; i < b.N; i++ {
+		dstSock := filepath.Join(dir, fmt.Sprintf("dst%d.sock", i))
+		dstLn, err := net.Listen("unix", dstSock)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got := make(chan int64, 1)
+		go func() {
+			c, err := dstLn.Accept()
+			if err != nil {
+				got <- 0
+				return
+			}
+			k, _ := io.Copy(io.Discard, c)
+			c.Close()
+			got <- k
+		}()
+		tln, err := tls.Listen("tcp", "127.0.0.1:0", dstID.ServerConfig())
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() {
+			c, err := tln.Accept()
+			if err != nil {
+				return
+			}
+			q, err := net.Dial("unix", dstSock)
+			if err != nil {
+				c.Close()
+				return
+			}
+			pipe(c, q)
+		}()
+		srcSock := filepath.Join(dir, fmt.Sprintf("src%d.sock", i))
+		srcLn, err := net.Listen("unix", srcSock)
+		if err != nil {
+			b.Fatal(err)
+		}
+		tc, err := tls.Dial("tcp", tln.Addr().String(), srcID.ClientConfig())
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() {
+			c, err := srcLn.Accept()
+			if err != nil {
+				return
+			}
+			pipe(c, tc)
+		}()
+		c, err := net.Dial("unix", srcSock)
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf := make([]byte, 256<<10)
+		t0 := time.Now()
+		for sent := 0; sent < n; sent += len(buf) {
+			if _, err := c.Write(buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+		c.(*net.UnixConn).CloseWrite()
+		k := <-got
+		el := time.Since(t0)
+		c.Close()
+		dstLn.Close()
+		srcLn.Close()
+		tln.Close()
+		if k != n {
+			b.Fatalf("carried %d bytes, want %d", k, n)
+		}
+		rate := float64(n) / el.Seconds()
+		b.ReportMetric(rate/1e6, "tunnel-MB/s")
+		b.ReportMetric(loop/1e6, "loopback-MB/s")
+		fmt.Printf("\ntunnel path: %.0f MB/s; loopback TCP: %.0f MB/s (ratio %.2f)\n", rate/1e6, loop/1e6, rate/loop)
+	}
 }
