@@ -91,32 +91,10 @@ func compare(a, b string, k cas.Chunking, wire bool) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	have := map[cas.ID]bool{}
-	for _, e := range xa.Entries {
-		if !e.Hole {
-			have[e.ID] = true
-		}
-	}
-	var nonzero, hot, cold int64
-	sent := map[cas.ID]bool{}
-	for _, e := range xb.Entries {
-		if e.Hole {
-			continue
-		}
-		nonzero += int64(e.Length)
-		if have[e.ID] {
-			hot += int64(e.Length)
-		} else if !sent[e.ID] {
-			sent[e.ID] = true
-			cold += int64(e.Length)
-		}
-	}
-	st := xb.Stats()
-	idx := xb.EncodedLen()
-	total := cold + idx
+	o := cas.Compare(xa, xb)
 	row := fmt.Sprintf("| %s → %s | %s | %s | %.1f%% | %.1f%% | %s | %.1f%% | %s | %.2f%% |",
-		filepath.Base(a), filepath.Base(b), k, mib(xb.Size), pct(st.HoleBytes, xb.Size), pct(hot, nonzero),
-		mib(total), pct(total, xb.Size), mib(idx), pct(idx, xb.Size))
+		filepath.Base(a), filepath.Base(b), k, mib(xb.Size), pct(o.Holes, xb.Size), 100*o.HotFraction(),
+		mib(o.Sent()), pct(o.Sent(), xb.Size), mib(o.IndexBytes), pct(o.IndexBytes, xb.Size))
 	if wire {
 		w, err := wireBytes(a, b, k)
 		if err != nil {
