@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/ferrycluster/ferry/cluster"
@@ -229,25 +230,58 @@ func explainPlan(w io.Writer, path string, in *btrplace.Instance, pl *plan.Plan,
 	if after == nil {
 		after = replay(m, acts)
 	}
-	before, end := m.Usage(), after.Usage()
-	fmt.Fprintln(w, "\nload per node, before -> after (used/capacity):")
-	fmt.Fprintf(w, "  %-10s %-18s", "node", "state")
+	before, end := usage(in.Problem, m), usage(in.Problem, after)
+	fmt.Fprintln(w, "\nload per node, before -> after (used/capacity; demand raised to preserve amounts):")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprint(tw, "  node\tstate")
 	for _, r := range m.Resources {
-		fmt.Fprintf(w, " %-26s", r)
+		fmt.Fprintf(tw, "\t%s", r)
 	}
-	fmt.Fprintln(w)
+	fmt.Fprintln(tw)
 	for n := range m.Nodes {
 		st := m.Nodes[n].State.String()
 		if after.Nodes[n].State != m.Nodes[n].State {
 			st += " -> " + after.Nodes[n].State.String()
 		}
-		fmt.Fprintf(w, "  %-10s %-18s", m.Nodes[n].Name, st)
+		fmt.Fprintf(tw, "  %s\t%s", m.Nodes[n].Name, st)
 		for r := range m.Resources {
 			c := m.Nodes[n].Capacity[r]
-			fmt.Fprintf(w, " %-26s", fmt.Sprintf("%d/%d -> %d/%d", before[n][r], c, end[n][r], c))
+			fmt.Fprintf(tw, "\t%d/%d -> %d/%d", before[n][r], c, end[n][r], c)
 		}
-		fmt.Fprintln(w)
+		fmt.Fprintln(tw)
 	}
+	tw.Flush()
+}
+
+// usage sums, per node and resource, the demand of the tasks running in c,
+// each demand raised to the problem's preserve amounts.
+func usage(p *plan.Problem, c *cluster.Model) [][]int64 {
+	m := p.Model
+	demand := make([][]int64, len(m.Tasks))
+	for t := range m.Tasks {
+		demand[t] = append([]int64(nil), m.Tasks[t].Demand...)
+	}
+	for _, k := range p.Constraints {
+		if pr, ok := k.(cluster.Preserve); ok {
+			if r := m.Resource(pr.Resource); r >= 0 {
+				for _, t := range pr.Tasks {
+					demand[t][r] = max(demand[t][r], pr.Amount)
+				}
+			}
+		}
+	}
+	u := make([][]int64, len(c.Nodes))
+	for n := range u {
+		u[n] = make([]int64, len(m.Resources))
+	}
+	for t, tk := range c.Tasks {
+		if tk.State == cluster.Running && tk.Node >= 0 && tk.Node < len(u) {
+			for r := range u[tk.Node] {
+				u[tk.Node][r] += demand[t][r]
+			}
+		}
+	}
+	return u
 }
 
 func nodeOrNone(m *cluster.Model, n int) string {
