@@ -163,7 +163,7 @@ func TestStoreGCConcurrentWithPuts(t *testing.T) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		for i := 0; i < 100; i++ {
+		for i := 0; i < 30; i++ {
 			d := randBytes(512, uint64(100+i))
 			if _, err := s.Put(Sum(d), d); err != nil {
 				t.Error(err)
@@ -178,7 +178,7 @@ func TestStoreGCConcurrentWithPuts(t *testing.T) {
 	}()
 	go func() {
 		defer wg.Done()
-		for i := 0; i < 20; i++ {
+		for i := 0; i < 10; i++ {
 			if _, err := s.GC(ctx, time.Now(), time.Minute); err != nil {
 				t.Error(err)
 			}
