@@ -497,3 +497,65 @@ func orIdle(o op) string {
 	}
 	return string(o)
 }
+
+// Checkpoint implements driver.Checkpointer: a live migration of the
+// running guest into dir/vmstate (committed as Suspend's is), after which
+// the guest runs on; it is paused only for the migration's downtime (Took).
+// Resume loads the image like a suspend image.
+func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (driver.Image, error) {
+	t, err := d.lookup(id)
+	if err != nil {
+		return driver.Image{}, err
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return driver.Image{}, fmt.Errorf("qemu task %q: checkpoint dir %q: not a directory", id, dir)
+	}
+	if err := t.begin(opCheckpointing); err != nil {
+		return driver.Image{}, err
+	}
+	defer t.setOp(opNone)
+	tmp := filepath.Join(dir, "."+stateFile+".tmp")
+	final := filepath.Join(dir, stateFile)
+	defer func() {
+		// Whatever happened, the guest runs on.
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if rerr := t.ensureRunning(rctx); rerr != nil {
+			d.log.Error("checkpoint: the guest did not resume", "task", id, "err", rerr)
+		}
+	}()
+	if err := t.setMigration(ctx, driver.MigrationOptions{MaxDowntime: 100 * time.Millisecond}); err != nil {
+		return driver.Image{}, err
+	}
+	p, err := t.runMigration(ctx, "exec:cat > "+shellQuote(tmp), false, nil)
+	if err != nil {
+		os.Remove(tmp)
+		return driver.Image{}, err
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err = t.execute(rctx, "cont", nil, nil)
+	cancel()
+	if err != nil {
+		os.Remove(tmp)
+		return driver.Image{}, err
+	}
+	if err := syncFile(tmp); err != nil {
+		os.Remove(tmp)
+		return driver.Image{}, fmt.Errorf("qemu task %q: sync checkpoint: %w", id, err)
+	}
+	t.mu.Lock()
+	rec := record{Spec: t.spec, Machine: t.machine, Role: roleRun, StartedAt: t.startedAt, Accel: d.accel}
+	t.mu.Unlock()
+	if err := writeJSON(filepath.Join(dir, imageMeta), rec); err != nil {
+		os.Remove(tmp)
+		return driver.Image{}, err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		return driver.Image{}, err
+	}
+	syncFile(dir)
+	fi, _ := os.Stat(final)
+	d.log.Info("checkpointed", "task", id, "bytes", fi.Size(), "downtime", p.Downtime, "total", p.TotalTime)
+	return driver.Image{Dir: dir, Bytes: fi.Size(), Took: p.Downtime}, nil
+}

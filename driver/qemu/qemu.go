@@ -77,6 +77,7 @@ type Driver struct {
 var _ driver.Driver = (*Driver)(nil)
 var _ driver.LiveMigrator = (*Driver)(nil)
 var _ driver.Pauser = (*Driver)(nil)
+var _ driver.Checkpointer = (*Driver)(nil)
 
 const mib = 1 << 20
 

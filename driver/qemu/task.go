@@ -25,13 +25,14 @@ import (
 type op string
 
 const (
-	opNone       op = ""
-	opStarting   op = "starting"
-	opPausing    op = "pausing"
-	opSuspending op = "suspending"
-	opIncoming   op = "incoming"     // destination of a live migration, paused
-	opOutgoing   op = "migrating"    // source, migration in flight
-	opOutDone    op = "migrated-out" // source, completed and paused, awaiting confirm or abort
+	opNone          op = ""
+	opStarting      op = "starting"
+	opPausing       op = "pausing"
+	opSuspending    op = "suspending"
+	opCheckpointing op = "checkpointing"
+	opIncoming      op = "incoming"     // destination of a live migration, paused
+	opOutgoing      op = "migrating"    // source, migration in flight
+	opOutDone       op = "migrated-out" // source, completed and paused, awaiting confirm or abort
 )
 
 // role is how QEMU is started.
@@ -306,6 +307,10 @@ func (d *Driver) terminate(ctx context.Context, t *task) {
 	if !alive(pid, sock) {
 		return
 	}
+	// However patient the caller, a QEMU that ignores quit for 30 s is
+	// killed.
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	if c != nil {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		c.Execute(qctx, "quit", nil, nil)

@@ -185,3 +185,40 @@ func TestGuestExit(t *testing.T) {
 		t.Errorf("after Stop: %v", err)
 	}
 }
+
+// TestCheckpoint: a checkpoint leaves the guest running; resuming it on
+// another node continues from the checkpoint, not from scratch.
+func TestCheckpoint(t *testing.T) {
+	t.Parallel()
+	a, b := newDriver(t), newDriver(t)
+	s := spec("ckpt")
+	if err := a.Start(ctxT(t, time.Minute), s); err != nil {
+		t.Fatal(err)
+	}
+	c := waitCounter(t, a, s.ID, 0, 5)
+	dir := t.TempDir()
+	img, err := a.Checkpoint(ctxT(t, 3*time.Minute), s.ID, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Bytes <= 0 || img.Dir != dir {
+		t.Errorf("image %+v", img)
+	}
+	if st, err := a.Inspect(ctxT(t, time.Minute), s.ID); err != nil || st.State != driver.StateRunning {
+		t.Fatalf("after Checkpoint: %+v, %v; want running", st, err)
+	}
+	after := lastCounter(a, s.ID, 0)
+	waitCounter(t, a, s.ID, 0, after)
+	if err := a.Stop(ctxT(t, time.Minute), s.ID); err != nil {
+		t.Fatal(err)
+	}
+	s.Epoch++
+	if err := b.Resume(ctxT(t, 3*time.Minute), s, dir); err != nil {
+		t.Fatal(err)
+	}
+	first := waitCounter(t, b, s.ID, 0, c)
+	if got := counters(b, s.ID, 0)[0]; got <= c {
+		t.Fatalf("resumed checkpoint restarted: first counter %d, before checkpoint %d", got, c)
+	}
+	t.Logf("checkpoint: %d B, paused %v; counter %d before, %d after resume", img.Bytes, img.Took, c, first)
+}
