@@ -1,0 +1,87 @@
+package transfer
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferrycluster/ferry/cas"
+)
+
+func TestSameTransferIDTwiceAtOnceIsBusy(t *testing.T) {
+	data := randBytes(3*4096, 100)
+	x, frames := indexOf(t, data)
+	root := t.TempDir()
+	rc := &Receiver{StagingDir: filepath.Join(root, "staging"), DestDir: filepath.Join(root, "dest")}
+	rc.lock("same")
+	_, err := rc.Serve(context.Background(), &memConn{r: bytes.NewReader(senderStream(Header{ID: "same", Name: "f", Kind: KindFile}, x, frames, true))})
+	if !errors.Is(err, ErrBusy) {
+		t.Fatalf("got %v, want ErrBusy", err)
+	}
+	rc.unlock("same")
+	if _, err := rc.Serve(context.Background(), &memConn{r: bytes.NewReader(senderStream(Header{ID: "same", Name: "f", Kind: KindFile}, x, frames, true))}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A directory transfer whose tar tries to escape is refused after the
+// digest check, and neither the destination nor anything outside appears.
+func TestDirTransferWithTraversalIsRefused(t *testing.T) {
+	evil := tarOf(tarEntry{tar.Header{Name: "ok.txt", Typeflag: tar.TypeReg}, "fine"}, tarEntry{tar.Header{Name: "../../evil", Typeflag: tar.TypeReg}, "evil"})
+	x, err := cas.BuildIndex(bytes.NewReader(evil), cas.IndexOptions{Chunking: cas.CDC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frames []chunkFrame
+	offs := x.Offsets()
+	for i, e := range x.Entries {
+		if !e.Hole {
+			frames = append(frames, chunkFrame{uint32(i), cas.Raw, evil[offs[i] : offs[i]+int64(e.Length)]})
+		}
+	}
+	root := t.TempDir()
+	rc := &Receiver{StagingDir: filepath.Join(root, "staging"), DestDir: filepath.Join(root, "dest")}
+	_, err = rc.Serve(context.Background(), &memConn{r: bytes.NewReader(senderStream(Header{ID: "d", Name: "ckpt", Kind: KindDir}, x, frames, true))})
+	if !errors.Is(err, cas.ErrInvalid) {
+		t.Fatalf("got %v, want ErrInvalid", err)
+	}
+	onlyStaging(t, root)
+	if _, err := os.Stat(filepath.Join(root, "dest", "ckpt")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("destination created")
+	}
+}
+
+// Cancelling the context unblocks a receiver waiting on a silent peer.
+func TestServeStopsOnCancel(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dial(t, ln.Addr().String()) // a peer that never speaks
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rc := newReceiver(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { _, err := rc.Serve(ctx, s); errc <- err }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Serve did not return after cancel")
+	}
+}
