@@ -281,7 +281,7 @@ func TestExamplesOptimal(t *testing.T) {
 		if err := verify.Check(in.Problem, pl); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
-		ref, err := reference.Solve(in.Problem, 300000)
+		ref, err := reference.Solve(in.Problem, 50000)
 		if errors.Is(err, reference.ErrBudget) {
 			t.Logf("%s: too large for the reference (%v); planner MTTR %d", f, err, pl.MTTR())
 			continue

@@ -205,7 +205,7 @@ var microProblem = rapid.Custom(func(t *rapid.T) *plan.Problem {
 // [0, 6] that plan/verify accepts, found by plain enumeration.
 func TestReferenceMatchesBruteForce(t *testing.T) {
 	checked := 0
-	for i := 0; i < 60; i++ {
+	for i := 0; i < 40; i++ {
 		p := microProblem.Example(i)
 		bb, found := brute(p, 3, 6)
 		r, err := reference.Solve(p, 100000)
@@ -228,7 +228,7 @@ func TestReferenceMatchesBruteForce(t *testing.T) {
 		}
 	}
 	t.Logf("reference optimum confirmed by enumeration on %d problems", checked)
-	if checked < 20 {
+	if checked < 15 {
 		t.Fatalf("only %d problems compared", checked)
 	}
 }
