@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/cas"
+	"github.com/ferrycluster/ferry/cas/transfer"
 	"github.com/ferrycluster/ferry/driver"
 	"github.com/ferrycluster/ferry/pki"
 )
@@ -797,11 +800,81 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+	if strings.EqualFold(r.Header.Get("Upgrade"), api.ImageProtocol) {
+		a.sendImageCAS(w, rec)
+		return
+	}
 	w.Header().Set("Content-Type", "application/x-tar")
 	w.WriteHeader(http.StatusOK)
 	if err := writeImageTar(w, rec, a.store.imageDir(id)); err != nil {
 		a.log.Warn("send image", "task", id, "err", err)
 	}
+}
+
+// sendImageCAS answers an image fetch upgraded to api.ImageProtocol: the
+// record in a header, then the image directory with cas/transfer (chunks
+// verified by hash, zero runs never sent, a cut transfer resumable).
+func (a *Agent) sendImageCAS(w http.ResponseWriter, rec *record) {
+	meta, err := json.Marshal(rec)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		writeErr(w, errors.New("connection cannot be hijacked"))
+		return
+	}
+	w.Header().Set("Connection", "Upgrade")
+	w.Header().Set("Upgrade", api.ImageProtocol)
+	w.Header().Set(api.RecordHeader, base64.StdEncoding.EncodeToString(meta))
+	w.WriteHeader(http.StatusSwitchingProtocols)
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if err := brw.Flush(); err != nil {
+		return
+	}
+	a.track(conn)
+	defer a.untrack(conn)
+	start := time.Now()
+	res, err := transfer.SendDir(a.ctx, transfer.Hijacked(conn, brw.Reader), a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
+		transfer.SendOptions{ID: fmt.Sprintf("%s-e%d", rec.ID, rec.Epoch), Name: "image", Logger: a.log})
+	if err != nil {
+		a.log.Warn("send image", "task", rec.ID, "err", err)
+		return
+	}
+	a.log.Info("image sent", "task", rec.ID, "chunks", res.ChunksSent, "bytes", res.BytesSent, "wire_bytes", res.WireBytes, "took", time.Since(start))
+}
+
+// receiveImageCAS fetches a peer's image into dir (which must not exist)
+// and returns the peer's record.
+func (a *Agent) receiveImageCAS(ctx context.Context, peerAddr, id string, epoch uint64, dir string) (*record, error) {
+	conn, meta, err := a.peer(peerAddr).FetchImageStream(ctx, id, epoch)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	a.track(conn)
+	defer a.untrack(conn)
+	var prec record
+	if err := json.Unmarshal(meta, &prec); err != nil {
+		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
+	}
+	staging := filepath.Join(a.cfg.DataDir, "run", "cas-staging")
+	if err := os.MkdirAll(staging, 0o700); err != nil {
+		return nil, err
+	}
+	rc := &transfer.Receiver{StagingDir: staging, Logger: a.log,
+		Dest: func(transfer.Header, *cas.Index) (string, error) { return dir, nil }}
+	res, err := rc.Serve(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("image received", "task", id, "from", peerAddr, "chunks", res.Received, "bytes", res.ReceivedBytes)
+	return &prec, nil
 }
 
 func writeImageTar(w io.Writer, rec *record, dir string) error {
@@ -952,26 +1025,23 @@ func (a *Agent) resumeFromPeer(ctx context.Context, id string, req api.ResumeReq
 			a.log.Warn("give image back", "task", id, "peer", req.From, "err", err)
 		}
 	}
-	rc, err := peer.FetchImage(ctx, id, req.Epoch)
-	if err != nil {
-		return api.Task{}, fmt.Errorf("fetch image of %q from %s: %w", id, req.From, err)
-	}
 	tmp := filepath.Join(a.store.taskDir(id), "image.incoming")
 	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o700); err != nil {
-		rc.Close()
-		giveBack()
-		return api.Task{}, err
-	}
-	start := time.Now()
-	prec, err := readImageTar(rc, tmp)
-	rc.Close()
 	fail := func(err error) (api.Task, error) {
 		os.RemoveAll(tmp)
 		giveBack()
 		return api.Task{}, err
 	}
+	start := time.Now()
+	prec, err := a.receiveImageCAS(ctx, req.From, id, req.Epoch, tmp)
 	if err != nil {
+		var re *api.RemoteError
+		if errors.As(err, &re) {
+			// Refused before anything moved (stale epoch, busy...): the
+			// holder's image was not locked for us.
+			os.RemoveAll(tmp)
+			return api.Task{}, fmt.Errorf("fetch image of %q from %s: %w", id, req.From, err)
+		}
 		return fail(fmt.Errorf("fetch image of %q from %s: %w", id, req.From, err))
 	}
 	if prec.ID != id || prec.Epoch != req.Epoch {

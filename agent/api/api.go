@@ -240,6 +240,14 @@ type ReleaseRequest struct {
 // TunnelProtocol is the Upgrade token of the migration tunnel.
 const TunnelProtocol = "ferry-tunnel/1"
 
+// ImageProtocol is the Upgrade token of an image fetch with the CAS
+// chunk-transfer protocol (cas/transfer); RecordHeader carries the
+// holder's task record (base64 JSON) on the 101 answer.
+const (
+	ImageProtocol = "ferry-cas/1"
+	RecordHeader  = "Ferry-Record"
+)
+
 // ValidID checks a task id: it names files and URLs.
 func ValidID(id string) error {
 	if id == "" || len(id) > 128 {

@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -290,35 +291,60 @@ func (c *Client) Release(ctx context.Context, id string, req api.ReleaseRequest)
 // Tunnel opens the byte pipe to an incoming copy's socket at the
 // destination: a TLS connection upgraded to api.TunnelProtocol.
 func (c *Client) Tunnel(ctx context.Context, id, token string) (net.Conn, error) {
+	conn, _, err := c.upgrade(ctx, "/v1/peer/tunnel/"+url.PathEscape(id), url.Values{"token": {token}}, api.TunnelProtocol)
+	return conn, err
+}
+
+// FetchImageStream asks the agent holding a suspended task's image to send
+// it with the CAS chunk-transfer protocol (cas/transfer) over an upgraded
+// connection (api.ImageProtocol). It returns the connection, on which the
+// caller runs a transfer.Receiver, and the holder's task record (JSON, from
+// the api.RecordHeader header).
+func (c *Client) FetchImageStream(ctx context.Context, id string, epoch uint64) (net.Conn, []byte, error) {
+	conn, h, err := c.upgrade(ctx, "/v1/peer/tasks/"+url.PathEscape(id)+"/image", url.Values{"epoch": {strconv.FormatUint(epoch, 10)}}, api.ImageProtocol)
+	if err != nil {
+		return nil, nil, err
+	}
+	meta, err := base64.StdEncoding.DecodeString(h.Get(api.RecordHeader))
+	if err != nil || len(meta) == 0 {
+		conn.Close()
+		return nil, nil, fmt.Errorf("agent %s: image of %q: missing or bad %s header", c.addr, id, api.RecordHeader)
+	}
+	return conn, meta, nil
+}
+
+// upgrade sends a GET with Upgrade: proto and returns the raw connection
+// after the agent's 101 answer.
+func (c *Client) upgrade(ctx context.Context, path string, q url.Values, proto string) (net.Conn, http.Header, error) {
 	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: c.tls}
 	conn, err := d.DialContext(ctx, "tcp", c.addr)
 	if err != nil {
-		return nil, fmt.Errorf("agent %s: tunnel: %w", c.addr, err)
+		return nil, nil, fmt.Errorf("agent %s: %s: %w", c.addr, proto, err)
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	req, _ := http.NewRequest(http.MethodGet, c.url("/v1/peer/tunnel/"+url.PathEscape(id), url.Values{"token": {token}}), nil)
+	req, _ := http.NewRequest(http.MethodGet, c.url(path, q), nil)
 	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", api.TunnelProtocol)
+	req.Header.Set("Upgrade", proto)
 	if err := req.Write(conn); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("agent %s: tunnel: %w", c.addr, err)
+		return nil, nil, fmt.Errorf("agent %s: %s: %w", c.addr, proto, err)
 	}
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("agent %s: tunnel: %w", c.addr, err)
+		return nil, nil, fmt.Errorf("agent %s: %s: %w", c.addr, proto, err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		defer conn.Close()
-		return nil, decodeError(resp)
+		return nil, nil, decodeError(resp)
 	}
 	conn.SetDeadline(time.Time{})
-	return &tunnelConn{Conn: conn, br: br}, nil
+	return &tunnelConn{Conn: conn, br: br}, resp.Header, nil
 }
 
 // tunnelConn reads through the response reader's buffer.
