@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -23,6 +24,7 @@ import (
 const (
 	exitMalformed = 2 // the instance is malformed
 	exitNoPlan    = 3 // no viable plan exists
+	exitViolation = 4 // --check: the given plan breaks a rule
 )
 
 // planFlags are the options of `ferry plan`.
@@ -33,6 +35,7 @@ type planFlags struct {
 	output    string
 	explain   bool
 	liveOnly  bool
+	check     string
 }
 
 func init() {
@@ -45,8 +48,13 @@ placement and a viable plan, and write it as a BtrPlace ReconfigurationPlan
 ({"origin", "actions"}) to -o or stdout. With --explain, print a readable
 summary instead (and the JSON only to -o).
 
-Exit codes: 0 a plan was written; 2 the instance is malformed; 3 no viable
-plan exists (the message names the constraint, node or resource at fault).`,
+With --check PLAN.json, solve nothing: verify that plan (a BtrPlace
+ReconfigurationPlan, e.g. one BtrPlace computed) against the instance.
+
+Exit codes: 0 a plan was written (or --check: the plan is valid); 2 the
+instance (or the checked plan) is malformed; 3 no viable plan exists (the
+message names the constraint, node or resource at fault); 4 --check: the
+plan breaks a rule (each violation is printed).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runPlan(cmd.Context(), f, args[0], cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -57,6 +65,7 @@ plan exists (the message names the constraint, node or resource at fault).`,
 	cmd.Flags().Int64Var(&f.seed, "seed", 0, "seed for the planner's randomised choices")
 	cmd.Flags().StringVarP(&f.output, "output", "o", "", "write the plan to this file (atomically) instead of stdout")
 	cmd.Flags().BoolVar(&f.explain, "explain", false, "print a readable summary of the plan")
+	cmd.Flags().StringVar(&f.check, "check", "", "verify this ReconfigurationPlan against the instance instead of solving")
 	cmd.Flags().BoolVar(&f.liveOnly, "live-only", false, "relocate running VMs by live migration only (as BtrPlace does), never by suspend and resume")
 	root.AddCommand(cmd)
 }
@@ -72,6 +81,9 @@ func runPlan(ctx context.Context, f planFlags, path string, stdout, stderr io.Wr
 	}
 	for _, w := range in.Warnings {
 		fmt.Fprintf(stderr, "ferry: warning: %s: %s\n", path, w)
+	}
+	if f.check != "" {
+		return checkPlan(in, path, f.check, stdout)
 	}
 	switch f.objective {
 	case "":
@@ -113,6 +125,36 @@ func runPlan(ctx context.Context, f planFlags, path string, stdout, stderr io.Wr
 	if f.explain {
 		explainPlan(stdout, path, in, pl, spent)
 	}
+	return nil
+}
+
+// checkPlan verifies the ReconfigurationPlan in planPath against the
+// instance read from path.
+func checkPlan(in *btrplace.Instance, path, planPath string, stdout io.Writer) error {
+	fh, err := os.Open(planPath)
+	if err != nil {
+		return withCode(exitMalformed, err)
+	}
+	defer fh.Close()
+	origin, pl, err := btrplace.ReadPlan(fh)
+	if err != nil {
+		return withCode(exitMalformed, fmt.Errorf("%s: %w", planPath, err))
+	}
+	if !slices.Equal(origin.NodeIDs, in.NodeIDs) || !slices.Equal(origin.VMIDs, in.VMIDs) {
+		return withCode(exitMalformed, fmt.Errorf("%s: %w: the plan's origin has other nodes or VMs than %s", planPath, cluster.ErrInvalid, path))
+	}
+	vs, err := verify.Violations(in.Problem, pl)
+	if err != nil {
+		return withCode(exitMalformed, fmt.Errorf("%s: %w", path, err))
+	}
+	if len(vs) > 0 {
+		for _, v := range vs {
+			fmt.Fprintln(stdout, v)
+		}
+		return withCode(exitViolation, fmt.Errorf("%s: %d violations (the first: %v)", planPath, len(vs), vs[0]))
+	}
+	fmt.Fprintf(stdout, "%s: valid plan for %s: %d actions, %d migrations, MTTR %d, makespan %d\n",
+		planPath, path, len(pl.Actions), pl.Migrations(), pl.MTTR(), pl.Makespan())
 	return nil
 }
 

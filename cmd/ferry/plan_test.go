@@ -149,3 +149,46 @@ func TestPlanExitCodes(t *testing.T) {
 		t.Fatalf("missing file: exit %d (%v)", exitCode(err), err)
 	}
 }
+
+func TestPlanCheck(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "plan.json")
+	f := planOpts()
+	f.output = out
+	if err := runPlan(context.Background(), f, "../../examples/plan/cycle.json", &bytes.Buffer{}, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	var stdout bytes.Buffer
+	f = planOpts()
+	f.check = out
+	if err := runPlan(context.Background(), f, "../../examples/plan/cycle.json", &stdout, &bytes.Buffer{}); err != nil {
+		t.Fatalf("a written plan fails --check: %v", err)
+	}
+	if !strings.Contains(stdout.String(), "valid plan") {
+		t.Fatalf("output %q", stdout.String())
+	}
+	// Shift the arrival of VM 1 on node 0 before VM 0 left: capacity breaks.
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(string(b), `"start": 2,`, `"start": 0,`, 1)
+	bad = strings.Replace(bad, `"end": 5`, `"end": 3`, 1)
+	if bad == string(b) {
+		t.Fatalf("mutation not applied:\n%s", b)
+	}
+	badPath := filepath.Join(dir, "bad.json")
+	if err := os.WriteFile(badPath, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stdout.Reset()
+	f.check = badPath
+	err = runPlan(context.Background(), f, "../../examples/plan/cycle.json", &stdout, &bytes.Buffer{})
+	if exitCode(err) != 4 || !strings.Contains(stdout.String(), "capacity") {
+		t.Fatalf("exit %d (%v), output %q; want 4 and a capacity violation", exitCode(err), err, stdout.String())
+	}
+	f.check = "../../examples/plan/drain.json" // an instance, not a plan
+	if err := runPlan(context.Background(), f, "../../examples/plan/cycle.json", &bytes.Buffer{}, &bytes.Buffer{}); exitCode(err) != 2 {
+		t.Fatalf("checking a non-plan: exit %d (%v)", exitCode(err), err)
+	}
+}

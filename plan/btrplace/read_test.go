@@ -13,6 +13,7 @@ import (
 	"github.com/ferrycluster/ferry/cluster"
 	"github.com/ferrycluster/ferry/plan"
 	"github.com/ferrycluster/ferry/plan/btrplace"
+	"github.com/ferrycluster/ferry/plan/verify"
 )
 
 func readFile(t testing.TB, path string) []byte {
@@ -283,6 +284,40 @@ func FuzzReadInstance(f *testing.F) {
 		}
 		if _, _, err := btrplace.ReadPlan(bytes.NewReader(b)); err != nil {
 			t.Fatalf("cannot read back the plan written for an accepted instance: %v", err)
+		}
+	})
+}
+
+func FuzzReadPlan(f *testing.F) {
+	in, err := btrplace.ReadInstance(bytes.NewReader(readFile(f, "testdata/catalog.json")))
+	if err != nil {
+		f.Fatal(err)
+	}
+	b, err := in.EncodePlan(&plan.Plan{Actions: []plan.Action{
+		{Kind: cluster.Migrate, Task: 0, Node: -1, From: 0, To: 1, Start: 0, End: 3},
+		{Kind: cluster.BootNode, Task: -1, Node: 3, From: -1, To: 3, Start: 0, End: 4},
+		{Kind: cluster.Boot, Task: 4, Node: -1, From: -1, To: 3, Start: 4, End: 6},
+	}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add([]byte(`{"origin":{"mapping":{"readyVMs":[1],"onlineNodes":{"0":{"runningVMs":[],"sleepingVMs":[]}},"offlineNodes":[]}},"actions":[{"id":"bootVM","vm":1,"to":0,"start":0,"end":1,"hooks":{"pre":[]}}]}`))
+	f.Add([]byte(`{"origin":{},"actions":[]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		in, pl, err := btrplace.ReadPlan(bytes.NewReader(data))
+		if err != nil {
+			if !errors.Is(err, cluster.ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		// Whatever the actions, the verifier judges them without panicking.
+		if _, err := verify.Violations(in.Problem, pl); err != nil {
+			t.Fatalf("verifier rejected an accepted origin: %v", err)
+		}
+		if _, err := in.EncodePlan(pl); err != nil {
+			t.Fatalf("cannot write back an accepted plan: %v", err)
 		}
 	})
 }
