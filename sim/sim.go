@@ -174,9 +174,10 @@ type engine struct {
 	totalCPU float64
 	err      error
 	// reusable buffers
-	sub2glob []int32
-	tnames   []string
-	idle     int
+	sub2glob  []int32
+	tnames    []string
+	idle      int
+	completed bool // a job completed since the active list was compacted
 	// the policy's view, reused between decisions (policies keep nothing)
 	view     policy.View
 	idx      []int
@@ -452,6 +453,9 @@ func (e *engine) updateRates() {
 		load = make([]float64, len(e.w.Nodes))
 		for _, ji := range e.active {
 			j := &e.jobs[ji]
+			if !j.touched() {
+				continue
+			}
 			for k := int32(0); k < int32(j.spec.Tasks); k++ {
 				tk := &e.tasks[j.firstTask+k]
 				if tk.state == cluster.Running && !tk.leaving {
@@ -463,6 +467,9 @@ func (e *engine) updateRates() {
 	busy := 0.0
 	for _, ji := range e.active {
 		j := &e.jobs[ji]
+		if !j.touched() {
+			continue // never started: no task runs, rate stays 0
+		}
 		rate := 0.0
 		if e.gang(int(ji)) {
 			rate = 1
@@ -513,7 +520,10 @@ func (e *engine) updateRates() {
 	}
 	e.busy = busy
 	e.recordUtil()
-	e.compactActive()
+	if e.completed {
+		e.completed = false
+		e.compactActive()
+	}
 }
 
 func (e *engine) advanceUtil(t int64) {
@@ -583,6 +593,7 @@ func (e *engine) complete(ji int) {
 	}
 	e.log(Event{T: e.now, Kind: EvComplete, Job: int32(ji), Task: -1, From: -1, To: -1})
 	e.dirty = true
+	e.completed = true
 }
 
 func (e *engine) startAction(i int) {
