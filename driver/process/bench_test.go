@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -46,12 +47,16 @@ func benchOnce(b *testing.B, size int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	root := b.TempDir()
-	nodeA, err := New(Config{DataDir: filepath.Join(root, "a"), NoCgroups: true})
+	var logger *slog.Logger
+	if os.Getenv("FERRY_BENCH_DEBUG") != "" {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	nodeA, err := New(Config{DataDir: filepath.Join(root, "a"), NoCgroups: true, Logger: logger})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer nodeA.Close()
-	nodeB, err := New(Config{DataDir: filepath.Join(root, "b"), NoCgroups: true})
+	nodeB, err := New(Config{DataDir: filepath.Join(root, "b"), NoCgroups: true, Logger: logger})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -164,7 +164,7 @@ func sealStaging(staging string, m Manifest) (Manifest, error) {
 	}
 	sort.Slice(m.Files, func(i, j int) bool { return m.Files[i].Path < m.Files[j].Path })
 	m.Format = ManifestFormat
-	if err := writeJSONAtomic(filepath.Join(staging, ManifestName), m); err != nil {
+	if err := writeJSONDurable(filepath.Join(staging, ManifestName), m); err != nil {
 		return Manifest{}, err
 	}
 	for i := len(dirs) - 1; i >= 0; i-- {

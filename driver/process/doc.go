@@ -43,7 +43,9 @@
 //	    checkpoints/<seq>/       last committed periodic checkpoint
 //	    restore/                 FERRY_RESTORE_DIR: the checkpoint this incarnation started from
 //
-// Every JSON file is written to a temporary name, fsynced and renamed.
+// Every JSON file is written to a temporary name and renamed (atomic for
+// readers and against a killed writer). Only checkpoints are fsynced: the
+// other files describe running processes, which a machine crash ends anyway.
 //
 // # Processes
 //

@@ -106,7 +106,7 @@ func testJob(name string) int {
 			}
 			fi, _ := f.Stat()
 			if fi.Size() > 0 {
-				if state, err = syscall.Mmap(int(f.Fd()), 0, int(fi.Size()), syscall.PROT_READ, syscall.MAP_PRIVATE); err != nil {
+				if state, err = syscall.Mmap(int(f.Fd()), 0, int(fi.Size()), syscall.PROT_READ, syscall.MAP_PRIVATE|syscall.MAP_POPULATE); err != nil {
 					fmt.Println("restore: mmap:", err)
 					return 2
 				}
@@ -128,7 +128,18 @@ func testJob(name string) int {
 		}
 		signal.Notify(sigs, syscall.SIGUSR2)
 		<-sigs
-		if err := os.WriteFile(filepath.Join(ckpt, "blob"), state, 0o644); err != nil {
+		// Stream it out in 8 MiB writes: on the development VM one 1 GiB
+		// write(2) was three times slower than chunked writes.
+		f, err := os.Create(filepath.Join(ckpt, "blob"))
+		if err != nil {
+			return 2
+		}
+		for off := 0; off < len(state); off += 8 << 20 {
+			if _, err := f.Write(state[off:min(off+8<<20, len(state))]); err != nil {
+				return 2
+			}
+		}
+		if err := f.Close(); err != nil {
 			return 2
 		}
 		return 85

@@ -166,6 +166,7 @@ func (d *Driver) checkpoint(ctx context.Context, t *task, dst, mode string) (dri
 		return fail(err)
 	}
 	_ = os.Mkdir(staging, 0o755) // fresh for the next request
+	d.log.Debug("checkpoint committed", "task", t.id, "mode", mode, "answer", took, "commit", time.Since(t0)-took, "bytes", m.Bytes)
 	t.mu.Lock()
 	t.rec.LastBytes, t.rec.LastTook = m.Bytes, took
 	_ = t.saveLocked()

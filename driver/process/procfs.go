@@ -170,16 +170,29 @@ func waitExit(pid int, start uint64, stop <-chan struct{}) {
 }
 
 // writeJSONAtomic writes v as JSON to path: a temporary file in the same
-// directory, fsynced, renamed over path, directory fsynced.
+// directory, renamed over path. Readers see the old or the new content,
+// never a mix, even if the writer is killed. Without fsync: these are
+// records of running processes, which a machine crash ends anyway; a
+// checkpoint's manifest uses writeJSONDurable.
 func writeJSONAtomic(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(b, '\n'))
+	return writeFileAtomic(path, append(b, '\n'), false)
 }
 
-func writeFileAtomic(path string, b []byte) error {
+// writeJSONDurable is writeJSONAtomic with the file and its directory
+// fsynced: it survives a machine crash.
+func writeJSONDurable(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(b, '\n'), true)
+}
+
+func writeFileAtomic(path string, b []byte, durable bool) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -187,7 +200,7 @@ func writeFileAtomic(path string, b []byte) error {
 	}
 	tmp := f.Name()
 	_, err = f.Write(b)
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -199,6 +212,9 @@ func writeFileAtomic(path string, b []byte) error {
 	if err != nil {
 		os.Remove(tmp)
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	return syncDir(dir)
 }
