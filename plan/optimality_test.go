@@ -225,6 +225,7 @@ func TestMTTROptimalOnTinyProblems(t *testing.T) {
 			if err := verify.Check(p, ref.Plan); err != nil {
 				t.Fatalf("problem %d: the reference plan fails the verifier: %v\nactions: %+v", i, err, ref.Plan.Actions)
 			}
+			checkMetamorphic(t, i, p, ref.Plan)
 		}
 		decided++
 		switch {
@@ -293,5 +294,32 @@ func TestExamplesOptimal(t *testing.T) {
 		if pl.MTTR() != ref.MTTR {
 			t.Errorf("%s: planner MTTR %d, optimum %d: %+v", f, pl.MTTR(), ref.MTTR, ref.Plan.Actions)
 		}
+	}
+}
+
+// checkMetamorphic cross-checks the verifier and the reference on an optimal
+// plan: dropping any one action must break it (else the smaller plan would
+// beat the optimum), and delaying every action by the same amount keeps it
+// valid unless a noDelay pins a start.
+func checkMetamorphic(t *testing.T, i int, p *plan.Problem, opt *plan.Plan) {
+	t.Helper()
+	for k := range opt.Actions {
+		rest := append(append([]plan.Action(nil), opt.Actions[:k]...), opt.Actions[k+1:]...)
+		if verify.Check(p, &plan.Plan{Actions: rest}) == nil {
+			t.Fatalf("problem %d: the optimal plan without action %d (%+v) still passes the verifier", i, k, opt.Actions[k])
+		}
+	}
+	for _, c := range p.Constraints {
+		if _, ok := c.(cluster.NoDelay); ok {
+			return
+		}
+	}
+	shifted := append([]plan.Action(nil), opt.Actions...)
+	for k := range shifted {
+		shifted[k].Start += 3
+		shifted[k].End += 3
+	}
+	if err := verify.Check(p, &plan.Plan{Actions: shifted}); err != nil {
+		t.Fatalf("problem %d: the optimal plan delayed by 3 fails the verifier: %v", i, err)
 	}
 }
