@@ -46,6 +46,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ferrycluster/ferry/agent/api"
@@ -78,6 +79,9 @@ type Config struct {
 	// IncomingTimeout bounds how long a prepared incoming copy waits for its
 	// tunnel, and for finish after the tunnel closed (default 60s).
 	IncomingTimeout time.Duration
+	// FreeSpace returns the bytes available under a path (default statfs);
+	// an image fetch that would not fit is refused before any byte moves.
+	FreeSpace func(path string) (int64, error)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -141,6 +145,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.FreeSpace == nil {
+		cfg.FreeSpace = freeSpace
 	}
 	if cfg.IncomingTimeout <= 0 {
 		cfg.IncomingTimeout = 60 * time.Second
@@ -358,6 +365,15 @@ func (a *Agent) putLocked(r *record) error {
 	}
 	a.records[r.ID] = r
 	return nil
+}
+
+// freeSpace is statfs's available bytes under path.
+func freeSpace(path string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
 }
 
 // machineMemory reads MemTotal from /proc/meminfo.

@@ -863,6 +863,18 @@ func (a *Agent) receiveImageCAS(ctx context.Context, peerAddr, id string, epoch 
 	if err := json.Unmarshal(meta, &prec); err != nil {
 		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
 	}
+	if prec.Image != nil {
+		// The transfer stages the packed image, then extracts it: twice
+		// its size, plus a reserve.
+		need := 2*prec.Image.Bytes + max(prec.Image.Bytes/100, 1<<20)
+		free, err := a.cfg.FreeSpace(a.cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		if free < need {
+			return nil, fmt.Errorf("%w: image of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, prec.Image.Bytes, a.cfg.Name, need, a.cfg.DataDir, free)
+		}
+	}
 	staging := filepath.Join(a.cfg.DataDir, "run", "cas-staging")
 	if err := os.MkdirAll(staging, 0o700); err != nil {
 		return nil, err
