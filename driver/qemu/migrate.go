@@ -154,8 +154,16 @@ func (t *task) waitMigrationEnd(ctx context.Context) {
 	}
 }
 
-// ensureRunning resumes the guest unless it is running.
+// ensureRunning resumes the guest unless it is running or was paused by
+// Pause (an operation that failed or was aborted leaves the guest as the
+// caller had it).
 func (t *task) ensureRunning(ctx context.Context) error {
+	t.mu.Lock()
+	userPaused := t.userPaused
+	t.mu.Unlock()
+	if userPaused {
+		return nil
+	}
 	var qs struct {
 		Status string `json:"status"`
 	}
@@ -533,7 +541,7 @@ func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (driver.Image, 
 		return driver.Image{}, err
 	}
 	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	err = t.execute(rctx, "cont", nil, nil)
+	err = t.ensureRunning(rctx)
 	cancel()
 	if err != nil {
 		os.Remove(tmp)

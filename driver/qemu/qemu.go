@@ -361,7 +361,13 @@ func (d *Driver) Pause(ctx context.Context, id string) error {
 		return err
 	}
 	defer t.setOp(opNone)
-	return t.execute(ctx, "stop", nil, nil)
+	if err := t.execute(ctx, "stop", nil, nil); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.userPaused = true
+	t.mu.Unlock()
+	return nil
 }
 
 // Unpause implements driver.Pauser (QMP cont).
@@ -374,7 +380,13 @@ func (d *Driver) Unpause(ctx context.Context, id string) error {
 		return err
 	}
 	defer t.setOp(opNone)
-	return t.execute(ctx, "cont", nil, nil)
+	if err := t.execute(ctx, "cont", nil, nil); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.userPaused = false
+	t.mu.Unlock()
+	return nil
 }
 
 func writeJSON(path string, v any) error {

@@ -434,4 +434,17 @@ func TestBadInput(t *testing.T) {
 	if st, err := d.Inspect(ctxT(t, time.Minute), s.ID); err != nil || st.State != driver.StateRunning {
 		t.Errorf("task after a failed migration: %+v, %v", st, err)
 	}
+	// A paused task stays paused when a migration fails.
+	if err := d.Pause(ctxT(t, time.Minute), s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.MigrateOut(ctxT(t, time.Minute), s.ID, filepath.Join(t.TempDir(), "nobody.sock"), driver.MigrationOptions{}, nil); err == nil {
+		t.Error("MigrateOut to a dead socket succeeded")
+	}
+	if st, err := d.Inspect(ctxT(t, time.Minute), s.ID); err != nil || st.State != driver.StatePaused {
+		t.Errorf("paused task after a failed migration: %+v, %v; want paused", st, err)
+	}
+	if err := d.Unpause(ctxT(t, time.Minute), s.ID); err != nil {
+		t.Fatal(err)
+	}
 }

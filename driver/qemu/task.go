@@ -67,6 +67,9 @@ type task struct {
 	message   string // why the task failed, when it did
 	lastIO    ioSample
 	polling   bool // a MigrateOut call is polling the outgoing migration
+	// userPaused: the guest is paused by Pause; operations that fail
+	// leave it paused instead of resuming it.
+	userPaused bool
 }
 
 // watched reports whether a MigrateOut call is polling the migration.
@@ -499,6 +502,7 @@ func (d *Driver) recover(ctx context.Context) {
 		qctx, cancel = context.WithTimeout(ctx, 5*time.Second)
 		c.Execute(qctx, "query-migrate", nil, &mi)
 		cancel()
+		t.userPaused = rec.Role == roleRun && qs.Status == "paused"
 		switch {
 		case qs.Status == "inmigrate":
 			t.op = opIncoming
