@@ -231,8 +231,18 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-tick.C:
 		case <-c.trigger:
 		case a := <-c.acks:
+			// Take every ack waiting, to journal them in one commit.
+			acks := []ackMsg{a}
+			for more := true; more && len(acks) < 4096; {
+				select {
+				case x := <-c.acks:
+					acks = append(acks, x)
+				default:
+					more = false
+				}
+			}
 			if leading {
-				c.handleAck(ctx, a)
+				c.handleAcks(ctx, acks)
 			}
 			continue
 		}

@@ -80,44 +80,21 @@ func (c *Controller) resumePlan(ctx context.Context, p *store.Plan) {
 	c.event("plan", fmt.Sprint(p.ID), "resumed", "orphans", len(run.orphans))
 }
 
-// drive performs what the executor says and settles orphans.
+// drive performs what the executor says and settles orphans. Starts and
+// cancels of one round are journaled in one batch (one raft commit).
 func (c *Controller) drive(ctx context.Context) {
 	run := c.run
 	now := c.cfg.Now()
 	c.settleOrphans(ctx, now)
-	for _, in := range run.ex.Ready(now) {
+	intents := run.ex.Ready(now)
+	var starts, cancels []executor.Intent
+	for _, in := range intents {
 		a := run.acts[in.Action]
 		switch in.Kind {
 		case executor.Start:
-			if _, err := c.apply(ctx, store.Command{StartAction: &store.StartAction{Plan: run.id, Index: in.Action}}); err != nil {
-				// The journal refused (the task changed under us): the
-				// action never ran.
-				if !errors.Is(err, store.ErrNotLeader) {
-					_, _ = c.apply(ctx, store.Command{CancelAction: &store.CancelAction{Plan: run.id, Index: in.Action, Error: err.Error()}})
-				}
-				run.ex.Advance(executor.Ack{Kind: executor.FailedAck, Action: in.Action, Err: err.Error()})
-				c.event("action", a.Task, "refused", "kind", a.Kind, "err", err.Error())
-				continue
-			}
-			var journaled store.Action
-			var task store.Task
-			var job store.Job
-			c.st.View(func(s *store.State) {
-				journaled = s.Plans[run.id].Actions[in.Action]
-				task = *s.Tasks[a.Task]
-				job = *s.Jobs[task.Job]
-			})
-			run.acts[in.Action] = journaled
-			actx, cancel := context.WithCancel(ctx)
-			run.cancels[in.Action] = cancel
-			c.event("action", a.Task, "started", "kind", a.Kind, "from", a.From, "to", a.To, "plan", run.id)
-			c.wg.Add(1)
-			go func(i int) {
-				defer c.wg.Done()
-				c.dispatch(actx, run.id, i, journaled, task, job)
-			}(in.Action)
+			starts = append(starts, in)
 		case executor.Cancel:
-			_, _ = c.apply(ctx, store.Command{CancelAction: &store.CancelAction{Plan: run.id, Index: in.Action, Error: in.Reason}})
+			cancels = append(cancels, in)
 			c.event("action", a.Task, "cancelled", "kind", a.Kind, "reason", in.Reason)
 		case executor.Abort:
 			c.event("action", a.Task, "aborting", "kind", a.Kind, "reason", in.Reason)
@@ -125,9 +102,77 @@ func (c *Controller) drive(ctx context.Context) {
 				cancel()
 			}
 			if run.orphans[in.Action] {
-				c.finishAction(ctx, ackMsg{plan: run.id, action: in.Action, kind: executor.FailedAck, err: errors.New(in.Reason)})
+				c.finishActions(ctx, []ackMsg{{plan: run.id, action: in.Action, kind: executor.FailedAck, err: errors.New(in.Reason)}})
 			}
 		}
+	}
+	if len(starts) > 0 {
+		batch := make([]store.Command, len(starts))
+		for k, in := range starts {
+			batch[k] = store.Command{StartAction: &store.StartAction{Plan: run.id, Index: in.Action}}
+		}
+		r, err := c.apply(ctx, store.Command{Batch: batch})
+		var ok []work
+		specs := map[string]*JobSpec{}
+		c.st.View(func(s *store.State) {
+			addr := func(n string) string {
+				if nd := s.Nodes[n]; nd != nil {
+					return nd.Addr
+				}
+				return ""
+			}
+			for k, in := range starts {
+				if err == nil && r.Batch[k].Err == nil {
+					t := s.Tasks[run.acts[in.Action].Task]
+					spec, seen := specs[t.Job]
+					if !seen {
+						if j := s.Jobs[t.Job]; j != nil && len(j.Spec) > 0 {
+							spec = &JobSpec{}
+							if json.Unmarshal(j.Spec, spec) != nil {
+								spec = nil
+							}
+						}
+						specs[t.Job] = spec
+					}
+					a := s.Plans[run.id].Actions[in.Action]
+					ok = append(ok, work{i: in.Action, a: a, task: *t, spec: spec, fromAddr: addr(a.From), toAddr: addr(a.To)})
+				}
+			}
+		})
+		for k, in := range starts {
+			if err == nil && r.Batch[k].Err == nil {
+				continue
+			}
+			// The journal refused (the task changed under us): the
+			// action never ran.
+			e := err
+			if e == nil {
+				e = r.Batch[k].Err
+			}
+			if !errors.Is(e, store.ErrNotLeader) {
+				cancels = append(cancels, executor.Intent{Kind: executor.Cancel, Action: in.Action, Reason: e.Error()})
+			}
+			run.ex.Advance(executor.Ack{Kind: executor.FailedAck, Action: in.Action, Err: e.Error()})
+			c.event("action", run.acts[in.Action].Task, "refused", "kind", run.acts[in.Action].Kind, "err", e.Error())
+		}
+		for _, w := range ok {
+			run.acts[w.i] = w.a
+			actx, cancel := context.WithCancel(ctx)
+			run.cancels[w.i] = cancel
+			c.event("action", w.a.Task, "started", "kind", w.a.Kind, "from", w.a.From, "to", w.a.To, "plan", run.id)
+			c.wg.Add(1)
+			go func(w work) {
+				defer c.wg.Done()
+				c.dispatch(actx, run.id, w)
+			}(w)
+		}
+	}
+	if len(cancels) > 0 {
+		batch := make([]store.Command, len(cancels))
+		for k, in := range cancels {
+			batch[k] = store.Command{CancelAction: &store.CancelAction{Plan: run.id, Index: in.Action, Error: in.Reason}}
+		}
+		_, _ = c.apply(ctx, store.Command{Batch: batch})
 	}
 	if run.ex.Done() {
 		if _, err := c.apply(ctx, store.Command{FinishPlan: &store.FinishPlan{Plan: run.id}}); err != nil && !errors.Is(err, store.ErrConflict) {
@@ -140,69 +185,89 @@ func (c *Controller) drive(ctx context.Context) {
 				failed++
 			}
 		}
-		c.event("plan", fmt.Sprint(run.id), "finished", "actions", len(run.acts), "not_done", failed, "took_ms", c.cfg.Now().Sub(run.started).Milliseconds())
+		took := c.cfg.Now().Sub(run.started)
+		c.metrics.PlanExecution.Observe(took.Seconds())
+		c.event("plan", fmt.Sprint(run.id), "finished", "actions", len(run.acts), "not_done", failed, "took_ms", took.Milliseconds())
 		c.run = nil
 		c.Trigger()
 	}
 }
 
-// handleAck journals an action's outcome, then advances the executor.
-func (c *Controller) handleAck(ctx context.Context, a ackMsg) {
-	if c.run == nil || c.run.id != a.plan {
+// handleAcks journals the outcomes of a batch of acks (one raft commit),
+// then advances the executor and drives on.
+func (c *Controller) handleAcks(ctx context.Context, acks []ackMsg) {
+	if c.run == nil {
 		return
 	}
-	if a.kind == executor.Progress {
-		c.run.ex.Advance(executor.Ack{Kind: executor.Progress, Action: a.action, At: c.cfg.Now(), Bytes: a.bytes})
+	var finals []ackMsg
+	for _, a := range acks {
+		if a.plan != c.run.id {
+			continue
+		}
+		if a.kind == executor.Progress {
+			c.run.ex.Advance(executor.Ack{Kind: executor.Progress, Action: a.action, At: c.cfg.Now(), Bytes: a.bytes})
+			continue
+		}
+		finals = append(finals, a)
+	}
+	if len(finals) == 0 {
 		return
 	}
-	c.finishAction(ctx, a)
+	c.finishActions(ctx, finals)
 	c.drive(ctx)
 }
 
-func (c *Controller) finishAction(ctx context.Context, a ackMsg) {
+func (c *Controller) finishActions(ctx context.Context, acks []ackMsg) {
 	run := c.run
-	if cancel := run.cancels[a.action]; cancel != nil {
-		cancel()
-		delete(run.cancels, a.action)
-	}
-	delete(run.orphans, a.action)
-	fa := &store.FinishAction{Plan: a.plan, Index: a.action, OK: a.kind == executor.Succeeded, Image: a.image, Epoch: a.epoch}
-	act := run.acts[a.action]
-	if a.err != nil {
-		fa.Error = a.err.Error()
-		if act.Kind == "resume" && (errors.Is(a.err, driver.ErrNotFound) || errors.Is(a.err, api.ErrStaleEpoch)) {
-			fa.DropImage = true
+	batch := make([]store.Command, len(acks))
+	for k, a := range acks {
+		if cancel := run.cancels[a.action]; cancel != nil {
+			cancel()
+			delete(run.cancels, a.action)
 		}
+		delete(run.orphans, a.action)
+		fa := &store.FinishAction{Plan: a.plan, Index: a.action, OK: a.kind == executor.Succeeded, Image: a.image, Epoch: a.epoch}
+		if a.err != nil {
+			fa.Error = a.err.Error()
+			if run.acts[a.action].Kind == "resume" && (errors.Is(a.err, driver.ErrNotFound) || errors.Is(a.err, api.ErrStaleEpoch)) {
+				fa.DropImage = true
+			}
+		}
+		batch[k] = store.Command{FinishAction: fa}
 	}
-	if _, err := c.apply(ctx, store.Command{FinishAction: fa}); err != nil {
-		c.log.Warn("cannot journal an action's end", "plan", a.plan, "action", a.action, "err", err)
+	if _, err := c.apply(ctx, store.Command{Batch: batch}); err != nil {
+		c.log.Warn("cannot journal the end of actions", "plan", run.id, "actions", len(acks), "err", err)
 		if errors.Is(err, store.ErrNotLeader) {
 			return
 		}
 	}
-	ack := executor.Ack{Kind: a.kind, Action: a.action, At: c.cfg.Now()}
-	if a.err != nil {
-		ack.Err = a.err.Error()
-	}
-	run.ex.Advance(ack)
-	took := c.cfg.Now().Sub(time.Unix(0, act.Started))
-	if a.kind == executor.Succeeded {
-		c.event("action", act.Task, "done", "kind", act.Kind, "from", act.From, "to", act.To, "took_ms", took.Milliseconds())
-		if act.Kind == "migrate" || (act.Kind == "resume" && act.From != act.To) {
-			c.metrics.Migrations.WithLabelValues("ok").Inc()
-			c.metrics.MigrationDuration.Observe(took.Seconds())
-			if a.downtime > 0 {
-				c.metrics.MigrationDowntime.Observe(a.downtime.Seconds())
+	now := c.cfg.Now()
+	for _, a := range acks {
+		act := run.acts[a.action]
+		ack := executor.Ack{Kind: a.kind, Action: a.action, At: now}
+		if a.err != nil {
+			ack.Err = a.err.Error()
+		}
+		run.ex.Advance(ack)
+		took := now.Sub(time.Unix(0, act.Started))
+		if a.kind == executor.Succeeded {
+			c.event("action", act.Task, "done", "kind", act.Kind, "from", act.From, "to", act.To, "took_ms", took.Milliseconds())
+			if act.Kind == "migrate" || (act.Kind == "resume" && act.From != act.To) {
+				c.metrics.Migrations.WithLabelValues("ok").Inc()
+				c.metrics.MigrationDuration.Observe(took.Seconds())
+				if a.downtime > 0 {
+					c.metrics.MigrationDowntime.Observe(a.downtime.Seconds())
+				}
+				c.metrics.MigrationBytes.Add(float64(act.Bytes))
 			}
-			c.metrics.MigrationBytes.Add(float64(act.Bytes))
+			c.metrics.Actions.WithLabelValues(act.Kind, "done").Inc()
+		} else {
+			c.event("action", act.Task, "failed", "kind", act.Kind, "from", act.From, "to", act.To, "err", ack.Err)
+			if act.Kind == "migrate" {
+				c.metrics.Migrations.WithLabelValues("failed").Inc()
+			}
+			c.metrics.Actions.WithLabelValues(act.Kind, "failed").Inc()
 		}
-		c.metrics.Actions.WithLabelValues(act.Kind, "done").Inc()
-	} else {
-		c.event("action", act.Task, "failed", "kind", act.Kind, "from", act.From, "to", act.To, "err", ack.Err)
-		if act.Kind == "migrate" {
-			c.metrics.Migrations.WithLabelValues("failed").Inc()
-		}
-		c.metrics.Actions.WithLabelValues(act.Kind, "failed").Inc()
 	}
 }
 
@@ -218,24 +283,27 @@ func (c *Controller) abandon() {
 	c.run = nil
 }
 
+// work is one action to dispatch, with what it needs resolved up front.
+type work struct {
+	i                int
+	a                store.Action
+	task             store.Task
+	spec             *JobSpec
+	fromAddr, toAddr string
+}
+
 // dispatch performs one action on the agents and reports its outcome.
-func (c *Controller) dispatch(ctx context.Context, planID uint64, i int, a store.Action, t store.Task, j store.Job) {
+func (c *Controller) dispatch(ctx context.Context, planID uint64, w work) {
+	i, a, t, spec := w.i, w.a, w.task, w.spec
 	res := ackMsg{plan: planID, action: i, kind: executor.Succeeded}
-	var spec *JobSpec
-	if len(j.Spec) > 0 {
-		spec = &JobSpec{}
-		if err := json.Unmarshal(j.Spec, spec); err != nil {
-			spec = nil
-		}
-	}
 	addr := func(node string) string {
-		var s string
-		c.st.View(func(st *store.State) {
-			if n := st.Nodes[node]; n != nil {
-				s = n.Addr
-			}
-		})
-		return s
+		switch node {
+		case a.From:
+			return w.fromAddr
+		case a.To:
+			return w.toAddr
+		}
+		return ""
 	}
 	var err error
 	switch a.Kind {

@@ -18,6 +18,7 @@ type Metrics struct {
 	PlanErrors        prometheus.Counter
 	PlanDuration      prometheus.Histogram
 	PlanActions       prometheus.Histogram
+	PlanExecution     prometheus.Histogram
 	Actions           *prometheus.CounterVec
 	Heartbeats        prometheus.Counter
 	StaleKills        prometheus.Counter
@@ -39,6 +40,7 @@ func NewMetrics() *Metrics {
 		PlanErrors:        prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_plan_errors_total", Help: "Planner runs that found no plan."}),
 		PlanDuration:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_plan_duration_seconds", Help: "Policy and planner time per plan.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		PlanActions:       prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_plan_actions", Help: "Actions per plan.", Buckets: prometheus.ExponentialBuckets(1, 2, 16)}),
+		PlanExecution:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ferry_plan_execution_seconds", Help: "Time from journaling a plan to its last action's end.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 16)}),
 		Actions:           prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_actions_total", Help: "Actions by kind and result."}, []string{"kind", "result"}),
 		Heartbeats:        prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_heartbeats_total", Help: "Agent heartbeats received or polled."}),
 		StaleKills:        prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_stale_copies_stopped_total", Help: "Stale task copies the controller told agents to stop."}),
@@ -48,7 +50,7 @@ func NewMetrics() *Metrics {
 		NodeCapacity:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_node_capacity", Help: "Capacity per node and resource."}, []string{"node", "resource"}),
 	}
 	m.Registry.MustRegister(m.Migrations, m.MigrationDuration, m.MigrationDowntime, m.MigrationBytes, m.Plans, m.PlanErrors,
-		m.PlanDuration, m.PlanActions, m.Actions, m.Heartbeats, m.StaleKills, m.Queue, m.Tasks, m.NodeUsage, m.NodeCapacity)
+		m.PlanDuration, m.PlanActions, m.PlanExecution, m.Actions, m.Heartbeats, m.StaleKills, m.Queue, m.Tasks, m.NodeUsage, m.NodeCapacity)
 	return m
 }
 

@@ -82,6 +82,7 @@ func (c *Controller) liveness(ctx context.Context) {
 	now := c.cfg.Now()
 	var batch []store.Command
 	var downs, ups []string
+	busy := c.inFlight()
 	c.st.View(func(s *store.State) {
 		for _, name := range s.SortedNodes() {
 			n := s.Nodes[name]
@@ -98,7 +99,7 @@ func (c *Controller) liveness(ctx context.Context) {
 				downs = append(downs, name)
 				batch = append(batch, store.Command{SetNode: &store.SetNode{Name: name, Status: store.NodeDown}})
 				for _, t := range s.Tasks {
-					if t.Phase == store.TaskRunning && t.Node == name && !c.inFlight(t.Name) {
+					if t.Phase == store.TaskRunning && t.Node == name && !busy[t.Name] {
 						batch = append(batch, store.Command{TaskEvent: &store.TaskEvent{Task: t.Name, Epoch: t.Epoch, Kind: store.TaskLost,
 							Message: fmt.Sprintf("node %s missed heartbeats", name)}})
 					}
@@ -124,17 +125,18 @@ func (c *Controller) liveness(ctx context.Context) {
 	}
 }
 
-// inFlight reports whether an action of the running plan is running on task.
-func (c *Controller) inFlight(task string) bool {
+// inFlight returns the tasks an action of the running plan is running on.
+func (c *Controller) inFlight() map[string]bool {
+	busy := map[string]bool{}
 	if c.run == nil {
-		return false
+		return busy
 	}
 	for i, a := range c.run.acts {
-		if a.Task == task && c.run.ex.State(i) == executor.Running {
-			return true
+		if c.run.ex.State(i) == executor.Running {
+			busy[a.Task] = true
 		}
 	}
-	return false
+	return busy
 }
 
 // copyRef is one copy of a task an agent reported.
@@ -165,10 +167,11 @@ func (c *Controller) reconcile(ctx context.Context) {
 		why            string
 	}
 	var stops []stop
+	busy := c.inFlight()
 	c.st.View(func(s *store.State) {
 		for id, cs := range copies {
 			t := s.Tasks[id]
-			if t != nil && c.inFlight(id) {
+			if t != nil && busy[id] {
 				continue
 			}
 			for _, cp := range cs {
@@ -217,7 +220,7 @@ func (c *Controller) reconcile(ctx context.Context) {
 		}
 		// A running task its node no longer reports has vanished.
 		for _, t := range s.Tasks {
-			if t.Phase != store.TaskRunning || c.inFlight(t.Name) {
+			if t.Phase != store.TaskRunning || busy[t.Name] {
 				continue
 			}
 			at, ok := fresh[t.Node]
@@ -334,9 +337,9 @@ func (c *Controller) settleOrphans(ctx context.Context, now time.Time) {
 		}
 		switch {
 		case ok:
-			c.finishAction(ctx, ackMsg{plan: run.id, action: i, kind: executor.Succeeded, epoch: epoch, image: image})
+			c.finishActions(ctx, []ackMsg{{plan: run.id, action: i, kind: executor.Succeeded, epoch: epoch, image: image}})
 		case failed:
-			c.finishAction(ctx, ackMsg{plan: run.id, action: i, kind: executor.FailedAck, err: fmt.Errorf("controller restarted before the %s completed; not carried out", a.Kind)})
+			c.finishActions(ctx, []ackMsg{{plan: run.id, action: i, kind: executor.FailedAck, err: fmt.Errorf("controller restarted before the %s completed; not carried out", a.Kind)}})
 		}
 	}
 }

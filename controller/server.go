@@ -46,6 +46,11 @@ type ServerConfig struct {
 	// Fast shortens raft's timeouts (ferry dev, tests).
 	Fast   bool
 	Logger *slog.Logger
+	// Dial overrides how the controller reaches agents (the benchmark's
+	// in-process fake agents); nil means agent/client over mutual TLS.
+	Dial func(addr string) AgentAPI
+	// SolveTimeout bounds the planner (default 2s).
+	SolveTimeout time.Duration
 }
 
 // Server is a running `ferry server`: store, controller and API.
@@ -136,9 +141,13 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	clientTLS := id.ClientConfig()
+	dial := cfg.Dial
+	if dial == nil {
+		dial = func(addr string) AgentAPI { return client.New(addr, clientTLS) }
+	}
 	s.Controller = New(Config{
 		Store: st, Policy: cfg.Policy, Limits: cfg.Limits, Period: cfg.Period, HeartbeatTimeout: cfg.HeartbeatTimeout, Logger: lg,
-		Dial: func(addr string) AgentAPI { return client.New(addr, clientTLS) },
+		Dial: dial, SolveTimeout: cfg.SolveTimeout,
 	})
 	s.API = &API{Store: st, Controller: s.Controller, Tokens: toks, PeerTLS: clientTLS}
 	s.http = &http.Server{Handler: s.API.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(lg.Handler(), slog.LevelWarn)}

@@ -176,13 +176,23 @@ type Executor struct {
 	migrations int
 	outbound   map[string]int
 	terminal   int
+	// remaining[i] counts i's dependencies not yet done; cands holds
+	// pending actions whose dependencies are all done (sorted when
+	// candsDirty), doomed pending actions with a failed dependency, running
+	// the actions in flight. dirty asks Ready to rebuild them (Restore).
+	remaining  []int
+	cands      []int
+	candsDirty bool
+	doomed     []int
+	running    map[int]bool
+	dirty      bool
 }
 
 // New checks the actions (dependencies point to existing, distinct actions
 // and form no cycle) and returns an executor with every action pending.
 func New(acts []Action, l Limits) (*Executor, error) {
 	e := &Executor{acts: acts, slots: make([]slot, len(acts)), limits: l,
-		dependents: make([][]int, len(acts)), outbound: map[string]int{}}
+		dependents: make([][]int, len(acts)), outbound: map[string]int{}, running: map[int]bool{}, dirty: true}
 	indeg := make([]int, len(acts))
 	for i, a := range acts {
 		for _, d := range a.Deps {
@@ -234,6 +244,39 @@ func (e *Executor) Restore(i int, st State, start time.Time) {
 	if st.Terminal() {
 		e.terminal++
 	}
+	e.dirty = true
+}
+
+// rebuild recomputes the scheduling sets from the slots.
+func (e *Executor) rebuild() {
+	e.remaining = make([]int, len(e.acts))
+	e.cands, e.doomed = e.cands[:0], e.doomed[:0]
+	e.running = map[int]bool{}
+	for i, a := range e.acts {
+		doomed := false
+		for _, d := range a.Deps {
+			switch e.slots[d].state {
+			case Done:
+			case Failed, Cancelled:
+				doomed = true
+				e.remaining[i]++
+			default:
+				e.remaining[i]++
+			}
+		}
+		switch e.slots[i].state {
+		case Running:
+			e.running[i] = true
+		case Pending:
+			if doomed {
+				e.doomed = append(e.doomed, i)
+			} else if e.remaining[i] == 0 {
+				e.cands = append(e.cands, i)
+			}
+		}
+	}
+	e.candsDirty = true
+	e.dirty = false
 }
 
 // Actions returns the actions (read-only).
@@ -257,6 +300,11 @@ func (e *Executor) Running() int {
 		}
 	}
 	return n
+}
+
+func (e *Executor) addCand(i int) {
+	e.cands = append(e.cands, i)
+	e.candsDirty = true
 }
 
 func (e *Executor) hold(i int) {
@@ -302,48 +350,68 @@ func (e *Executor) Timeout(i int) time.Duration {
 // The returned starts and cancels are taken as performed (the actions are
 // running or cancelled when Ready returns); an abort is returned once.
 func (e *Executor) Ready(now time.Time) []Intent {
+	if e.dirty {
+		e.rebuild()
+	}
 	var out []Intent
-	for i := range e.slots {
-		s := &e.slots[i]
-		switch s.state {
-		case Running:
-			if s.aborting {
+	// Cancels, transitively: a cancelled action dooms its dependents.
+	for len(e.doomed) > 0 {
+		sort.Ints(e.doomed)
+		batch := e.doomed
+		e.doomed = nil
+		for _, i := range batch {
+			if e.slots[i].state != Pending {
 				continue
 			}
-			if to := e.Timeout(i); to > 0 && now.Sub(s.started) > to {
-				s.aborting = true
-				out = append(out, Intent{Kind: Abort, Action: i, Reason: fmt.Sprintf("completion timeout %s", to)})
-			} else if e.acts[i].IsMigration() && e.limits.ProgressTimeout > 0 && now.Sub(s.lastProgress) > e.limits.ProgressTimeout {
-				s.aborting = true
-				out = append(out, Intent{Kind: Abort, Action: i, Reason: fmt.Sprintf("no progress for %s", e.limits.ProgressTimeout)})
-			}
-		case Pending:
-			ready, doomed := true, ""
+			reason := ""
 			for _, d := range e.acts[i].Deps {
-				switch st := e.slots[d].state; st {
-				case Done:
-				case Failed, Cancelled:
-					doomed = fmt.Sprintf("action %d %s", d, st)
-				default:
-					ready = false
+				if st := e.slots[d].state; st == Failed || st == Cancelled {
+					reason = fmt.Sprintf("action %d %s", d, st)
+					break
 				}
 			}
-			if doomed != "" {
-				e.finish(i, Cancelled, doomed)
-				out = append(out, Intent{Kind: Cancel, Action: i, Reason: doomed})
-				continue
-			}
-			if ready && e.fits(i) {
-				s.state, s.started, s.lastProgress = Running, now, now
-				e.hold(i)
-				out = append(out, Intent{Kind: Start, Action: i})
-			}
+			e.finish(i, Cancelled, reason)
+			out = append(out, Intent{Kind: Cancel, Action: i, Reason: reason})
 		}
 	}
-	// A cancel can doom later actions; catch them in the same call.
-	if len(out) > 0 && out[len(out)-1].Kind == Cancel {
-		out = append(out, e.Ready(now)...)
+	// Aborts of running actions past a timeout.
+	var aborts []Intent
+	for i := range e.running {
+		s := &e.slots[i]
+		if s.aborting {
+			continue
+		}
+		if to := e.Timeout(i); to > 0 && now.Sub(s.started) > to {
+			s.aborting = true
+			aborts = append(aborts, Intent{Kind: Abort, Action: i, Reason: fmt.Sprintf("completion timeout %s", to)})
+		} else if e.acts[i].IsMigration() && e.limits.ProgressTimeout > 0 && now.Sub(s.lastProgress) > e.limits.ProgressTimeout {
+			s.aborting = true
+			aborts = append(aborts, Intent{Kind: Abort, Action: i, Reason: fmt.Sprintf("no progress for %s", e.limits.ProgressTimeout)})
+		}
 	}
+	sort.Slice(aborts, func(a, b int) bool { return aborts[a].Action < aborts[b].Action })
+	out = append(out, aborts...)
+	// Starts, in action order, within the limits.
+	if e.candsDirty {
+		sort.Ints(e.cands)
+		e.candsDirty = false
+	}
+	keep := e.cands[:0]
+	for _, i := range e.cands {
+		if e.slots[i].state != Pending {
+			continue
+		}
+		if !e.fits(i) {
+			keep = append(keep, i)
+			continue
+		}
+		s := &e.slots[i]
+		s.state, s.started, s.lastProgress = Running, now, now
+		e.hold(i)
+		e.running[i] = true
+		out = append(out, Intent{Kind: Start, Action: i})
+	}
+	e.cands = keep
 	return out
 }
 
@@ -351,9 +419,25 @@ func (e *Executor) finish(i int, st State, err string) {
 	s := &e.slots[i]
 	if s.state == Running {
 		e.release(i)
+		delete(e.running, i)
 	}
 	s.state, s.err = st, err
 	e.terminal++
+	if e.dirty {
+		return
+	}
+	for _, j := range e.dependents[i] {
+		if e.slots[j].state != Pending {
+			continue
+		}
+		if st == Done {
+			if e.remaining[j]--; e.remaining[j] == 0 {
+				e.addCand(j)
+			}
+		} else {
+			e.doomed = append(e.doomed, j)
+		}
+	}
 }
 
 // Advance takes an ack. Acks for actions that are not running are ignored

@@ -1,0 +1,380 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/pki"
+	"github.com/ferrycluster/ferry/store"
+	dto "github.com/prometheus/client_model/go"
+)
+
+type dtoMetric = dto.Metric
+
+// fakeAgent is an in-process agent for the benchmark: it acknowledges
+// commands at once and reports the tasks it was told to run. (5,000 real
+// agents cannot exist on this machine; the controller's side — API,
+// journal, policy, planner, executor — is the real one.)
+type fakeAgent struct {
+	name string
+	mu   sync.Mutex
+	ts   map[string]api.Task
+}
+
+type fakeFleet struct {
+	mu     sync.Mutex
+	agents map[string]*fakeAgent
+}
+
+func (f *fakeFleet) dial(addr string) AgentAPI {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a := f.agents[addr]
+	if a == nil {
+		a = &fakeAgent{name: addr[len("fake:"):], ts: map[string]api.Task{}}
+		f.agents[addr] = a
+	}
+	return a
+}
+
+func (a *fakeAgent) Node(context.Context) (api.NodeInfo, error) {
+	return api.NodeInfo{Name: a.name, CPUs: 64, MemoryBytes: 256 << 30}, nil
+}
+
+func (a *fakeAgent) List(context.Context) ([]api.Task, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]api.Task, 0, len(a.ts))
+	for _, t := range a.ts {
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func (a *fakeAgent) run(id string, epoch uint64) api.Task {
+	t := api.Task{ID: id, Driver: "process", Epoch: epoch, Phase: api.PhaseRunning, Status: &driver.Status{ID: id, Epoch: epoch, State: driver.StateRunning}}
+	a.mu.Lock()
+	a.ts[id] = t
+	a.mu.Unlock()
+	return t
+}
+
+func (a *fakeAgent) Run(_ context.Context, req api.RunRequest) (api.Task, error) {
+	return a.run(req.Spec.ID, req.Spec.Epoch), nil
+}
+
+func (a *fakeAgent) Stop(_ context.Context, id string, _ uint64) error {
+	a.mu.Lock()
+	delete(a.ts, id)
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *fakeAgent) Suspend(_ context.Context, id string, epoch uint64) (api.Task, error) {
+	t := api.Task{ID: id, Epoch: epoch, Phase: api.PhaseSuspended, Image: &driver.Image{Dir: "/img/" + id}}
+	a.mu.Lock()
+	a.ts[id] = t
+	a.mu.Unlock()
+	return t, nil
+}
+
+func (a *fakeAgent) Resume(_ context.Context, id string, req api.ResumeRequest) (api.Task, error) {
+	ep := req.Epoch
+	if req.From != "" {
+		ep++
+	}
+	return a.run(id, ep), nil
+}
+
+func (a *fakeAgent) Migrate(_ context.Context, id string, req api.MigrateRequest, _ func(api.MigrateEvent)) (api.MigrateEvent, error) {
+	return api.MigrateEvent{Done: true, Epoch: req.Epoch + 1}, fmt.Errorf("%w: the benchmark does not migrate", driver.ErrUnsupported)
+}
+
+func (a *fakeAgent) Cancel(context.Context, string, uint64) error { return nil }
+
+func (a *fakeAgent) Logs(context.Context, string, int, bool) (io.ReadCloser, error) {
+	return nil, driver.ErrUnsupported
+}
+
+// The heartbeat generator runs in a child process (so the server's CPU can
+// be measured alone): FERRY_BENCH_HEARTBEATS=FILE holds its parameters.
+func init() {
+	if f := os.Getenv("FERRY_BENCH_HEARTBEATS"); f != "" {
+		os.Exit(heartbeater(f))
+	}
+}
+
+type hbParams struct {
+	Addr, TLSDir, Cert string
+	Seconds            int
+	Nodes              map[string][]api.Task
+}
+
+// heartbeater pushes one heartbeat per node per second over the real API
+// (mutual TLS, keep-alive connections), spread evenly over the second.
+func heartbeater(file string) int {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 2
+	}
+	var p hbParams
+	if json.Unmarshal(b, &p) != nil {
+		return 2
+	}
+	id, err := pki.Load(p.TLSDir, p.Cert)
+	if err != nil {
+		return 2
+	}
+	c := NewClient(p.Addr, id.ClientConfig(), "")
+	c.hc.Transport.(*http.Transport).MaxIdleConnsPerHost = 128
+	var names []string
+	for n := range p.Nodes {
+		names = append(names, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(p.Seconds)*time.Second)
+	defer cancel()
+	sem := make(chan struct{}, 128)
+	var errs atomic.Int64
+	tick := time.NewTicker(time.Second / time.Duration(len(names)+1))
+	defer tick.Stop()
+	for i := 0; ctx.Err() == nil; i++ {
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+			n := names[i%len(names)]
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem }()
+				hctx, hc := context.WithTimeout(ctx, 5*time.Second)
+				defer hc()
+				if c.Heartbeat(hctx, Heartbeat{Node: n, Addr: "fake:" + n, Info: api.NodeInfo{Name: n, CPUs: 64, MemoryBytes: 256 << 30}, Tasks: p.Nodes[n]}) != nil {
+					errs.Add(1)
+				}
+			}()
+		}
+	}
+	for i := 0; i < cap(sem); i++ {
+		sem <- struct{}{}
+	}
+	fmt.Fprintf(os.Stderr, "heartbeater: %d errors\n", errs.Load())
+	return 0
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkControl places 50,000 tasks on 1,000 and 5,000 nodes through the
+// real server (raft journal on disk, policy, planner, executor) with
+// in-process fake agents, then has a child process push one heartbeat per
+// node per second over the real mutual-TLS API and measures the server's
+// CPU. `make bench-control` runs it once.
+func BenchmarkControl(b *testing.B) {
+	for _, nodes := range benchNodes() {
+		b.Run(fmt.Sprintf("nodes=%d/tasks=%d", nodes, benchTasks()), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				benchControl(b, nodes, benchTasks())
+			}
+		})
+	}
+}
+
+func benchControl(b *testing.B, nodes, tasks int) {
+	tlsDir, dataDir := b.TempDir(), b.TempDir()
+	if err := pki.Init(tlsDir, time.Now()); err != nil {
+		b.Fatal(err)
+	}
+	for name, role := range map[string]pki.Role{"server": pki.RoleServer, "hb": pki.RoleAgent} {
+		if err := pki.Issue(tlsDir, pki.IssueRequest{Name: name, Role: role}, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fleet := &fakeFleet{agents: map[string]*fakeAgent{}}
+	srv, err := StartServer(context.Background(), ServerConfig{
+		DataDir: dataDir, Listen: "127.0.0.1:0", Bootstrap: true, TLSDir: tlsDir, Policy: Priority{},
+		Period: time.Second, HeartbeatTimeout: 30 * time.Second, Fast: true, SolveTimeout: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn})), Dial: fleet.dial,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	for !srv.Store.IsLeader() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx := context.Background()
+	// Register the nodes (as their first heartbeat would).
+	var reg []store.Command
+	for i := 0; i < nodes; i++ {
+		n := fmt.Sprintf("node%05d", i)
+		reg = append(reg, store.Command{RegisterNode: &store.RegisterNode{Name: n, Addr: "fake:" + n, Capacity: store.Resources{CPUMilli: 64000, MemoryBytes: 256 << 30}}})
+	}
+	if _, err := srv.Store.Apply(ctx, store.Command{Batch: reg}); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < nodes; i++ {
+		n := fmt.Sprintf("node%05d", i)
+		_ = srv.Controller.Observe(ctx, Heartbeat{Node: n, Addr: "fake:" + n}, false)
+	}
+	// Submit 50 jobs of 1,000 tasks in one batch, then wait for every task
+	// to run.
+	perJob := 1000
+	var subs []store.Command
+	for j := 0; j < tasks/perJob; j++ {
+		spec := &JobSpec{Name: fmt.Sprintf("job%03d", j), Priority: j % 3, Preemptible: true,
+			Tasks: []TaskSpec{{Name: "t", Driver: "process", Command: []string{"true"}, CPUMilli: 100 + int64(j%4)*100, MemoryBytes: 256 << 20, Count: perJob}}}
+		cmd, err := SubmitCommand(spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		subs = append(subs, cmd)
+	}
+	evs, stopEvs := srv.Controller.Events().Subscribe()
+	defer stopEvs()
+	var evMu sync.Mutex
+	var planEvents []Event
+	var doneCount int
+	go func() {
+		for e := range evs {
+			evMu.Lock()
+			if e.Kind == "plan" {
+				planEvents = append(planEvents, e)
+			}
+			if e.What == "done" {
+				doneCount++
+				if doneCount%(tasks/10) == 0 {
+					planEvents = append(planEvents, Event{Time: e.Time, Kind: "progress", What: fmt.Sprintf("%d actions done", doneCount)})
+				}
+			}
+			evMu.Unlock()
+		}
+	}()
+	b.ResetTimer()
+	t0, cpu0 := time.Now(), cpuTime()
+	if _, err := srv.Store.Apply(ctx, store.Command{Batch: subs}); err != nil {
+		b.Fatal(err)
+	}
+	srv.Controller.Trigger()
+	deadline := time.Now().Add(20 * time.Minute)
+	for {
+		running := 0
+		srv.Store.View(func(s *store.State) {
+			for _, t := range s.Tasks {
+				if t.Phase == store.TaskRunning {
+					running++
+				}
+			}
+		})
+		if running == tasks {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("only %d of %d tasks running after 20 minutes", running, tasks)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	placeTook, placeCPU := time.Since(t0), cpuTime()-cpu0
+	b.StopTimer()
+	evMu.Lock()
+	for _, e := range planEvents {
+		b.Logf("%s after submission: %s", e.Time.Sub(t0).Round(time.Millisecond), e)
+	}
+	evMu.Unlock()
+	m := srv.Controller.Metrics()
+	pd := histogram(m.PlanDuration)
+	pe := histogram(m.PlanExecution)
+	b.ReportMetric(float64(tasks)/placeTook.Seconds(), "placements/s")
+	b.ReportMetric(pd.mean*1000, "plan-ms")
+	b.ReportMetric(float64(pd.count), "plans")
+	b.ReportMetric(float64(tasks)/placeCPU.Seconds(), "placements/cpu-s")
+	b.Logf("%d nodes, %d tasks: all running %.2fs after submission (%.0f placements/s wall; the server used %.1f CPU-s: %.0f placements per CPU-second); %d plans, policy+planner %.0f ms mean, plan execution %.0f ms mean",
+		nodes, tasks, placeTook.Seconds(), float64(tasks)/placeTook.Seconds(), placeCPU.Seconds(), float64(tasks)/placeCPU.Seconds(), pd.count, pd.mean*1000, pe.mean*1000)
+
+	// Heartbeats: a child process pushes one per node per second with the
+	// node's tasks; the server's own CPU is measured over the window.
+	p := hbParams{Addr: srv.Addr(), TLSDir: tlsDir, Cert: "hb", Seconds: 14, Nodes: map[string][]api.Task{}}
+	srv.Store.View(func(s *store.State) {
+		for n := range s.Nodes {
+			p.Nodes[n] = []api.Task{}
+		}
+		for _, t := range s.Tasks {
+			p.Nodes[t.Node] = append(p.Nodes[t.Node], api.Task{ID: t.Name, Driver: "process", Epoch: t.Epoch, Phase: api.PhaseRunning,
+				Status: &driver.Status{ID: t.Name, Epoch: t.Epoch, State: driver.StateRunning}})
+		}
+	})
+	pf := dataDir + "/hb.json"
+	pb, _ := json.Marshal(p)
+	if err := os.WriteFile(pf, pb, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	before := histogramCount(m.Heartbeats)
+	child := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+	child.Env = append(os.Environ(), "FERRY_BENCH_HEARTBEATS="+pf)
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // warm up: connections, first round
+	c0, w0, h0 := cpuTime(), time.Now(), histogramCount(m.Heartbeats)
+	time.Sleep(10 * time.Second)
+	c1, w1, h1 := cpuTime(), time.Now(), histogramCount(m.Heartbeats)
+	_ = child.Wait()
+	share := (c1 - c0).Seconds() / w1.Sub(w0).Seconds() / 2 * 100
+	rate := (h1 - h0) / w1.Sub(w0).Seconds()
+	b.ReportMetric(share, "%cpu-of-2-cores")
+	b.ReportMetric(rate, "heartbeats/s")
+	b.Logf("heartbeats: %.0f/s received (%d total) with %d tasks reported; server process CPU %.1f%% of 2 cores (includes the loop's reconcile of every report)",
+		rate, int(h1-before), tasks, share)
+}
+
+type histStats struct {
+	count uint64
+	mean  float64
+}
+
+func histogram(h interface{ Write(*dtoMetric) error }) histStats {
+	var d dtoMetric
+	if h.Write(&d) != nil || d.Histogram == nil || d.Histogram.GetSampleCount() == 0 {
+		return histStats{}
+	}
+	return histStats{count: d.Histogram.GetSampleCount(), mean: d.Histogram.GetSampleSum() / float64(d.Histogram.GetSampleCount())}
+}
+
+func histogramCount(c interface{ Write(*dtoMetric) error }) float64 {
+	var d dtoMetric
+	if c.Write(&d) != nil || d.Counter == nil {
+		return 0
+	}
+	return d.Counter.GetValue()
+}
+
+// benchNodes and benchTasks default to the issue's sizes; FERRY_BENCH_SMALL
+// shrinks them for a quick look.
+func benchNodes() []int {
+	if os.Getenv("FERRY_BENCH_SMALL") != "" {
+		return []int{100}
+	}
+	return []int{1000, 5000}
+}
+
+func benchTasks() int {
+	if os.Getenv("FERRY_BENCH_SMALL") != "" {
+		return 5000
+	}
+	return 50000
+}
