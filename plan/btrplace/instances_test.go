@@ -16,13 +16,12 @@ import (
 	"github.com/ferrycluster/ferry/plan/verify"
 )
 
-// sharedInstances finds ../shared/peer/btrplace next to the repository root
-// (the directory holding go.mod).
-func sharedInstances(t *testing.T) []string {
-	t.Helper()
+// sharedDir is ../shared/peer/btrplace next to the repository root (the
+// directory holding go.mod).
+func sharedDir() string {
 	dir, err := os.Getwd()
 	if err != nil {
-		t.Fatal(err)
+		return ""
 	}
 	for i := 0; i < 10; i++ {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
@@ -30,10 +29,20 @@ func sharedInstances(t *testing.T) []string {
 		}
 		dir = filepath.Dir(dir)
 	}
-	peer := filepath.Join(dir, "..", "shared", "peer", "btrplace")
-	files, _ := filepath.Glob(filepath.Join(peer, "*.json*"))
+	return filepath.Join(dir, "..", "shared", "peer", "btrplace")
+}
+
+// sharedFiles lists the instances of the shared corpus (none when absent).
+func sharedFiles() []string {
+	files, _ := filepath.Glob(filepath.Join(sharedDir(), "*.json*"))
+	return files
+}
+
+func sharedInstances(t *testing.T) []string {
+	t.Helper()
+	files := sharedFiles()
 	if len(files) == 0 {
-		t.Skipf("no BtrPlace instances in %s (the shared peer corpus is not on this machine)", peer)
+		t.Skipf("no BtrPlace instances in %s (the shared peer corpus is not on this machine)", sharedDir())
 	}
 	return files
 }

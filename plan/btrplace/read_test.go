@@ -263,6 +263,12 @@ func FuzzReadInstance(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(readFile(f, s))
 	}
+	// The small instances of the shared BtrPlace corpus, read in place.
+	for _, s := range sharedFiles() {
+		if st, err := os.Stat(s); err == nil && st.Size() <= 16<<10 {
+			f.Add(readFile(f, s))
+		}
+	}
 	f.Add([]byte(`{"model":{"mapping":{"readyVMs":[1],"onlineNodes":{},"offlineNodes":[0]},"attributes":{},"views":[]}}`))
 	f.Add([]byte(`{"model":{"mapping":{"readyVMs":[],"onlineNodes":{"0":{"runningVMs":[1],"sleepingVMs":[1]}},"offlineNodes":[]}}}`))
 	f.Add([]byte(`{}`))
