@@ -255,6 +255,10 @@ func (d *Driver) readImage(spec driver.Spec, m machine, dir string) (machine, st
 		return machine{}, "", fmt.Errorf("%w: qemu task %q: %s: unreadable %s", driver.ErrInvalidSpec, spec.ID, dir, imageMeta)
 	}
 	img := rec.Machine
+	if img.MemoryMiB < 48 || img.CPUs < 1 || img.CPUs > d.cfg.MaxCPUs || !cmdlineRE.MatchString(img.Append) || len(img.Append) > 2048 {
+		return machine{}, "", fmt.Errorf("%w: qemu task %q: %s: %s records an impossible machine (memory %d MiB, %d cpus)",
+			driver.ErrInvalidSpec, spec.ID, dir, imageMeta, img.MemoryMiB, img.CPUs)
+	}
 	if spec.MemoryBytes != 0 && m.MemoryMiB != img.MemoryMiB {
 		return machine{}, "", fmt.Errorf("%w: qemu task %q: memory %d MiB, but the image was saved with %d MiB", driver.ErrInvalidSpec, spec.ID, m.MemoryMiB, img.MemoryMiB)
 	}

@@ -1,0 +1,52 @@
+package qemu
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ferrycluster/ferry/driver"
+)
+
+// FuzzReadImage feeds arbitrary task.json records to the suspend-image
+// reader: it refuses them with ErrInvalidSpec or ErrInsufficient, or
+// returns a machine QEMU can be started with; it never panics.
+func FuzzReadImage(f *testing.F) {
+	for _, s := range []string{
+		`{"spec":{"id":"x"},"machine":{"memory_mib":128,"cpus":1,"append":"console=ttyS0"}}`,
+		`{"machine":{"memory_mib":-1,"cpus":0}}`,
+		`{"machine":{"memory_mib":99999999,"cpus":1}}`,
+		`{"machine":{"memory_mib":128,"cpus":1000}}`,
+		`{"machine":{"memory_mib":128,"cpus":1,"append":"a\nb"}}`,
+		`not json`, `{}`, `null`,
+	} {
+		f.Add([]byte(s))
+	}
+	dir := f.TempDir()
+	kernel := filepath.Join(dir, "vmlinuz")
+	os.WriteFile(kernel, []byte("k"), 0o644)
+	os.WriteFile(filepath.Join(dir, stateFile), []byte("state"), 0o644)
+	d := &Driver{cfg: Config{DataDir: dir, Kernel: kernel, DefaultMemoryBytes: 128 * mib, MaxMemoryBytes: 1 << 30, MaxCPUs: 16, Logger: slog.Default()}, accel: "tcg"}
+	s := driver.Spec{ID: "fuzz", VM: &driver.VMSpec{}}
+	m0, err := d.shape(s)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, imageMeta), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		m, _, err := d.readImage(s, m0, dir)
+		if err != nil {
+			if !errors.Is(err, driver.ErrInvalidSpec) && !errors.Is(err, driver.ErrInsufficient) {
+				t.Fatalf("error without kind: %v", err)
+			}
+			return
+		}
+		if m.MemoryMiB < 48 || m.MemoryMiB*mib > d.cfg.MaxMemoryBytes || m.CPUs < 1 || m.CPUs > d.cfg.MaxCPUs || !cmdlineRE.MatchString(m.Append) {
+			t.Fatalf("accepted an impossible machine %+v", m)
+		}
+	})
+}
