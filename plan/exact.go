@@ -6,9 +6,10 @@ import (
 	"github.com/ferrycluster/ferry/cluster"
 )
 
-// exactLeafBudget bounds the number of complete placements the exhaustive
-// search schedules; beyond it the search stops (unproved).
-const exactLeafBudget = 20000
+// exactEvalBudget bounds the number of schedules the exhaustive search
+// builds (complete placements times relocation modes); beyond it the search
+// stops, unproved.
+const exactEvalBudget = 6000
 
 // exactMaxTasks is the largest number of tasks to place for which the
 // exhaustive search is tried at all.
@@ -24,7 +25,7 @@ func (s *search) exhaustive(incumbent *candidate) (best *candidate, proved, time
 	in := s.in
 	var free []int32
 	for t := int32(0); t < int32(in.nT); t++ {
-		if in.tgtState[t] == cluster.Running {
+		if in.tgtState[t] == cluster.Running || in.parks(t) {
 			free = append(free, t)
 		}
 	}
@@ -86,11 +87,11 @@ func (s *search) exhaustive(incumbent *candidate) (best *candidate, proved, time
 		}
 		if k == len(free) {
 			leaves++
-			if leaves > exactLeafBudget {
+			if s.evals > exactEvalBudget {
 				complete = false
 				return
 			}
-			if leaves%64 == 0 && s.expired() {
+			if leaves%16 == 0 && s.expired() {
 				complete = false
 				timedOut = true
 				return
@@ -143,6 +144,7 @@ func (a *assign) clone() *assign {
 func (s *search) leaf(a *assign, obj Objective, best **candidate) {
 	in := s.in
 	try := func(sleep []bool) {
+		s.evals++
 		c, err := s.evaluate(a, sleep)
 		if err == nil && c.better(*best, obj) {
 			c.a = a.clone()

@@ -145,21 +145,12 @@ func (in *inst) applyMaxOnline() error {
 	return nil
 }
 
-// imagesStay checks that sleeping images that stay sit on nodes that stay
-// online.
-func (in *inst) imagesStay() error {
-	// Sleeping images that stay must sit on nodes that stay online.
-	for t := 0; t < in.nT; t++ {
-		if in.curState[t] == cluster.Sleeping && in.tgtState[t] == cluster.Sleeping && in.nodeTgt[in.curNode[t]] != cluster.NodeOnline {
-			return &ConflictError{Constraint: "offline", Node: in.m.Nodes[in.curNode[t]].Name,
-				Reason: fmt.Sprintf("node must go offline but keeps the image of sleeping task %q", in.m.Tasks[t].Name)}
-		}
-		if in.curState[t] == cluster.Running && in.tgtState[t] == cluster.Sleeping && in.nodeTgt[in.curNode[t]] != cluster.NodeOnline {
-			return &ConflictError{Constraint: "offline", Node: in.m.Nodes[in.curNode[t]].Name,
-				Reason: fmt.Sprintf("node must go offline but task %q is to be suspended on it", in.m.Tasks[t].Name)}
-		}
-	}
-	return nil
+// parks reports whether t ends sleeping but its image must move: it sleeps
+// (or runs) on a node that goes offline. It then runs on a target node for a
+// while and is suspended there, so it is placed like a running task.
+func (in *inst) parks(t int32) bool {
+	n := in.curNode[t]
+	return in.tgtState[t] == cluster.Sleeping && n >= 0 && in.nodeTgt[n] != cluster.NodeOnline
 }
 
 // canBoot reports whether offline node n may be booted without breaking a
@@ -193,6 +184,10 @@ func (in *inst) place() (*assign, error) {
 	// Keep phase.
 	var keep, toPlace []int32
 	for t := 0; t < in.nT; t++ {
+		if in.parks(int32(t)) {
+			toPlace = append(toPlace, int32(t))
+			continue
+		}
 		if in.tgtState[t] != cluster.Running {
 			continue
 		}

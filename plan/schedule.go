@@ -127,6 +127,23 @@ func newSched(in *inst, a *assign, sleep []bool) *sched {
 		cn, tn := in.curNode[t], a.node[t]
 		var x sact
 		x.Task, x.Node, x.From, x.To, x.gate, x.leave = int(t), cluster.NoNode, cluster.NoNode, cluster.NoNode, -1, -1
+		if in.parks(t) && tn >= 0 && tn != cn {
+			// Move the task (migrate, or resume its image) to tn, then
+			// suspend it there.
+			mv := sact{Action: Action{Kind: cluster.Migrate, Task: int(t), Node: cluster.NoNode, From: int(cn), To: int(tn)},
+				gate: tn, leave: cn, first: true}
+			if cs == cluster.Sleeping {
+				mv.Kind, mv.leave = cluster.Resume, -1
+			}
+			mv.dur = in.duration(mv.Kind, t, cn, tn)
+			su := sact{Action: Action{Kind: cluster.Suspend, Task: int(t), Node: cluster.NoNode, From: int(tn), To: int(tn)},
+				dur: in.duration(cluster.Suspend, t, tn, tn), gate: -1, leave: tn}
+			i := s.addAct(mv)
+			j := s.addAct(su)
+			s.edge(i, j)
+			s.firstAct[t], s.lastAct[t] = i, j
+			continue
+		}
 		switch {
 		case cs == ts && (cs != cluster.Running || cn == tn):
 			continue

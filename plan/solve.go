@@ -90,6 +90,7 @@ type search struct {
 	seed     int64
 	timedOut bool
 	proved   bool
+	evals    int // schedules built by the exhaustive search
 }
 
 func (s *search) evaluate(a *assign, sleep []bool) (*candidate, error) {
@@ -111,9 +112,6 @@ func (s *search) run() (*candidate, error) {
 	in := s.in
 	var best *candidate
 	if err := in.applyMaxOnline(); err != nil {
-		return nil, err
-	}
-	if err := in.imagesStay(); err != nil {
 		return nil, err
 	}
 	a, err := in.place()
@@ -173,6 +171,9 @@ func (in *inst) result(a *assign) *cluster.Model {
 			task.Node = int(a.node[t])
 		case cluster.Sleeping:
 			task.Node = int(in.curNode[t])
+			if a.node[t] >= 0 {
+				task.Node = int(a.node[t]) // parked: moved, then suspended
+			}
 		default:
 			task.Node = cluster.NoNode
 		}
