@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ferrycluster/ferry/cas"
 	"github.com/ferrycluster/ferry/cas/chunker"
@@ -36,7 +37,9 @@ type Receiver struct {
 	// Keep adds every received chunk to Store (slower: one small file per
 	// chunk), so later transfers of similar files find them.
 	Keep bool
-	// Limits on the index a sender may announce (zero: cas defaults).
+	// Limits on the index a sender may announce (zero: DefaultMaxEntries
+	// and cas.DefaultMaxFileSize). The receiver's memory grows with the
+	// entry count (about 150 bytes per entry).
 	Limits   cas.DecodeLimits
 	Progress ProgressFunc
 	Logger   *slog.Logger
@@ -44,6 +47,10 @@ type Receiver struct {
 	mu     sync.Mutex
 	active map[string]bool
 }
+
+// DefaultMaxEntries bounds the index a Receiver accepts by default: 4 Mi
+// entries, 16 GiB of non-zero data in 4 KiB blocks (far more with FastCDC).
+const DefaultMaxEntries = 4 << 20
 
 // ReceiveResult says what a transfer did on this side.
 type ReceiveResult struct {
@@ -131,7 +138,7 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 
 	lim := rc.Limits
 	if lim.MaxEntries <= 0 {
-		lim.MaxEntries = cas.DefaultMaxEntries
+		lim.MaxEntries = DefaultMaxEntries
 	}
 	if lim.MaxFileSize <= 0 {
 		lim.MaxFileSize = cas.DefaultMaxFileSize
@@ -538,11 +545,12 @@ func (w *runWriter) flush() error {
 // prefixDigest hashes a file from the start as far as it is known to be
 // complete, on its own goroutine.
 type prefixDigest struct {
-	ends   chan int64
-	result chan error
-	sum    cas.ID
-	last   int64
-	closed bool
+	ends    chan int64
+	result  chan error
+	sum     cas.ID
+	last    int64
+	closed  bool
+	aborted atomic.Bool
 }
 
 func newPrefixDigest(f *os.File) *prefixDigest {
@@ -553,7 +561,7 @@ func newPrefixDigest(f *os.File) *prefixDigest {
 		var pos int64
 		var err error
 		for end := range d.ends {
-			for err == nil && pos < end {
+			for err == nil && pos < end && !d.aborted.Load() {
 				n := int(min(int64(len(buf)), end-pos))
 				if _, err = f.ReadAt(buf[:n], pos); err == nil {
 					h.Write(buf[:n])
@@ -582,8 +590,10 @@ func (d *prefixDigest) finish() (cas.ID, error) {
 	return d.sum, err
 }
 
+// stop abandons the digest (after a failure) without hashing the rest.
 func (d *prefixDigest) stop() {
 	if !d.closed {
+		d.aborted.Store(true)
 		d.closed = true
 		close(d.ends)
 		<-d.result
