@@ -392,6 +392,15 @@ func TestReattachAfterRestart(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	t.Parallel()
 	d := newDriver(t)
+	if _, err := os.Stat("/dev/kvm"); err != nil && d.Accel() != "tcg" {
+		t.Errorf("no /dev/kvm but accelerator %q", d.Accel())
+	}
+	if a := d.Accel(); a != "tcg" && a != "kvm" {
+		t.Errorf("accelerator %q", a)
+	}
+	if _, err := New(context.Background(), Config{DataDir: t.TempDir(), Accel: "hvf"}); err == nil {
+		t.Error("New accepted accelerator hvf")
+	}
 	big := spec("big")
 	big.MemoryBytes = 64 << 30
 	if err := d.Start(ctxT(t, time.Minute), big); !errors.Is(err, driver.ErrInsufficient) {
