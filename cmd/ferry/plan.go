@@ -184,6 +184,12 @@ func writeAtomic(path string, data []byte) error {
 	return nil
 }
 
+// Bounds on what --explain lists, so that a 30,000-VM plan stays readable.
+const (
+	maxExplainActions = 200
+	maxExplainNodes   = 100
+)
+
 // explainPlan prints the plan step by step, the load per node before and
 // after, the migrations and the figures of merit.
 func explainPlan(w io.Writer, path string, in *btrplace.Instance, pl *plan.Plan, spent time.Duration) {
@@ -213,9 +219,16 @@ func explainPlan(w io.Writer, path string, in *btrplace.Instance, pl *plan.Plan,
 		fmt.Fprintln(w, "\nsteps (the actions of a step start together and run in parallel):")
 	}
 	for i := 0; i < len(acts); {
+		if i >= maxExplainActions {
+			fmt.Fprintf(w, "  ... and %d more actions (the JSON plan has them all)\n", len(acts)-i)
+			break
+		}
 		t := acts[i].Start
 		fmt.Fprintf(w, "  t=%d\n", t)
 		for ; i < len(acts) && acts[i].Start == t; i++ {
+			if i >= maxExplainActions {
+				break
+			}
 			a := acts[i]
 			var what string
 			switch a.Kind {
@@ -281,6 +294,10 @@ func explainPlan(w io.Writer, path string, in *btrplace.Instance, pl *plan.Plan,
 	}
 	fmt.Fprintln(tw)
 	for n := range m.Nodes {
+		if n >= maxExplainNodes {
+			fmt.Fprintf(tw, "  ... and %d more nodes\n", len(m.Nodes)-n)
+			break
+		}
 		st := m.Nodes[n].State.String()
 		if after.Nodes[n].State != m.Nodes[n].State {
 			st += " -> " + after.Nodes[n].State.String()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferrycluster/ferry/cluster"
+	"github.com/ferrycluster/ferry/plan"
 	"github.com/ferrycluster/ferry/plan/btrplace"
 	"github.com/ferrycluster/ferry/plan/verify"
 )
@@ -190,5 +191,24 @@ func TestPlanCheck(t *testing.T) {
 	f.check = "../../examples/plan/drain.json" // an instance, not a plan
 	if err := runPlan(context.Background(), f, "../../examples/plan/cycle.json", &bytes.Buffer{}, &bytes.Buffer{}); exitCode(err) != 2 {
 		t.Fatalf("checking a non-plan: exit %d (%v)", exitCode(err), err)
+	}
+}
+
+func TestExplainIsBounded(t *testing.T) {
+	in, err := btrplace.ReadInstanceFile("../../examples/plan/drain.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl := &plan.Plan{}
+	for i := 0; i < maxExplainActions+50; i++ {
+		pl.Actions = append(pl.Actions, plan.Action{Kind: cluster.Migrate, Task: 0, Node: -1, From: 0, To: 2, Start: int64(i), End: int64(i + 1)})
+	}
+	var out bytes.Buffer
+	explainPlan(&out, "drain.json", in, pl, time.Millisecond)
+	if !strings.Contains(out.String(), "... and 50 more actions") {
+		t.Fatalf("the action list is not bounded:\n%s", out.String())
+	}
+	if got := strings.Count(out.String(), "migrate vm 0"); got != maxExplainActions {
+		t.Fatalf("%d actions listed, want %d", got, maxExplainActions)
 	}
 }
