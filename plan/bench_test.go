@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ferrycluster/ferry/plan"
 	"github.com/ferrycluster/ferry/plan/gen"
@@ -14,7 +16,8 @@ import (
 // BenchmarkSolve solves TDSC-like instances (plan/gen) at three sizes, both
 // scenarios and four constrained fractions. Besides time it reports the
 // plan's MTTR, the lower bound, their ratio, migrations, makespan and memory
-// (peak heap in use sampled after the solve, and bytes allocated per solve).
+// (memory obtained from the OS, and bytes allocated per solve) and the
+// process CPU time per solve.
 // Plans up to 5,000 nodes are run through the verifier (outside the timer).
 //
 //	make bench-plan   # or: go test -run '^$' -bench Solve -benchtime 1x ./plan
@@ -38,8 +41,7 @@ func benchSolve(b *testing.B, cfg gen.Config) {
 		b.Fatal(err)
 	}
 	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
+	cpu0 := cpuTime()
 	b.ReportAllocs()
 	b.ResetTimer()
 	var pl *plan.Plan
@@ -50,6 +52,7 @@ func benchSolve(b *testing.B, cfg gen.Config) {
 		}
 	}
 	b.StopTimer()
+	cpu := cpuTime() - cpu0
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
 	b.ReportMetric(float64(pl.MTTR()), "mttr")
@@ -61,9 +64,21 @@ func benchSolve(b *testing.B, cfg gen.Config) {
 	b.ReportMetric(float64(len(pl.Actions)), "actions")
 	b.ReportMetric(float64(pl.Makespan()), "makespan")
 	b.ReportMetric(float64(after.Sys)/(1<<20), "sysMiB")
+	// CPU time of the process per solve (all threads, GC included): on a
+	// shared machine wall time also counts waiting for a core.
+	b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
 	if cfg.Nodes <= 5000 {
 		if err := verify.Check(p, pl); err != nil {
 			b.Fatalf("plan fails verification: %v", err)
 		}
 	}
+}
+
+// cpuTime is the user+system CPU time the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
