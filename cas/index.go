@@ -255,9 +255,10 @@ func DecodeIndexLimits(r io.Reader, lim DecodeLimits) (*Index, error) {
 		case entryHole:
 			e.Hole = true
 		case entryData:
-			if _, err := io.ReadFull(br, e.ID[:]); err != nil {
+			if _, err := io.ReadFull(br, buf[HoleEntryLen:]); err != nil {
 				return nil, fmt.Errorf("%w: index entry %d of %d: %v", ErrInvalid, i, count, truncated(err))
 			}
+			e.ID = ID(buf[HoleEntryLen:])
 		default:
 			return nil, fmt.Errorf("%w: index entry %d: unknown kind %d", ErrInvalid, i, buf[0])
 		}

@@ -71,6 +71,7 @@ type frameWriter struct {
 	bw    *bufio.Writer
 	flush func() error // extra flush after bw (http.Flusher); may be nil
 	n     int64
+	hdr   [frameHeaderLen]byte
 }
 
 func newFrameWriter(w io.Writer, flush func() error) *frameWriter {
@@ -78,11 +79,10 @@ func newFrameWriter(w io.Writer, flush func() error) *frameWriter {
 }
 
 func (w *frameWriter) header(t msgType, n int) error {
-	var h [frameHeaderLen]byte
-	h[0] = byte(t)
-	binary.BigEndian.PutUint32(h[1:], uint32(n))
+	w.hdr[0] = byte(t)
+	binary.BigEndian.PutUint32(w.hdr[1:], uint32(n))
 	w.n += frameHeaderLen + int64(n)
-	_, err := w.bw.Write(h[:])
+	_, err := w.bw.Write(w.hdr[:])
 	return err
 }
 

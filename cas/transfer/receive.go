@@ -168,25 +168,36 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 	// Find what we have.
 	prog.phase(PhaseScan)
 	offs := x.Offsets()
-	where := make(map[cas.ID][]int, len(x.Entries)) // entry numbers of each chunk
-	var order []int                                 // first entry of each unique chunk
-	for i, e := range x.Entries {
+	// The entries of one chunk, in order: head[id] is the first, next[i]
+	// the one after entry i (-1 at the end).
+	head := make(map[cas.ID]int32, len(x.Entries))
+	next := make([]int32, len(x.Entries))
+	for i := len(x.Entries) - 1; i >= 0; i-- {
+		e := x.Entries[i]
 		if e.Hole {
 			continue
 		}
-		if _, ok := where[e.ID]; !ok {
-			order = append(order, i)
+		if h, ok := head[e.ID]; ok {
+			next[i] = h
+		} else {
+			next[i] = -1
 		}
-		where[e.ID] = append(where[e.ID], i)
+		head[e.ID] = int32(i)
 	}
 	var want []uint32
 	buf := make([]byte, 0, 64<<10)
-	for _, first := range order {
+	var occ []int
+	for first, e := range x.Entries {
+		if e.Hole || head[e.ID] != int32(first) {
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		e := x.Entries[first]
-		occ := where[e.ID]
+		occ = occ[:0]
+		for k := int32(first); k >= 0; k = next[k] {
+			occ = append(occ, int(k))
+		}
 		var good []bool
 		var data []byte
 		if part.resumed {
@@ -255,20 +266,20 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 	}
 	done := make([]bool, len(x.Entries))
 	for i, e := range x.Entries {
-		done[i] = e.Hole || !isWanted[where[e.ID][0]]
+		done[i] = e.Hole || !isWanted[head[e.ID]]
 	}
 	dg := newPrefixDigest(part.f)
 	defer dg.stop()
 	pw := &runWriter{f: part.f, buf: make([]byte, 0, 1<<20), done: done}
 	defer pw.flush() // on failure, keep every verified chunk for a resume
-	next := 0        // first entry not known to be on disk
+	onDisk := 0      // first entry not known to be on disk
 	advance := func() {
-		for next < len(done) && done[next] {
-			next++
+		for onDisk < len(done) && done[onDisk] {
+			onDisk++
 		}
 		end := x.Size
-		if next < len(done) {
-			end = offs[next]
+		if onDisk < len(done) {
+			end = offs[onDisk]
 		}
 		dg.upTo(end)
 	}
@@ -310,7 +321,7 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 			return fmt.Errorf("%w: CHUNK for entry %d does not hash to its id %s", cas.ErrCorrupt, i, e.ID.Short())
 		}
 		flushed := false
-		for _, k := range where[e.ID] {
+		for k := int(i); k >= 0; k = int(next[k]) {
 			f, err := pw.write(data, offs[k], k)
 			if err != nil {
 				return fmt.Errorf("transfer: write partial: %w", err)
