@@ -70,6 +70,11 @@ func dump(p *plan.Problem, pl *plan.Plan) string {
 // one or two resources, random states and durations, and (when withCons) a
 // few constraints of the catalog.
 func genProblem(t *rapid.T, maxN, maxT int, withCons bool) *plan.Problem {
+	return genProblemN(t, maxN, maxT, withCons, 3)
+}
+
+// genProblemN is genProblem with up to maxC constraints of the catalog.
+func genProblemN(t *rapid.T, maxN, maxT int, withCons bool, maxC int) *plan.Problem {
 	nR := rapid.IntRange(1, 2).Draw(t, "resources")
 	m := &cluster.Model{}
 	for r := 0; r < nR; r++ {
@@ -161,7 +166,7 @@ func genProblem(t *rapid.T, maxN, maxT int, withCons bool) *plan.Problem {
 		}
 		return ns
 	}
-	nc := rapid.IntRange(0, 3).Draw(t, "constraints")
+	nc := rapid.IntRange(0, maxC).Draw(t, "constraints")
 	for i := 0; i < nc; i++ {
 		cont := rapid.Bool().Draw(t, "continuous")
 		var c cluster.Constraint
@@ -216,6 +221,14 @@ func genProblem(t *rapid.T, maxN, maxT int, withCons bool) *plan.Problem {
 func TestSolvePlansAreViable(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		p := genProblem(t, 5, 10, true)
+		solveAndVerify(t, p, 1)
+	})
+}
+
+// Larger problems with many constraints: still every plan is viable.
+func TestSolveManyConstraints(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		p := genProblemN(t, 12, 40, true, 12)
 		solveAndVerify(t, p, 1)
 	})
 }
