@@ -61,8 +61,8 @@ func Compress(dst, data []byte) (Encoding, []byte) {
 }
 
 // Decode returns the chunk bytes of payload in encoding e. The result must
-// be exactly want bytes long; anything else (including a zstd bomb) is
-// rejected with ErrCorrupt before more than want+1 bytes are produced.
+// be exactly want bytes long; anything else is rejected with ErrCorrupt. The
+// zstd decoder stops a frame (a zstd bomb) at MaxChunkLen+1 bytes.
 func Decode(e Encoding, payload []byte, want int, dst []byte) ([]byte, error) {
 	switch e {
 	case Raw:
