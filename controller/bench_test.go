@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -208,7 +209,7 @@ func benchControl(b *testing.B, nodes, tasks int) {
 	srv, err := StartServer(context.Background(), ServerConfig{
 		DataDir: dataDir, Listen: "127.0.0.1:0", Bootstrap: true, TLSDir: tlsDir, Policy: Priority{},
 		Period: time.Second, HeartbeatTimeout: 30 * time.Second, Fast: true, SolveTimeout: 10 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn})), Dial: fleet.dial,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), Dial: fleet.dial,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -292,6 +293,9 @@ func benchControl(b *testing.B, nodes, tasks int) {
 	b.StopTimer()
 	evMu.Lock()
 	for _, e := range planEvents {
+		if strings.HasSuffix(e.What, "actions ended") {
+			continue
+		}
 		b.Logf("%s after submission: %s", e.Time.Sub(t0).Round(time.Millisecond), e)
 	}
 	evMu.Unlock()
@@ -368,6 +372,9 @@ func histogramCount(c interface{ Write(*dtoMetric) error }) float64 {
 func benchNodes() []int {
 	if os.Getenv("FERRY_BENCH_SMALL") != "" {
 		return []int{100}
+	}
+	if os.Getenv("FERRY_BENCH_ONE") != "" {
+		return []int{1000}
 	}
 	return []int{1000, 5000}
 }

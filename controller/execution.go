@@ -31,6 +31,11 @@ func newExecution(id uint64, ex *executor.Executor, acts []store.Action, now tim
 	return &execution{id: id, ex: ex, acts: acts, started: now, cancels: map[int]context.CancelFunc{}, orphans: map[int]bool{}}
 }
 
+// eventsPerRound: above this many starts or ends in one round, the event
+// stream gets one summary instead of an event per action (failures are
+// always reported one by one).
+const eventsPerRound = 64
+
 // ackMsg is what a dispatch goroutine reports.
 type ackMsg struct {
 	plan   uint64
@@ -155,11 +160,17 @@ func (c *Controller) drive(ctx context.Context) {
 			run.ex.Advance(executor.Ack{Kind: executor.FailedAck, Action: in.Action, Err: e.Error()})
 			c.event("action", run.acts[in.Action].Task, "refused", "kind", run.acts[in.Action].Kind, "err", e.Error())
 		}
+		quiet := len(ok) > eventsPerRound
+		if quiet {
+			c.event("plan", fmt.Sprint(run.id), fmt.Sprintf("started %d actions", len(ok)))
+		}
 		for _, w := range ok {
 			run.acts[w.i] = w.a
 			actx, cancel := context.WithCancel(ctx)
 			run.cancels[w.i] = cancel
-			c.event("action", w.a.Task, "started", "kind", w.a.Kind, "from", w.a.From, "to", w.a.To, "plan", run.id)
+			if !quiet {
+				c.event("action", w.a.Task, "started", "kind", w.a.Kind, "from", w.a.From, "to", w.a.To, "plan", run.id)
+			}
 			c.wg.Add(1)
 			go func(w work) {
 				defer c.wg.Done()
@@ -242,6 +253,10 @@ func (c *Controller) finishActions(ctx context.Context, acks []ackMsg) {
 		}
 	}
 	now := c.cfg.Now()
+	quiet := len(acks) > eventsPerRound
+	if quiet {
+		c.event("plan", fmt.Sprint(run.id), fmt.Sprintf("%d actions ended", len(acks)))
+	}
 	for _, a := range acks {
 		act := run.acts[a.action]
 		ack := executor.Ack{Kind: a.kind, Action: a.action, At: now}
@@ -251,7 +266,9 @@ func (c *Controller) finishActions(ctx context.Context, acks []ackMsg) {
 		run.ex.Advance(ack)
 		took := now.Sub(time.Unix(0, act.Started))
 		if a.kind == executor.Succeeded {
-			c.event("action", act.Task, "done", "kind", act.Kind, "from", act.From, "to", act.To, "took_ms", took.Milliseconds())
+			if !quiet {
+				c.event("action", act.Task, "done", "kind", act.Kind, "from", act.From, "to", act.To, "took_ms", took.Milliseconds())
+			}
 			if act.Kind == "migrate" || (act.Kind == "resume" && act.From != act.To) {
 				c.metrics.Migrations.WithLabelValues("ok").Inc()
 				c.metrics.MigrationDuration.Observe(took.Seconds())
