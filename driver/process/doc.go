@@ -23,6 +23,8 @@
 //   - Checkpoint(dir): checkpoint-and-continue (driver.Checkpointer).
 //   - Resume(spec, dir): start from a committed checkpoint, any node.
 //   - Pause / Unpause: SIGSTOP / SIGCONT to the process group.
+//   - A job that exits with the checkpoint code unasked (self-checkpointing)
+//     has its checkpoint committed and is restarted from it.
 //   - Periodic checkpoints (ProcessSpec.CheckpointInterval) go to
 //     checkpoints/<seq>; Config.OnCheckpoint is called with each one and
 //     LatestCheckpoint returns the last.

@@ -111,6 +111,11 @@ type task struct {
 	ioPrev procIO
 	ioAt   time.Time
 	gone   bool
+	// restarting is set while the monitor commits a self-checkpoint and
+	// restarts the job from it.
+	restarting bool
+	// spawning is set while spawn launches a new incarnation.
+	spawning bool
 }
 
 // New opens (or creates) a driver over cfg.DataDir and re-attaches to the
@@ -227,6 +232,7 @@ func (d *Driver) recover() error {
 		d.tasks[t.id] = t
 		d.log.Info("re-attached task", "task", t.id, "incarnation", rec.Incarnation)
 		d.startPeriodic(t)
+		d.startMonitor(t)
 	}
 	return nil
 }
@@ -347,6 +353,7 @@ func (d *Driver) create(ctx context.Context, spec driver.Spec, from string) erro
 	}
 	d.log.Info("task started", "task", spec.ID, "epoch", spec.Epoch, "restored", from != "", "pid", t.jobPID())
 	d.startPeriodic(t)
+	d.startMonitor(t)
 	t.release()
 	return nil
 }
@@ -356,6 +363,8 @@ func (d *Driver) create(ctx context.Context, spec driver.Spec, from string) erro
 // operation lock.
 func (d *Driver) spawn(ctx context.Context, t *task, restore bool) error {
 	t.mu.Lock()
+	t.spawning = true
+	defer func() { t.mu.Lock(); t.spawning = false; t.mu.Unlock() }()
 	t.rec.Incarnation++
 	t.rec.Restored = restore
 	t.rec.Paused = false
@@ -517,6 +526,11 @@ func (d *Driver) status(t *task) driver.Status {
 	case p.running:
 		st.State = driver.StateRunning
 		st.Message = rec.LimitNote
+	case p.ex != nil && p.ex.ExitCode == t.job.exitCode && p.ex.Signal == "" && (t.isRestarting() || hasFiles(filepath.Join(t.dir, stagingDir))):
+		st.State = driver.StateStarting
+		st.Message = "the job checkpointed itself; restarting it from that checkpoint"
+	case p.ex == nil && p.jr.PID == 0 && (t.isRestarting() || t.isSpawning()):
+		st.State = driver.StateStarting
 	case p.ex == nil && p.jr.PID == 0:
 		st.State = driver.StateFailed
 		st.Message = "job never reported running (supervisor gone)"
@@ -543,6 +557,28 @@ func (d *Driver) status(t *task) driver.Status {
 		st.PID = 0
 	}
 	return st
+}
+
+func (t *task) isRestarting() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.restarting
+}
+
+func (t *task) isSpawning() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.spawning
+}
+
+func hasFiles(dir string) bool {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(1)
+	return len(names) > 0
 }
 
 // lastLines returns up to n last lines of the file (from its last 8 KiB).

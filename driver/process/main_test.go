@@ -74,6 +74,30 @@ func testJob(name string) int {
 				}
 			}
 		}
+	case "self":
+		// Checkpoints itself every 10 counters by exiting with the
+		// checkpoint code (HTCondor self-checkpointing); done at 40.
+		var n int64
+		if restore != "" {
+			b, err := os.ReadFile(filepath.Join(restore, "counter"))
+			if err != nil {
+				fmt.Println("restore:", err)
+				return 2
+			}
+			n, _ = strconv.ParseInt(string(bytes.TrimSpace(b)), 10, 64)
+		}
+		for n < 40 {
+			n++
+			fmt.Println("counter", n)
+			time.Sleep(5 * time.Millisecond)
+			if n%10 == 0 && n < 40 {
+				if err := os.WriteFile(filepath.Join(ckpt, "counter"), []byte(strconv.FormatInt(n, 10)), 0o644); err != nil {
+					return 2
+				}
+				return 85
+			}
+		}
+		return 0
 	case "ignore":
 		signal.Ignore(syscall.SIGUSR2)
 		for i := 1; ; i++ {

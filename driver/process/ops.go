@@ -131,6 +131,13 @@ func (d *Driver) checkpoint(ctx context.Context, t *task, dst, mode string) (dri
 		return fail(fmt.Errorf("%w: signal job: %v", driver.ErrTaskFailed, err))
 	}
 	res, err := d.awaitAnswer(ctx, t, p.jr, staging, t0)
+	if res == answeredExit && mode == ModeContinue {
+		// Inspect says "starting" until the job runs again.
+		t.mu.Lock()
+		t.restarting = true
+		t.mu.Unlock()
+		defer func() { t.mu.Lock(); t.restarting = false; t.mu.Unlock() }()
+	}
 	if err != nil {
 		if errors.Is(err, driver.ErrTimeout) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			repause()
@@ -313,15 +320,7 @@ func (d *Driver) periodic(t *task) bool {
 		t.release()
 		return false
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		select {
-		case <-d.done:
-		case <-t.stop:
-		case <-ctx.Done():
-		}
-		cancel()
-	}()
+	ctx, cancel := contextUntil(d.done, t.stop)
 	defer cancel()
 	t.mu.Lock()
 	t.rec.CheckpointSeq++
@@ -334,7 +333,7 @@ func (d *Driver) periodic(t *task) bool {
 		d.log.Warn("periodic checkpoint", "task", t.id, "err", err)
 		return true
 	}
-	dst := filepath.Join(base, fmt.Sprintf("%08d", seq))
+	dst := filepath.Join(base, seqName(seq))
 	img, err := d.checkpoint(ctx, t, dst, ModeContinue)
 	if err != nil {
 		t.release()
@@ -354,4 +353,21 @@ func (d *Driver) periodic(t *task) bool {
 		d.cfg.OnCheckpoint(ctx, t.id, img)
 	}
 	return true
+}
+
+func seqName(seq int) string { return fmt.Sprintf("%08d", seq) }
+
+// contextUntil returns a context cancelled when any of the channels closes.
+func contextUntil(chans ...<-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	for _, c := range chans {
+		go func() {
+			select {
+			case <-c:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return ctx, cancel
 }

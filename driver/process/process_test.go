@@ -542,3 +542,47 @@ func TestCgroupLimits(t *testing.T) {
 		}
 	}
 }
+
+// A job that exits with the checkpoint code on its own is committed and
+// restarted from what it saved (HTCondor's self-checkpointing).
+func TestSelfCheckpointRestarts(t *testing.T) {
+	var mu sync.Mutex
+	var hooked []int64
+	d := newTestDriver(t, Config{OnCheckpoint: func(ctx context.Context, id string, img driver.Image) {
+		mu.Lock()
+		hooked = append(hooked, readCounter(t, img.Dir))
+		mu.Unlock()
+	}})
+	ctx := ctxT(t, time.Minute)
+	if err := d.Start(ctx, jobSpec("self", "self", nil)); err != nil {
+		t.Fatal(err)
+	}
+	var st driver.Status
+	waitFor(t, "the job to finish", func() bool {
+		st, _ = d.Inspect(ctx, "self")
+		return st.State != driver.StateRunning && st.State != driver.StateStarting
+	})
+	if st.State != driver.StateExited {
+		t.Fatalf("status %+v, want exited", st)
+	}
+	b, _ := os.ReadFile(d.LogPath("self"))
+	var got []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "counter "); ok {
+			got = append(got, v)
+		}
+	}
+	if len(got) != 40 || got[0] != "1" || got[39] != "40" {
+		t.Errorf("counters %v, want 1..40 once each", got)
+	}
+	for i, v := range got {
+		if v != strconv.Itoa(i+1) {
+			t.Fatalf("counter %d is %s: restarted from scratch or repeated", i+1, v)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(hooked) != 3 || hooked[0] != 10 || hooked[2] != 30 {
+		t.Errorf("checkpoints handed to OnCheckpoint: %v, want [10 20 30]", hooked)
+	}
+}
