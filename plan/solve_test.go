@@ -390,3 +390,30 @@ func TestSolveGeneratedInstances(t *testing.T) {
 		}
 	}
 }
+
+// The objectives pick different evictions from an overloaded node: with
+// a, b (3 cpu, migration 1) and c (5 cpu, migration 5) on a node of 6,
+// 5 cpu must leave: MinMTTR moves a and b (MTTR 2), MinMigrations moves c.
+func TestSolveObjectives(t *testing.T) {
+	m := world("n1:6 n2:8", "a:3@n1 b:3@n1 c:5@n1")
+	m.Tasks[0].Durations[cluster.Migrate] = 1
+	m.Tasks[1].Durations[cluster.Migrate] = 1
+	m.Tasks[2].Durations[cluster.Migrate] = 5
+	for _, c := range []struct {
+		obj       plan.Objective
+		mttr      int64
+		migration int
+	}{{plan.MinMTTR, 2, 2}, {plan.MinMigrations, 5, 1}} {
+		p := &plan.Problem{Model: m, Objective: c.obj}
+		pl, err := plan.Solve(context.Background(), p, plan.Options{LiveOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := verify.Check(p, pl); err != nil {
+			t.Fatal(err)
+		}
+		if pl.MTTR() != c.mttr || pl.Migrations() != c.migration {
+			t.Errorf("%s: want MTTR %d with %d migrations, got\n%s", c.obj, c.mttr, c.migration, render(m, pl))
+		}
+	}
+}
