@@ -182,3 +182,13 @@ func TestCompress(t *testing.T) {
 		t.Fatal("unknown encoding accepted")
 	}
 }
+
+func TestDecodeRefusesZstdBomb(t *testing.T) {
+	_, bomb := Compress(nil, make([]byte, 16<<20)) // 16 MiB of zeros in a few hundred bytes
+	if len(bomb) > 4096 {
+		t.Fatalf("bomb of %d bytes", len(bomb))
+	}
+	if _, err := Decode(Zstd, bomb, 4096, nil); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("got %v, want ErrCorrupt", err)
+	}
+}
