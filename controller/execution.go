@@ -82,7 +82,11 @@ func (c *Controller) resumePlan(ctx context.Context, p *store.Plan) {
 		}
 	}
 	c.run = run
-	c.event("plan", fmt.Sprint(p.ID), "resumed", "orphans", len(run.orphans))
+	if len(run.orphans) == 0 && p.Reason != "" {
+		c.event("plan", fmt.Sprint(p.ID), "taken up", "reason", p.Reason, "actions", len(p.Actions))
+	} else {
+		c.event("plan", fmt.Sprint(p.ID), "resumed from the journal", "orphans", len(run.orphans))
+	}
 }
 
 // drive performs what the executor says and settles orphans. Starts and
