@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -307,7 +308,8 @@ func FuzzReceiverStream(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		root := t.TempDir()
 		rc := &Receiver{StagingDir: filepath.Join(root, "staging"), DestDir: filepath.Join(root, "dest"),
-			Limits: cas.DecodeLimits{MaxEntries: 1 << 12, MaxFileSize: 1 << 24}}
+			Limits: cas.DecodeLimits{MaxEntries: 1 << 12, MaxFileSize: 1 << 24},
+			Logger: slog.New(slog.DiscardHandler)}
 		res, err := rc.Serve(context.Background(), &memConn{r: bytes.NewReader(b)})
 		if err == nil && !strings.HasPrefix(res.Path, filepath.Join(root, "dest")+string(filepath.Separator)) {
 			t.Fatalf("committed outside the destination: %s", res.Path)
