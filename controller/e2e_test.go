@@ -176,17 +176,17 @@ func TestE2EControllerRestartMidPlanFinishesThePlan(t *testing.T) {
 		return planID != 0
 	})
 	addr := c.srv.Addr()
+	old := c.srv
 	if err := c.srv.Close(); err != nil {
 		t.Fatal(err)
 	}
 	var states []string
-	c.srv.Store.View(func(s *store.State) {
+	old.Store.View(func(s *store.State) {
 		for _, a := range s.Plans[planID].Actions {
 			states = append(states, string(a.State))
 		}
 	})
 	t.Logf("plan %d at the kill: %v", planID, states)
-	c.srv = nil
 	c.startServer(addr)
 	c.waitFor("the plan finished after the restart", 60*time.Second, func() bool {
 		var done bool

@@ -92,8 +92,12 @@ func ctx(t *testing.T) context.Context {
 func (c *testCluster) startServer(listen string) {
 	t := c.t
 	t.Helper()
+	raft := "127.0.0.1:0"
+	if c.srv != nil {
+		raft = c.srv.Store.RaftAddr()
+	}
 	srv, err := StartServer(context.Background(), ServerConfig{
-		DataDir: c.dataDir, Listen: listen, Bootstrap: true, TLSDir: c.tlsDir, Identity: "server",
+		DataDir: c.dataDir, Listen: listen, RaftListen: raft, Bootstrap: true, TLSDir: c.tlsDir, Identity: "server",
 		Policy: Priority{}, Period: 200 * time.Millisecond, HeartbeatTimeout: 2 * time.Second, Fast: true, Logger: quietLog(),
 	})
 	if err != nil {

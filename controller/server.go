@@ -32,7 +32,7 @@ type ServerConfig struct {
 	ID      string
 	DataDir string
 	// Listen is the API address; RaftListen the raft address (default: the
-	// API port + 1 on the same host).
+	// API port + 1 on the same host; any free port when Listen's port is 0).
 	Listen, RaftListen string
 	Bootstrap          bool
 	// Join is the API address of a member to join through.
@@ -101,6 +101,9 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	apiAddr := ln.Addr().String()
 	if cfg.RaftListen == "" {
 		host, port, _ := net.SplitHostPort(apiAddr)
+		if _, asked, _ := net.SplitHostPort(cfg.Listen); asked == "0" {
+			port = "-1" // an ephemeral API port: let raft pick its own too
+		}
 		p, _ := strconv.Atoi(port)
 		cfg.RaftListen = net.JoinHostPort(host, strconv.Itoa(p+1))
 	}
