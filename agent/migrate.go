@@ -58,7 +58,12 @@ func (a *Agent) Migrate(ctx context.Context, id string, req api.MigrateRequest, 
 	if err != nil {
 		return api.MigrateEvent{}, err
 	}
-	defer a.release(id)
+	settling := false // an in-doubt move hands the busy mark to settle
+	defer func() {
+		if !settling {
+			a.release(id)
+		}
+	}()
 	if rec.Phase != api.PhaseRunning {
 		return api.MigrateEvent{}, fmt.Errorf("%w: task %q is %s, not running", driver.ErrInvalidSpec, id, rec.Phase)
 	}
@@ -111,6 +116,25 @@ func (a *Agent) Migrate(ctx context.Context, id string, req api.MigrateRequest, 
 	}
 	if err != nil {
 		a.log.Warn("migration failed", "task", id, "to", req.To, "err", err)
+		if errors.Is(err, api.ErrInDoubt) {
+			// Keep asking the destination in the background; the task
+			// stays busy ("settle") until the outcome is known.
+			settling = true
+			a.mu.Lock()
+			a.busy[id] = "settle"
+			cur := n
+			if r, ok := a.records[id]; ok {
+				cur = *r
+			}
+			a.mu.Unlock()
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				// A live source is still there, paused; a checkpoint
+				// source is only its image.
+				a.settle(&cur, mode == "live")
+			}()
+		}
 		return api.MigrateEvent{}, err
 	}
 	ev.Step, ev.Done, ev.Mode, ev.Took = "done", true, mode, time.Since(start)
