@@ -116,6 +116,9 @@ type task struct {
 	restarting bool
 	// spawning is set while spawn launches a new incarnation.
 	spawning bool
+	// cancelPeriodic interrupts a periodic checkpoint in flight (Stop does
+	// not wait for one).
+	cancelPeriodic context.CancelFunc
 }
 
 // New opens (or creates) a driver over cfg.DataDir and re-attaches to the
@@ -706,6 +709,11 @@ func (d *Driver) Stop(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	t.mu.Lock()
+	if t.cancelPeriodic != nil {
+		t.cancelPeriodic()
+	}
+	t.mu.Unlock()
 	if err := t.acquire(ctx); err != nil {
 		return err
 	}

@@ -214,7 +214,7 @@ func TestExampleResumesFromPeriodicCheckpointAfterNodeLoss(t *testing.T) {
 		}
 	}})
 	b := newTestDriver(t, Config{})
-	spec := driver.Spec{ID: "seg", Epoch: 1, Process: &driver.ProcessSpec{Command: cmd, CheckpointInterval: 300 * time.Millisecond}}
+	spec := driver.Spec{ID: "seg", Epoch: 1, Process: &driver.ProcessSpec{Command: cmd, CheckpointInterval: 300 * time.Millisecond, CheckpointTimeout: 2 * time.Second}}
 	ctx := ctxT(t, 3*time.Minute)
 	if err := a.Start(ctx, spec); err != nil {
 		t.Fatal(err)

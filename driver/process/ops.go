@@ -316,12 +316,24 @@ func (d *Driver) periodic(t *task) bool {
 		t.release()
 		return true
 	}
-	if !t.observe().running {
+	p := t.observe()
+	if !p.running {
 		t.release()
 		return false
 	}
+	if caught, _, err := signalDisposition(p.jr.PID, int(t.job.signal)); err == nil && !caught {
+		// Not (yet) listening: skip rather than hold the task for the
+		// whole checkpoint timeout.
+		t.release()
+		d.log.Debug("periodic checkpoint skipped: job has no handler for the signal", "task", t.id, "signal", signalName(t.job.signal))
+		return true
+	}
 	ctx, cancel := contextUntil(d.done, t.stop)
 	defer cancel()
+	t.mu.Lock()
+	t.cancelPeriodic = cancel
+	t.mu.Unlock()
+	defer func() { t.mu.Lock(); t.cancelPeriodic = nil; t.mu.Unlock() }()
 	t.mu.Lock()
 	t.rec.CheckpointSeq++
 	seq := t.rec.CheckpointSeq

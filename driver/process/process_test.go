@@ -354,6 +354,9 @@ func TestPeriodicCheckpoints(t *testing.T) {
 	ctx := ctxT(t, time.Minute)
 	s := jobSpec("per", "counter", nil)
 	s.Process.CheckpointInterval = 150 * time.Millisecond
+	// A Go job drops a request that arrives before its signal.Notify (see
+	// docs/checkpointing.md); a short timeout keeps such a tick cheap.
+	s.Process.CheckpointTimeout = 2 * time.Second
 	if err := d.Start(ctx, s); err != nil {
 		t.Fatal(err)
 	}
@@ -584,5 +587,30 @@ func TestSelfCheckpointRestarts(t *testing.T) {
 	defer mu.Unlock()
 	if len(hooked) != 3 || hooked[0] != 10 || hooked[2] != 30 {
 		t.Errorf("checkpoints handed to OnCheckpoint: %v, want [10 20 30]", hooked)
+	}
+}
+
+// Stop does not wait for a periodic checkpoint the job is stuck in.
+func TestStopInterruptsPeriodicCheckpoint(t *testing.T) {
+	var mu sync.Mutex
+	n := 0
+	d := newTestDriver(t, Config{OnCheckpoint: func(context.Context, string, driver.Image) { mu.Lock(); n++; mu.Unlock() }})
+	s := jobSpec("stuck", "slow", nil)
+	s.Process.CheckpointInterval = time.Second
+	s.Process.CheckpointTimeout = 10 * time.Minute
+	if err := d.Start(ctxT(t, time.Minute), s); err != nil {
+		t.Fatal(err)
+	}
+	// The first periodic checkpoint commits; the second hangs in the job.
+	waitFor(t, "first periodic checkpoint", func() bool { mu.Lock(); defer mu.Unlock(); return n >= 1 })
+	waitFor(t, "the job stuck in its second checkpoint", func() bool {
+		b, _ := os.ReadFile(filepath.Join(d.taskDir("stuck"), stagingDir, "counter"))
+		return string(b) == "partial"
+	})
+	if err := d.Stop(ctxT(t, 30*time.Second), "stuck"); err != nil {
+		t.Fatalf("Stop during a stuck periodic checkpoint: %v", err)
+	}
+	if _, err := d.Inspect(context.Background(), "stuck"); !errors.Is(err, driver.ErrNotFound) {
+		t.Errorf("task still there after Stop: %v", err)
 	}
 }

@@ -41,6 +41,10 @@ func (s *state) step() {
 func main() {
 	steps := flag.Uint64("steps", 2000, "steps to compute")
 	delay := flag.Duration("delay", time.Millisecond, "pause per step (makes the run long enough to move)")
+	// Listen first: a Go program silently drops a SIGUSR2 that arrives
+	// before signal.Notify, and the request would time out.
+	req := make(chan os.Signal, 1)
+	signal.Notify(req, syscall.SIGUSR2) // the default checkpoint signal
 	flag.Parse()
 
 	var s state
@@ -59,9 +63,6 @@ func main() {
 	if n, err := strconv.Atoi(os.Getenv("FERRY_CHECKPOINT_EXIT_CODE")); err == nil {
 		code = n
 	}
-	req := make(chan os.Signal, 1)
-	signal.Notify(req, syscall.SIGUSR2) // the default checkpoint signal
-
 	for s.Step < *steps {
 		select {
 		case <-req:
