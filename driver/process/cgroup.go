@@ -85,6 +85,9 @@ func detectCgroups(dataDir string) *cgroupSet {
 	return cs
 }
 
+// probeV2 checks that task cgroups with cpu and memory limits can be made
+// below base's parent; it leaves nothing behind (base is made when a task
+// needs it).
 func probeV2(base string) error {
 	parent := filepath.Dir(base)
 	ctl, err := os.ReadFile(filepath.Join(parent, "cgroup.controllers"))
@@ -101,20 +104,18 @@ func probeV2(base string) error {
 			return fmt.Errorf("enable cpu and memory below %s: %v", parent, err)
 		}
 	}
-	if err := os.MkdirAll(base, 0o755); err != nil {
+	probe := base + "-probe-" + strconv.Itoa(os.Getpid())
+	if err := os.Mkdir(probe, 0o755); err != nil && !os.IsExist(err) {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(base, "memory.max")); err != nil {
-		return err
-	}
-	return nil
+	defer os.Remove(probe)
+	_, err = os.Stat(filepath.Join(probe, "memory.max"))
+	return err
 }
 
+// probeV1 checks that a cgroup can be made below base's parent.
 func probeV1(base string) error {
-	if err := os.MkdirAll(base, 0o755); err != nil {
-		return err
-	}
-	probe := filepath.Join(base, "probe-"+strconv.Itoa(os.Getpid()))
+	probe := base + "-probe-" + strconv.Itoa(os.Getpid())
 	if err := os.Mkdir(probe, 0o755); err != nil && !os.IsExist(err) {
 		return err
 	}
@@ -258,6 +259,7 @@ func (cs *cgroupSet) create(id string, cpus float64, mem int64) (dirs []string, 
 func (cs *cgroupSet) remove(dirs []string) {
 	for _, d := range dirs {
 		_ = os.Remove(d)
+		_ = os.Remove(filepath.Dir(d)) // the base, once its last task is gone
 	}
 }
 
