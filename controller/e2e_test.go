@@ -236,3 +236,73 @@ func TestE2EAgentLossRestartsTasksElsewhereWithoutDuplicates(t *testing.T) {
 		return n == 1 && where[0] != lost.Node
 	})
 }
+
+// A drain of four gathered tasks is four migrations from one node, two at a
+// time (the outbound limit); the controller dies after the first ones
+// committed and a restarted controller finishes the rest.
+func TestE2EControllerRestartMidDrainFinishesTheMoves(t *testing.T) {
+	c := newTestCluster(t, 2, 4)
+	if _, err := c.cli.Submit(ctx(t), []byte(counterJob("g", 5, 4, 1, "constraints:\n  gather: true\n"))); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"g.c.0", "g.c.1", "g.c.2", "g.c.3"}
+	c.waitFor("g running", 30*time.Second, func() bool {
+		for _, n := range names {
+			if c.phase(n) != store.TaskRunning {
+				return false
+			}
+		}
+		return true
+	})
+	from := c.task("g.c.0").Node
+	if err := c.cli.Drain(ctx(t), from, true, 0); err != nil {
+		t.Fatal(err)
+	}
+	var planID uint64
+	c.waitFor("some moves committed, not all", 30*time.Second, func() bool {
+		done, total := 0, 0
+		c.srv.Store.View(func(s *store.State) {
+			for _, p := range s.Plans {
+				if p.Reason != "" && p.State == store.PlanExecuting {
+					planID = p.ID
+					total = len(p.Actions)
+					for _, a := range p.Actions {
+						if a.State == store.ActionDone {
+							done++
+						}
+					}
+				}
+			}
+		})
+		return done > 0 && done < total
+	})
+	addr, old := c.srv.Addr(), c.srv
+	if err := c.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var states []string
+	old.Store.View(func(s *store.State) {
+		for _, a := range s.Plans[planID].Actions {
+			states = append(states, a.Kind+":"+string(a.State))
+		}
+	})
+	t.Logf("plan %d at the kill: %v", planID, states)
+	c.startServer(addr)
+	c.waitFor("every task moved off the drained node, one live copy each", 45*time.Second, func() bool {
+		for _, n := range names {
+			tk := c.task(n)
+			if tk.Phase != store.TaskRunning || tk.Node == from {
+				return false
+			}
+			if k, _ := c.liveCopies(n); k != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	var finished bool
+	c.srv.Store.View(func(s *store.State) { finished = s.Plans[planID] != nil && s.Plans[planID].State == store.PlanFinished })
+	if !finished {
+		t.Fatalf("plan %d not finished\n%s", planID, c.dump())
+	}
+}

@@ -96,10 +96,20 @@ func (c *testCluster) startServer(listen string) {
 	if c.srv != nil {
 		raft = c.srv.Store.RaftAddr()
 	}
-	srv, err := StartServer(context.Background(), ServerConfig{
-		DataDir: c.dataDir, Listen: listen, RaftListen: raft, Bootstrap: true, TLSDir: c.tlsDir, Identity: "server",
-		Policy: Priority{}, Period: 200 * time.Millisecond, HeartbeatTimeout: 2 * time.Second, Fast: true, Logger: quietLog(),
-	})
+	var srv *Server
+	var err error
+	// A restart reuses the old addresses; a socket of the old server may
+	// hold them for a moment.
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		srv, err = StartServer(context.Background(), ServerConfig{
+			DataDir: c.dataDir, Listen: listen, RaftListen: raft, Bootstrap: true, TLSDir: c.tlsDir, Identity: "server",
+			Policy: Priority{}, Period: 200 * time.Millisecond, HeartbeatTimeout: 2 * time.Second, Fast: true, Logger: quietLog(),
+		})
+		if err == nil || !strings.Contains(err.Error(), "address already in use") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,6 +248,18 @@ func (c *testCluster) dump() string {
 	})
 	for _, e := range c.srv.Controller.Events().Recent(0) {
 		fmt.Fprintln(&b, e)
+	}
+	for name, a := range c.agents {
+		if a.a == nil {
+			continue
+		}
+		for _, t := range c.agentTasks(name) {
+			st := ""
+			if t.Status != nil {
+				st = string(t.Status.State)
+			}
+			fmt.Fprintf(&b, "agent %s: %s %s epoch %d stale %v %s peer %s\n", name, t.ID, t.Phase, t.Epoch, t.Stale, st, t.Peer)
+		}
 	}
 	return b.String()
 }

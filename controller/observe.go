@@ -314,9 +314,13 @@ func (c *Controller) settleOrphans(ctx context.Context, now time.Time) {
 		var image string
 		switch a.Kind {
 		case "boot", "resume", "migrate":
+			settled := toSeen && (to == nil || to.Phase != api.PhaseIncoming) && now.Sub(run.started) > 3*c.cfg.Period
 			if toSeen && to != nil && to.Phase == api.PhaseRunning && to.Epoch >= a.NewEpoch && !to.Stale {
 				ok, epoch = true, to.Epoch
-			} else if toSeen && (to == nil || to.Phase != api.PhaseIncoming) && (a.Kind == "boot" || fromSeen && from != nil && from.Phase != api.PhaseMigratingOut) {
+			} else if settled && (a.Kind == "boot" || fromSeen && (from == nil || from.Phase != api.PhaseMigratingOut)) {
+				// Not at the destination and not moving: the action did
+				// not happen (or lost the task, which reconcile then
+				// reports lost and the next plan restarts).
 				failed = true
 			}
 		case "suspend":
