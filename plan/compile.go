@@ -284,7 +284,16 @@ func compile(p *Problem) (*inst, error) {
 				}
 			}
 		case cluster.Seq:
-			err = checkTasks(ci, kind, c.Tasks)
+			if err = checkTasks(ci, kind, c.Tasks); err == nil {
+				seen := make(map[int]bool, len(c.Tasks))
+				for _, t := range c.Tasks {
+					if seen[t] {
+						err = invalid("constraint %d (seq): task %q listed twice", ci, m.Tasks[t].Name)
+						break
+					}
+					seen[t] = true
+				}
+			}
 		case cluster.NoDelay:
 			err = checkTasks(ci, kind, []int{c.Task})
 		default:

@@ -11,6 +11,9 @@ import (
 // stops, unproved.
 const exactEvalBudget = 6000
 
+// exactVisitBudget bounds the search nodes (partial placements) visited.
+const exactVisitBudget = 200000
+
 // exactMaxTasks is the largest number of tasks to place for which the
 // exhaustive search is tried at all.
 const exactMaxTasks = 12
@@ -74,8 +77,18 @@ func (s *search) exhaustive(incumbent *candidate) (best *candidate, proved, time
 		return c.mttr, c.migrations
 	}
 	var dfs func(k int, partial int64, moved int)
+	visits := 0
 	dfs = func(k int, partial int64, moved int) {
 		if !complete {
+			return
+		}
+		// Branches that die before a complete placement cost time too.
+		if visits++; visits > exactVisitBudget {
+			complete = false
+			return
+		}
+		if visits%1024 == 0 && s.expired() {
+			complete, timedOut = false, true
 			return
 		}
 		bm, bmig := cost(best)

@@ -379,7 +379,16 @@ func (in *inst) buildRules() error {
 			}
 		case cluster.Gather:
 			r := &gatherRule{ruleBase: base, fixed: -1, tasks: toInt32(c.Tasks), cont: c.Continuous}
-			if c.Continuous {
+			// Continuous: members that stay running stay on their node
+			// when another member runs at the end (else it could not
+			// arrive next to them without breaking the rule).
+			members := map[int]bool{}
+			for _, t := range c.Tasks {
+				if in.tgtState[t] == cluster.Running {
+					members[t] = true
+				}
+			}
+			if c.Continuous && len(members) > 1 {
 				for _, t := range c.Tasks {
 					if staysRunning(t) {
 						if r.fixed < 0 {

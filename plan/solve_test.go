@@ -417,3 +417,48 @@ func TestSolveObjectives(t *testing.T) {
 		}
 	}
 }
+
+// Degenerate constraints (empty sets, empty groups, duplicates) never make
+// Solve panic: it returns a verified plan, a conflict, or ErrInvalid.
+func TestSolveDegenerateConstraints(t *testing.T) {
+	cs := []cluster.Constraint{
+		cluster.Among{Tasks: []int{0}, Groups: [][]int{{}}},
+		cluster.Among{Tasks: []int{0, 0}, Groups: [][]int{{0}, {0, 1}}},
+		cluster.Split{},
+		cluster.Split{Groups: [][]int{{}, {0}}},
+		cluster.SplitAmong{},
+		cluster.SplitAmong{TaskGroups: [][]int{{0}}},
+		cluster.Spread{},
+		cluster.Spread{Tasks: []int{0, 0}, Continuous: true},
+		cluster.Gather{Tasks: []int{0, 0}, Continuous: true},
+		cluster.Lonely{},
+		cluster.RunningCapacity{},
+		cluster.ResourceCapacity{Resource: "cpu"},
+		cluster.MaxOnline{},
+		cluster.Overbook{Resource: "cpu", Ratio: 1},
+		cluster.Seq{Tasks: []int{0, 1, 0}},
+		cluster.NoDelay{Task: 1},
+		cluster.Root{},
+		cluster.Quarantine{},
+		cluster.StateConstraint{State: cluster.Running},
+		cluster.NodeStateConstraint{State: cluster.NodeOffline},
+		cluster.Fence{Tasks: []int{0}},
+		cluster.Ban{},
+	}
+	for _, c := range cs {
+		for _, extra := range []cluster.Constraint{nil, cluster.Ban{Tasks: []int{0, 1}, Nodes: []int{0}}} {
+			p := &plan.Problem{Model: world("n1:4 n2:4", "a:1@n1 b:1@n1"), Constraints: []cluster.Constraint{c}}
+			if extra != nil {
+				p.Constraints = append(p.Constraints, extra)
+			}
+			_, err := plan.Solve(context.Background(), p, plan.Options{})
+			switch {
+			case err == nil:
+				solveAndVerify(t, p, 1)
+			case errors.Is(err, plan.ErrNoSolution), errors.Is(err, cluster.ErrInvalid):
+			default:
+				t.Errorf("%s %+v: unexpected error %v", c.Kind(), c, err)
+			}
+		}
+	}
+}
