@@ -328,7 +328,7 @@ func (d *Driver) create(ctx context.Context, spec driver.Spec, from string) erro
 		d.mu.Lock()
 		delete(d.tasks, spec.ID)
 		d.mu.Unlock()
-		d.cg.remove(t.rec.Cgroups)
+		d.cg.remove(t.snapshot().Cgroups)
 		os.RemoveAll(dir)
 		return err
 	}
@@ -343,11 +343,19 @@ func (d *Driver) create(ctx context.Context, spec driver.Spec, from string) erro
 		if err := linkTree(from, filepath.Join(dir, restoreDir)); err != nil {
 			return fail(fmt.Errorf("process driver: resume task %q: take checkpoint %s: %w", spec.ID, from, err))
 		}
+		t.mu.Lock()
 		t.rec.LastBytes, t.rec.LastTook = m.Bytes, m.Took
+		t.mu.Unlock()
 	}
+	// The task is already visible to List (d.tasks), so its record is
+	// written under t.mu like everywhere else.
+	t.mu.Lock()
 	t.rec.Spec = spec
+	t.mu.Unlock()
 	cgs, note, err := d.cg.create(filepath.Base(dir), spec.CPUs, spec.MemoryBytes)
+	t.mu.Lock()
 	t.rec.Cgroups, t.rec.LimitNote = cgs, note
+	t.mu.Unlock()
 	if err != nil {
 		return fail(fmt.Errorf("process driver: task %q: set up cgroup limits: %w", spec.ID, err))
 	}
