@@ -144,7 +144,9 @@ func waitCounter(t *testing.T, d *Driver, id string, off, min int64) int64 {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("task %s: no counter above %d in %s", id, min, d.LogPath(id))
+	log, _ := os.ReadFile(d.LogPath(id))
+	st, err := d.Inspect(ctxT(t, time.Minute), id)
+	t.Fatalf("task %s: no counter above %d in %s (status %+v, %v); console ends %q", id, min, d.LogPath(id), st, err, log[max(0, len(log)-1500):])
 	return 0
 }
 

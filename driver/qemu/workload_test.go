@@ -43,14 +43,14 @@ func TestDirtyWorkloadMigrates(t *testing.T) {
 	t.Parallel()
 	a, b := newDriver(t), newDriver(t)
 	s := spec("dirty")
-	s.VM.Workload = "dirty 10 16"
+	s.VM.Workload = "dirty 5 8"
 	if err := a.Start(ctxT(t, time.Minute), s); err != nil {
 		t.Fatal(err)
 	}
 	waitCounter(t, a, s.ID, 0, 10)
 	s.Epoch++
 	p := migrateWith(t, a, b, s, driver.MigrationOptions{MaxDowntime: 100 * time.Millisecond, AutoConverge: true})
-	t.Logf("dirty 10 MB/s, auto-converge: total %v, downtime %v, transferred %d B", p.TotalTime, p.Downtime, p.TransferredBytes)
+	t.Logf("dirty 5 MB/s, auto-converge: total %v, downtime %v, transferred %d B", p.TotalTime, p.Downtime, p.TransferredBytes)
 	// And back with post-copy, bandwidth-limited so that pre-copy alone
 	// would take a while. The destination stays paused until the move is
 	// complete (FinishIncoming), post-copy or not.
@@ -67,7 +67,9 @@ func TestDirtyWorkloadMigrates(t *testing.T) {
 		sawPostcopy = sawPostcopy || p.Status == "postcopy-active"
 	})
 	if err != nil {
-		t.Fatalf("post-copy MigrateOut: %v", err)
+		log, _ := os.ReadFile(b.LogPath(s.ID))
+		st, _ := b.Inspect(ctxT(t, time.Minute), s.ID)
+		t.Fatalf("post-copy MigrateOut: %v (source %+v; its console ends %q)", err, st, log[max(0, len(log)-1500):])
 	}
 	if err := a.FinishIncoming(ctxT(t, time.Minute), s.ID); err != nil {
 		t.Fatal(err)
