@@ -41,7 +41,7 @@ type planFlags struct {
 func init() {
 	var f planFlags
 	cmd := &cobra.Command{
-		Use:   "plan [--timeout 30s] [--objective mttr|migrations] [--seed N] [-o PLAN.json] [--explain] [--live-only] INSTANCE|-",
+		Use:   "plan [--timeout 30s] [--objective mttr|migrations] [--seed N] [-o PLAN.json] [--explain] [--live-only=false] INSTANCE|-",
 		Short: "Compute a reconfiguration plan for a BtrPlace instance",
 		Long: `Read a BtrPlace instance (JSON or .json.gz; - for stdin), compute a target
 placement and a viable plan, and write it as a BtrPlace ReconfigurationPlan
@@ -66,7 +66,11 @@ plan breaks a rule (each violation is printed).`,
 	cmd.Flags().StringVarP(&f.output, "output", "o", "", "write the plan to this file (atomically) instead of stdout")
 	cmd.Flags().BoolVar(&f.explain, "explain", false, "print a readable summary of the plan")
 	cmd.Flags().StringVar(&f.check, "check", "", "verify this ReconfigurationPlan against the instance instead of solving")
-	cmd.Flags().BoolVar(&f.liveOnly, "live-only", false, "relocate running VMs by live migration only (as BtrPlace does), never by suspend and resume")
+	// Live-only is the default: a BtrPlace user expects a running VM that
+	// stays running to move live. BtrPlace instances usually set only the
+	// migrate duration, so suspend and resume default to 1 and would look
+	// cheaper than a live migration although they stop the guest.
+	cmd.Flags().BoolVar(&f.liveOnly, "live-only", true, "relocate running VMs by live migration only, as BtrPlace does (suspend and resume only as a pivot when no third node has room); --live-only=false lets the planner relocate by suspend and resume when the durations make that cheaper")
 	root.AddCommand(cmd)
 }
 

@@ -27,7 +27,7 @@ func exitCode(err error) int {
 	return 0
 }
 
-func planOpts() planFlags { return planFlags{timeout: 10 * time.Second} }
+func planOpts() planFlags { return planFlags{timeout: 10 * time.Second, liveOnly: true} }
 
 func TestPlanWritesAVerifiedPlan(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "plan.json")
