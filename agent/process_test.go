@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net/http"
 	"reflect"
 	"testing"
@@ -266,6 +268,27 @@ func TestRestartReattaches(t *testing.T) {
 		t.Fatal(err)
 	}
 	cs := a.waitCounter(ctx, "r", 2)
+	// logs?tail=0&follow=1 streams only new output.
+	fctx, fcancel := context.WithTimeout(ctx, time.Minute)
+	rc, err := a.c.Logs(fctx, "r", 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(rc)
+	var followed []string
+	for len(followed) < 3 && sc.Scan() {
+		followed = append(followed, sc.Text())
+	}
+	fcancel()
+	rc.Close()
+	if len(followed) < 3 {
+		t.Fatalf("follow gave %q", followed)
+	}
+	// (The first line may be the tail of one being written: skip it.)
+	var next int64
+	if _, err := fmt.Sscanf(followed[1], "counter %d", &next); err != nil || next <= cs[len(cs)-1] {
+		t.Fatalf("follow gave %q, want counters after %d", followed, cs[len(cs)-1])
+	}
 	// A copy the agent has no record of (started behind its back).
 	if err := a.drivers[0].Start(ctx, counterSpec("orphan", nil)); err != nil {
 		t.Fatal(err)

@@ -142,9 +142,7 @@ func TestQEMULiveMigrateAndSuspendAcrossAgents(t *testing.T) {
 	if got[0] <= lastA || got[0] > lastA+20 {
 		t.Fatalf("after A → B the counter is %d, last on A %d: not continuing", got[0], lastA)
 	}
-	if n := a.live(ctx, id) + b.live(ctx, id); n != 1 || b.live(ctx, id) != 1 {
-		t.Fatalf("%d live copies after A → B", n)
-	}
+	wantLive(ctx, t, id, a, 0, b, 1)
 	_, err = a.c.Suspend(ctx, id, 1)
 	wantKind(t, "suspend at the old owner", err, api.ErrStaleEpoch)
 
@@ -155,9 +153,7 @@ func TestQEMULiveMigrateAndSuspendAcrossAgents(t *testing.T) {
 	if got[0] <= lastB || got[0] > lastB+20 {
 		t.Fatalf("after B → A the counter is %d, last on B %d", got[0], lastB)
 	}
-	if a.live(ctx, id) != 1 || b.live(ctx, id) != 0 {
-		t.Fatal("not exactly one live copy (on A) after B → A")
-	}
+	wantLive(ctx, t, id, a, 1, b, 0)
 
 	// Suspend on A, resume on B from A's image.
 	sus, err := a.c.Suspend(ctx, id, 3)
@@ -178,9 +174,7 @@ func TestQEMULiveMigrateAndSuspendAcrossAgents(t *testing.T) {
 	if got[0] <= lastA || got[0] > lastA+20 {
 		t.Fatalf("after resume on B the counter is %d, last on A %d", got[0], lastA)
 	}
-	if a.live(ctx, id) != 0 || b.live(ctx, id) != 1 {
-		t.Fatal("not exactly one live copy (on B) after resume")
-	}
+	wantLive(ctx, t, id, a, 0, b, 1)
 	if err := b.c.Stop(ctx, id, 4); err != nil {
 		t.Fatal(err)
 	}
@@ -243,9 +237,7 @@ func TestQEMUCancelAndDestinationLoss(t *testing.T) {
 	}
 	skip := len(a.counters(ctx, id))
 	a.waitNew(ctx, id, skip)
-	if a.live(ctx, id) != 1 || b.live(ctx, id) != 0 {
-		t.Fatal("after cancel: not exactly one live copy on the source")
-	}
+	wantLive(ctx, t, id, a, 1, b, 0)
 	if _, err := b.c.Inspect(ctx, id); !errors.Is(err, driver.ErrNotFound) {
 		t.Fatalf("destination after cancel: %v, want not found", err)
 	}
@@ -279,9 +271,7 @@ func TestQEMUCancelAndDestinationLoss(t *testing.T) {
 	if _, err := a.c.Migrate(ctx, id, api.MigrateRequest{Epoch: 1, To: b.addr, Options: driver.MigrationOptions{AutoConverge: true}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if a.live(ctx, id) != 0 || b.live(ctx, id) != 1 {
-		t.Fatal("not exactly one live copy after the final move")
-	}
+	wantLive(ctx, t, id, a, 0, b, 1)
 }
 
 // --- an agent in a subprocess, for kill -9 --------------------------------
@@ -427,10 +417,29 @@ func TestQEMUSourceAgentKilledMidFlight(t *testing.T) {
 	if got[0] <= all[0] {
 		t.Fatalf("counter reset on the source: %v", tail(all))
 	}
-	if a.live(ctx, id) != 1 || b.live(ctx, id) != 0 {
-		t.Fatalf("live copies: source %d, destination %d; want 1, 0", a.live(ctx, id), b.live(ctx, id))
-	}
+	wantLive(ctx, t, id, a, 1, b, 0)
 	if err := a.c.Stop(ctx, id, 1); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// wantLive waits (up to 30 s: a copy's state settles shortly after a move,
+// e.g. QEMU's RESUME event) until a runs wantA live copies of id and b
+// wantB, failing at once if the two ever run more than one together.
+func wantLive(ctx context.Context, t *testing.T, id string, a *node, wantA int, b *node, wantB int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		na, nb := a.live(ctx, id), b.live(ctx, id)
+		if na+nb > 1 {
+			t.Fatalf("%d live copies of %s on %s and %d on %s", na, id, a.name, nb, b.name)
+		}
+		if na == wantA && nb == wantB {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("live copies of %s: %d on %s, %d on %s; want %d, %d", id, na, a.name, nb, b.name, wantA, wantB)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
