@@ -614,3 +614,23 @@ func TestStopInterruptsPeriodicCheckpoint(t *testing.T) {
 		t.Errorf("task still there after Stop: %v", err)
 	}
 }
+
+// A bare command name is found on the job's PATH, as a shell would find it:
+// the supervisor that starts the job has no environment of its own.
+func TestBareCommandNameUsesPATH(t *testing.T) {
+	d := newTestDriver(t, Config{})
+	ctx := ctxT(t, time.Minute)
+	spec := driver.Spec{ID: "bare", Epoch: 1, Process: &driver.ProcessSpec{Command: []string{"sh", "-c", "echo found-on-path; exit 0"}}}
+	if err := d.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	var st driver.Status
+	waitFor(t, "exit", func() bool { st, _ = d.Inspect(ctx, "bare"); return st.State == driver.StateExited || st.State == driver.StateFailed })
+	if st.State != driver.StateExited {
+		t.Fatalf("status %+v: want exited", st)
+	}
+	out, err := os.ReadFile(d.LogPath("bare"))
+	if err != nil || !strings.Contains(string(out), "found-on-path") {
+		t.Fatalf("log %q, %v", out, err)
+	}
+}

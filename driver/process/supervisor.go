@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -95,6 +96,14 @@ func superviseMain(dir string) int {
 	for _, cg := range l.Cgroups {
 		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte("0\n"), 0); err != nil {
 			return fail(fmt.Errorf("join cgroup %s: %w", cg, err))
+		}
+	}
+	// The supervisor itself runs with an empty environment; a bare command
+	// name ("sh", "python3") is looked up in the job's PATH, as a shell
+	// would for the job.
+	for _, kv := range l.Env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			os.Setenv("PATH", v)
 		}
 	}
 	cmd := exec.Command(l.Argv[0], l.Argv[1:]...)
