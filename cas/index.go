@@ -53,14 +53,67 @@ type Entry struct {
 	Hole   bool
 }
 
+// Index format versions.
+const (
+	// IndexV1: Digest is the SHA-256 of the whole file (wire magic
+	// "FRYIDX1\n"). A receiver checks it by hashing the rebuilt file.
+	IndexV1 = 1
+	// IndexV2: Digest is the root (Root): the SHA-256 of the chunking, the
+	// size and the encoded entry list (wire magic "FRYIDX2\n"). It commits
+	// to every chunk ID in order, so a file rebuilt from chunks verified
+	// against their IDs is the file the root names without hashing the
+	// file a second time; the decoder refuses an index whose digest is not
+	// its root. What BuildIndex makes.
+	IndexV2 = 2
+)
+
 // Index is the recipe of one file.
 type Index struct {
+	// Version is IndexV1 or IndexV2; zero means IndexV1.
+	Version  uint8
 	Chunking Chunking
 	// Size is the file's length in bytes; the entries' lengths add up to it.
 	Size int64
-	// Digest is the SHA-256 of the whole file.
+	// Digest names the whole file: its SHA-256 (IndexV1) or the root of
+	// the index (IndexV2, see Root).
 	Digest  ID
 	Entries []Entry
+}
+
+// V2 reports whether x is an IndexV2 index (Digest is its root).
+func (x *Index) V2() bool { return x.Version == IndexV2 }
+
+// rootPrefix separates the root's hash input from any other SHA-256 input.
+var rootPrefix = []byte("ferry index root v2\n")
+
+// Root returns the SHA-256 over a domain prefix, the chunking u8, the size
+// u64, the entry count u64 and the entries in wire encoding. Two files with
+// the same root have the same bytes (as long as SHA-256 is collision
+// resistant): each data entry names its bytes, each hole is zeros.
+func (x *Index) Root() ID {
+	h := sha256.New()
+	h.Write(rootPrefix)
+	var hdr [17]byte
+	hdr[0] = byte(x.Chunking)
+	binary.BigEndian.PutUint64(hdr[1:], uint64(x.Size))
+	binary.BigEndian.PutUint64(hdr[9:], uint64(len(x.Entries)))
+	h.Write(hdr[:])
+	var buf [DataEntryLen]byte
+	for _, e := range x.Entries {
+		h.Write(encodeEntry(&buf, e))
+	}
+	return ID(h.Sum(nil))
+}
+
+func encodeEntry(buf *[DataEntryLen]byte, e Entry) []byte {
+	binary.BigEndian.PutUint32(buf[1:5], e.Length)
+	if e.Hole {
+		buf[0] = entryHole
+		return buf[:HoleEntryLen]
+	}
+	buf[0] = entryData
+	copy(buf[5:], e.ID[:])
+	return buf[:]
 }
 
 // Offsets returns the start offset of every entry.
@@ -102,8 +155,12 @@ func (x *Index) Stats() Stats {
 	return s
 }
 
-// Validate checks the index's internal consistency and the default limits.
+// Validate checks the index's internal consistency and the default limits
+// (and, for IndexV2, that Digest is the root).
 func (x *Index) Validate() error {
+	if x.Version > IndexV2 {
+		return fmt.Errorf("%w: index: unknown version %d", ErrInvalid, x.Version)
+	}
 	if x.Chunking != Fixed && x.Chunking != CDC {
 		return fmt.Errorf("%w: index: unknown chunking %d", ErrInvalid, uint8(x.Chunking))
 	}
@@ -119,6 +176,9 @@ func (x *Index) Validate() error {
 	}
 	if sum != x.Size {
 		return fmt.Errorf("%w: index: entries add up to %d bytes, size says %d", ErrInvalid, sum, x.Size)
+	}
+	if x.V2() && x.Digest != x.Root() {
+		return fmt.Errorf("%w: %w: index: digest %s is not the root of its entries", ErrInvalid, ErrCorrupt, x.Digest.Short())
 	}
 	return nil
 }
@@ -139,15 +199,18 @@ func checkEntry(i int, e Entry) error {
 
 // Wire format of an index (all integers big-endian):
 //
-//	magic    "FRYIDX1\n"
+//	magic    "FRYIDX1\n" (IndexV1) or "FRYIDX2\n" (IndexV2)
 //	chunking u8
 //	size     u64
-//	digest   [32]
+//	digest   [32]  whole-file SHA-256 (v1) or root (v2, checked on decode)
 //	count    u64
 //	count ×  kind u8 (0 data, 1 hole), length u32, [32] id if data
 //
 // Nothing may follow the last entry.
-var indexMagic = [8]byte{'F', 'R', 'Y', 'I', 'D', 'X', '1', '\n'}
+var (
+	indexMagic   = [8]byte{'F', 'R', 'Y', 'I', 'D', 'X', '1', '\n'}
+	indexMagicV2 = [8]byte{'F', 'R', 'Y', 'I', 'D', 'X', '2', '\n'}
+)
 
 const (
 	entryData = 0
@@ -180,6 +243,9 @@ func EncodeIndex(w io.Writer, x *Index) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	var hdr [HeaderLen]byte
 	copy(hdr[:8], indexMagic[:])
+	if x.V2() {
+		copy(hdr[:8], indexMagicV2[:])
+	}
 	hdr[8] = byte(x.Chunking)
 	binary.BigEndian.PutUint64(hdr[9:], uint64(x.Size))
 	copy(hdr[17:49], x.Digest[:])
@@ -187,15 +253,7 @@ func EncodeIndex(w io.Writer, x *Index) error {
 	bw.Write(hdr[:])
 	var buf [DataEntryLen]byte
 	for _, e := range x.Entries {
-		binary.BigEndian.PutUint32(buf[1:5], e.Length)
-		if e.Hole {
-			buf[0] = entryHole
-			bw.Write(buf[:HoleEntryLen])
-			continue
-		}
-		buf[0] = entryData
-		copy(buf[5:], e.ID[:])
-		bw.Write(buf[:])
+		bw.Write(encodeEntry(&buf, e))
 	}
 	return bw.Flush()
 }
@@ -226,10 +284,14 @@ func DecodeIndexLimits(r io.Reader, lim DecodeLimits) (*Index, error) {
 	if _, err := io.ReadFull(br, hdr[:]); err != nil {
 		return nil, fmt.Errorf("%w: index header: %v", ErrInvalid, truncated(err))
 	}
-	if [8]byte(hdr[:8]) != indexMagic {
+	x := &Index{Version: IndexV1, Chunking: Chunking(hdr[8])}
+	switch [8]byte(hdr[:8]) {
+	case indexMagic:
+	case indexMagicV2:
+		x.Version = IndexV2
+	default:
 		return nil, fmt.Errorf("%w: index: bad magic %q", ErrInvalid, hdr[:8])
 	}
-	x := &Index{Chunking: Chunking(hdr[8])}
 	if x.Chunking != Fixed && x.Chunking != CDC {
 		return nil, fmt.Errorf("%w: index: unknown chunking %d", ErrInvalid, hdr[8])
 	}
@@ -273,6 +335,9 @@ func DecodeIndexLimits(r io.Reader, lim DecodeLimits) (*Index, error) {
 	}
 	if sum != x.Size {
 		return nil, fmt.Errorf("%w: index: entries add up to %d bytes, size says %d", ErrInvalid, sum, x.Size)
+	}
+	if x.V2() && x.Digest != x.Root() {
+		return nil, fmt.Errorf("%w: %w: index: digest %s is not the root of its %d entries", ErrInvalid, ErrCorrupt, x.Digest.Short(), count)
 	}
 	if _, err := br.ReadByte(); err == nil {
 		return nil, fmt.Errorf("%w: index: trailing bytes after %d entries", ErrInvalid, count)

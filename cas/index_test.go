@@ -32,7 +32,12 @@ func genIndex(t *rapid.T) *Index {
 		x.Size += int64(e.Length)
 		x.Entries = append(x.Entries, e)
 	}
-	copy(x.Digest[:], rapid.SliceOfN(rapid.Byte(), 32, 32).Draw(t, "digest"))
+	if rapid.Bool().Draw(t, "v2") {
+		x.Version = IndexV2
+		x.Digest = x.Root()
+	} else {
+		copy(x.Digest[:], rapid.SliceOfN(rapid.Byte(), 32, 32).Draw(t, "digest"))
+	}
 	return x
 }
 
@@ -50,7 +55,7 @@ func TestIndexRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if y.Size != x.Size || y.Digest != x.Digest || y.Chunking != x.Chunking || len(y.Entries) != len(x.Entries) {
+		if y.Size != x.Size || y.Digest != x.Digest || y.Chunking != x.Chunking || y.V2() != x.V2() || len(y.Entries) != len(x.Entries) {
 			t.Fatalf("decoded %+v, want %+v", y, x)
 		}
 		for i := range x.Entries {
@@ -104,6 +109,10 @@ func FuzzDecodeIndex(f *testing.F) {
 	f.Add(encoded(f, &Index{Chunking: Fixed}))
 	f.Add(encoded(f, &Index{Chunking: CDC, Size: 5000, Entries: []Entry{{ID: Sum([]byte("x")), Length: 1000}, {Hole: true, Length: 4000}}}))
 	f.Add([]byte("FRYIDX1\n"))
+	f.Add([]byte("FRYIDX2\n"))
+	v2 := &Index{Version: IndexV2, Chunking: Fixed, Size: 8192, Entries: []Entry{{ID: Sum([]byte("y")), Length: 4096}, {Hole: true, Length: 4096}}}
+	v2.Digest = v2.Root()
+	f.Add(encoded(f, v2))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		x, err := DecodeIndexLimits(bytes.NewReader(b), DecodeLimits{MaxEntries: 1 << 16, MaxFileSize: 1 << 40})
 		if err != nil {
@@ -114,6 +123,9 @@ func FuzzDecodeIndex(f *testing.F) {
 		}
 		if err := x.Validate(); err != nil {
 			t.Fatalf("decoded index fails Validate: %v", err)
+		}
+		if x.V2() && x.Digest != x.Root() {
+			t.Fatal("v2 index accepted with a digest that is not its root")
 		}
 		if !bytes.Equal(encoded(t, x), b) {
 			t.Fatal("re-encoding differs from the input")
@@ -129,8 +141,8 @@ func TestBuildIndexFixedWithHoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if x.Digest != ID(sha256.Sum256(data)) || x.Size != int64(len(data)) {
-		t.Fatalf("digest or size wrong: %d", x.Size)
+	if x.Version != IndexV2 || x.Digest != x.Root() || x.Size != int64(len(data)) {
+		t.Fatalf("version, digest or size wrong: %d %d", x.Version, x.Size)
 	}
 	if len(x.Entries) != 9 || !x.Entries[1].Hole || x.Entries[1].Length != 3*4096 || x.Entries[3].ID != x.Entries[0].ID {
 		t.Fatalf("entries %+v", x.Entries)
@@ -156,8 +168,68 @@ func TestBuildIndexCDC(t *testing.T) {
 			t.Fatalf("entry %d does not name its bytes", i)
 		}
 	}
-	if x.Digest != Sum(data) {
+	if x.Digest != x.Root() {
 		t.Fatal("digest")
+	}
+}
+
+// The root commits to every entry: changing any ID, length, kind, the
+// chunking or the size changes it, and the decoder refuses a v2 index whose
+// digest is not its root. A v1 index keeps a whole-file digest and decodes
+// as before.
+func TestIndexV2Root(t *testing.T) {
+	data := append(randBytes(3*4096+10, 5), make([]byte, 8192)...)
+	x, err := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: Fixed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := encoded(t, x)
+	if string(b[:8]) != "FRYIDX2\n" {
+		t.Fatalf("magic %q", b[:8])
+	}
+	y, err := DecodeIndex(bytes.NewReader(b))
+	if err != nil || y.Version != IndexV2 || y.Digest != x.Digest {
+		t.Fatalf("decode: %v %+v", err, y)
+	}
+	seen := map[ID]bool{x.Root(): true}
+	for name, f := range map[string]func(z *Index){
+		"id":       func(z *Index) { z.Entries[0].ID[3] ^= 1 },
+		"swap":     func(z *Index) { z.Entries[0], z.Entries[1] = z.Entries[1], z.Entries[0] },
+		"length":   func(z *Index) { z.Entries[3].Length--; z.Entries[4].Length++ },
+		"chunking": func(z *Index) { z.Chunking = CDC },
+		"size":     func(z *Index) { z.Size++; z.Entries[4].Length++ },
+	} {
+		z := *x
+		z.Entries = append([]Entry(nil), x.Entries...)
+		f(&z)
+		r := z.Root()
+		if seen[r] {
+			t.Errorf("%s: root unchanged", name)
+		}
+		seen[r] = true
+		if err := z.Validate(); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: Validate with the old digest: %v", name, err)
+		}
+	}
+	for _, off := range []int{17, HeaderLen + 5, len(b) - 1} { // digest, first ID, last byte
+		bad := append([]byte(nil), b...)
+		bad[off] ^= 1
+		_, err := DecodeIndex(bytes.NewReader(bad))
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("flipped byte %d: got %v, want ErrInvalid", off, err)
+		}
+	}
+	v1 := *x
+	v1.Version, v1.Digest = IndexV1, ID(sha256.Sum256(data))
+	b1 := encoded(t, &v1)
+	if string(b1[:8]) != "FRYIDX1\n" {
+		t.Fatalf("v1 magic %q", b1[:8])
+	}
+	if y, err := DecodeIndex(bytes.NewReader(b1)); err != nil || y.Version != IndexV1 || y.Digest != v1.Digest {
+		t.Fatalf("v1 decode: %v %+v", err, y)
+	}
+	if err := (&Index{Version: 3, Chunking: Fixed}).Validate(); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("version 3: %v", err)
 	}
 }
 

@@ -34,13 +34,21 @@ type chunkFrame struct {
 
 // senderStream builds what a sender would write.
 func senderStream(h Header, x *cas.Index, chunks []chunkFrame, done bool) []byte {
+	if x == nil {
+		return senderStreamBytes(h, nil, chunks, done)
+	}
+	var ib bytes.Buffer
+	cas.EncodeIndex(&ib, x)
+	return senderStreamBytes(h, ib.Bytes(), chunks, done)
+}
+
+// senderStreamBytes is senderStream with the INDEX payload as bytes.
+func senderStreamBytes(h Header, index []byte, chunks []chunkFrame, done bool) []byte {
 	var buf bytes.Buffer
 	w := newFrameWriter(&buf, nil)
 	w.frame(msgHello, encodeHello(h))
-	if x != nil {
-		var ib bytes.Buffer
-		cas.EncodeIndex(&ib, x)
-		w.frame(msgIndex, ib.Bytes())
+	if index != nil {
+		w.frame(msgIndex, index)
 	}
 	for _, c := range chunks {
 		var hdr [chunkHdrLen]byte
@@ -91,7 +99,14 @@ func TestReceiverRejectsHostileStreams(t *testing.T) {
 	data := append(randBytes(5*4096, 40), make([]byte, 8192)...)
 	x, frames := indexOf(t, data)
 	ok := Header{ID: "h", Name: "f.raw", Kind: KindFile, Mode: 0o600}
+	// v2: a digest that is not the root of the entries.
+	var ib bytes.Buffer
+	cas.EncodeIndex(&ib, x)
+	badRoot := ib.Bytes()
+	badRoot[17] ^= 1
+	// v1: a whole-file digest the rebuilt file does not have.
 	badDigest := *x
+	badDigest.Version, badDigest.Digest = cas.IndexV1, cas.Sum(data)
 	badDigest.Digest[0] ^= 1
 	wrongData := append([]chunkFrame(nil), frames...)
 	wrongData[1].data = randBytes(4096, 41)
@@ -119,7 +134,8 @@ func TestReceiverRejectsHostileStreams(t *testing.T) {
 		{"traversal id", senderStream(Header{ID: "../h", Name: "f", Kind: KindFile}, x, frames, true), cas.ErrInvalid},
 		{"bad kind", senderStream(Header{ID: "h", Name: "f", Kind: 9}, x, frames, true), cas.ErrInvalid},
 		{"huge count", huge, cas.ErrInvalid},
-		{"wrong digest", senderStream(ok, &badDigest, frames, true), cas.ErrCorrupt},
+		{"wrong root (v2)", senderStreamBytes(ok, badRoot, frames, true), cas.ErrCorrupt},
+		{"wrong whole-file digest (v1)", senderStream(ok, &badDigest, frames, true), cas.ErrCorrupt},
 		{"wrong chunk data", senderStream(ok, x, wrongData, true), cas.ErrCorrupt},
 		{"truncated after index", senderStream(ok, x, nil, false), ErrTruncated},
 		{"truncated mid chunk", senderStream(ok, x, frames, true)[:len(senderStream(ok, x, nil, false))+3000], ErrTruncated},

@@ -120,3 +120,28 @@ func TestDirTransferResumes(t *testing.T) {
 		t.Fatal("state.bin differs")
 	}
 }
+
+// A sender holding an IndexV1 index (whole-file SHA-256, made before
+// IndexV2) still transfers: the receiver checks the whole-file digest by
+// hashing the rebuilt file.
+func TestIndexV1Transfer(t *testing.T) {
+	rc := newReceiver(t, nil)
+	addr, out := listen(t, rc)
+	src, data := image(t, 100, 7)
+	x, err := cas.IndexFile(src, cas.IndexOptions{Chunking: cas.Fixed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := *x
+	v1.Version, v1.Digest = cas.IndexV1, cas.Sum(data)
+	if _, err := SendFile(context.Background(), dial(t, addr), src, SendOptions{ID: "v1", Name: "v1.raw", Index: &v1}); err != nil {
+		t.Fatal(err)
+	}
+	r := <-out
+	if r.err != nil || r.res.Index.Version != cas.IndexV1 {
+		t.Fatalf("receiver: %v, index version %d", r.err, r.res.Index.Version)
+	}
+	if got, _ := os.ReadFile(r.res.Path); !bytes.Equal(got, data) {
+		t.Fatal("rebuilt file differs")
+	}
+}

@@ -246,6 +246,14 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 			}
 		}
 	}
+	if part.resumed {
+		// Holes are never written, but the partial file of an earlier
+		// attempt is outside input: make sure they read as zeros (an IndexV2
+		// transfer does not hash the rebuilt file again).
+		if err := zeroHoles(part.f, x, offs, buf[:cap(buf)]); err != nil {
+			return fmt.Errorf("transfer: check holes of partial: %w", err)
+		}
+	}
 	prog.p.Present = x.Size - prog.p.Wanted
 	prog.p.ChunksWanted = len(want)
 	res.WantedChunks = len(want)
@@ -256,9 +264,13 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		return fmt.Errorf("transfer: send WANT: %w", err)
 	}
 
-	// Receive the chunks. Contiguous chunks are written in 1 MiB runs, and
-	// the whole-file digest follows the completed prefix of the file on
-	// another goroutine, so verification overlaps the stream.
+	// Receive the chunks. Contiguous chunks are written in 1 MiB runs. Each
+	// chunk is verified against its ID before it is written; for an
+	// IndexV2 index that completes the whole-file check (the decoder
+	// checked that the digest is the root of these IDs, so the rebuilt file
+	// is the one the digest names). For an IndexV1 index the whole-file
+	// SHA-256 follows the completed prefix of the file on another
+	// goroutine, so verification overlaps the stream.
 	prog.phase(PhaseStream)
 	isWanted := make([]bool, len(x.Entries))
 	for _, i := range want {
@@ -268,8 +280,11 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 	for i, e := range x.Entries {
 		done[i] = e.Hole || !isWanted[head[e.ID]]
 	}
-	dg := newPrefixDigest(part.f)
-	defer dg.stop()
+	var dg *prefixDigest
+	if !x.V2() {
+		dg = newPrefixDigest(part.f)
+		defer dg.stop()
+	}
 	pw := &runWriter{f: part.f, buf: make([]byte, 0, 1<<20), done: done}
 	defer pw.flush() // on failure, keep every verified chunk for a resume
 	onDisk := 0      // first entry not known to be on disk
@@ -281,7 +296,9 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		if onDisk < len(done) {
 			end = offs[onDisk]
 		}
-		dg.upTo(end)
+		if dg != nil {
+			dg.upTo(end)
+		}
 	}
 	advance()
 	var keeper *storeWriter
@@ -351,13 +368,15 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 
 	// Verify and commit.
 	prog.phase(PhaseVerify)
-	sum, err := dg.finish()
-	if err != nil {
-		return fmt.Errorf("transfer: verify partial: %w", err)
-	}
-	if sum != x.Digest {
-		part.discard()
-		return fmt.Errorf("%w: rebuilt %s does not match its whole-file digest %s", cas.ErrCorrupt, h.Name, x.Digest.Short())
+	if dg != nil {
+		sum, err := dg.finish()
+		if err != nil {
+			return fmt.Errorf("transfer: verify partial: %w", err)
+		}
+		if sum != x.Digest {
+			part.discard()
+			return fmt.Errorf("%w: rebuilt %s does not match its whole-file digest %s", cas.ErrCorrupt, h.Name, x.Digest.Short())
+		}
 	}
 	if err := part.f.Sync(); err != nil {
 		return err
@@ -503,6 +522,36 @@ func syncDir(dir string) {
 		f.Sync()
 		f.Close()
 	}
+}
+
+// zeroHoles makes the hole entries of a resumed partial file read as zeros:
+// a piece that does not is overwritten with zeros.
+func zeroHoles(f *os.File, x *cas.Index, offs []int64, buf []byte) error {
+	if len(buf) < 64<<10 {
+		buf = make([]byte, 64<<10)
+	}
+	var zero []byte
+	for i, e := range x.Entries {
+		if !e.Hole {
+			continue
+		}
+		for pos, end := offs[i], offs[i]+int64(e.Length); pos < end; {
+			n := int(min(int64(len(buf)), end-pos))
+			if _, err := f.ReadAt(buf[:n], pos); err != nil {
+				return err
+			}
+			if !chunker.IsZero(buf[:n]) {
+				if zero == nil {
+					zero = make([]byte, len(buf))
+				}
+				if _, err := f.WriteAt(zero[:n], pos); err != nil {
+					return err
+				}
+			}
+			pos += int64(n)
+		}
+	}
+	return nil
 }
 
 // runWriter coalesces writes at consecutive offsets into one pwrite and
