@@ -472,7 +472,9 @@ func (a *API) addNode(w http.ResponseWriter, r *http.Request) {
 
 // DrainRequest is the body of a drain.
 type DrainRequest struct {
-	// Deadline (Go duration from now) after which the drain may kill; "" none.
+	// Deadline (Go duration from now): until then, what cannot move off the
+	// node keeps running there; at the deadline it is suspended to disk.
+	// "" none: what cannot move is suspended at once.
 	Deadline string `json:"deadline,omitempty"`
 }
 
@@ -678,9 +680,18 @@ func (a *API) eventsHandler(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// heartbeat takes a pushed heartbeat. An agent certificate may report only
+// for the node it names (its pki name is the node's name): a heartbeat for
+// another node is refused with 403 and changes nothing. A server
+// certificate (a follower forwarding an agent's heartbeat it has already
+// checked) and an admin token may report for any node.
 func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 	var hb Heartbeat
 	if err := decodeBody(r, &hb); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := heartbeatAllowed(a.Insecure, r, hb.Node); err != nil {
 		writeErr(w, err)
 		return
 	}
@@ -715,4 +726,20 @@ func (a *API) join(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, 200, sv)
+}
+
+// heartbeatAllowed binds a pushed heartbeat to the caller's identity: a
+// caller presenting an agent certificate must be the node it reports for.
+func heartbeatAllowed(insecure bool, r *http.Request, node string) error {
+	if insecure {
+		return nil
+	}
+	role, name, err := pki.PeerRole(r.TLS)
+	if err != nil || role != pki.RoleAgent {
+		return nil // admitted by auth as a server or by an admin token
+	}
+	if name != node {
+		return fmt.Errorf("%w: agent certificate %q may report only for node %q, not %q", ErrForbidden, name, name, node)
+	}
+	return nil
 }

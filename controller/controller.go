@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -318,6 +319,9 @@ func (c *Controller) makePlan(ctx context.Context) {
 	}
 	acts := executor.FromPlan(p, p.Origin.Resource(ResMemory))
 	sp := store.Plan{Reason: "policy " + c.cfg.Policy.Name()}
+	if len(snap.DrainDue) > 0 {
+		sp.Reason += "; drain deadline passed on " + strings.Join(snap.DrainDue, ", ")
+	}
 	for _, a := range acts {
 		sp.Actions = append(sp.Actions, store.Action{Kind: a.Kind.String(), Task: a.Task, From: a.From, To: a.To, Deps: a.Deps, Bytes: a.Bytes})
 	}
@@ -329,7 +333,7 @@ func (c *Controller) makePlan(ctx context.Context) {
 	c.metrics.Plans.Inc()
 	c.metrics.PlanDuration.Observe(took.Seconds())
 	c.metrics.PlanActions.Observe(float64(len(acts)))
-	c.event("plan", fmt.Sprint(r.PlanID), "planned", "actions", len(acts), "migrations", p.Migrations(), "solve_ms", took.Milliseconds())
+	c.event("plan", fmt.Sprint(r.PlanID), "planned", "actions", len(acts), "migrations", p.Migrations(), "solve_ms", took.Milliseconds(), "reason", sp.Reason)
 	ex, err := executor.New(acts, c.cfg.Limits)
 	if err != nil {
 		c.log.Error("executor refused the plan", "err", err)

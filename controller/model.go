@@ -34,6 +34,12 @@ type Snapshot struct {
 	Want map[string]store.JobWant
 	// jobConstraints from the specs.
 	jobConstraints []cluster.Constraint
+	// DrainGrace marks draining nodes (indices) whose drain has a deadline
+	// not yet passed: what cannot move off keeps running there until then.
+	DrainGrace map[int]bool
+	// DrainDue names the draining nodes whose deadline has passed: what
+	// cannot move off is suspended to disk now.
+	DrainDue []string
 }
 
 // BuildSnapshot turns the replicated state into the planner's vocabulary.
@@ -44,6 +50,8 @@ func BuildSnapshot(st *store.State, now int64) *Snapshot {
 	m := &cluster.Model{Resources: []string{ResCPU, ResMemory}}
 	nodeIdx := map[string]int{}
 	draining := map[int]bool{}
+	grace := map[int]bool{}
+	var due []string
 	for _, name := range st.SortedNodes() {
 		n := st.Nodes[name]
 		cn := cluster.Node{Name: name, Capacity: []int64{n.Capacity.CPUMilli, n.Capacity.MemoryBytes}, Labels: n.Labels}
@@ -53,10 +61,17 @@ func BuildSnapshot(st *store.State, now int64) *Snapshot {
 		nodeIdx[name] = len(m.Nodes)
 		if n.Status == store.NodeDraining {
 			draining[len(m.Nodes)] = true
+			switch {
+			case n.DrainDeadline == 0:
+			case n.DrainDeadline > now*1e9:
+				grace[len(m.Nodes)] = true
+			default:
+				due = append(due, name)
+			}
 		}
 		m.Nodes = append(m.Nodes, cn)
 	}
-	snap := &Snapshot{Specs: map[string]*JobSpec{}, Want: map[string]store.JobWant{}}
+	snap := &Snapshot{Specs: map[string]*JobSpec{}, Want: map[string]store.JobWant{}, DrainGrace: grace, DrainDue: due}
 	var jobs []policy.Job
 	for _, j := range st.SortedJobs() {
 		pj := policy.Job{Name: j.Name, Priority: j.Priority, Submitted: j.Submitted / 1e9, Preemptible: j.Preemptible, Migratable: j.Migratable}
@@ -151,6 +166,16 @@ func specConstraints(s *JobSpec, tasks []int, m *cluster.Model) []cluster.Constr
 // the policy's wanted states (overridden by the operator: stopped jobs are
 // killed, suspended jobs sleep), its constraints, the jobs' constraints, and
 // bans keeping tasks off draining nodes.
+//
+// Drain deadlines: a drain moves off what fits elsewhere at once. What does
+// not fit — a job the policy would suspend, all of whose running tasks sit
+// on draining nodes whose deadline has not passed — keeps running in place
+// (fenced to its node, exempt from the drain's ban) until the deadline, in
+// case room appears. Once the deadline has passed (DrainDue) the exemption
+// ends and the policy's suspend stands: the tasks are suspended to disk
+// (processes: checkpoint-stopped), journaled like every action, so the node
+// can be taken down without losing their work. A drain without a deadline
+// suspends what does not fit at once. Nothing is ever killed by a drain.
 func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 	m := s.View.Model
 	d, err := p.Decide(s.View)
@@ -175,6 +200,34 @@ func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 			}
 		}
 	}
+	var kept []int // tasks kept running on a draining node until its deadline
+	for _, j := range s.View.Jobs {
+		if s.Want[j.Name] != store.WantRun || len(s.DrainGrace) == 0 {
+			continue
+		}
+		evicted, elsewhere := false, false
+		var running []int
+		for _, ti := range j.Tasks {
+			t := m.Tasks[ti]
+			if t.State != cluster.Running {
+				continue
+			}
+			running = append(running, ti)
+			if !s.DrainGrace[t.Node] {
+				elsewhere = true
+			}
+			if want[ti] != cluster.Running {
+				evicted = true
+			}
+		}
+		if !evicted || elsewhere {
+			continue
+		}
+		for _, ti := range running {
+			want[ti] = cluster.Running
+			kept = append(kept, ti)
+		}
+	}
 	byState := map[cluster.TaskState][]int{}
 	for i, w := range want {
 		if w != m.Tasks[i].State || w == cluster.Running {
@@ -191,6 +244,11 @@ func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 		cons = append(cons, cluster.StateConstraint{State: st, Tasks: byState[st]})
 	}
 	cons = append(cons, s.jobConstraints...)
+	keep := map[int]bool{}
+	for _, ti := range kept {
+		keep[ti] = true
+		cons = append(cons, cluster.Fence{Tasks: []int{ti}, Nodes: []int{m.Tasks[ti].Node}})
+	}
 	if len(s.View.Draining) > 0 {
 		var nodes []int
 		for n := range s.View.Draining {
@@ -199,7 +257,7 @@ func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 		sort.Ints(nodes)
 		var tasks []int
 		for i, t := range m.Tasks {
-			if want[i] == cluster.Running || t.State == cluster.Running {
+			if (want[i] == cluster.Running || t.State == cluster.Running) && !keep[i] {
 				tasks = append(tasks, i)
 			}
 		}

@@ -58,7 +58,9 @@ type Node struct {
 	// Drained is set when the operator asked for a drain (status draining
 	// until undrain, even across down/up).
 	Drained bool `json:"drained,omitempty"`
-	// DrainDeadline (unix ns, 0 none) after which a drain may kill.
+	// DrainDeadline (unix ns, 0 none): until then, tasks that cannot move
+	// off keep running here; from then on they are suspended (see
+	// controller.Snapshot.Problem).
 	DrainDeadline int64 `json:"drain_deadline,omitempty"`
 	Registered    int64 `json:"registered"`
 	Changed       int64 `json:"changed"`

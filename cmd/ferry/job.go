@@ -264,7 +264,7 @@ func init() {
 		fmt.Fprintf(cmd.OutOrStdout(), "node %s draining; watch with `ferry ps -w` or `ferry events -f`\n", args[0])
 		return nil
 	})
-	drain.Flags().DurationVar(&deadline, "deadline", 0, "recorded with the drain (the loop does not kill at the deadline yet)")
+	drain.Flags().DurationVar(&deadline, "deadline", 0, "let what cannot move elsewhere keep running on the node until this long from now, then suspend it to disk (default: suspend it at once; nothing is ever killed)")
 	undrain := apiCommand("undrain NODE", "let a drained node host tasks again", cobra.ExactArgs(1), func(ctx context.Context, c *controller.Client, cmd *cobra.Command, args []string) error {
 		if err := c.Drain(ctx, args[0], false, 0); err != nil {
 			return err
