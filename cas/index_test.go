@@ -157,7 +157,7 @@ func TestBuildIndexFixedWithHoles(t *testing.T) {
 }
 
 func TestBuildIndexCDC(t *testing.T) {
-	data := randBytes(1<<20, 2)
+	data := randBytes(3<<20+5, 2) // several hashing batches
 	x, err := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: CDC})
 	if err != nil {
 		t.Fatal(err)

@@ -306,57 +306,127 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		keeper = newStoreWriter(rc.Store, 4)
 		defer keeper.wait()
 	}
-	var zbuf, frame []byte
+	// Frames are read on this goroutine into batches; a second goroutine
+	// decodes, verifies and writes them, so the socket reads overlap the
+	// hashing. The verifier finishes every batch already read before Serve
+	// returns (and the deferred flush keeps them for a resume).
+	var received, receivedBytes int // updated by the verifier only
+	var vfailed atomic.Bool
+	verify := func(bt *rxBatch, zbuf []byte) ([]byte, error) {
+		for _, c := range bt.items {
+			e := x.Entries[c.entry]
+			data, err := cas.Decode(c.enc, bt.buf[c.start:c.end], int(e.Length), zbuf)
+			if err != nil {
+				return zbuf, fmt.Errorf("CHUNK for entry %d: %w", c.entry, err)
+			}
+			if c.enc == cas.Zstd {
+				zbuf = data
+			}
+			if cas.Sum(data) != e.ID {
+				return zbuf, fmt.Errorf("%w: CHUNK for entry %d does not hash to its id %s", cas.ErrCorrupt, c.entry, e.ID.Short())
+			}
+			flushed := false
+			for k := int(c.entry); k >= 0; k = int(next[k]) {
+				f, err := pw.write(data, offs[k], k)
+				if err != nil {
+					return zbuf, fmt.Errorf("transfer: write partial: %w", err)
+				}
+				flushed = flushed || f
+			}
+			if flushed {
+				advance()
+			}
+			if keeper != nil {
+				if err := keeper.put(e.ID, data); err != nil {
+					return zbuf, err
+				}
+			}
+			received++
+			receivedBytes += int(e.Length)
+			prog.add(int64(e.Length))
+		}
+		return zbuf, nil
+	}
+	batches, free := make(chan *rxBatch, 2), make(chan *rxBatch, 3)
+	for range 3 {
+		free <- &rxBatch{}
+	}
+	verr := make(chan error, 1)
+	go func() {
+		var zbuf []byte
+		var err error
+		for bt := range batches {
+			if err == nil {
+				if zbuf, err = verify(bt, zbuf); err != nil {
+					vfailed.Store(true)
+				}
+			}
+			free <- bt
+		}
+		verr <- err
+	}()
+	var bt *rxBatch // being filled by this goroutine
+	verifierDone := false
+	finishVerifier := func() error {
+		if verifierDone {
+			return nil
+		}
+		verifierDone = true
+		if bt != nil && len(bt.items) > 0 {
+			batches <- bt
+		}
+		bt = nil
+		close(batches)
+		err := <-verr
+		res.Received, res.ReceivedBytes = received, int64(receivedBytes)
+		return err
+	}
+	defer finishVerifier() // runs before the deferred flush
+	bt = <-free
+	bt.reset()
+	read := 0
 	limits := map[msgType]int{msgChunk: maxChunkFrame, msgDone: 0}
 	for {
+		if vfailed.Load() {
+			return finishVerifier()
+		}
 		t, n, err := r.next("CHUNK", limits)
 		if err != nil {
-			return fmt.Errorf("after %d of %d chunks: %w", res.Received, len(want), err)
+			return fmt.Errorf("after %d of %d chunks: %w", read, len(want), err)
 		}
 		if t == msgDone {
 			break
 		}
-		if frame, err = r.payload(t, n, frame); err != nil {
-			return err
+		if len(bt.buf)+n > rxBatchSize && len(bt.items) > 0 {
+			batches <- bt
+			bt = <-free
+			bt.reset()
 		}
-		if len(frame) < chunkHdrLen {
-			return fmt.Errorf("%w: CHUNK of %d bytes is too short", cas.ErrInvalid, len(frame))
+		start := len(bt.buf)
+		if cap(bt.buf) < start+n {
+			bt.buf = append(make([]byte, 0, max(rxBatchSize, start+n)), bt.buf...)
 		}
+		bt.buf = bt.buf[:start+n]
+		if _, err := io.ReadFull(r.br, bt.buf[start:]); err != nil {
+			bt.buf = bt.buf[:start]
+			return fmt.Errorf("%w: %s frame of %d bytes: %v", ErrTruncated, t, n, err)
+		}
+		if n < chunkHdrLen {
+			bt.buf = bt.buf[:start]
+			return fmt.Errorf("%w: CHUNK of %d bytes is too short", cas.ErrInvalid, n)
+		}
+		frame := bt.buf[start:]
 		i := binary.BigEndian.Uint32(frame)
 		if int64(i) >= int64(len(isWanted)) || !isWanted[i] {
+			bt.buf = bt.buf[:start]
 			return fmt.Errorf("%w: CHUNK for entry %d, which was not asked for or came twice", cas.ErrInvalid, i)
 		}
-		e := x.Entries[i]
-		data, err := cas.Decode(cas.Encoding(frame[4]), frame[chunkHdrLen:], int(e.Length), zbuf)
-		if err != nil {
-			return fmt.Errorf("CHUNK for entry %d: %w", i, err)
-		}
-		if cas.Encoding(frame[4]) == cas.Zstd {
-			zbuf = data
-		}
-		if cas.Sum(data) != e.ID {
-			return fmt.Errorf("%w: CHUNK for entry %d does not hash to its id %s", cas.ErrCorrupt, i, e.ID.Short())
-		}
-		flushed := false
-		for k := int(i); k >= 0; k = int(next[k]) {
-			f, err := pw.write(data, offs[k], k)
-			if err != nil {
-				return fmt.Errorf("transfer: write partial: %w", err)
-			}
-			flushed = flushed || f
-		}
-		if flushed {
-			advance()
-		}
-		if keeper != nil {
-			if err := keeper.put(e.ID, data); err != nil {
-				return err
-			}
-		}
 		isWanted[i] = false
-		res.Received++
-		res.ReceivedBytes += int64(e.Length)
-		prog.add(int64(e.Length))
+		bt.items = append(bt.items, rxChunk{entry: i, enc: cas.Encoding(frame[4]), start: start + chunkHdrLen, end: start + n})
+		read++
+	}
+	if err := finishVerifier(); err != nil {
+		return err
 	}
 	if res.Received != len(want) {
 		return fmt.Errorf("%w: DONE with %d of %d chunks missing", ErrProtocol, len(want)-res.Received, len(want))
@@ -523,6 +593,22 @@ func syncDir(dir string) {
 		f.Close()
 	}
 }
+
+// rxBatch holds CHUNK frames read back to back, handed to the verifier.
+type rxBatch struct {
+	buf   []byte
+	items []rxChunk
+}
+
+type rxChunk struct {
+	entry      uint32
+	enc        cas.Encoding
+	start, end int // payload in buf
+}
+
+const rxBatchSize = 1 << 20
+
+func (b *rxBatch) reset() { b.buf, b.items = b.buf[:0], b.items[:0] }
 
 // zeroHoles makes the hole entries of a resumed partial file read as zeros:
 // a piece that does not is overwritten with zeros.
