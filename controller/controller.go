@@ -199,9 +199,13 @@ func (c *Controller) Observe(ctx context.Context, hb Heartbeat, pushed bool) err
 // AddNode registers the agent at addr: the controller asks it for its name
 // and capacities and then polls it.
 func (c *Controller) AddNode(ctx context.Context, addr string, labels map[string]string) (string, error) {
-	info, err := c.client(addr).Node(ctx)
+	cl := c.client(addr)
+	info, err := cl.Node(ctx)
 	if err != nil {
 		return "", fmt.Errorf("agent %s: %w", addr, err)
+	}
+	if err := checkAgentName(cl, addr, info.Name); err != nil {
+		return "", err
 	}
 	_, err = c.apply(ctx, store.Command{RegisterNode: &store.RegisterNode{
 		Name: info.Name, Addr: addr, Labels: labels,
@@ -385,4 +389,19 @@ func kindOf(s string) cluster.ActionKind {
 		return cluster.Kill
 	}
 	return k
+}
+
+// checkAgentName binds a polled agent to its certificate: the node name it
+// reports must be the name its verified certificate carries. Clients that
+// do not know their peer's certificate (the benchmark's in-process fakes)
+// pass.
+func checkAgentName(cl AgentAPI, addr, name string) error {
+	cb, ok := cl.(interface{ CertName() string })
+	if !ok {
+		return nil
+	}
+	if cn := cb.CertName(); cn != name {
+		return fmt.Errorf("%w: agent at %s reports node %q but its certificate is %q's", ErrForbidden, addr, name, cn)
+	}
+	return nil
 }

@@ -69,6 +69,10 @@ func (c *Controller) poll(ctx context.Context) {
 					c.log.Warn("agent answers with another name", "node", tg.name, "addr", tg.addr, "name", info.Name)
 					return
 				}
+				if err := checkAgentName(cl, tg.addr, tg.name); err != nil {
+					c.log.Warn("agent's certificate is not its node's", "node", tg.name, "err", err)
+					return
+				}
 				_ = c.Observe(ctx, Heartbeat{Node: tg.name, Info: info, Tasks: tasks}, false)
 			}(tg)
 		}

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrycluster/ferry/agent/client"
@@ -146,7 +147,7 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	clientTLS := id.ClientConfig()
 	dial := cfg.Dial
 	if dial == nil {
-		dial = func(addr string) AgentAPI { return client.New(addr, clientTLS) }
+		dial = func(addr string) AgentAPI { return dialAgent(addr, clientTLS) }
 	}
 	s.Controller = New(Config{
 		Store: st, Policy: cfg.Policy, Limits: cfg.Limits, Period: cfg.Period, HeartbeatTimeout: cfg.HeartbeatTimeout, Logger: lg,
@@ -222,4 +223,42 @@ func NewSecret() (string, error) {
 		return "", err
 	}
 	return "fry_" + hex.EncodeToString(b), nil
+}
+
+// certBoundAgent is an agent client that remembers the pki name of the
+// agent certificate its connections were verified against, so the
+// controller can check that an agent's reported node name is the one its
+// certificate carries (see checkAgentName).
+type certBoundAgent struct {
+	AgentAPI
+	name atomic.Pointer[string]
+}
+
+// CertName returns the name in the agent's verified certificate, "" before
+// the first connection.
+func (b *certBoundAgent) CertName() string {
+	if p := b.name.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// dialAgent returns the client of the agent at addr; every connection must
+// present a certificate with role agent, whose name is recorded.
+func dialAgent(addr string, base *tls.Config) AgentAPI {
+	b := &certBoundAgent{}
+	tc := base.Clone()
+	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		role, name, err := pki.PeerRole(&cs)
+		if err != nil {
+			return fmt.Errorf("agent %s: %w", addr, err)
+		}
+		if role != pki.RoleAgent {
+			return fmt.Errorf("%w: %s presents a %s certificate (%q), want an agent's", ErrForbidden, addr, role, name)
+		}
+		b.name.Store(&name)
+		return nil
+	}
+	b.AgentAPI = client.New(addr, tc)
+	return b
 }
