@@ -7,7 +7,8 @@
 //   - chunk: a run of bytes, named by its ID, the SHA-256 of the bytes.
 //   - hole: a run of zero bytes; never hashed, stored or sent, only its length
 //     is written in an index. A rebuilt file is sparse there.
-//   - index: the recipe of one file: its size, its whole-file digest and the
+//   - index: the recipe of one file: its size, its digest (v2: the root over
+//     the entry list, see Index.Root; v1: the whole-file SHA-256) and the
 //     list of chunks and holes in order (see Index, EncodeIndex, DecodeIndex).
 //   - store: a node's on-disk set of chunks (see Store), fan-out directories
 //     by ID, atomic writes, every read verified against the ID.

@@ -7,14 +7,15 @@
 //
 //	sender                              receiver
 //	HELLO  (transfer id, name, kind) ─▶
-//	INDEX  (chunks, holes, digest)   ─▶ looks each chunk up: in its partial
+//	INDEX  (chunks, holes, root)     ─▶ checks the root; looks each chunk up: in its partial
 //	                                    file (a resumed transfer), in its
 //	                                    chunk store (verified; a corrupt one
 //	                                    is removed and asked for)
 //	                                 ◀─ WANT (entries it lacks)
 //	CHUNK × n (only those)           ─▶ verifies each against its id and
 //	                                    writes it at every offset it occurs
-//	DONE                             ─▶ checks the whole-file digest,
+//	DONE                             ─▶ all wanted chunks verified (a v1
+//	                                    index: whole-file digest too),
 //	                                    renames the file into place
 //	                                 ◀─ RESULT (ok or the reason)
 //
