@@ -625,7 +625,10 @@ func TestBareCommandNameUsesPATH(t *testing.T) {
 		t.Fatal(err)
 	}
 	var st driver.Status
-	waitFor(t, "exit", func() bool { st, _ = d.Inspect(ctx, "bare"); return st.State == driver.StateExited || st.State == driver.StateFailed })
+	waitFor(t, "exit", func() bool {
+		st, _ = d.Inspect(ctx, "bare")
+		return st.State == driver.StateExited || st.State == driver.StateFailed
+	})
 	if st.State != driver.StateExited {
 		t.Fatalf("status %+v: want exited", st)
 	}
