@@ -39,7 +39,13 @@ func init() {
 			}
 			st := x.Stats()
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "file     %s\nsize     %d\nsha256   %s\nchunking %s\n", args[0], x.Size, x.Digest, x.Chunking)
+			// A v2 index names the file by its root (a digest over the
+			// chunk list), not by the file's SHA-256.
+			label := "sha256"
+			if x.V2() {
+				label = "root  "
+			}
+			fmt.Fprintf(w, "file     %s\nsize     %d\n%s   %s\nchunking %s\n", args[0], x.Size, label, x.Digest, x.Chunking)
 			fmt.Fprintf(w, "chunks   %d (%d distinct, %d bytes)\nholes    %d (%d bytes)\nindex    %d bytes (%.2f%%)\n",
 				st.DataChunks, st.UniqueChunks, st.UniqueBytes, st.Holes, st.HoleBytes, x.EncodedLen(), 100*float64(x.EncodedLen())/float64(max(x.Size, 1)))
 			if out != "" {
