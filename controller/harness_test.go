@@ -17,6 +17,8 @@ import (
 	"github.com/ferrycluster/ferry/agent/client"
 	"github.com/ferrycluster/ferry/driver"
 	"github.com/ferrycluster/ferry/driver/process"
+	"github.com/ferrycluster/ferry/driver/qemu"
+	"github.com/ferrycluster/ferry/image"
 	"github.com/ferrycluster/ferry/pki"
 	"github.com/ferrycluster/ferry/store"
 )
@@ -31,6 +33,9 @@ type testCluster struct {
 	cli     *Client
 	agents  map[string]*testAgent
 	token   string
+	// guest, when set, gives every agent started from then on the qemu
+	// driver with this guest image (besides the process driver).
+	guest *image.Image
 }
 
 type testAgent struct {
@@ -142,19 +147,28 @@ func (c *testCluster) startAgent(name, listen string, cpus float64) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	drivers := []driver.Driver{d}
+	if c.guest != nil {
+		q, err := qemu.New(context.Background(), qemu.Config{DataDir: filepath.Join(a.dir, "drivers", "qemu"), Kernel: c.guest.Kernel,
+			Initrd: c.guest.Initrd, MaxMemoryBytes: 1 << 30, Logger: quietLog()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		drivers = append(drivers, q)
+	}
 	id, err := pki.Load(c.tlsDir, name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ag, err := agent.New(agent.Config{Name: name, DataDir: a.dir, Listen: a.addr, CPUs: cpus, MemoryBytes: 4 << 30,
-		Identity: id, Drivers: []driver.Driver{d}, IncomingTimeout: 20 * time.Second, Logger: quietLog()})
+		Identity: id, Drivers: drivers, IncomingTimeout: 20 * time.Second, Logger: quietLog()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := ag.Start(); err != nil {
 		t.Fatal(err)
 	}
-	a.a, a.addr, a.drivers = ag, ag.Addr(), []driver.Driver{d}
+	a.a, a.addr, a.drivers = ag, ag.Addr(), drivers
 }
 
 // stopAgent closes the agent; with stopTasks its tasks are stopped too
