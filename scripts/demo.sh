@@ -117,6 +117,9 @@ say "7. undrain $DRAIN: batch-low runs again"
 wait_for 30 "batch-low running again" sh -c "$(declare -f job_is); FERRY=$FERRY; job_is batch-low running"
 sleep 1
 "$FERRY" ps
-"$FERRY" plans | head -40
+# Into a file first: with pipefail, head closing the pipe early would make
+# ferry die of SIGPIPE and fail the demo.
+"$FERRY" plans >"$DIR/plans.txt"
+head -40 "$DIR/plans.txt"
 
 say "done: the plans above are the journal the loop kept (every action's state before and after)"
