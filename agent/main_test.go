@@ -20,6 +20,7 @@ import (
 	"github.com/ferrycluster/ferry/driver"
 	"github.com/ferrycluster/ferry/driver/drivertest"
 	"github.com/ferrycluster/ferry/driver/process"
+	"github.com/ferrycluster/ferry/image/imagetest"
 	"github.com/ferrycluster/ferry/pki"
 )
 
@@ -35,9 +36,7 @@ func TestMain(m *testing.M) {
 		os.Exit(runSubAgent(js))
 	}
 	code := m.Run()
-	if imgDir != "" {
-		os.RemoveAll(imgDir)
-	}
+	imagetest.Cleanup()
 	os.Exit(code)
 }
 

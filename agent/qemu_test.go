@@ -20,42 +20,11 @@ import (
 	"github.com/ferrycluster/ferry/driver"
 	"github.com/ferrycluster/ferry/driver/qemu"
 	"github.com/ferrycluster/ferry/image"
+	"github.com/ferrycluster/ferry/image/imagetest"
 	"github.com/ferrycluster/ferry/pki"
 )
 
-// The guest image (Debian's cloud kernel + the project's initramfs) is built
-// once per test binary.
-var (
-	imgOnce sync.Once
-	img     image.Image
-	imgErr  error
-	imgDir  string
-)
-
-func guestImage(tb testing.TB) image.Image {
-	tb.Helper()
-	imgOnce.Do(func() {
-		root, _ := filepath.Abs("..")
-		kernel := filepath.Join(root, "build/guest/vmlinuz")
-		if _, err := os.Stat(kernel); err != nil {
-			out, err := exec.Command(filepath.Join(root, "scripts/fetch-guest.sh")).CombinedOutput()
-			if err != nil {
-				imgErr = errors.New("fetch guest kernel: " + err.Error() + ": " + string(out))
-				return
-			}
-		}
-		imgDir, imgErr = os.MkdirTemp("", "ferry-agent-test-images-")
-		if imgErr != nil {
-			return
-		}
-		s := &image.Store{Dir: imgDir, DefaultKernel: kernel}
-		img, imgErr = s.Build(context.Background(), image.Spec{Name: "counter", Init: "counter"}, "")
-	})
-	if imgErr != nil {
-		tb.Fatalf("guest image: %v", imgErr)
-	}
-	return img
-}
+func guestImage(tb testing.TB) image.Image { return imagetest.Counter(tb) }
 
 func newQEMUDriver(dir string, im image.Image) (*qemu.Driver, error) {
 	return qemu.New(context.Background(), qemu.Config{DataDir: filepath.Join(dir, "drivers", "qemu"), Kernel: im.Kernel, Initrd: im.Initrd,

@@ -1,41 +1,23 @@
 package controller
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/ferrycluster/ferry/image"
+	"github.com/ferrycluster/ferry/image/imagetest"
 	"github.com/ferrycluster/ferry/store"
 )
 
-// counterGuest builds the guest image whose init prints "counter N" every
-// 100 ms, fetching Debian's cloud kernel first if setup has not.
-func counterGuest(t *testing.T) *image.Image {
-	t.Helper()
-	root, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kernel := filepath.Join(root, "build", "guest", "vmlinuz")
-	if _, err := os.Stat(kernel); err != nil {
-		if out, err := exec.Command(filepath.Join(root, "scripts", "fetch-guest.sh")).CombinedOutput(); err != nil {
-			t.Fatalf("fetch the guest kernel: %v\n%s", err, out)
-		}
-	}
-	s := &image.Store{Dir: t.TempDir(), DefaultKernel: kernel}
-	img, err := s.Build(context.Background(), image.Spec{Name: "counter", Init: "counter"}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &img
+// TestMain removes the guest image the QEMU tests built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	imagetest.Cleanup()
+	os.Exit(code)
 }
 
 // vmCounters returns the counters a task's console printed, as the
@@ -64,9 +46,9 @@ func (c *testCluster) vmCounters(task string) []int64 {
 // and each guest's counter carries on (no reboot), with exactly one live
 // copy of each and nothing left on the drained node.
 func TestE2EDrainThreeVMsLive(t *testing.T) {
-	guest := counterGuest(t)
+	guest := imagetest.Counter(t)
 	c := newTestCluster(t, 0, 4)
-	c.guest = guest
+	c.guest = &guest
 	addNode := func(name string) {
 		c.startAgent(name, "127.0.0.1:0", 4)
 		if _, err := c.cli.AddNode(ctx(t), c.agents[name].addr, map[string]string{"name": name}); err != nil {

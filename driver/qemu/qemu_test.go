@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -17,48 +16,16 @@ import (
 	"github.com/ferrycluster/ferry/driver"
 	"github.com/ferrycluster/ferry/driver/drivertest"
 	"github.com/ferrycluster/ferry/image"
+	"github.com/ferrycluster/ferry/image/imagetest"
 )
 
-// The guest image is built once per test binary and shared.
-var (
-	imgOnce sync.Once
-	img     image.Image
-	imgErr  error
-	imgDir  string
-)
+func guestImage(t *testing.T) image.Image { return imagetest.Counter(t) }
 
-func guestImage(t *testing.T) image.Image { return guestImageB(t) }
-
-func guestImageB(t testing.TB) image.Image {
-	t.Helper()
-	imgOnce.Do(func() {
-		root, _ := filepath.Abs("../..")
-		kernel := filepath.Join(root, "build/guest/vmlinuz")
-		if _, err := os.Stat(kernel); err != nil {
-			out, err := exec.Command(filepath.Join(root, "scripts/fetch-guest.sh")).CombinedOutput()
-			if err != nil {
-				imgErr = errors.New("fetch guest kernel: " + err.Error() + ": " + string(out))
-				return
-			}
-		}
-		imgDir, imgErr = os.MkdirTemp("", "ferry-qemu-test-images-")
-		if imgErr != nil {
-			return
-		}
-		s := &image.Store{Dir: imgDir, DefaultKernel: kernel}
-		img, imgErr = s.Build(context.Background(), image.Spec{Name: "counter", Init: "counter"}, "")
-	})
-	if imgErr != nil {
-		t.Fatalf("guest image: %v", imgErr)
-	}
-	return img
-}
+func guestImageB(t testing.TB) image.Image { return imagetest.Counter(t) }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if imgDir != "" {
-		os.RemoveAll(imgDir)
-	}
+	imagetest.Cleanup()
 	os.Exit(code)
 }
 
