@@ -88,6 +88,14 @@ func newTestCluster(t *testing.T, nodes int, cpus float64) *testCluster {
 	return c
 }
 
+// testHeartbeatTimeout is how long a node may stay silent before the
+// controller marks it down. It was 2 s; under the whole suite's load (real
+// QEMU guests and race-instrumented binaries on 2 cores) a live node could
+// miss that, be marked down, and its running tasks restart from scratch,
+// which made tests about preemption fail for a reason they do not test.
+// The tests that do kill agents wait 30-60 s for the node to go down.
+const testHeartbeatTimeout = 8 * time.Second
+
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -108,7 +116,7 @@ func (c *testCluster) startServer(listen string) {
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		srv, err = StartServer(context.Background(), ServerConfig{
 			DataDir: c.dataDir, Listen: listen, RaftListen: raft, Bootstrap: true, TLSDir: c.tlsDir, Identity: "server",
-			Policy: Priority{}, Period: 200 * time.Millisecond, HeartbeatTimeout: 2 * time.Second, Fast: true, Logger: quietLog(),
+			Policy: Priority{}, Period: 200 * time.Millisecond, HeartbeatTimeout: testHeartbeatTimeout, Fast: true, Logger: quietLog(),
 		})
 		if err == nil || !strings.Contains(err.Error(), "address already in use") || time.Now().After(deadline) {
 			break
