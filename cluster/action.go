@@ -80,14 +80,6 @@ type DurationModel interface {
 	Duration(m *Model, kind ActionKind, task, from, to int) int64
 }
 
-// DurationFunc adapts a function to DurationModel.
-type DurationFunc func(m *Model, kind ActionKind, task, from, to int) int64
-
-// Duration implements DurationModel.
-func (f DurationFunc) Duration(m *Model, kind ActionKind, task, from, to int) int64 {
-	return f(m, kind, task, from, to)
-}
-
 // AttrDurations is BtrPlace's duration model: a task's (or, for node actions,
 // the node's) Durations entry for the action kind, else Default (1 when 0).
 // Then a per-node override on the destination applies to task actions only
