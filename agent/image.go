@@ -1,0 +1,399 @@
+package agent
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/cas"
+	"github.com/ferrycluster/ferry/cas/transfer"
+	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/pki"
+)
+
+// The task is locked against local resume (phase migrating-out) until the
+// fetcher releases it.
+func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	epoch, err := strconv.ParseUint(r.URL.Query().Get("epoch"), 10, 64)
+	if err != nil {
+		writeErr(w, fmt.Errorf("%w: epoch %q", driver.ErrInvalidSpec, r.URL.Query().Get("epoch")))
+		return
+	}
+	_, caller, _ := pki.PeerRole(r.TLS)
+	a.mu.Lock()
+	rec, err := a.checkEpochLocked(id, epoch)
+	if err == nil {
+		switch {
+		case rec.Image == nil:
+			err = fmt.Errorf("%w: task %q has no image on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
+		case rec.Phase == api.PhaseSuspended:
+			if _, busy := a.busy[id]; busy {
+				err = fmt.Errorf("%w: task %q is busy with %s", driver.ErrBusy, id, a.busy[id])
+				break
+			}
+			n := *rec
+			n.Phase, n.Peer, n.Mode = api.PhaseMigratingOut, caller, "fetch"
+			err = a.putLocked(&n)
+			rec = &n
+		case rec.Phase == api.PhaseMigratingOut && rec.Mode == "checkpoint":
+		default:
+			err = fmt.Errorf("%w: task %q is %s on %s", driver.ErrBusy, id, rec.Phase, a.cfg.Name)
+		}
+	}
+	a.mu.Unlock()
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if strings.EqualFold(r.Header.Get("Upgrade"), api.ImageProtocol) {
+		a.sendImageCAS(w, rec)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-tar")
+	w.WriteHeader(http.StatusOK)
+	if err := writeImageTar(w, rec, a.store.imageDir(id)); err != nil {
+		a.log.Warn("send image", "task", id, "err", err)
+	}
+}
+
+// sendImageCAS answers an image fetch upgraded to api.ImageProtocol: the
+// record in a header, then the image directory with cas/transfer (chunks
+// verified by hash, zero runs never sent, a cut transfer resumable).
+func (a *Agent) sendImageCAS(w http.ResponseWriter, rec *record) {
+	meta, err := json.Marshal(rec)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		writeErr(w, errors.New("connection cannot be hijacked"))
+		return
+	}
+	w.Header().Set("Connection", "Upgrade")
+	w.Header().Set("Upgrade", api.ImageProtocol)
+	w.Header().Set(api.RecordHeader, base64.StdEncoding.EncodeToString(meta))
+	w.WriteHeader(http.StatusSwitchingProtocols)
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if err := brw.Flush(); err != nil {
+		return
+	}
+	a.track(conn)
+	defer a.untrack(conn)
+	start := time.Now()
+	res, err := transfer.SendDir(a.ctx, transfer.Hijacked(conn, brw.Reader), a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
+		transfer.SendOptions{ID: fmt.Sprintf("%s-e%d", rec.ID, rec.Epoch), Name: "image", Logger: a.log})
+	if err != nil {
+		a.log.Warn("send image", "task", rec.ID, "err", err)
+		return
+	}
+	a.log.Info("image sent", "task", rec.ID, "chunks", res.ChunksSent, "bytes", res.BytesSent, "wire_bytes", res.WireBytes, "took", time.Since(start))
+}
+
+// receiveImageCAS fetches a peer's image into dir (which must not exist)
+// and returns the peer's record.
+func (a *Agent) receiveImageCAS(ctx context.Context, peerAddr, id string, epoch uint64, dir string) (*record, error) {
+	conn, meta, err := a.peer(peerAddr).FetchImageStream(ctx, id, epoch)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	a.track(conn)
+	defer a.untrack(conn)
+	var prec record
+	if err := json.Unmarshal(meta, &prec); err != nil {
+		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
+	}
+	if prec.Image != nil {
+		// The transfer stages the packed image, then extracts it: twice
+		// its size, plus a reserve.
+		need := 2*prec.Image.Bytes + max(prec.Image.Bytes/100, 1<<20)
+		free, err := a.cfg.FreeSpace(a.cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		if free < need {
+			return nil, fmt.Errorf("%w: image of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, prec.Image.Bytes, a.cfg.Name, need, a.cfg.DataDir, free)
+		}
+	}
+	staging := filepath.Join(a.cfg.DataDir, "run", "cas-staging")
+	if err := os.MkdirAll(staging, 0o700); err != nil {
+		return nil, err
+	}
+	rc := &transfer.Receiver{StagingDir: staging, Logger: a.log,
+		Dest: func(transfer.Header, *cas.Index) (string, error) { return dir, nil }}
+	res, err := rc.Serve(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("image received", "task", id, "from", peerAddr, "chunks", res.Received, "bytes", res.ReceivedBytes)
+	return &prec, nil
+}
+
+func writeImageTar(w io.Writer, rec *record, dir string) error {
+	tw := tar.NewWriter(w)
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: "record.json", Mode: 0o600, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(b); err != nil {
+		return err
+	}
+	err = filepath.Walk(dir, func(path string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		if rel == "." {
+			return nil
+		}
+		hdr, err := tar.FileInfoHeader(fi, "")
+		if err != nil {
+			return err
+		}
+		hdr.Name = filepath.ToSlash(filepath.Join("image", rel))
+		if fi.IsDir() {
+			hdr.Name += "/"
+			return tw.WriteHeader(hdr)
+		}
+		if !fi.Mode().IsRegular() {
+			return nil
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		_, err = io.Copy(tw, f)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// readImageTar unpacks a tar from writeImageTar into dir (its image files)
+// and returns the record. Paths are confined to dir.
+func readImageTar(r io.Reader, dir string) (*record, error) {
+	tr := tar.NewReader(r)
+	var rec *record
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("image stream: %w", err)
+		}
+		switch {
+		case hdr.Name == "record.json":
+			var rc record
+			if err := json.NewDecoder(io.LimitReader(tr, maxBody)).Decode(&rc); err != nil {
+				return nil, fmt.Errorf("%w: image stream record: %v", driver.ErrInvalidSpec, err)
+			}
+			rec = &rc
+		case strings.HasPrefix(hdr.Name, "image/"):
+			rel := filepath.Clean(filepath.FromSlash(strings.TrimPrefix(hdr.Name, "image/")))
+			if rel == "." {
+				continue
+			}
+			if filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+				return nil, fmt.Errorf("%w: image stream path %q escapes the image", driver.ErrInvalidSpec, hdr.Name)
+			}
+			p := filepath.Join(dir, rel)
+			switch hdr.Typeflag {
+			case tar.TypeDir:
+				if err := os.MkdirAll(p, 0o700); err != nil {
+					return nil, err
+				}
+			case tar.TypeReg:
+				if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+					return nil, err
+				}
+				f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+				if err != nil {
+					return nil, err
+				}
+				if _, err := io.Copy(f, tr); err != nil {
+					f.Close()
+					return nil, fmt.Errorf("image stream: %w", err)
+				}
+				if err := f.Sync(); err != nil {
+					f.Close()
+					return nil, err
+				}
+				if err := f.Close(); err != nil {
+					return nil, err
+				}
+			}
+		default:
+			return nil, fmt.Errorf("%w: image stream holds unexpected %q", driver.ErrInvalidSpec, hdr.Name)
+		}
+	}
+	if rec == nil {
+		return nil, fmt.Errorf("%w: image stream has no record.json", driver.ErrInvalidSpec)
+	}
+	return rec, nil
+}
+
+// resumeFromPeer fetches a suspended task's image from the agent at
+// req.From, commits epoch+1 here and resumes it, then releases the image at
+// the peer.
+func (a *Agent) resumeFromPeer(ctx context.Context, id string, req api.ResumeRequest) (api.Task, error) {
+	if err := api.ValidID(id); err != nil {
+		return api.Task{}, err
+	}
+	if req.Epoch == 0 {
+		return api.Task{}, fmt.Errorf("%w: resume %q: epoch is required", driver.ErrInvalidSpec, id)
+	}
+	newEpoch := req.Epoch + 1
+	a.mu.Lock()
+	prev, had := a.records[id]
+	if had && prev.Phase != api.PhaseMoved {
+		a.mu.Unlock()
+		return api.Task{}, fmt.Errorf("%w: task %q is already %s on %s (epoch %d)", driver.ErrExists, id, prev.Phase, a.cfg.Name, prev.Epoch)
+	}
+	if had && newEpoch <= prev.Epoch {
+		a.mu.Unlock()
+		return api.Task{}, fmt.Errorf("%w: task %q: resume at epoch %d, but %s saw it move away at epoch %d", api.ErrStaleEpoch, id, newEpoch, a.cfg.Name, prev.Epoch)
+	}
+	if err := a.acquireLocked(id, "resume"); err != nil {
+		a.mu.Unlock()
+		return api.Task{}, err
+	}
+	a.mu.Unlock()
+	defer a.release(id)
+	peer := a.peer(req.From)
+	giveBack := func() {
+		cctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		if err := peer.Release(cctx, id, api.ReleaseRequest{Epoch: req.Epoch, Peer: a.cfg.Advertise}); err != nil {
+			a.log.Warn("give image back", "task", id, "peer", req.From, "err", err)
+		}
+	}
+	tmp := filepath.Join(a.store.taskDir(id), "image.incoming")
+	os.RemoveAll(tmp)
+	fail := func(err error) (api.Task, error) {
+		os.RemoveAll(tmp)
+		giveBack()
+		return api.Task{}, err
+	}
+	start := time.Now()
+	prec, err := a.receiveImageCAS(ctx, req.From, id, req.Epoch, tmp)
+	if err != nil {
+		var re *api.RemoteError
+		if errors.As(err, &re) {
+			// Refused before anything moved (stale epoch, busy...): the
+			// holder's image was not locked for us.
+			os.RemoveAll(tmp)
+			return api.Task{}, fmt.Errorf("fetch image of %q from %s: %w", id, req.From, err)
+		}
+		return fail(fmt.Errorf("fetch image of %q from %s: %w", id, req.From, err))
+	}
+	if prec.ID != id || prec.Epoch != req.Epoch {
+		return fail(fmt.Errorf("%w: image from %s is task %q epoch %d, want %q epoch %d", api.ErrStaleEpoch, req.From, prec.ID, prec.Epoch, id, req.Epoch))
+	}
+	d, ok := a.drivers[prec.Driver]
+	if !ok {
+		return fail(fmt.Errorf("%w: driver %q not on node %s", driver.ErrUnsupported, prec.Driver, a.cfg.Name))
+	}
+	spec := prec.Spec
+	spec.Epoch = newEpoch
+	a.mu.Lock()
+	err = a.fitsLocked(&spec)
+	if err == nil {
+		os.RemoveAll(a.store.imageDir(id))
+		err = os.Rename(tmp, a.store.imageDir(id))
+	}
+	rec := &record{ID: id, Driver: d.Kind(), Epoch: newEpoch, Phase: api.PhaseRunning, Spec: spec}
+	if err == nil {
+		if had {
+			p := *prev
+			rec.Prev = &p
+		}
+		err = a.putLocked(rec)
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return fail(err)
+	}
+	a.log.Info("image fetched", "task", id, "from", req.From, "bytes", dirSize(a.store.imageDir(id)), "took", time.Since(start))
+	if err := d.Resume(ctx, spec, a.store.imageDir(id)); err != nil {
+		a.dropIncoming(rec)
+		os.RemoveAll(a.store.imageDir(id))
+		giveBack()
+		return api.Task{}, err
+	}
+	a.mu.Lock()
+	rec.Prev = nil
+	a.putLocked(rec)
+	a.mu.Unlock()
+	os.RemoveAll(a.store.imageDir(id))
+	cctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if err := peer.Release(cctx, id, api.ReleaseRequest{Epoch: newEpoch, Peer: a.cfg.Advertise, Committed: true}); err != nil {
+		a.log.Warn("release image at peer (its copy is stale, epoch behind)", "task", id, "peer", req.From, "err", err)
+	}
+	a.log.Info("task resumed from peer", "task", id, "from", req.From, "epoch", newEpoch)
+	return a.Inspect(ctx, id)
+}
+
+func (a *Agent) handleRelease(w http.ResponseWriter, r *http.Request) {
+	var req api.ReleaseRequest
+	if err := decode(r, &req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	id := r.PathValue("id")
+	if err := api.ValidID(id); err != nil {
+		writeErr(w, err)
+		return
+	}
+	a.mu.Lock()
+	rec, ok := a.records[id]
+	a.mu.Unlock()
+	switch {
+	case !ok:
+		writeErr(w, fmt.Errorf("%w: task %q on %s", driver.ErrNotFound, id, a.cfg.Name))
+		return
+	case req.Committed && req.Epoch > rec.Epoch:
+		if err := a.markMoved(rec, req.Peer, req.Epoch); err != nil {
+			writeErr(w, err)
+			return
+		}
+	case !req.Committed && req.Epoch == rec.Epoch && rec.Phase == api.PhaseMigratingOut && rec.Mode == "fetch":
+		if err := a.setPhase(rec, api.PhaseSuspended, rec.Epoch); err != nil {
+			writeErr(w, err)
+			return
+		}
+	case req.Committed && req.Epoch <= rec.Epoch && rec.Phase == api.PhaseMoved:
+		// Already released.
+	default:
+		writeErr(w, fmt.Errorf("%w: release of %q at epoch %d: node %s holds epoch %d (%s)", api.ErrStaleEpoch, id, req.Epoch, a.cfg.Name, rec.Epoch, rec.Phase))
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
