@@ -128,6 +128,9 @@ type Task struct {
 	// controller can remove them.
 	Stale       bool   `json:"stale,omitempty"`
 	StaleReason string `json:"stale_reason,omitempty"`
+	// CheckpointPeer is the agent (host:port) to which the task's committed
+	// periodic checkpoints are copied; empty: none.
+	CheckpointPeer string `json:"checkpoint_peer,omitempty"`
 }
 
 // RunRequest starts a new task (POST /v1/tasks).
@@ -136,6 +139,10 @@ type RunRequest struct {
 	// spec (VM → qemu, Process → process).
 	Driver string      `json:"driver,omitempty"`
 	Spec   driver.Spec `json:"spec"`
+	// CheckpointPeer is the address (host:port) of the agent to which this
+	// task's committed periodic checkpoints are copied, as a Replica; empty
+	// means no copy. The agent keeps it in the task's record.
+	CheckpointPeer string `json:"checkpoint_peer,omitempty"`
 }
 
 // EpochRequest is the body of commands on an existing task (stop, suspend,
@@ -149,9 +156,17 @@ type ResumeRequest struct {
 	// Epoch is the task's current epoch (the one recorded with the image).
 	// A resume from a peer commits Epoch+1 here.
 	Epoch uint64 `json:"epoch"`
-	// From is the address (host:port) of the agent holding the image; empty
-	// means this agent.
+	// From is the address (host:port) of the agent holding the image (or,
+	// with Replica, the replica); empty means this agent.
 	From string `json:"from,omitempty"`
+	// Replica starts the task from the replica of its latest periodic
+	// checkpoint (see Replica) held by From, after the node that ran it was
+	// lost: the task starts with FERRY_RESTORE=1 on the receiving agent at
+	// Epoch+1, so a copy on the old holder is stale if it comes back. The
+	// replica's epoch must not be ahead of Epoch.
+	Replica bool `json:"replica,omitempty"`
+	// CheckpointPeer: as in RunRequest, for the resumed task.
+	CheckpointPeer string `json:"checkpoint_peer,omitempty"`
 }
 
 // MigrateRequest moves a running task to another agent
@@ -166,6 +181,26 @@ type MigrateRequest struct {
 	// checkpoint).
 	Mode    string                  `json:"mode,omitempty"`
 	Options driver.MigrationOptions `json:"options"`
+	// CheckpointPeer: as in RunRequest; after the move the destination
+	// copies the task's periodic checkpoints to it.
+	CheckpointPeer string `json:"checkpoint_peer,omitempty"`
+}
+
+// Replica is a copy of a task's latest committed periodic checkpoint kept
+// by a peer agent (GET /v1/replicas), so that losing the node that runs the
+// task costs at most one checkpoint interval. A replica is never run by
+// itself: a ResumeRequest with Replica set starts the task from it.
+type Replica struct {
+	Task string `json:"task"`
+	// Epoch is the task's epoch when the checkpoint was taken, Seq the
+	// holder's checkpoint number within it; (Epoch, Seq) orders replicas.
+	Epoch uint64 `json:"epoch"`
+	Seq   uint64 `json:"seq"`
+	// Bytes is the checkpoint's size; Taken when it was committed.
+	Bytes int64     `json:"bytes"`
+	Taken time.Time `json:"taken"`
+	// Holder is the address of the agent that ran the task and sent it.
+	Holder string `json:"holder"`
 }
 
 // MigrateEvent is one line of a migration's NDJSON stream.
@@ -247,6 +282,12 @@ const (
 	ImageProtocol = "ferry-cas/1"
 	RecordHeader  = "Ferry-Record"
 )
+
+// ReplicaHeader carries a replica's description (base64 JSON) with a
+// replica push (POST /v1/peer/replicas/{id}, upgraded to ImageProtocol, the
+// holder sending) and a replica fetch (GET /v1/peer/replicas/{id}/image,
+// the peer sending).
+const ReplicaHeader = "Ferry-Replica"
 
 // ValidID checks a task id: it names files and URLs.
 func ValidID(id string) error {

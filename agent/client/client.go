@@ -188,6 +188,14 @@ func (c *Client) Resume(ctx context.Context, id string, req api.ResumeRequest) (
 	return t, c.call(ctx, http.MethodPost, taskPath(id, "resume"), req, &t)
 }
 
+// Replicas lists the replicas of other nodes' periodic checkpoints this
+// agent keeps. Start a task from one with Resume and
+// api.ResumeRequest{Replica: true}.
+func (c *Client) Replicas(ctx context.Context) ([]api.Replica, error) {
+	var rs []api.Replica
+	return rs, c.call(ctx, http.MethodGet, "/v1/replicas", nil, &rs)
+}
+
 // Pause freezes a running task in memory.
 func (c *Client) Pause(ctx context.Context, id string, epoch uint64) (api.Task, error) {
 	var t api.Task
