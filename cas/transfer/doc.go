@@ -12,12 +12,19 @@
 //	                                    chunk store (verified; a corrupt one
 //	                                    is removed and asked for)
 //	                                 ◀─ WANT (entries it lacks)
-//	CHUNK × n (only those)           ─▶ verifies each against its id and
+//	RUN / CHUNK × n (only those)     ─▶ verifies each against its id and
 //	                                    writes it at every offset it occurs
 //	DONE                             ─▶ all wanted chunks verified (a v1
 //	                                    index: whole-file digest too),
 //	                                    renames the file into place
 //	                                 ◀─ RESULT (ok or the reason)
+//
+// A RUN frame carries consecutive wanted entries raw, back to back (up to
+// 2 MiB; the sender hands the file's bytes to a TCP socket with sendfile); a
+// CHUNK frame carries one chunk, zstd-compressed when that saves 10% (the
+// sender samples: after 8 misses in a row it tries one chunk in 64). The
+// receiver reads frames, hashes and writes on three goroutines, asks the
+// kernel to start writing back every 16 MiB and fsyncs once at the end.
 //
 // Either side may send ERROR instead, with a reason, and close. A transfer
 // cut at any point is resumed by running it again with the same transfer id:

@@ -36,6 +36,7 @@ const (
 	msgDone   msgType = 5
 	msgResult msgType = 6
 	msgError  msgType = 7
+	msgRun    msgType = 8
 )
 
 func (t msgType) String() string {
@@ -54,6 +55,8 @@ func (t msgType) String() string {
 		return "RESULT"
 	case msgError:
 		return "ERROR"
+	case msgRun:
+		return "RUN"
 	}
 	return fmt.Sprintf("message(%d)", uint8(t))
 }
@@ -216,7 +219,7 @@ type Header struct {
 
 var helloMagic = [8]byte{'F', 'R', 'Y', 'X', 'F', 'E', 'R', '1'}
 
-const protoVersion = 1
+const protoVersion = 2 // 2: RUN frames
 
 func encodeHello(h Header) []byte {
 	b := make([]byte, 0, 16+len(h.ID)+len(h.Name)+4)

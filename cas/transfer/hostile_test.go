@@ -63,6 +63,31 @@ func senderStreamBytes(h Header, index []byte, chunks []chunkFrame, done bool) [
 	return buf.Bytes()
 }
 
+// runFrame is a RUN frame as a sender writes it: entries first …
+// first+count-1, then their bytes.
+type runFrame struct {
+	first, count uint32
+	data         []byte
+}
+
+// runStream is senderStream with RUN frames instead of CHUNK frames.
+func runStream(h Header, x *cas.Index, runs []runFrame, done bool) []byte {
+	var buf bytes.Buffer
+	buf.Write(senderStream(h, x, nil, false))
+	w := newFrameWriter(&buf, nil)
+	for _, r := range runs {
+		var hdr [runHdrLen]byte
+		binary.BigEndian.PutUint32(hdr[:], r.first)
+		binary.BigEndian.PutUint32(hdr[4:], r.count)
+		w.frame(msgRun, hdr[:], r.data)
+	}
+	if done {
+		w.frame(msgDone)
+	}
+	w.Flush()
+	return buf.Bytes()
+}
+
 // indexOf indexes data with fixed blocks and returns the frames a correct
 // sender sends to an empty receiver.
 func indexOf(t testing.TB, data []byte) (*cas.Index, []chunkFrame) {
@@ -123,6 +148,12 @@ func TestReceiverRejectsHostileStreams(t *testing.T) {
 		return buf.Bytes()
 	}()
 	oversized := append(senderStream(ok, x, nil, false), byte(msgChunk), 0xff, 0xff, 0xff, 0xff)
+	// RUN frames: entries 0-4 are data, 5 is the hole.
+	blocks := data[:5*4096]
+	wrongRun := append([]byte(nil), blocks...)
+	wrongRun[3*4096] ^= 1
+	goodRun := runStream(ok, x, []runFrame{{0, 5, blocks}}, true)
+	oversizedRun := append(senderStream(ok, x, nil, false), byte(msgRun), 0, 0x40, 0, 9)
 	cases := []struct {
 		name   string
 		stream []byte
@@ -146,6 +177,17 @@ func TestReceiverRejectsHostileStreams(t *testing.T) {
 		{"bad encoding", senderStream(ok, x, []chunkFrame{{frames[0].entry, 7, frames[0].data}}, true), cas.ErrInvalid},
 		{"zstd bomb", senderStream(ok, x, []chunkFrame{{frames[0].entry, cas.Zstd, bomb()}}, true), cas.ErrCorrupt},
 		{"wrong message", senderStream(ok, nil, nil, true), ErrProtocol},
+		{"RUN of no entries", runStream(ok, x, []runFrame{{0, 0, nil}}, true), cas.ErrInvalid},
+		{"RUN beyond the index", runStream(ok, x, []runFrame{{3, 1 << 31, blocks}}, true), cas.ErrInvalid},
+		{"RUN over a hole", runStream(ok, x, []runFrame{{4, 2, append(blocks[4*4096:], make([]byte, 8192)...)}}, true), cas.ErrInvalid},
+		{"RUN shorter than its entries", runStream(ok, x, []runFrame{{0, 5, blocks[:len(blocks)-1]}}, true), cas.ErrInvalid},
+		{"RUN longer than its entries", runStream(ok, x, []runFrame{{0, 2, blocks[:3*4096]}}, true), cas.ErrInvalid},
+		{"RUN twice", runStream(ok, x, []runFrame{{0, 2, blocks[:8192]}, {1, 1, blocks[4096:8192]}}, true), cas.ErrInvalid},
+		{"RUN shorter than its header", append(senderStream(ok, x, nil, false), byte(msgRun), 0, 0, 0, 4, 0, 0, 0, 0), cas.ErrInvalid},
+		{"RUN with wrong data", runStream(ok, x, []runFrame{{0, 5, wrongRun}}, true), cas.ErrCorrupt},
+		{"RUN truncated", goodRun[:len(goodRun)-5000], ErrTruncated},
+		{"RUN frame over limit", oversizedRun, ErrProtocol},
+		{"RUN missing chunks", runStream(ok, x, []runFrame{{0, 4, blocks[:4*4096]}}, true), ErrProtocol},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -170,6 +212,15 @@ func TestReceiverRejectsHostileStreams(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(root, "dest", "f.raw")); !bytes.Equal(got, data) {
 		t.Fatal("good stream not rebuilt")
+	}
+	// So is the same as one RUN frame.
+	root = t.TempDir()
+	rc = &Receiver{StagingDir: filepath.Join(root, "staging"), DestDir: filepath.Join(root, "dest")}
+	if res, err := rc.Serve(context.Background(), &memConn{r: bytes.NewReader(goodRun)}); err != nil || res.Received != 5 {
+		t.Fatalf("RUN stream: %v, %d chunks received", err, res.Received)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "dest", "f.raw")); !bytes.Equal(got, data) {
+		t.Fatal("good RUN stream not rebuilt")
 	}
 }
 
@@ -319,6 +370,7 @@ func FuzzReceiverStream(f *testing.F) {
 	x, frames := indexOf(f, data)
 	f.Add(senderStream(Header{ID: "f", Name: "f", Kind: KindFile}, x, frames, true))
 	f.Add(senderStream(Header{ID: "f", Name: "f", Kind: KindFile}, x, frames[:1], false))
+	f.Add(runStream(Header{ID: "f", Name: "f", Kind: KindFile}, x, []runFrame{{0, 2, data[:8192]}}, true))
 	dx, _ := cas.BuildIndex(bytes.NewReader(tarOf(tarEntry{tar.Header{Name: "a", Typeflag: tar.TypeReg}, "x"})), cas.IndexOptions{Chunking: cas.CDC})
 	f.Add(senderStream(Header{ID: "d", Name: "d", Kind: KindDir}, dx, nil, true))
 	f.Fuzz(func(t *testing.T, b []byte) {

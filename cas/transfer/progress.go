@@ -47,9 +47,12 @@ func (r *progressor) phase(ph Phase) {
 	}
 }
 
-func (r *progressor) add(n int64) {
+func (r *progressor) add(n int64) { r.addN(n, 1) }
+
+// addN counts n bytes in chunks chunks.
+func (r *progressor) addN(n int64, chunks int) {
 	r.p.Done += n
-	r.p.ChunksDone++
+	r.p.ChunksDone += chunks
 	if r.fn != nil && (r.p.Done-r.last >= 1<<20 || r.p.ChunksDone == r.p.ChunksWanted) {
 		r.last = r.p.Done
 		r.fn(r.p)

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -37,6 +38,10 @@ type Receiver struct {
 	// Keep adds every received chunk to Store (slower: one small file per
 	// chunk), so later transfers of similar files find them.
 	Keep bool
+	// NoSync skips the fsync of a rebuilt file and of its directory (and
+	// the early writeback): for data that can simply be fetched again. A
+	// crash can then leave a committed file with missing blocks.
+	NoSync bool
 	// Limits on the index a sender may announce (zero: DefaultMaxEntries
 	// and cas.DefaultMaxFileSize). The receiver's memory grows with the
 	// entry count (about 150 bytes per entry).
@@ -285,9 +290,7 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		dg = newPrefixDigest(part.f)
 		defer dg.stop()
 	}
-	pw := &runWriter{f: part.f, buf: make([]byte, 0, 1<<20), done: done}
-	defer pw.flush() // on failure, keep every verified chunk for a resume
-	onDisk := 0      // first entry not known to be on disk
+	onDisk := 0 // first entry not known to be on disk
 	advance := func() {
 		for onDisk < len(done) && done[onDisk] {
 			onDisk++
@@ -306,89 +309,24 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		keeper = newStoreWriter(rc.Store, 4)
 		defer keeper.wait()
 	}
-	// Frames are read on this goroutine into batches; a second goroutine
-	// decodes, verifies and writes them, so the socket reads overlap the
-	// hashing. The verifier finishes every batch already read before Serve
-	// returns (and the deferred flush keeps them for a resume).
-	var received, receivedBytes int // updated by the verifier only
-	var vfailed atomic.Bool
-	verify := func(bt *rxBatch, zbuf []byte) ([]byte, error) {
-		for _, c := range bt.items {
-			e := x.Entries[c.entry]
-			data, err := cas.Decode(c.enc, bt.buf[c.start:c.end], int(e.Length), zbuf)
-			if err != nil {
-				return zbuf, fmt.Errorf("CHUNK for entry %d: %w", c.entry, err)
-			}
-			if c.enc == cas.Zstd {
-				zbuf = data
-			}
-			if cas.Sum(data) != e.ID {
-				return zbuf, fmt.Errorf("%w: CHUNK for entry %d does not hash to its id %s", cas.ErrCorrupt, c.entry, e.ID.Short())
-			}
-			flushed := false
-			for k := int(c.entry); k >= 0; k = int(next[k]) {
-				f, err := pw.write(data, offs[k], k)
-				if err != nil {
-					return zbuf, fmt.Errorf("transfer: write partial: %w", err)
-				}
-				flushed = flushed || f
-			}
-			if flushed {
-				advance()
-			}
-			if keeper != nil {
-				if err := keeper.put(e.ID, data); err != nil {
-					return zbuf, err
-				}
-			}
-			received++
-			receivedBytes += int(e.Length)
-			prog.add(int64(e.Length))
-		}
-		return zbuf, nil
-	}
-	batches, free := make(chan *rxBatch, 2), make(chan *rxBatch, 3)
-	for range 3 {
-		free <- &rxBatch{}
-	}
-	verr := make(chan error, 1)
-	go func() {
-		var zbuf []byte
-		var err error
-		for bt := range batches {
-			if err == nil {
-				if zbuf, err = verify(bt, zbuf); err != nil {
-					vfailed.Store(true)
-				}
-			}
-			free <- bt
-		}
-		verr <- err
-	}()
-	var bt *rxBatch // being filled by this goroutine
-	verifierDone := false
-	finishVerifier := func() error {
-		if verifierDone {
-			return nil
-		}
-		verifierDone = true
-		if bt != nil && len(bt.items) > 0 {
-			batches <- bt
-		}
+	// Frames are read on this goroutine into batches; the pipeline hashes
+	// and writes them on two more. It finishes every batch already read
+	// before Serve returns, so a resume finds those chunks.
+	pl := newRxPipeline(&rxPipeline{x: x, offs: offs, next: next, f: part.f, done: done, onWritten: advance, keeper: keeper, prog: prog, wb: writeback{off: rc.NoSync}, hashers: min(2, runtime.GOMAXPROCS(0))})
+	bt := pl.get() // being filled by this goroutine
+	finish := func() error {
+		err := pl.finish(bt)
 		bt = nil
-		close(batches)
-		err := <-verr
-		res.Received, res.ReceivedBytes = received, int64(receivedBytes)
+		res.Received, res.ReceivedBytes = pl.received, pl.receivedBytes
 		return err
 	}
-	defer finishVerifier() // runs before the deferred flush
-	bt = <-free
-	bt.reset()
+	defer finish()
 	read := 0
-	limits := map[msgType]int{msgChunk: maxChunkFrame, msgDone: 0}
+	limits := map[msgType]int{msgChunk: maxChunkFrame, msgRun: maxRunFrame, msgDone: 0}
+	var runHdr [runHdrLen]byte
 	for {
-		if vfailed.Load() {
-			return finishVerifier()
+		if pl.failed.Load() {
+			return finish()
 		}
 		t, n, err := r.next("CHUNK", limits)
 		if err != nil {
@@ -397,16 +335,46 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		if t == msgDone {
 			break
 		}
-		if len(bt.buf)+n > rxBatchSize && len(bt.items) > 0 {
-			batches <- bt
-			bt = <-free
-			bt.reset()
+		if t == msgRun {
+			if n < runHdrLen {
+				return fmt.Errorf("%w: RUN of %d bytes is too short", cas.ErrInvalid, n)
+			}
+			if _, err := io.ReadFull(r.br, runHdr[:]); err != nil {
+				return fmt.Errorf("%w: RUN frame of %d bytes: %v", ErrTruncated, n, err)
+			}
+			first, count, err := parseRun(runHdr[:], n, x, isWanted)
+			if err != nil {
+				return err
+			}
+			n -= runHdrLen
+			if len(bt.buf)+n > cap(bt.buf) && len(bt.items) > 0 {
+				pl.put(bt)
+				bt = pl.get()
+			}
+			start := bt.grow(n)
+			m, rerr := io.ReadFull(r.br, bt.buf[start:])
+			// Keep every whole chunk that arrived, even from a cut frame.
+			pos := start
+			for k := first; k < first+count; k++ {
+				l := int(x.Entries[k].Length)
+				if pos+l > start+m {
+					break
+				}
+				bt.items = append(bt.items, rxChunk{entry: k, enc: cas.Raw, start: pos, end: pos + l})
+				pos += l
+				read++
+			}
+			bt.buf = bt.buf[:pos]
+			if rerr != nil {
+				return fmt.Errorf("%w: RUN frame of %d bytes: %v", ErrTruncated, n+runHdrLen, rerr)
+			}
+			continue
 		}
-		start := len(bt.buf)
-		if cap(bt.buf) < start+n {
-			bt.buf = append(make([]byte, 0, max(rxBatchSize, start+n)), bt.buf...)
+		if len(bt.buf)+n > cap(bt.buf) && len(bt.items) > 0 {
+			pl.put(bt)
+			bt = pl.get()
 		}
-		bt.buf = bt.buf[:start+n]
+		start := bt.grow(n)
 		if _, err := io.ReadFull(r.br, bt.buf[start:]); err != nil {
 			bt.buf = bt.buf[:start]
 			return fmt.Errorf("%w: %s frame of %d bytes: %v", ErrTruncated, t, n, err)
@@ -425,14 +393,11 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		bt.items = append(bt.items, rxChunk{entry: i, enc: cas.Encoding(frame[4]), start: start + chunkHdrLen, end: start + n})
 		read++
 	}
-	if err := finishVerifier(); err != nil {
+	if err := finish(); err != nil {
 		return err
 	}
 	if res.Received != len(want) {
 		return fmt.Errorf("%w: DONE with %d of %d chunks missing", ErrProtocol, len(want)-res.Received, len(want))
-	}
-	if err := pw.flush(); err != nil {
-		return fmt.Errorf("transfer: write partial: %w", err)
 	}
 	advance()
 
@@ -448,8 +413,10 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 			return fmt.Errorf("%w: rebuilt %s does not match its whole-file digest %s", cas.ErrCorrupt, h.Name, x.Digest.Short())
 		}
 	}
-	if err := part.f.Sync(); err != nil {
-		return err
+	if !rc.NoSync {
+		if err := part.f.Sync(); err != nil {
+			return err
+		}
 	}
 	if keeper != nil {
 		if err := keeper.wait(); err != nil {
@@ -567,7 +534,9 @@ func (rc *Receiver) commit(h Header, p *partial, dest string) error {
 		os.Remove(p.path)
 	}
 	os.Remove(p.state)
-	syncDir(filepath.Dir(dest))
+	if !rc.NoSync {
+		syncDir(filepath.Dir(dest))
+	}
 	return nil
 }
 
@@ -594,21 +563,32 @@ func syncDir(dir string) {
 	}
 }
 
-// rxBatch holds CHUNK frames read back to back, handed to the verifier.
+// rxBatch holds CHUNK and RUN payloads read back to back, handed to the
+// pipeline; dec holds the decoded bytes of compressed chunks.
 type rxBatch struct {
-	buf   []byte
-	items []rxChunk
+	buf, dec []byte
+	items    []rxChunk
 }
 
 type rxChunk struct {
 	entry      uint32
 	enc        cas.Encoding
-	start, end int // payload in buf
+	start, end int    // payload in buf
+	data       []byte // the verified chunk bytes (set by the hasher)
 }
 
-const rxBatchSize = 1 << 20
-
 func (b *rxBatch) reset() { b.buf, b.items = b.buf[:0], b.items[:0] }
+
+// grow extends buf by n bytes (keeping what it holds) and returns where
+// they start.
+func (b *rxBatch) grow(n int) int {
+	start := len(b.buf)
+	if cap(b.buf) < start+n {
+		b.buf = append(make([]byte, 0, max(maxRunFrame, start+n)), b.buf...)
+	}
+	b.buf = b.buf[:start+n]
+	return start
+}
 
 // zeroHoles makes the hole entries of a resumed partial file read as zeros:
 // a piece that does not is overwritten with zeros.
@@ -637,54 +617,6 @@ func zeroHoles(f *os.File, x *cas.Index, offs []int64, buf []byte) error {
 			pos += int64(n)
 		}
 	}
-	return nil
-}
-
-// runWriter coalesces writes at consecutive offsets into one pwrite and
-// marks entries done only once their bytes are in the file.
-type runWriter struct {
-	f       *os.File
-	buf     []byte
-	start   int64
-	pending []int
-	done    []bool
-}
-
-// write queues data of entry k at off; it reports whether a flush happened
-// (so more entries are now done).
-func (w *runWriter) write(data []byte, off int64, k int) (bool, error) {
-	if len(w.buf) > 0 && off == w.start+int64(len(w.buf)) && len(w.buf)+len(data) <= cap(w.buf) {
-		w.buf = append(w.buf, data...)
-		w.pending = append(w.pending, k)
-		return false, nil
-	}
-	flushed := len(w.buf) > 0
-	if err := w.flush(); err != nil {
-		return false, err
-	}
-	if len(data) > cap(w.buf) {
-		if _, err := w.f.WriteAt(data, off); err != nil {
-			return false, err
-		}
-		w.done[k] = true
-		return true, nil
-	}
-	w.start, w.buf = off, append(w.buf[:0], data...)
-	w.pending = append(w.pending, k)
-	return flushed, nil
-}
-
-func (w *runWriter) flush() error {
-	if len(w.buf) == 0 {
-		return nil
-	}
-	if _, err := w.f.WriteAt(w.buf, w.start); err != nil {
-		return err
-	}
-	for _, k := range w.pending {
-		w.done[k] = true
-	}
-	w.buf, w.pending = w.buf[:0], w.pending[:0]
 	return nil
 }
 

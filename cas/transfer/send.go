@@ -120,7 +120,6 @@ func send(ctx context.Context, conn io.ReadWriter, src *os.File, h Header, opts 
 	if err != nil {
 		return res, err
 	}
-	offs := x.Offsets()
 	for _, i := range want {
 		prog.p.Wanted += int64(x.Entries[i].Length)
 	}
@@ -129,35 +128,11 @@ func send(ctx context.Context, conn io.ReadWriter, src *os.File, h Header, opts 
 	log.Debug("receiver wants", "chunks", len(want), "bytes", prog.p.Wanted, "of", x.Size)
 	prog.phase(PhaseStream)
 
-	// CHUNKs.
-	sr := &spanReader{f: src, size: x.Size}
-	var hdr [chunkHdrLen]byte
-	var zbuf []byte
-	for _, i := range want {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		e := x.Entries[i]
-		data, err := sr.read(offs[i], int(e.Length))
-		if err != nil {
-			return res, fmt.Errorf("transfer: read %s at %d: %w", h.Name, offs[i], err)
-		}
-		enc, payload := cas.Raw, data
-		if opts.Compress {
-			enc, payload = cas.Compress(zbuf, data)
-			if enc == cas.Zstd {
-				zbuf = payload
-			}
-		}
-		hdr[0], hdr[1], hdr[2], hdr[3] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
-		hdr[4] = byte(enc)
-		if err := w.frame(msgChunk, hdr[:], payload); err != nil {
-			return res, fmt.Errorf("transfer: send chunk %d: %w", i, err)
-		}
-		res.ChunksSent++
-		res.BytesSent += int64(e.Length)
-		res.PayloadBytes += int64(len(payload))
-		prog.add(int64(e.Length))
+	// Chunks: consecutive raw chunks go as RUN frames (one header, then
+	// the bytes straight from the file: sendfile on a TCP connection);
+	// a chunk that compresses goes alone as a CHUNK frame.
+	if err := sendChunks(ctx, w, conn, src, x, want, opts.Compress, &res, prog); err != nil {
+		return res, fmt.Errorf("transfer: send %s: %w", h.Name, err)
 	}
 	if err := w.frame(msgDone); err != nil {
 		return res, err
@@ -184,38 +159,4 @@ func send(ctx context.Context, conn io.ReadWriter, src *os.File, h Header, opts 
 	prog.phase(PhaseComplete)
 	log.Info("sent", "name", h.Name, "size", x.Size, "chunks_sent", res.ChunksSent, "bytes_sent", res.BytesSent)
 	return res, nil
-}
-
-// spanReader serves reads at increasing offsets from 1 MiB windows.
-type spanReader struct {
-	f     *os.File
-	size  int64
-	buf   []byte
-	start int64
-}
-
-func (s *spanReader) read(off int64, n int) ([]byte, error) {
-	if off >= s.start && off+int64(n) <= s.start+int64(len(s.buf)) {
-		return s.buf[off-s.start : off-s.start+int64(n)], nil
-	}
-	want := max(n, 1<<20)
-	if rem := s.size - off; int64(want) > rem {
-		want = int(rem)
-	}
-	if want < n {
-		return nil, fmt.Errorf("%w: source shrank below its index", cas.ErrCorrupt)
-	}
-	if cap(s.buf) < want {
-		s.buf = make([]byte, want)
-	}
-	s.buf = s.buf[:want]
-	m, err := s.f.ReadAt(s.buf, off)
-	if m < n {
-		if err == nil || err == io.EOF {
-			err = fmt.Errorf("%w: source shrank below its index", cas.ErrCorrupt)
-		}
-		return nil, err
-	}
-	s.buf, s.start = s.buf[:m], off
-	return s.buf[:n], nil
 }

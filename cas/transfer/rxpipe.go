@@ -1,0 +1,275 @@
+package transfer
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+
+	"github.com/ferrycluster/ferry/cas"
+)
+
+// rxPipeline verifies and writes received chunks on two goroutines, one per
+// stage: the caller reads frames into batches (socket → memory), a hasher
+// decodes each chunk and checks it against its ID, and a writer puts the
+// verified chunks at their offsets — consecutive chunks in one pwrite,
+// straight from the batch buffer — and only then marks them done. So the
+// socket is read while the previous batch is hashed and the one before it
+// written.
+//
+// After a failure in a stage the later batches pass through unprocessed;
+// every chunk verified before the failure is still written, so a resume
+// finds it in the partial file.
+type rxPipeline struct {
+	x         *cas.Index
+	offs      []int64
+	next      []int32 // next occurrence of the same chunk, -1 at the end
+	f         *os.File
+	done      []bool
+	onWritten func() // after each batch is written (the writer goroutine)
+	keeper    *storeWriter
+	prog      *progressor
+	wb        writeback
+	hashers   int // goroutines hashing one batch (1 or 2)
+
+	batches, hashed, free chan *rxBatch
+	herr, werr            chan error
+	failed                atomic.Bool
+	finished              bool
+	err                   error
+
+	// written by the writer only; read after finish
+	received      int
+	receivedBytes int64
+}
+
+// rxBatches is how many batch buffers (of up to maxRunFrame bytes) one
+// transfer has in flight: one being read, one hashed, one written, one
+// spare.
+const rxBatches = 4
+
+func newRxPipeline(p *rxPipeline) *rxPipeline {
+	p.batches, p.hashed, p.free = make(chan *rxBatch, rxBatches), make(chan *rxBatch, rxBatches), make(chan *rxBatch, rxBatches)
+	p.herr, p.werr = make(chan error, 1), make(chan error, 1)
+	for range rxBatches {
+		p.free <- &rxBatch{}
+	}
+	go p.hashStage()
+	go p.writeStage()
+	return p
+}
+
+// get returns an empty batch to fill (waiting for one to come back).
+func (p *rxPipeline) get() *rxBatch {
+	bt := <-p.free
+	bt.reset()
+	return bt
+}
+
+// put hands a filled batch to the hasher.
+func (p *rxPipeline) put(bt *rxBatch) { p.batches <- bt }
+
+// finish hands over bt (if it holds anything), waits for both stages to
+// drain and returns the first failure (the hasher's before the writer's).
+func (p *rxPipeline) finish(bt *rxBatch) error {
+	if p.finished {
+		return p.err
+	}
+	p.finished = true
+	if bt != nil && len(bt.items) > 0 {
+		p.batches <- bt
+	}
+	close(p.batches)
+	herr, werr := <-p.herr, <-p.werr
+	if herr != nil {
+		p.err = herr
+	} else {
+		p.err = werr
+	}
+	return p.err
+}
+
+func (p *rxPipeline) hashStage() {
+	var err error
+	for bt := range p.batches {
+		if err == nil {
+			if err = p.verify(bt); err != nil {
+				p.failed.Store(true)
+			}
+		} else {
+			bt.items = bt.items[:0]
+		}
+		p.hashed <- bt
+	}
+	close(p.hashed)
+	p.herr <- err
+}
+
+// verify decodes and checks every chunk of bt; on a failure it keeps the
+// chunks before the bad one (verified) for the writer.
+func (p *rxPipeline) verify(bt *rxBatch) error {
+	bt.dec = bt.dec[:0]
+	// A batch of raw chunks (the common case) is hashed in two halves at
+	// once: SHA-256 is the receiver's largest cost and the writer and the
+	// socket reader are mostly in the kernel.
+	if n := len(bt.items); n >= 8 && p.hashers > 1 && bt.allRaw() {
+		half := n / 2
+		errc := make(chan error, 1)
+		go func() { errc <- p.verifyRange(bt, half, n) }()
+		err1 := p.verifyRange(bt, 0, half)
+		err2 := <-errc
+		switch {
+		case err1 != nil:
+			bt.items = bt.items[:p.firstBad(bt, 0)]
+			return err1
+		case err2 != nil:
+			bt.items = bt.items[:p.firstBad(bt, half)]
+			return err2
+		}
+		return nil
+	}
+	if err := p.verifyRange(bt, 0, len(bt.items)); err != nil {
+		bt.items = bt.items[:p.firstBad(bt, 0)]
+		return err
+	}
+	return nil
+}
+
+// firstBad is the first item from j on that failed verification (has no
+// data).
+func (p *rxPipeline) firstBad(bt *rxBatch, j int) int {
+	for j < len(bt.items) && bt.items[j].data != nil {
+		j++
+	}
+	return j
+}
+
+func (b *rxBatch) allRaw() bool {
+	for _, c := range b.items {
+		if c.enc != cas.Raw {
+			return false
+		}
+	}
+	return true
+}
+
+// verifyRange verifies items [from, to) of bt, setting their data, and
+// stops at the first bad one.
+func (p *rxPipeline) verifyRange(bt *rxBatch, from, to int) error {
+	for j := from; j < to; j++ {
+		c := &bt.items[j]
+		e := p.x.Entries[c.entry]
+		want := int(e.Length)
+		var dst []byte
+		if c.enc != cas.Raw {
+			if cap(bt.dec)-len(bt.dec) < want+1 {
+				bt.dec = make([]byte, 0, max(1<<20, want+1))
+			}
+			dst = bt.dec[len(bt.dec):len(bt.dec):cap(bt.dec)]
+		}
+		data, err := cas.Decode(c.enc, bt.buf[c.start:c.end], want, dst)
+		if err != nil {
+			return fmt.Errorf("CHUNK for entry %d: %w", c.entry, err)
+		}
+		if c.enc != cas.Raw {
+			bt.dec = bt.dec[:len(bt.dec)+want]
+		}
+		if cas.Sum(data) != e.ID {
+			return fmt.Errorf("%w: CHUNK for entry %d does not hash to its id %s", cas.ErrCorrupt, c.entry, e.ID.Short())
+		}
+		c.data = data
+	}
+	return nil
+}
+
+func (p *rxPipeline) writeStage() {
+	var err error
+	for bt := range p.hashed {
+		if err == nil {
+			if err = p.write(bt); err != nil {
+				p.failed.Store(true)
+			}
+		}
+		p.free <- bt
+	}
+	p.werr <- err
+}
+
+// write puts the verified chunks of bt at every offset where they occur.
+func (p *rxPipeline) write(bt *rxBatch) error {
+	// A run of raw chunks that are adjacent both in bt.buf and in the file
+	// goes out in one pwrite.
+	runStart, runEnd, runOff := 0, 0, int64(0)
+	flush := func() error {
+		if runEnd > runStart {
+			if _, err := p.f.WriteAt(bt.buf[runStart:runEnd], runOff); err != nil {
+				return fmt.Errorf("transfer: write partial: %w", err)
+			}
+		}
+		runStart, runEnd = 0, 0
+		return nil
+	}
+	var n int64
+	for _, c := range bt.items {
+		off := p.offs[c.entry]
+		switch {
+		case c.enc == cas.Raw && runEnd > runStart && c.start == runEnd && off == runOff+int64(runEnd-runStart):
+			runEnd = c.end
+		case c.enc == cas.Raw:
+			if err := flush(); err != nil {
+				return err
+			}
+			runStart, runEnd, runOff = c.start, c.end, off
+		default:
+			if _, err := p.f.WriteAt(c.data, off); err != nil {
+				return fmt.Errorf("transfer: write partial: %w", err)
+			}
+		}
+		for k := p.next[c.entry]; k >= 0; k = p.next[k] {
+			if _, err := p.f.WriteAt(c.data, p.offs[k]); err != nil {
+				return fmt.Errorf("transfer: write partial: %w", err)
+			}
+		}
+		n += int64(len(c.data))
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	for _, c := range bt.items {
+		for k := int32(c.entry); k >= 0; k = p.next[k] {
+			p.done[k] = true
+		}
+		if p.keeper != nil {
+			if err := p.keeper.put(p.x.Entries[c.entry].ID, c.data); err != nil {
+				return err
+			}
+		}
+		p.received++
+		p.receivedBytes += int64(len(c.data))
+		p.prog.add(int64(len(c.data)))
+	}
+	p.onWritten()
+	p.wb.wrote(p.f, n)
+	return nil
+}
+
+// writeback starts the kernel writing a partial file back to disk every
+// writebackEvery bytes (asynchronously: sync_file_range on Linux), so the
+// one fsync at the end of a transfer finds little left to do while the
+// network is still busy. It does not make anything durable by itself.
+type writeback struct {
+	off     bool
+	pending int64
+}
+
+const writebackEvery = 16 << 20
+
+func (w *writeback) wrote(f *os.File, n int64) {
+	if w.off {
+		return
+	}
+	w.pending += n
+	if w.pending >= writebackEvery {
+		w.pending = 0
+		startWriteback(f)
+	}
+}
