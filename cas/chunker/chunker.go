@@ -97,6 +97,11 @@ func (p Params) Validate() error {
 		return fmt.Errorf("chunker: want min <= avg <= max, got %d, %d, %d", p.Min, p.Avg, p.Max)
 	case p.Level < 0 || p.Level > 3:
 		return fmt.Errorf("chunker: normalization level %d outside [0, 3]", p.Level)
+	case p.Min%2 != 0 || p.Avg%2 != 0:
+		// The cut loop steps two bytes at a time from min/2: an odd min
+		// would allow a chunk one byte short of it, and an odd min or avg
+		// would shift every test one byte from the paper's algorithm.
+		return fmt.Errorf("chunker: min %d and avg %d sizes must be even", p.Min, p.Avg)
 	}
 	return nil
 }

@@ -229,7 +229,7 @@ func TestIsZero(t *testing.T) {
 }
 
 func TestParamsValidate(t *testing.T) {
-	bad := []Params{{63, 256, 1024, 1}, {64, 255, 1024, 1}, {64, 256, 1023, 1}, {4096, 2048, 8192, 1}, {64, 256, 1024, 4}}
+	bad := []Params{{63, 256, 1024, 1}, {64, 255, 1024, 1}, {64, 256, 1023, 1}, {4096, 2048, 8192, 1}, {64, 256, 1024, 4}, {4097, 16384, 65536, 1}, {4096, 16385, 65536, 1}}
 	for _, p := range bad {
 		if p.Validate() == nil {
 			t.Errorf("%+v accepted", p)
