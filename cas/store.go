@@ -30,6 +30,16 @@ type Options struct {
 	// crash before Sync is caught by the verification on read and fetched
 	// again.
 	SyncEachChunk bool
+	// MaxBytes, if positive, bounds the chunk bytes the pins hold: after a
+	// Pin pushes them past it, the oldest other pins (by the time they were
+	// last pinned) are dropped until they fit, and GC frees the chunks
+	// nothing references any more. The newest pin is always kept, even if
+	// it alone is larger. Chunks not yet pinned (a transfer in flight) are
+	// not counted and are kept for GCGrace.
+	MaxBytes int64
+	// GCGrace is how old an unreferenced chunk must be before the GC that
+	// follows a trim removes it (default 10 minutes).
+	GCGrace time.Duration
 	// Logger receives corruption reports; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -59,17 +69,21 @@ type Store struct {
 
 	// gc is held shared by writers and pinners and exclusively by GC, so a
 	// chunk is never collected between its Put and its Pin.
-	gc   sync.RWMutex
-	mu   sync.Mutex // guards refs and pins
-	refs map[ID]int
-	pins map[string][]ID // unique data chunk IDs of each pin
+	gc    sync.RWMutex
+	mu    sync.Mutex // guards refs and pins
+	refs  map[ID]int
+	pins  map[string][]ID // unique data chunk IDs of each pin
+	lens  map[ID]uint32   // length of each referenced chunk
+	pinAt map[string]time.Time
+	held  int64 // bytes of the referenced chunks (sum of lens)
 }
 
 const chunkHeaderLen = 5
 
 // Open opens (creating if needed) the store in dir and loads its pins.
 func Open(dir string, opts Options) (*Store, error) {
-	s := &Store{dir: dir, opts: opts, log: opts.Logger, refs: map[ID]int{}, pins: map[string][]ID{}}
+	s := &Store{dir: dir, opts: opts, log: opts.Logger, refs: map[ID]int{}, pins: map[string][]ID{},
+		lens: map[ID]uint32{}, pinAt: map[string]time.Time{}}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -100,6 +114,9 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("cas: open store: pin %q: %w", e.Name(), err)
 		}
 		s.addPinLocked(e.Name(), x)
+		if info, err := e.Info(); err == nil {
+			s.pinAt[e.Name()] = info.ModTime()
+		}
 	}
 	return s, nil
 }
@@ -287,10 +304,72 @@ func (s *Store) Pin(name string, x *Index) error {
 	}
 	syncDir(filepath.Join(s.dir, "pins"))
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.dropPinLocked(name)
 	s.addPinLocked(name, x)
+	s.pinAt[name] = time.Now()
+	s.mu.Unlock()
 	return nil
+}
+
+// TrimStats reports what a trim did.
+type TrimStats struct {
+	Unpinned []string
+	GC       GCStats
+	// Held is the chunk bytes the remaining pins hold.
+	Held int64
+}
+
+// Trim applies Options.MaxBytes: it unpins the oldest pins but the newest
+// until the pins hold at most MaxBytes of chunks, then, if it unpinned
+// anything, collects the unreferenced chunks older than GCGrace. Pin does
+// not call it (a caller may pin several indexes at once); callers that
+// want the bound call Trim after pinning.
+func (s *Store) Trim(ctx context.Context) (TrimStats, error) {
+	var st TrimStats
+	if s.opts.MaxBytes <= 0 {
+		st.Held = s.Held()
+		return st, nil
+	}
+	for {
+		s.mu.Lock()
+		held := s.held
+		var oldest, newest string
+		for n, t := range s.pinAt {
+			if oldest == "" || t.Before(s.pinAt[oldest]) || (t.Equal(s.pinAt[oldest]) && n < oldest) {
+				oldest = n
+			}
+			if newest == "" || t.After(s.pinAt[newest]) || (t.Equal(s.pinAt[newest]) && n > newest) {
+				newest = n
+			}
+		}
+		s.mu.Unlock()
+		if held <= s.opts.MaxBytes || oldest == newest {
+			st.Held = held
+			break
+		}
+		if err := s.Unpin(oldest); err != nil {
+			return st, err
+		}
+		st.Unpinned = append(st.Unpinned, oldest)
+	}
+	if len(st.Unpinned) == 0 {
+		return st, nil
+	}
+	grace := s.opts.GCGrace
+	if grace <= 0 {
+		grace = 10 * time.Minute
+	}
+	var err error
+	st.GC, err = s.GC(ctx, time.Now(), grace)
+	s.log.Info("trimmed", "unpinned", st.Unpinned, "removed", st.GC.Removed, "removed_bytes", st.GC.RemovedBytes, "held", st.Held, "max", s.opts.MaxBytes)
+	return st, err
+}
+
+// Held is the number of chunk bytes the pins reference (each chunk once).
+func (s *Store) Held() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.held
 }
 
 // Unpin removes the pin, releasing its references.
@@ -307,6 +386,7 @@ func (s *Store) Unpin(name string) error {
 		return err
 	}
 	s.dropPinLocked(name)
+	delete(s.pinAt, name)
 	return nil
 }
 
@@ -356,7 +436,10 @@ func (s *Store) addPinLocked(name string, x *Index) {
 		if !e.Hole && !seen[e.ID] {
 			seen[e.ID] = true
 			ids = append(ids, e.ID)
-			s.refs[e.ID]++
+			if s.refs[e.ID]++; s.refs[e.ID] == 1 {
+				s.lens[e.ID] = e.Length
+				s.held += int64(e.Length)
+			}
 		}
 	}
 	s.pins[name] = ids
@@ -366,6 +449,8 @@ func (s *Store) dropPinLocked(name string) {
 	for _, id := range s.pins[name] {
 		if s.refs[id]--; s.refs[id] <= 0 {
 			delete(s.refs, id)
+			s.held -= int64(s.lens[id])
+			delete(s.lens, id)
 		}
 	}
 	delete(s.pins, name)

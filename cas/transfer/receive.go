@@ -38,6 +38,11 @@ type Receiver struct {
 	// Keep adds every received chunk to Store (slower: one small file per
 	// chunk), so later transfers of similar files find them.
 	Keep bool
+	// PinAs, with Keep, names the pin under which a completed transfer's
+	// index is kept in Store (replacing an earlier pin of that name; then
+	// Store's MaxBytes is applied), so its chunks stay for later transfers
+	// instead of being collected. Empty: not pinned.
+	PinAs func(Header) string
 	// NoSync skips the fsync of a rebuilt file and of its directory (and
 	// the early writeback): for data that can simply be fetched again. A
 	// crash can then leave a committed file with missing blocks.
@@ -425,6 +430,13 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		if err := rc.Store.Sync(); err != nil {
 			return err
 		}
+		if name := rc.pinName(h); name != "" {
+			// Chunks found in a resumed partial are not in the store yet:
+			// Keep reads them from the (verified) partial file.
+			if _, err := rc.Store.Keep(ctx, name, part.f, x); err != nil {
+				log.Warn("keeping the received chunks", "pin", name, "err", err)
+			}
+		}
 	}
 	if err := rc.commit(h, part, dest); err != nil {
 		return err
@@ -440,6 +452,13 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 	prog.phase(PhaseComplete)
 	log.Info("received", "name", h.Name, "size", x.Size, "received", res.Received, "from_store", res.FromStore, "resumed", res.Resumed)
 	return nil
+}
+
+func (rc *Receiver) pinName(h Header) string {
+	if rc.PinAs == nil {
+		return ""
+	}
+	return rc.PinAs(h)
 }
 
 func (rc *Receiver) destination(h Header, x *cas.Index) (string, error) {

@@ -24,6 +24,13 @@ type SendOptions struct {
 	Compress bool
 	Progress ProgressFunc
 	Logger   *slog.Logger
+	// Keep, if set, is this node's chunk store: after a successful
+	// transfer the file's chunks are added to it and its index pinned as
+	// KeepAs (cas.Store.Keep), so when the file or a similar one comes
+	// back only the changed chunks cross. A failure to keep is logged, not
+	// returned: the transfer itself succeeded.
+	Keep   *cas.Store
+	KeepAs string
 }
 
 // SendResult says what crossed the wire.
@@ -36,6 +43,8 @@ type SendResult struct {
 	BytesSent, PayloadBytes int64
 	WireBytes               int64
 	IndexBytes              int64
+	// Kept counts the chunks added to SendOptions.Keep.
+	Kept int
 }
 
 // SendFile sends the file at path over conn to a Receiver.
@@ -157,6 +166,12 @@ func send(ctx context.Context, conn io.ReadWriter, src *os.File, h Header, opts 
 		return res, fmt.Errorf("%w: receiver: %s", ErrRemote, reason)
 	}
 	prog.phase(PhaseComplete)
+	if opts.Keep != nil && opts.KeepAs != "" {
+		if res.Kept, err = opts.Keep.Keep(ctx, opts.KeepAs, src, x); err != nil {
+			log.Warn("keeping the sent chunks", "pin", opts.KeepAs, "err", err)
+			err = nil
+		}
+	}
 	log.Info("sent", "name", h.Name, "size", x.Size, "chunks_sent", res.ChunksSent, "bytes_sent", res.BytesSent)
 	return res, nil
 }
