@@ -30,9 +30,9 @@ type Options struct {
 	// crash before Sync is caught by the verification on read and fetched
 	// again.
 	SyncEachChunk bool
-	// MaxBytes, if positive, bounds the chunk bytes the pins hold: after a
-	// Pin pushes them past it, the oldest other pins (by the time they were
-	// last pinned) are dropped until they fit, and GC frees the chunks
+	// MaxBytes, if positive, bounds the chunk bytes the pins hold: Trim
+	// (which Keep calls after pinning) drops the oldest other pins (by the
+	// time they were last pinned) until they fit, and GC frees the chunks
 	// nothing references any more. The newest pin is always kept, even if
 	// it alone is larger. Chunks not yet pinned (a transfer in flight) are
 	// not counted and are kept for GCGrace.
