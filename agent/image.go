@@ -98,7 +98,7 @@ func (a *Agent) sendImageCAS(w http.ResponseWriter, rec *record) {
 	defer a.untrack(conn)
 	start := time.Now()
 	res, err := transfer.SendDir(a.ctx, transfer.Hijacked(conn, brw.Reader), a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
-		transfer.SendOptions{ID: fmt.Sprintf("%s-e%d", rec.ID, rec.Epoch), Name: "image", Logger: a.log})
+		a.keepSent(transfer.SendOptions{ID: fmt.Sprintf("%s-e%d", rec.ID, rec.Epoch), Name: "image", Logger: a.log}, rec.ID))
 	if err != nil {
 		a.log.Warn("send image", "task", rec.ID, "err", err)
 		return
@@ -136,8 +136,8 @@ func (a *Agent) receiveImageCAS(ctx context.Context, peerAddr, id string, epoch 
 	if err := os.MkdirAll(staging, 0o700); err != nil {
 		return nil, err
 	}
-	rc := &transfer.Receiver{StagingDir: staging, Logger: a.log,
-		Dest: func(transfer.Header, *cas.Index) (string, error) { return dir, nil }}
+	rc := a.keepReceived(&transfer.Receiver{StagingDir: staging, Logger: a.log,
+		Dest: func(transfer.Header, *cas.Index) (string, error) { return dir, nil }}, id)
 	res, err := rc.Serve(ctx, conn)
 	if err != nil {
 		return nil, err
