@@ -20,6 +20,7 @@ type Command struct {
 	StartAction  *StartAction  `json:"start_action,omitempty"`
 	FinishAction *FinishAction `json:"finish_action,omitempty"`
 	CancelAction *CancelAction `json:"cancel_action,omitempty"`
+	ExtendPlan   *ExtendPlan   `json:"extend_plan,omitempty"`
 	FinishPlan   *FinishPlan   `json:"finish_plan,omitempty"`
 	TaskEvent    *TaskEvent    `json:"task_event,omitempty"`
 	AddServer    *Server       `json:"add_server,omitempty"`
@@ -100,6 +101,16 @@ type CancelAction struct {
 	Plan  uint64 `json:"plan"`
 	Index int    `json:"index"`
 	Error string `json:"error,omitempty"`
+}
+
+// ExtendPlan appends actions to the executing plan (pending, their
+// dependencies among the plan's actions) and adds Reason to the plan's: a
+// drain deadline that passes while a plan executes is acted on at once
+// instead of after the plan.
+type ExtendPlan struct {
+	Plan    uint64   `json:"plan"`
+	Reason  string   `json:"reason"`
+	Actions []Action `json:"actions"`
 }
 
 // FinishPlan closes a plan whose actions are all terminal.
@@ -313,6 +324,16 @@ func (s *State) Apply(c *Command) Result {
 	case c.CancelAction != nil:
 		a := &s.Plans[c.CancelAction.Plan].Actions[c.CancelAction.Index]
 		a.State, a.Error, a.Ended = ActionCancelled, c.CancelAction.Error, at
+	case c.ExtendPlan != nil:
+		p := s.Plans[c.ExtendPlan.Plan]
+		for _, a := range c.ExtendPlan.Actions {
+			a.State = ActionPending
+			a.Deps = append([]int(nil), a.Deps...)
+			p.Actions = append(p.Actions, a)
+		}
+		if c.ExtendPlan.Reason != "" {
+			p.Reason += "; " + c.ExtendPlan.Reason
+		}
 	case c.FinishPlan != nil:
 		p := s.Plans[c.FinishPlan.Plan]
 		p.State, p.Finished = PlanFinished, at
@@ -382,7 +403,7 @@ func (s *State) Check(c *Command) error {
 	set := 0
 	for _, p := range []bool{c.RegisterNode != nil, c.SetNode != nil, c.Drain != nil, c.SubmitJob != nil,
 		c.SetJobWant != nil, c.CreatePlan != nil, c.StartAction != nil, c.FinishAction != nil,
-		c.CancelAction != nil, c.FinishPlan != nil, c.TaskEvent != nil, c.AddServer != nil,
+		c.CancelAction != nil, c.ExtendPlan != nil, c.FinishPlan != nil, c.TaskEvent != nil, c.AddServer != nil,
 		c.RemoveServer != nil, c.Batch != nil} {
 		if p {
 			set++
@@ -432,37 +453,19 @@ func (s *State) Check(c *Command) error {
 		if p := s.ActivePlan(); p != nil {
 			return conflict("plan %d is still executing", p.ID)
 		}
-		acts := c.CreatePlan.Plan.Actions
-		for i, a := range acts {
-			if !validKinds[a.Kind] {
-				return invalid("plan action %d: unknown kind %q", i, a.Kind)
-			}
-			if s.Tasks[a.Task] == nil {
-				return notFound("plan action %d: task %q", i, a.Task)
-			}
-			for _, nn := range []string{a.From, a.To} {
-				if nn != "" && s.Nodes[nn] == nil {
-					return notFound("plan action %d: node %q", i, nn)
-				}
-			}
-			switch a.Kind {
-			case "boot", "resume", "migrate":
-				if a.To == "" {
-					return invalid("plan action %d: %s needs a destination node", i, a.Kind)
-				}
-			}
-			switch a.Kind {
-			case "suspend", "migrate", "shutdown", "resume":
-				if a.From == "" {
-					return invalid("plan action %d: %s needs a source node", i, a.Kind)
-				}
-			}
-			for _, d := range a.Deps {
-				if d < 0 || d >= i {
-					return invalid("plan action %d: dependency %d must be an earlier action", i, d)
-				}
-			}
+		return s.checkActions(c.CreatePlan.Plan.Actions, 0)
+	case c.ExtendPlan != nil:
+		p := s.Plans[c.ExtendPlan.Plan]
+		if p == nil {
+			return notFound("plan %d", c.ExtendPlan.Plan)
 		}
+		if p.State != PlanExecuting {
+			return conflict("plan %d is %s, not executing", p.ID, p.State)
+		}
+		if len(c.ExtendPlan.Actions) == 0 {
+			return invalid("extend_plan %d: no actions", p.ID)
+		}
+		return s.checkActions(c.ExtendPlan.Actions, len(p.Actions))
 	case c.StartAction != nil:
 		a, err := s.action(c.StartAction.Plan, c.StartAction.Index)
 		if err != nil {
@@ -607,4 +610,42 @@ func cloneLabels(m map[string]string) map[string]string {
 		c[k] = v
 	}
 	return c
+}
+
+// checkActions validates plan actions numbered from base (the actions
+// already in the plan): known kinds, tasks and nodes, the nodes each kind
+// needs, and dependencies on earlier actions only.
+func (s *State) checkActions(acts []Action, base int) error {
+	for k, a := range acts {
+		i := base + k
+		if !validKinds[a.Kind] {
+			return invalid("plan action %d: unknown kind %q", i, a.Kind)
+		}
+		if s.Tasks[a.Task] == nil {
+			return notFound("plan action %d: task %q", i, a.Task)
+		}
+		for _, nn := range []string{a.From, a.To} {
+			if nn != "" && s.Nodes[nn] == nil {
+				return notFound("plan action %d: node %q", i, nn)
+			}
+		}
+		switch a.Kind {
+		case "boot", "resume", "migrate":
+			if a.To == "" {
+				return invalid("plan action %d: %s needs a destination node", i, a.Kind)
+			}
+		}
+		switch a.Kind {
+		case "suspend", "migrate", "shutdown", "resume":
+			if a.From == "" {
+				return invalid("plan action %d: %s needs a source node", i, a.Kind)
+			}
+		}
+		for _, d := range a.Deps {
+			if d < 0 || d >= i {
+				return invalid("plan action %d: dependency %d must be an earlier action", i, d)
+			}
+		}
+	}
+	return nil
 }

@@ -208,3 +208,43 @@ func TestEmptyCommandIsInvalid(t *testing.T) {
 	}
 	_ = fmt.Sprint(r)
 }
+
+// A drain deadline that passes mid-plan appends actions to the executing
+// plan: they start pending, may depend only on earlier actions, and a
+// finished plan cannot be extended.
+func TestExtendPlan(t *testing.T) {
+	s := seeded(t)
+	r := mustApply(t, s, Command{At: 3, CreatePlan: &CreatePlan{Plan: Plan{Reason: "policy", Actions: []Action{{Kind: "boot", Task: "j.a.0", To: "n1"}}}}})
+	id := r.PlanID
+	bad := []Command{
+		{ExtendPlan: &ExtendPlan{Plan: id + 1, Actions: []Action{{Kind: "suspend", Task: "j.a.0", From: "n1"}}}},
+		{ExtendPlan: &ExtendPlan{Plan: id}},
+		{ExtendPlan: &ExtendPlan{Plan: id, Actions: []Action{{Kind: "suspend", Task: "j.a.0"}}}},
+		{ExtendPlan: &ExtendPlan{Plan: id, Actions: []Action{{Kind: "suspend", Task: "j.a.0", From: "n1", Deps: []int{1}}}}},
+		{ExtendPlan: &ExtendPlan{Plan: id, Actions: []Action{{Kind: "suspend", Task: "nope", From: "n1"}}}},
+	}
+	for _, c := range bad {
+		if r := s.Apply(&c); r.Err == nil {
+			t.Fatalf("extend %+v accepted", c.ExtendPlan)
+		}
+	}
+	if n := len(s.Plans[id].Actions); n != 1 {
+		t.Fatalf("refused extensions changed the plan: %d actions", n)
+	}
+	mustApply(t, s, Command{At: 4, ExtendPlan: &ExtendPlan{Plan: id, Reason: "drain deadline passed on n1", Actions: []Action{{Kind: "suspend", Task: "j.a.0", From: "n1", Deps: []int{0}, State: ActionDone}}}})
+	p := s.Plans[id]
+	if len(p.Actions) != 2 || p.Actions[1].State != ActionPending || p.Reason != "policy; drain deadline passed on n1" {
+		t.Fatalf("extended plan: %+v", p)
+	}
+	for i, at := range []int64{5, 6} {
+		mustApply(t, s, Command{At: at, StartAction: &StartAction{Plan: id, Index: i}})
+		mustApply(t, s, Command{At: at, FinishAction: &FinishAction{Plan: id, Index: i, OK: true, Image: "/img"}})
+	}
+	if tk := s.Tasks["j.a.0"]; tk.Phase != TaskSleeping || tk.ImageNode != "n1" {
+		t.Fatalf("after the appended suspend: %+v", tk)
+	}
+	mustApply(t, s, Command{At: 7, FinishPlan: &FinishPlan{Plan: id}})
+	if r := s.Apply(&Command{ExtendPlan: &ExtendPlan{Plan: id, Actions: []Action{{Kind: "kill", Task: "j.a.0"}}}}); !errors.Is(r.Err, ErrConflict) {
+		t.Fatalf("extend a finished plan: %v", r.Err)
+	}
+}

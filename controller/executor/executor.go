@@ -227,6 +227,41 @@ func New(acts []Action, l Limits) (*Executor, error) {
 	return e, nil
 }
 
+// Append adds pending actions after the existing ones (a drain deadline
+// acted on while the plan executes). Their dependencies must point to
+// earlier actions.
+func (e *Executor) Append(acts []Action) error {
+	n := len(e.acts)
+	for k, a := range acts {
+		for _, d := range a.Deps {
+			if d < 0 || d >= n+k {
+				return fmt.Errorf("%w: appended action %d depends on %d", ErrInvalid, n+k, d)
+			}
+		}
+	}
+	for k, a := range acts {
+		e.acts = append(e.acts, a)
+		e.slots = append(e.slots, slot{})
+		e.dependents = append(e.dependents, nil)
+		for _, d := range a.Deps {
+			e.dependents[d] = append(e.dependents[d], n+k)
+		}
+	}
+	e.dirty = true
+	return nil
+}
+
+// Cancel cancels a pending action from outside (its dependents are
+// cancelled by the next Ready, as after a failure). It reports whether the
+// action was pending.
+func (e *Executor) Cancel(i int, reason string) bool {
+	if i < 0 || i >= len(e.slots) || e.slots[i].state != Pending {
+		return false
+	}
+	e.finish(i, Cancelled, reason)
+	return true
+}
+
 // Restore sets an action's state from a journal (a restarted controller).
 // Running actions restored count against the limits from start.
 func (e *Executor) Restore(i int, st State, start time.Time) {

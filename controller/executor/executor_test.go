@@ -226,3 +226,46 @@ func TestExecutorInvariants(t *testing.T) {
 		}
 	})
 }
+
+// Actions appended to a running executor and pending actions cancelled from
+// outside (a drain deadline mid-plan): appended ones start at once when
+// they have no dependencies, a cancelled one dooms its dependents, and the
+// executor still ends.
+func TestAppendAndCancel(t *testing.T) {
+	acts := []Action{
+		{Kind: cluster.Migrate, Task: "slow", From: "n1", To: "n4"},
+		{Kind: cluster.Migrate, Task: "b", From: "n3", To: "n1", Deps: []int{0}},
+		{Kind: cluster.Boot, Task: "c", To: "n3", Deps: []int{1}},
+	}
+	e, err := New(acts, DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := starts(e.Ready(t0)); fmt.Sprint(got) != "[0]" {
+		t.Fatalf("first starts %v", got)
+	}
+	if e.Cancel(0, "running") {
+		t.Fatal("a running action was cancelled")
+	}
+	if !e.Cancel(1, "deadline") || e.State(1) != Cancelled || e.Err(1) != "deadline" {
+		t.Fatalf("cancel pending: %v %q", e.State(1), e.Err(1))
+	}
+	if err := e.Append([]Action{{Kind: cluster.Suspend, Task: "b", From: "n3", Deps: []int{5}}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("append with a dependency on a later action: %v", err)
+	}
+	if err := e.Append([]Action{{Kind: cluster.Suspend, Task: "b", From: "n3"}}); err != nil {
+		t.Fatal(err)
+	}
+	got := e.Ready(t0)
+	if len(got) != 2 || got[0].Kind != Cancel || got[0].Action != 2 || got[1].Kind != Start || got[1].Action != 3 {
+		t.Fatalf("after append: %+v", got)
+	}
+	e.Advance(Ack{Kind: Succeeded, Action: 3})
+	if e.Done() {
+		t.Fatal("done with the migration still running")
+	}
+	e.Advance(Ack{Kind: Succeeded, Action: 0})
+	if !e.Done() || len(e.Actions()) != 4 {
+		t.Fatalf("done %v with %d actions", e.Done(), len(e.Actions()))
+	}
+}
