@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/pki"
 	"github.com/ferrycluster/ferry/store"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -685,8 +686,16 @@ func (a *API) eventsHandler(w http.ResponseWriter, r *http.Request) {
 // another node is refused with 403 and changes nothing. A server
 // certificate (a follower forwarding an agent's heartbeat it has already
 // checked) and an admin token may report for any node.
+//
+// The body is decoded in two steps: the envelope here, the task list (the
+// bulk of it) only when it differs from the node's previous report.
 func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
-	var hb Heartbeat
+	var hb struct {
+		Node  string          `json:"node"`
+		Addr  string          `json:"addr"`
+		Info  api.NodeInfo    `json:"info"`
+		Tasks json.RawMessage `json:"tasks"`
+	}
 	if err := decodeBody(r, &hb); err != nil {
 		writeErr(w, err)
 		return
@@ -695,7 +704,7 @@ func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	if err := a.Controller.Observe(r.Context(), hb, true); err != nil {
+	if err := a.Controller.ObserveEncoded(r.Context(), Heartbeat{Node: hb.Node, Addr: hb.Addr, Info: hb.Info}, hb.Tasks); err != nil {
 		writeErr(w, err)
 		return
 	}

@@ -1,7 +1,9 @@
 package controller
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -72,15 +74,35 @@ type Controller struct {
 	acks    chan ackMsg
 	done    chan struct{} // closed when Run returns
 	run     *execution
+	idle    idleRound // the last round that planned nothing
 	wg      sync.WaitGroup
 }
 
-// observation is the latest heartbeat of a node.
+// replanEvery bounds, in periods, how long an unchanged store skips the
+// policy and the planner.
+const replanEvery = 10
+
+// idleRound remembers a round whose policy and planner found nothing to
+// carry out: the store's version then, and until when that answer holds.
+type idleRound struct {
+	set     bool
+	version uint64
+	until   time.Time
+}
+
+// observation is the latest heartbeat of a node. tasks is never modified
+// in place: a new report replaces the slice (readers copy the header under
+// c.mu and read it after).
 type observation struct {
 	at     time.Time
 	pushed bool
 	info   api.NodeInfo
 	tasks  []api.Task
+	// index maps a reported task ID to its position in tasks.
+	index map[string]int
+	// raw is the encoded task list of the last pushed heartbeat: a report
+	// whose list is the same byte for byte is not decoded again.
+	raw []byte
 }
 
 // Heartbeat is what an agent reports (pushed to POST /v1/heartbeat, or
@@ -165,6 +187,16 @@ func (c *Controller) Observe(ctx context.Context, hb Heartbeat, pushed bool) err
 	if hb.Node == "" {
 		return fmt.Errorf("%w: heartbeat without a node name", store.ErrInvalid)
 	}
+	return c.observe(ctx, hb, nil, pushed)
+}
+
+// observe records a heartbeat; raw, when set, is the encoding of
+// hb.Tasks (kept to recognise the next report's unchanged list).
+func (c *Controller) observe(ctx context.Context, hb Heartbeat, raw []byte, pushed bool) error {
+	index := make(map[string]int, len(hb.Tasks))
+	for i := range hb.Tasks {
+		index[hb.Tasks[i].ID] = i
+	}
 	now := c.cfg.Now()
 	c.mu.Lock()
 	o := c.obs[hb.Node]
@@ -172,8 +204,41 @@ func (c *Controller) Observe(ctx context.Context, hb Heartbeat, pushed bool) err
 		o = &observation{}
 		c.obs[hb.Node] = o
 	}
-	o.at, o.pushed, o.info, o.tasks = now, pushed, hb.Info, hb.Tasks
+	o.at, o.pushed, o.info, o.tasks, o.index, o.raw = now, pushed, hb.Info, hb.Tasks, index, raw
 	c.mu.Unlock()
+	return c.observed(ctx, hb)
+}
+
+// ObserveEncoded records a pushed heartbeat whose task list is still
+// encoded (the API's path): when the list is byte for byte the one the
+// node reported last, the decoded tasks of that report are reused and only
+// the time and the node's usage are updated; otherwise it is decoded
+// (unknown fields refused).
+func (c *Controller) ObserveEncoded(ctx context.Context, hb Heartbeat, rawTasks []byte) error {
+	if hb.Node == "" {
+		return fmt.Errorf("%w: heartbeat without a node name", store.ErrInvalid)
+	}
+	if len(rawTasks) == 0 || bytes.Equal(rawTasks, []byte("null")) {
+		return c.observe(ctx, hb, nil, true)
+	}
+	c.mu.Lock()
+	if o := c.obs[hb.Node]; o != nil && o.raw != nil && bytes.Equal(o.raw, rawTasks) {
+		o.at, o.pushed, o.info = c.cfg.Now(), true, hb.Info
+		c.mu.Unlock()
+		return c.observed(ctx, hb)
+	}
+	c.mu.Unlock()
+	d := json.NewDecoder(bytes.NewReader(rawTasks))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&hb.Tasks); err != nil {
+		return fmt.Errorf("%w: heartbeat of node %q: tasks: %v", store.ErrInvalid, hb.Node, err)
+	}
+	return c.observe(ctx, hb, rawTasks, true)
+}
+
+// observed counts a recorded heartbeat and registers its node (or its new
+// address) when the store does not know it.
+func (c *Controller) observed(ctx context.Context, hb Heartbeat) error {
 	c.metrics.Heartbeats.Inc()
 	var known bool
 	var addr string
@@ -288,16 +353,147 @@ func (c *Controller) step(ctx context.Context) {
 		}
 	}
 	if c.run != nil {
+		c.deadlinesDuringPlan(ctx)
 		c.drive(ctx)
 	}
 	c.gauges()
 }
 
+// deadlinesDuringPlan honours drain deadlines that pass while a plan
+// executes, without waiting for the plan to end: on a node whose deadline
+// has passed, every running task that no running action is moving off is
+// suspended at once — its pending actions in the plan are cancelled and a
+// suspend is appended to the plan (journaled with the reason). Actions
+// already running finish (or time out) as usual. The next plan resumes the
+// suspended tasks where there is room.
+func (c *Controller) deadlinesDuringPlan(ctx context.Context) {
+	run := c.run
+	now := c.cfg.Now()
+	type victim struct {
+		task, node string
+		bytes      int64
+	}
+	var victims []victim
+	var due []string
+	c.st.View(func(s *store.State) {
+		for _, name := range s.SortedNodes() {
+			n := s.Nodes[name]
+			if n.Status != store.NodeDraining || n.DrainDeadline == 0 || n.DrainDeadline > now.UnixNano() {
+				continue
+			}
+			found := false
+			for _, t := range s.Tasks {
+				if t.Phase == store.TaskRunning && t.Node == name {
+					victims = append(victims, victim{t.Name, name, t.Demand.MemoryBytes})
+					found = true
+				}
+			}
+			if found {
+				due = append(due, name)
+			}
+		}
+	})
+	if len(victims) == 0 {
+		return
+	}
+	// Tasks the plan is working on now, is about to suspend (a pending
+	// suspend free to start), or has already tried to suspend.
+	busy, tried := map[string]bool{}, map[string]bool{}
+	for i, a := range run.acts {
+		st := run.ex.State(i)
+		if st == executor.Running {
+			busy[a.Task] = true
+		}
+		if a.Kind != "suspend" {
+			continue
+		}
+		if st != executor.Pending {
+			tried[a.Task] = true
+			continue
+		}
+		free := true
+		for _, d := range a.Deps {
+			free = free && run.ex.State(d) == executor.Done
+		}
+		if free {
+			busy[a.Task] = true
+		}
+	}
+	reason := "drain deadline passed on " + strings.Join(due, ", ") + " while the plan executed"
+	var cancel []int
+	var acts []store.Action
+	for _, v := range victims {
+		if busy[v.task] || tried[v.task] {
+			continue
+		}
+		for i, a := range run.acts {
+			if a.Task == v.task && run.ex.State(i) == executor.Pending {
+				cancel = append(cancel, i)
+			}
+		}
+		acts = append(acts, store.Action{Kind: "suspend", Task: v.task, From: v.node, Bytes: v.bytes})
+	}
+	if len(acts) == 0 {
+		return
+	}
+	// Journal first; the executor follows what the journal took.
+	batch := make([]store.Command, 0, len(cancel)+1)
+	for _, i := range cancel {
+		batch = append(batch, store.Command{CancelAction: &store.CancelAction{Plan: run.id, Index: i, Error: reason}})
+	}
+	batch = append(batch, store.Command{ExtendPlan: &store.ExtendPlan{Plan: run.id, Reason: reason, Actions: acts}})
+	r, err := c.apply(ctx, store.Command{Batch: batch})
+	if err != nil {
+		c.log.Warn("cannot journal the drain deadline's suspends", "plan", run.id, "err", err)
+		return
+	}
+	for k, i := range cancel {
+		if r.Batch[k].Err == nil && run.ex.Cancel(i, reason) {
+			c.event("action", run.acts[i].Task, "cancelled", "kind", run.acts[i].Kind, "reason", reason)
+		}
+	}
+	if err := r.Batch[len(batch)-1].Err; err != nil {
+		c.log.Warn("cannot append the drain deadline's suspends to the plan", "plan", run.id, "err", err)
+		return
+	}
+	first := len(run.acts)
+	exActs := make([]executor.Action, len(acts))
+	for k, a := range acts {
+		exActs[k] = executor.Action{Kind: kindOf(a.Kind), Task: a.Task, From: a.From, Bytes: a.Bytes}
+	}
+	if err := run.ex.Append(exActs); err != nil {
+		c.log.Error("executor refused the appended suspends", "plan", run.id, "err", err)
+		return
+	}
+	run.acts = append(run.acts, acts...)
+	c.event("plan", fmt.Sprint(run.id), "drain deadline: suspending what is still on the node", "node", strings.Join(due, ","), "suspends", len(acts), "from_action", first)
+}
+
 // makePlan runs policy and planner; a plan with actions is journaled and
 // becomes the execution.
+//
+// A round that found nothing to do is not repeated while the store is
+// unchanged (same version), no drain deadline has come, and less than
+// replanEvery periods have passed: the policy and planner would answer the
+// same, and at 50,000 tasks they are the loop's largest cost. The periodic
+// retry keeps time-dependent policies and a planner timeout honest.
 func (c *Controller) makePlan(ctx context.Context) {
+	now := c.cfg.Now()
+	_, version := c.st.Changed()
+	if c.idle.set && c.idle.version == version && now.Before(c.idle.until) {
+		return
+	}
 	var snap *Snapshot
-	c.st.View(func(s *store.State) { snap = BuildSnapshot(s, c.cfg.Now().Unix()) })
+	until := now.Add(replanEvery * c.cfg.Period)
+	c.st.View(func(s *store.State) {
+		snap = BuildSnapshot(s, now.Unix())
+		for _, n := range s.Nodes {
+			if d := time.Unix(0, n.DrainDeadline); n.Status == store.NodeDraining && n.DrainDeadline > 0 && d.After(now) && d.Before(until) {
+				until = d
+			}
+		}
+	})
+	c.idle = idleRound{set: true, version: version, until: until}
 	if len(snap.View.Model.Tasks) == 0 {
 		return
 	}
@@ -338,6 +534,7 @@ func (c *Controller) makePlan(ctx context.Context) {
 	c.metrics.PlanDuration.Observe(took.Seconds())
 	c.metrics.PlanActions.Observe(float64(len(acts)))
 	c.event("plan", fmt.Sprint(r.PlanID), "planned", "actions", len(acts), "migrations", p.Migrations(), "solve_ms", took.Milliseconds(), "reason", sp.Reason)
+	c.idle = idleRound{}
 	ex, err := executor.New(acts, c.cfg.Limits)
 	if err != nil {
 		c.log.Error("executor refused the plan", "err", err)

@@ -85,3 +85,83 @@ func TestE2EDrainDeadlineSuspendsWhatCannotMove(t *testing.T) {
 		t.Fatalf("b.c.0 restarted from scratch instead of its checkpoint:\n%s", log)
 	}
 }
+
+// slowCheckpointJob is counterJob whose checkpoint takes about 15 s (the
+// trap sleeps first), so a move of it keeps its plan executing that long.
+func slowCheckpointJob(name string) string {
+	return strings.Replace(counterJob(name, 5, 1, 1, ""), `trap 'echo`, `trap 'sleep 15; echo`, 1)
+}
+
+// A drain deadline that passes while a long plan executes is honoured at
+// once, not after the plan: the task still on the drained node is
+// suspended (its suspend appended to the executing plan, with the reason)
+// while the plan's slow move is still running.
+func TestE2EDrainDeadlineHonouredDuringALongPlan(t *testing.T) {
+	c := newTestCluster(t, 4, 1)
+	for _, spec := range []string{slowCheckpointJob("slow"), counterJob("b", 5, 1, 1, ""), counterJob("a", 5, 1, 1, "")} {
+		if _, err := c.cli.Submit(ctx(t), []byte(spec)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.waitFor("slow, a and b running", 30*time.Second, func() bool {
+		return c.phase("slow.c.0") == store.TaskRunning && c.phase("a.c.0") == store.TaskRunning && c.phase("b.c.0") == store.TaskRunning
+	})
+	used := map[string]bool{}
+	for _, tn := range []string{"slow.c.0", "a.c.0", "b.c.0"} {
+		used[c.task(tn).Node] = true
+	}
+	free := ""
+	for n := range c.agents {
+		if !used[n] {
+			free = n
+		}
+	}
+	// A plan that takes ~15 s: move slow (checkpoint mode) to the free node.
+	planID, err := c.cli.Migrate(ctx(t), "slow.c.0", free)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the slow move running", 30*time.Second, func() bool {
+		var st store.ActionState
+		c.srv.Store.View(func(s *store.State) {
+			if p := s.Plans[planID]; p != nil {
+				st = p.Actions[0].State
+			}
+		})
+		return st == store.ActionRunning
+	})
+	victim := c.task("b.c.0").Node
+	if err := c.cli.Drain(ctx(t), victim, true, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var deadline int64
+	c.srv.Store.View(func(s *store.State) { deadline = s.Nodes[victim].DrainDeadline })
+	c.waitFor("b suspended at the deadline", 30*time.Second, func() bool { return c.phase("b.c.0") == store.TaskSleeping })
+	var p store.Plan
+	c.srv.Store.View(func(s *store.State) { p = *s.Plans[planID]; p.Actions = append([]store.Action(nil), p.Actions...) })
+	if p.Actions[0].State != store.ActionRunning || c.phase("slow.c.0") != store.TaskRunning || c.task("slow.c.0").Node == free {
+		t.Fatalf("the slow move ended before b was suspended; the test shows nothing: %+v", p.Actions[0])
+	}
+	if !strings.Contains(p.Reason, "drain deadline passed on "+victim) {
+		t.Fatalf("plan reason %q does not name the deadline", p.Reason)
+	}
+	var sus []store.Action
+	for _, a := range p.Actions {
+		if a.Task == "b.c.0" {
+			sus = append(sus, a)
+		}
+	}
+	if len(sus) != 1 || sus[0].Kind != "suspend" || sus[0].State != store.ActionDone || sus[0].Started < deadline {
+		t.Fatalf("want one suspend of b.c.0 in plan %d, done, started at or after the deadline %d: %+v", planID, deadline, sus)
+	}
+	if n, where := c.liveCopies("b.c.0"); n != 0 {
+		t.Fatalf("b.c.0 still live after the drain deadline on %v", where)
+	}
+	// The slow move then completes and the plan closes.
+	c.waitFor("the slow move done", 60*time.Second, func() bool {
+		return c.task("slow.c.0").Node == free && c.phase("slow.c.0") == store.TaskRunning
+	})
+	if c.phase("a.c.0") != store.TaskRunning {
+		t.Fatalf("a.c.0 disturbed: %s", c.phase("a.c.0"))
+	}
+}

@@ -143,25 +143,24 @@ func (c *Controller) inFlight() map[string]bool {
 	return busy
 }
 
-// copyRef is one copy of a task an agent reported.
-type copyRef struct {
-	node string
-	at   time.Time
-	t    api.Task
+// report is one node's latest heartbeat, as reconcile reads it.
+type report struct {
+	node  string
+	at    time.Time
+	tasks []api.Task
+	index map[string]int
 }
 
 // reconcile compares the agents' reports with the store: stale copies are
 // stopped (never two live copies), tasks that ended on their own or vanished
 // are recorded. Only reports taken after the task's last change count.
+// It walks the reports node by node (no per-round index of every copy: at
+// 5,000 nodes and 50,000 tasks it runs every second).
 func (c *Controller) reconcile(ctx context.Context) {
 	c.mu.Lock()
-	copies := map[string][]copyRef{}
-	fresh := map[string]time.Time{}
+	reports := make(map[string]report, len(c.obs))
 	for node, o := range c.obs {
-		fresh[node] = o.at
-		for _, t := range o.tasks {
-			copies[t.ID] = append(copies[t.ID], copyRef{node: node, at: o.at, t: t})
-		}
+		reports[node] = report{node: node, at: o.at, tasks: o.tasks, index: o.index}
 	}
 	c.mu.Unlock()
 	var events []store.Command
@@ -173,20 +172,20 @@ func (c *Controller) reconcile(ctx context.Context) {
 	var stops []stop
 	busy := c.inFlight()
 	c.st.View(func(s *store.State) {
-		for id, cs := range copies {
-			t := s.Tasks[id]
-			if t != nil && busy[id] {
+		for _, r := range reports {
+			n := s.Nodes[r.node]
+			if n == nil {
 				continue
 			}
-			for _, cp := range cs {
-				if t != nil && cp.at.UnixNano() <= t.Changed {
+			at := r.at.UnixNano()
+			for k := range r.tasks {
+				cp := &r.tasks[k]
+				id := cp.ID
+				t := s.Tasks[id]
+				if t != nil && (busy[id] || at <= t.Changed) {
 					continue
 				}
-				n := s.Nodes[cp.node]
-				if n == nil {
-					continue
-				}
-				switch cp.t.Phase {
+				switch cp.Phase {
 				case api.PhaseMigratingOut, api.PhaseIncoming, api.PhaseMoved:
 					continue
 				}
@@ -194,20 +193,20 @@ func (c *Controller) reconcile(ctx context.Context) {
 				switch {
 				case t == nil:
 					why = "unknown task"
-				case cp.t.Stale:
-					why = "agent flags it stale: " + cp.t.StaleReason
+				case cp.Stale:
+					why = "agent flags it stale: " + cp.StaleReason
 				case t.Phase == store.TaskTerminated:
 					why = "task terminated"
-				case cp.t.Phase == api.PhaseSuspended:
-					keep := (t.Phase == store.TaskSleeping && cp.node == t.Node && cp.t.Epoch <= t.Epoch) ||
-						(cp.node == t.ImageNode && cp.t.Epoch == t.ImageEpoch)
+				case cp.Phase == api.PhaseSuspended:
+					keep := (t.Phase == store.TaskSleeping && r.node == t.Node && cp.Epoch <= t.Epoch) ||
+						(r.node == t.ImageNode && cp.Epoch == t.ImageEpoch)
 					if !keep {
 						why = "image no longer needed"
 					}
-				case t.Phase == store.TaskRunning && cp.node == t.Node && cp.t.Epoch == t.Epoch:
-					if cp.t.Phase == api.PhaseLost {
+				case t.Phase == store.TaskRunning && r.node == t.Node && cp.Epoch == t.Epoch:
+					if cp.Phase == api.PhaseLost {
 						events = append(events, store.Command{TaskEvent: &store.TaskEvent{Task: id, Epoch: t.Epoch, Kind: store.TaskLost, Message: "the agent lost the process"}})
-					} else if st := cp.t.Status; st != nil && (st.State == driver.StateExited || st.State == driver.StateFailed) {
+					} else if st := cp.Status; st != nil && (st.State == driver.StateExited || st.State == driver.StateFailed) {
 						code := st.ExitCode
 						if st.State == driver.StateFailed && code == 0 {
 							code = -1
@@ -218,7 +217,7 @@ func (c *Controller) reconcile(ctx context.Context) {
 					why = fmt.Sprintf("stale copy: store has %s on %q at epoch %d", t.Phase, t.Node, t.Epoch)
 				}
 				if why != "" {
-					stops = append(stops, stop{cp.node, n.Addr, id, cp.t.Epoch, why})
+					stops = append(stops, stop{r.node, n.Addr, id, cp.Epoch, why})
 				}
 			}
 		}
@@ -227,17 +226,11 @@ func (c *Controller) reconcile(ctx context.Context) {
 			if t.Phase != store.TaskRunning || busy[t.Name] {
 				continue
 			}
-			at, ok := fresh[t.Node]
-			if !ok || at.UnixNano() <= t.Changed+int64(2*c.cfg.Period) {
+			r, ok := reports[t.Node]
+			if !ok || r.at.UnixNano() <= t.Changed+int64(2*c.cfg.Period) {
 				continue
 			}
-			found := false
-			for _, cp := range copies[t.Name] {
-				if cp.node == t.Node {
-					found = true
-				}
-			}
-			if !found && s.Nodes[t.Node] != nil && s.Nodes[t.Node].Status != store.NodeDown {
+			if _, found := r.index[t.Name]; !found && s.Nodes[t.Node] != nil && s.Nodes[t.Node].Status != store.NodeDown {
 				events = append(events, store.Command{TaskEvent: &store.TaskEvent{Task: t.Name, Epoch: t.Epoch, Kind: store.TaskLost, Message: "not reported by its node"}})
 			}
 		}
