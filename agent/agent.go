@@ -51,6 +51,7 @@ import (
 
 	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/agent/client"
+	"github.com/ferrycluster/ferry/cas"
 	"github.com/ferrycluster/ferry/driver"
 	"github.com/ferrycluster/ferry/pki"
 )
@@ -135,6 +136,13 @@ type Agent struct {
 	incoming map[string]*incomingSession   // by task id
 	conns    map[net.Conn]struct{}         // hijacked tunnel connections
 	stale    map[string]string             // driver task id → reason (no usable record)
+
+	// Replicas of periodic checkpoints (replica.go): kept for other
+	// nodes, being received, and this node's pushes by task id.
+	replicas  map[string]*replicaEntry
+	receiving map[string]chan struct{}
+	pushes    map[string]*pushState
+	chunks    *cas.Store
 }
 
 // New prepares an agent: it loads the records in the data dir and
@@ -174,6 +182,10 @@ func New(cfg Config) (*Agent, error) {
 		incoming: map[string]*incomingSession{},
 		conns:    map[net.Conn]struct{}{},
 		stale:    map[string]string{},
+
+		replicas:  map[string]*replicaEntry{},
+		receiving: map[string]chan struct{}{},
+		pushes:    map[string]*pushState{},
 	}
 	for _, d := range cfg.Drivers {
 		a.drivers[d.Kind()] = d
@@ -184,6 +196,9 @@ func New(cfg Config) (*Agent, error) {
 		a.log.Warn("skipping unreadable record", "err", err)
 	}
 	a.records = recs
+	if err := a.openReplicas(); err != nil {
+		return nil, fmt.Errorf("agent: replicas: %w", err)
+	}
 	return a, nil
 }
 

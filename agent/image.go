@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -77,33 +78,49 @@ func (a *Agent) sendImageCAS(w http.ResponseWriter, rec *record) {
 		writeErr(w, err)
 		return
 	}
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		writeErr(w, errors.New("connection cannot be hijacked"))
-		return
-	}
-	w.Header().Set("Connection", "Upgrade")
-	w.Header().Set("Upgrade", api.ImageProtocol)
-	w.Header().Set(api.RecordHeader, base64.StdEncoding.EncodeToString(meta))
-	w.WriteHeader(http.StatusSwitchingProtocols)
-	conn, brw, err := hj.Hijack()
+	conn, rw, err := a.upgradeConn(w, http.Header{api.RecordHeader: {base64.StdEncoding.EncodeToString(meta)}})
 	if err != nil {
 		return
 	}
 	defer conn.Close()
-	if err := brw.Flush(); err != nil {
-		return
-	}
-	a.track(conn)
 	defer a.untrack(conn)
 	start := time.Now()
-	res, err := transfer.SendDir(a.ctx, transfer.Hijacked(conn, brw.Reader), a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
+	res, err := transfer.SendDir(a.ctx, rw, a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
 		a.keepSent(transfer.SendOptions{ID: fmt.Sprintf("%s-e%d", rec.ID, rec.Epoch), Name: "image", Logger: a.log}, rec.ID))
 	if err != nil {
 		a.log.Warn("send image", "task", rec.ID, "err", err)
 		return
 	}
 	a.log.Info("image sent", "task", rec.ID, "chunks", res.ChunksSent, "bytes", res.BytesSent, "wire_bytes", res.WireBytes, "took", time.Since(start))
+}
+
+// upgradeConn answers 101 Switching Protocols to api.ImageProtocol with the
+// headers h and hands over the connection, tracked (the caller closes and
+// untracks it); rw reads through what the server had buffered. An error
+// means the connection is unusable (already answered when possible).
+func (a *Agent) upgradeConn(w http.ResponseWriter, h http.Header) (net.Conn, io.ReadWriter, error) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		err := errors.New("connection cannot be hijacked")
+		writeErr(w, err)
+		return nil, nil, err
+	}
+	for k, vs := range h {
+		w.Header()[k] = vs
+	}
+	w.Header().Set("Connection", "Upgrade")
+	w.Header().Set("Upgrade", api.ImageProtocol)
+	w.WriteHeader(http.StatusSwitchingProtocols)
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := brw.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	a.track(conn)
+	return conn, transfer.Hijacked(conn, brw.Reader), nil
 }
 
 // receiveImageCAS fetches a peer's image into dir (which must not exist)
@@ -114,36 +131,48 @@ func (a *Agent) receiveImageCAS(ctx context.Context, peerAddr, id string, epoch 
 		return nil, err
 	}
 	defer conn.Close()
-	a.track(conn)
-	defer a.untrack(conn)
 	var prec record
 	if err := json.Unmarshal(meta, &prec); err != nil {
 		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
 	}
+	var size int64
 	if prec.Image != nil {
-		// The transfer stages the packed image, then extracts it: twice
-		// its size, plus a reserve.
-		need := 2*prec.Image.Bytes + max(prec.Image.Bytes/100, 1<<20)
-		free, err := a.cfg.FreeSpace(a.cfg.DataDir)
-		if err != nil {
-			return nil, err
-		}
-		if free < need {
-			return nil, fmt.Errorf("%w: image of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, prec.Image.Bytes, a.cfg.Name, need, a.cfg.DataDir, free)
-		}
+		size = prec.Image.Bytes
+	}
+	if err := a.receiveDir(ctx, conn, peerAddr, id, size, dir); err != nil {
+		return nil, err
+	}
+	return &prec, nil
+}
+
+// receiveDir receives a directory of about size bytes sent with
+// transfer.SendDir on conn into dir (which must not exist), after checking
+// the free space.
+func (a *Agent) receiveDir(ctx context.Context, conn net.Conn, peerAddr, id string, size int64, dir string) error {
+	a.track(conn)
+	defer a.untrack(conn)
+	// The transfer stages the packed directory, then extracts it: twice its
+	// size, plus a reserve.
+	need := 2*size + max(size/100, 1<<20)
+	free, err := a.cfg.FreeSpace(a.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if free < need {
+		return fmt.Errorf("%w: image of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, size, a.cfg.Name, need, a.cfg.DataDir, free)
 	}
 	staging := filepath.Join(a.cfg.DataDir, "run", "cas-staging")
 	if err := os.MkdirAll(staging, 0o700); err != nil {
-		return nil, err
+		return err
 	}
 	rc := a.keepReceived(&transfer.Receiver{StagingDir: staging, Logger: a.log,
 		Dest: func(transfer.Header, *cas.Index) (string, error) { return dir, nil }}, id)
 	res, err := rc.Serve(ctx, conn)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	a.log.Info("image received", "task", id, "from", peerAddr, "chunks", res.Received, "bytes", res.ReceivedBytes)
-	return &prec, nil
+	return nil
 }
 
 func writeImageTar(w io.Writer, rec *record, dir string) error {
@@ -263,11 +292,57 @@ func readImageTar(r io.Reader, dir string) (*record, error) {
 // req.From, commits epoch+1 here and resumes it, then releases the image at
 // the peer.
 func (a *Agent) resumeFromPeer(ctx context.Context, id string, req api.ResumeRequest) (api.Task, error) {
+	peer := a.peer(req.From)
+	release := func(epoch uint64, committed bool) {
+		cctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		if err := peer.Release(cctx, id, api.ReleaseRequest{Epoch: epoch, Peer: a.cfg.Advertise, Committed: committed}); err != nil {
+			a.log.Warn("release image at peer", "task", id, "peer", req.From, "committed", committed, "err", err)
+		}
+	}
+	return a.resumeFetched(ctx, id, req, imageSource{
+		from: req.From,
+		what: "image",
+		fetch: func(ctx context.Context, dir string) (*record, error) {
+			return a.receiveImageCAS(ctx, req.From, id, req.Epoch, dir)
+		},
+		check: func(prec *record) error {
+			if prec.Epoch != req.Epoch {
+				return fmt.Errorf("%w: image from %s is task %q epoch %d, want epoch %d", api.ErrStaleEpoch, req.From, prec.ID, prec.Epoch, req.Epoch)
+			}
+			return nil
+		},
+		giveBack:  func() { release(req.Epoch, false) },
+		committed: func(newEpoch uint64) { release(newEpoch, true) },
+	})
+}
+
+// imageSource is where resumeFetched gets a task's image.
+type imageSource struct {
+	from, what string
+	// fetch writes the image into dir (which does not exist) and returns
+	// the record it belongs to; an *api.RemoteError means the holder refused
+	// before anything moved (nothing to give back).
+	fetch func(ctx context.Context, dir string) (*record, error)
+	// check vets the fetched record's epoch against the request.
+	check func(prec *record) error
+	// giveBack (after a failure) and committed (after the resume) tell the
+	// holder; either may be nil.
+	giveBack  func()
+	committed func(newEpoch uint64)
+}
+
+// resumeFetched fetches a task's image from src, commits req.Epoch+1 here
+// and resumes the task from it (with req.CheckpointPeer).
+func (a *Agent) resumeFetched(ctx context.Context, id string, req api.ResumeRequest, src imageSource) (api.Task, error) {
 	if err := api.ValidID(id); err != nil {
 		return api.Task{}, err
 	}
 	if req.Epoch == 0 {
 		return api.Task{}, fmt.Errorf("%w: resume %q: epoch is required", driver.ErrInvalidSpec, id)
+	}
+	if err := a.validPeer(id, req.CheckpointPeer); err != nil {
+		return api.Task{}, err
 	}
 	newEpoch := req.Epoch + 1
 	a.mu.Lock()
@@ -286,35 +361,38 @@ func (a *Agent) resumeFromPeer(ctx context.Context, id string, req api.ResumeReq
 	}
 	a.mu.Unlock()
 	defer a.release(id)
-	peer := a.peer(req.From)
 	giveBack := func() {
-		cctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-		defer cancel()
-		if err := peer.Release(cctx, id, api.ReleaseRequest{Epoch: req.Epoch, Peer: a.cfg.Advertise}); err != nil {
-			a.log.Warn("give image back", "task", id, "peer", req.From, "err", err)
+		if src.giveBack != nil {
+			src.giveBack()
 		}
 	}
 	tmp := filepath.Join(a.store.taskDir(id), "image.incoming")
 	os.RemoveAll(tmp)
+	if err := os.MkdirAll(a.store.taskDir(id), 0o700); err != nil {
+		return api.Task{}, err
+	}
 	fail := func(err error) (api.Task, error) {
 		os.RemoveAll(tmp)
 		giveBack()
 		return api.Task{}, err
 	}
 	start := time.Now()
-	prec, err := a.receiveImageCAS(ctx, req.From, id, req.Epoch, tmp)
+	prec, err := src.fetch(ctx, tmp)
 	if err != nil {
 		var re *api.RemoteError
 		if errors.As(err, &re) {
 			// Refused before anything moved (stale epoch, busy...): the
 			// holder's image was not locked for us.
 			os.RemoveAll(tmp)
-			return api.Task{}, fmt.Errorf("fetch image of %q from %s: %w", id, req.From, err)
+			return api.Task{}, fmt.Errorf("fetch %s of %q from %s: %w", src.what, id, src.from, err)
 		}
-		return fail(fmt.Errorf("fetch image of %q from %s: %w", id, req.From, err))
+		return fail(fmt.Errorf("fetch %s of %q from %s: %w", src.what, id, src.from, err))
 	}
-	if prec.ID != id || prec.Epoch != req.Epoch {
-		return fail(fmt.Errorf("%w: image from %s is task %q epoch %d, want %q epoch %d", api.ErrStaleEpoch, req.From, prec.ID, prec.Epoch, id, req.Epoch))
+	if prec.ID != id {
+		return fail(fmt.Errorf("%w: %s from %s is task %q, want %q", api.ErrStaleEpoch, src.what, src.from, prec.ID, id))
+	}
+	if err := src.check(prec); err != nil {
+		return fail(err)
 	}
 	d, ok := a.drivers[prec.Driver]
 	if !ok {
@@ -328,7 +406,7 @@ func (a *Agent) resumeFromPeer(ctx context.Context, id string, req api.ResumeReq
 		os.RemoveAll(a.store.imageDir(id))
 		err = os.Rename(tmp, a.store.imageDir(id))
 	}
-	rec := &record{ID: id, Driver: d.Kind(), Epoch: newEpoch, Phase: api.PhaseRunning, Spec: spec}
+	rec := &record{ID: id, Driver: d.Kind(), Epoch: newEpoch, Phase: api.PhaseRunning, Spec: spec, CheckpointPeer: req.CheckpointPeer}
 	if err == nil {
 		if had {
 			p := *prev
@@ -340,7 +418,7 @@ func (a *Agent) resumeFromPeer(ctx context.Context, id string, req api.ResumeReq
 	if err != nil {
 		return fail(err)
 	}
-	a.log.Info("image fetched", "task", id, "from", req.From, "bytes", dirSize(a.store.imageDir(id)), "took", time.Since(start))
+	a.log.Info(src.what+" fetched", "task", id, "from", src.from, "bytes", dirSize(a.store.imageDir(id)), "took", time.Since(start))
 	if err := d.Resume(ctx, spec, a.store.imageDir(id)); err != nil {
 		a.dropIncoming(rec)
 		os.RemoveAll(a.store.imageDir(id))
@@ -352,12 +430,10 @@ func (a *Agent) resumeFromPeer(ctx context.Context, id string, req api.ResumeReq
 	a.putLocked(rec)
 	a.mu.Unlock()
 	os.RemoveAll(a.store.imageDir(id))
-	cctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-	defer cancel()
-	if err := peer.Release(cctx, id, api.ReleaseRequest{Epoch: newEpoch, Peer: a.cfg.Advertise, Committed: true}); err != nil {
-		a.log.Warn("release image at peer (its copy is stale, epoch behind)", "task", id, "peer", req.From, "err", err)
+	if src.committed != nil {
+		src.committed(newEpoch)
 	}
-	a.log.Info("task resumed from peer", "task", id, "from", req.From, "epoch", newEpoch)
+	a.log.Info("task resumed from "+src.what, "task", id, "from", src.from, "epoch", newEpoch, "checkpoint_peer", req.CheckpointPeer)
 	return a.Inspect(ctx, id)
 }
 

@@ -307,7 +307,7 @@ func (a *Agent) migrateCheckpoint(ctx context.Context, rec *record, req api.Migr
 	}
 	emit(api.MigrateEvent{Step: "perform", Progress: &driver.Progress{Status: "suspended", TotalBytes: img.Bytes}})
 	// The destination fetches the image, records epoch+1 and resumes.
-	_, err = a.peer(req.To).Resume(ctx, id, api.ResumeRequest{Epoch: rec.Epoch, From: a.cfg.Advertise})
+	_, err = a.peer(req.To).Resume(ctx, id, api.ResumeRequest{Epoch: rec.Epoch, From: a.cfg.Advertise, CheckpointPeer: req.CheckpointPeer})
 	if err != nil {
 		cctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 		defer cancel()

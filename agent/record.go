@@ -30,8 +30,13 @@ type record struct {
 	Mode string `json:"mode,omitempty"`
 	// Prev is the record an incoming copy replaced (a tombstone of an
 	// earlier stay), restored if the incoming move aborts.
-	Prev      *record   `json:"prev,omitempty"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Prev *record `json:"prev,omitempty"`
+	// CheckpointPeer is the agent the task's committed periodic checkpoints
+	// are copied to (replica.go); CheckpointSeq numbers those copies within
+	// the epoch.
+	CheckpointPeer string    `json:"checkpoint_peer,omitempty"`
+	CheckpointSeq  uint64    `json:"checkpoint_seq,omitempty"`
+	UpdatedAt      time.Time `json:"updated_at"`
 }
 
 // store reads and writes records under DATA/tasks.

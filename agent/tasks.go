@@ -53,6 +53,9 @@ func (a *Agent) routes() http.Handler {
 	h("GET /v1/peer/tunnel/{id}", peerRole, a.handleTunnel)
 	h("GET /v1/peer/tasks/{id}/image", peerRole, a.handleImage)
 	h("POST /v1/peer/tasks/{id}/release", peerRole, a.handleRelease)
+	h("GET /v1/replicas", anyRole, a.handleReplicas)
+	h("POST /v1/peer/replicas/{id}", peerRole, a.handleReplicaPush)
+	h("GET /v1/peer/replicas/{id}/image", peerRole, a.handleReplicaFetch)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, fmt.Errorf("%w: no endpoint %s %s", driver.ErrNotFound, r.Method, r.URL.Path))
 	})
@@ -171,7 +174,7 @@ func (a *Agent) List(ctx context.Context) ([]api.Task, error) {
 // viewLocked renders one record with its driver status. Caller holds mu.
 func (a *Agent) viewLocked(r *record, st driver.Status, running bool) api.Task {
 	spec := r.Spec
-	t := api.Task{ID: r.ID, Driver: r.Driver, Epoch: r.Epoch, Phase: r.Phase, Spec: &spec, Image: r.Image, Peer: r.Peer, Busy: a.busy[r.ID]}
+	t := api.Task{ID: r.ID, Driver: r.Driver, Epoch: r.Epoch, Phase: r.Phase, Spec: &spec, Image: r.Image, Peer: r.Peer, Busy: a.busy[r.ID], CheckpointPeer: r.CheckpointPeer}
 	if running {
 		s := st
 		t.Status = &s
@@ -392,6 +395,9 @@ func (a *Agent) Run(ctx context.Context, req api.RunRequest) (api.Task, error) {
 	if err != nil {
 		return api.Task{}, err
 	}
+	if err := a.validPeer(spec.ID, req.CheckpointPeer); err != nil {
+		return api.Task{}, err
+	}
 	if spec.Epoch == 0 {
 		spec.Epoch = 1
 	}
@@ -414,7 +420,7 @@ func (a *Agent) Run(ctx context.Context, req api.RunRequest) (api.Task, error) {
 		a.mu.Unlock()
 		return api.Task{}, err
 	}
-	rec := &record{ID: spec.ID, Driver: d.Kind(), Epoch: spec.Epoch, Phase: api.PhaseRunning, Spec: spec}
+	rec := &record{ID: spec.ID, Driver: d.Kind(), Epoch: spec.Epoch, Phase: api.PhaseRunning, Spec: spec, CheckpointPeer: req.CheckpointPeer}
 	err = a.putLocked(rec)
 	a.mu.Unlock()
 	if err != nil {
@@ -561,10 +567,18 @@ func (a *Agent) handleSuspend(w http.ResponseWriter, r *http.Request) {
 }
 
 // Resume runs a suspended task from its image: this node's, or a peer's
-// (fetched over the authenticated channel, committing epoch+1 here).
+// (fetched over the authenticated channel, committing epoch+1 here); with
+// req.Replica, from the replica of its periodic checkpoint kept here or by
+// req.From, committing epoch+1 here.
 func (a *Agent) Resume(ctx context.Context, id string, req api.ResumeRequest) (api.Task, error) {
+	if req.Replica {
+		return a.resumeFromReplica(ctx, id, req)
+	}
 	if req.From != "" && req.From != a.cfg.Advertise {
 		return a.resumeFromPeer(ctx, id, req)
+	}
+	if err := a.validPeer(id, req.CheckpointPeer); err != nil {
+		return api.Task{}, err
 	}
 	rec, err := a.begin(id, req.Epoch, "resume")
 	if err != nil {
@@ -585,7 +599,7 @@ func (a *Agent) Resume(ctx context.Context, id string, req api.ResumeRequest) (a
 	}
 	a.mu.Lock()
 	n := *rec
-	n.Phase, n.Image = api.PhaseRunning, nil
+	n.Phase, n.Image, n.CheckpointPeer = api.PhaseRunning, nil, req.CheckpointPeer
 	err = a.putLocked(&n)
 	a.mu.Unlock()
 	if err != nil {

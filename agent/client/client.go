@@ -299,7 +299,7 @@ func (c *Client) Release(ctx context.Context, id string, req api.ReleaseRequest)
 // Tunnel opens the byte pipe to an incoming copy's socket at the
 // destination: a TLS connection upgraded to api.TunnelProtocol.
 func (c *Client) Tunnel(ctx context.Context, id, token string) (net.Conn, error) {
-	conn, _, err := c.upgrade(ctx, "/v1/peer/tunnel/"+url.PathEscape(id), url.Values{"token": {token}}, api.TunnelProtocol)
+	conn, _, err := c.upgrade(ctx, http.MethodGet, "/v1/peer/tunnel/"+url.PathEscape(id), url.Values{"token": {token}}, nil, api.TunnelProtocol)
 	return conn, err
 }
 
@@ -309,21 +309,45 @@ func (c *Client) Tunnel(ctx context.Context, id, token string) (net.Conn, error)
 // caller runs a transfer.Receiver, and the holder's task record (JSON, from
 // the api.RecordHeader header).
 func (c *Client) FetchImageStream(ctx context.Context, id string, epoch uint64) (net.Conn, []byte, error) {
-	conn, h, err := c.upgrade(ctx, "/v1/peer/tasks/"+url.PathEscape(id)+"/image", url.Values{"epoch": {strconv.FormatUint(epoch, 10)}}, api.ImageProtocol)
+	return c.fetchStream(ctx, "/v1/peer/tasks/"+url.PathEscape(id)+"/image", id, epoch, api.RecordHeader)
+}
+
+// FetchReplicaStream asks the agent keeping a replica of a task's periodic
+// checkpoint to send it (as FetchImageStream does an image). The replica's
+// epoch must not be ahead of epoch. It returns the connection and the
+// replica's description (JSON, from the api.ReplicaHeader header).
+func (c *Client) FetchReplicaStream(ctx context.Context, id string, epoch uint64) (net.Conn, []byte, error) {
+	return c.fetchStream(ctx, "/v1/peer/replicas/"+url.PathEscape(id)+"/image", id, epoch, api.ReplicaHeader)
+}
+
+// PushReplica opens a replica push to the agent: meta (JSON) describes the
+// replica; on the returned connection the caller sends the checkpoint
+// directory with transfer.SendDir. The agent refuses (before any byte
+// moves) a replica older than the one it keeps.
+func (c *Client) PushReplica(ctx context.Context, id string, meta []byte) (net.Conn, error) {
+	h := http.Header{api.ReplicaHeader: {base64.StdEncoding.EncodeToString(meta)}}
+	conn, _, err := c.upgrade(ctx, http.MethodPost, "/v1/peer/replicas/"+url.PathEscape(id), nil, h, api.ImageProtocol)
+	return conn, err
+}
+
+// fetchStream upgrades a GET of path to api.ImageProtocol and returns the
+// connection and the decoded header named metaHeader.
+func (c *Client) fetchStream(ctx context.Context, path, id string, epoch uint64, metaHeader string) (net.Conn, []byte, error) {
+	conn, h, err := c.upgrade(ctx, http.MethodGet, path, url.Values{"epoch": {strconv.FormatUint(epoch, 10)}}, nil, api.ImageProtocol)
 	if err != nil {
 		return nil, nil, err
 	}
-	meta, err := base64.StdEncoding.DecodeString(h.Get(api.RecordHeader))
+	meta, err := base64.StdEncoding.DecodeString(h.Get(metaHeader))
 	if err != nil || len(meta) == 0 {
 		conn.Close()
-		return nil, nil, fmt.Errorf("agent %s: image of %q: missing or bad %s header", c.addr, id, api.RecordHeader)
+		return nil, nil, fmt.Errorf("agent %s: %s of %q: missing or bad %s header", c.addr, path, id, metaHeader)
 	}
 	return conn, meta, nil
 }
 
-// upgrade sends a GET with Upgrade: proto and returns the raw connection
-// after the agent's 101 answer.
-func (c *Client) upgrade(ctx context.Context, path string, q url.Values, proto string) (net.Conn, http.Header, error) {
+// upgrade sends a request (no body, extra headers h) with Upgrade: proto
+// and returns the raw connection after the agent's 101 answer.
+func (c *Client) upgrade(ctx context.Context, method, path string, q url.Values, h http.Header, proto string) (net.Conn, http.Header, error) {
 	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: c.tls}
 	conn, err := d.DialContext(ctx, "tcp", c.addr)
 	if err != nil {
@@ -334,7 +358,10 @@ func (c *Client) upgrade(ctx context.Context, path string, q url.Values, proto s
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	req, _ := http.NewRequest(http.MethodGet, c.url(path, q), nil)
+	req, _ := http.NewRequest(method, c.url(path, q), nil)
+	for k, vs := range h {
+		req.Header[k] = vs
+	}
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", proto)
 	if err := req.Write(conn); err != nil {

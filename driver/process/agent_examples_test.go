@@ -2,6 +2,7 @@ package process_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -20,96 +21,132 @@ import (
 	"github.com/ferrycluster/ferry/pki"
 )
 
-// The Go example moved mid-run 4 times between two real agents (mutual TLS
-// on 127.0.0.1, checkpoint migrations: suspend, image fetched by the peer,
-// resume, owner epoch bumped) prints the same result as a run never moved.
-func TestExampleMovesThroughTwoAgents(t *testing.T) {
+// agentNode is a real agent (mutual TLS on 127.0.0.1) running a process
+// driver, as the controller sees it.
+type agentNode struct {
+	drv   *process.Driver
+	agent *agent.Agent
+	addr  string
+	c     *client.Client
+}
+
+// agentCluster issues identities from one CA and starts agents.
+type agentCluster struct {
+	t     *testing.T
+	caDir string
+	ctl   *pki.Identity
+}
+
+func newAgentCluster(t *testing.T) *agentCluster {
+	cl := &agentCluster{t: t, caDir: t.TempDir()}
+	if err := pki.Init(cl.caDir, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	cl.ctl = cl.identity("controller", pki.RoleServer)
+	return cl
+}
+
+func (cl *agentCluster) identity(name string, role pki.Role) *pki.Identity {
+	req := pki.IssueRequest{Name: name, Role: role, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	if err := pki.Issue(cl.caDir, req, time.Now()); err != nil {
+		cl.t.Fatal(err)
+	}
+	id, err := pki.Load(cl.caDir, name)
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	return id
+}
+
+// start runs an agent; at the test's end it closes it and stops its tasks.
+func (cl *agentCluster) start(name string) *agentNode {
+	t := cl.t
+	dir := t.TempDir()
+	d, err := process.New(process.Config{DataDir: filepath.Join(dir, "process"), NoCgroups: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(agent.Config{Name: name, DataDir: dir, Listen: "127.0.0.1:0", CPUs: 8, MemoryBytes: 4 << 30,
+		Identity: cl.identity(name, pki.RoleAgent), Drivers: []driver.Driver{d},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := &agentNode{drv: d, agent: a, addr: a.Addr(), c: client.New(a.Addr(), cl.ctl.ClientConfig())}
+	t.Cleanup(func() { n.kill() })
+	return n
+}
+
+// kill loses the node: the agent goes away and its jobs die without a
+// checkpoint.
+func (n *agentNode) kill() {
+	if n.agent == nil {
+		return
+	}
+	n.agent.Close()
+	n.agent = nil
+	n.c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	list, _ := n.drv.List(ctx)
+	for _, st := range list {
+		_ = n.drv.Stop(ctx, st.ID)
+	}
+	n.drv.Close()
+}
+
+func buildGoExampleBin(t *testing.T) string {
 	bin := filepath.Join(t.TempDir(), "checkpoint-go")
 	build := exec.Command("go", "build", "-o", bin, "../../examples/checkpoint-go")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build example: %v\n%s", err, out)
 	}
-	caDir := t.TempDir()
-	if err := pki.Init(caDir, time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	identity := func(name string, role pki.Role) *pki.Identity {
-		req := pki.IssueRequest{Name: name, Role: role, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}
-		if err := pki.Issue(caDir, req, time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		id, err := pki.Load(caDir, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return id
-	}
-	ctl := identity("controller", pki.RoleServer)
-	type node struct {
-		drv  *process.Driver
-		addr string
-		c    *client.Client
-	}
-	start := func(name string) node {
-		dir := t.TempDir()
-		d, err := process.New(process.Config{DataDir: filepath.Join(dir, "process"), NoCgroups: true,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, err := agent.New(agent.Config{Name: name, DataDir: dir, Listen: "127.0.0.1:0", CPUs: 8, MemoryBytes: 4 << 30,
-			Identity: identity(name, pki.RoleAgent), Drivers: []driver.Driver{d},
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := a.Start(); err != nil {
-			t.Fatal(err)
-		}
-		c := client.New(a.Addr(), ctl.ClientConfig())
-		t.Cleanup(func() {
-			a.Close()
-			c.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			list, _ := d.List(ctx)
-			for _, st := range list {
-				_ = d.Stop(ctx, st.ID)
+	return bin
+}
+
+// waitLog waits until the log of id on d from offset from matches re and
+// returns the last submatch.
+func waitLog(t *testing.T, d *process.Driver, id string, re *regexp.Regexp, from int) []byte {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		b, _ := os.ReadFile(d.LogPath(id))
+		if len(b) > from {
+			if m := re.FindSubmatch(b[from:]); m != nil {
+				return m[len(m)-1]
 			}
-			d.Close()
-		})
-		return node{d, a.Addr(), c}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %v in %s: %s", re, d.LogPath(id), b)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	nodes := []node{start("node-a"), start("node-b")}
+}
+
+var agentResult = regexp.MustCompile(`(?m)^result (\d+)$`)
+
+// The Go example moved mid-run 4 times between two real agents (mutual TLS
+// on 127.0.0.1, checkpoint migrations: suspend, image fetched by the peer,
+// resume, owner epoch bumped) prints the same result as a run never moved.
+func TestExampleMovesThroughTwoAgents(t *testing.T) {
+	bin := buildGoExampleBin(t)
+	cl := newAgentCluster(t)
+	nodes := []*agentNode{cl.start("node-a"), cl.start("node-b")}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	spec := func(id string) driver.Spec {
 		return driver.Spec{ID: id, Epoch: 1, CPUs: 0.5, MemoryBytes: 64 << 20,
 			Process: &driver.ProcessSpec{Command: []string{bin, "-steps", "3000", "-delay", "1ms"}}}
 	}
-	result := regexp.MustCompile(`(?m)^result (\d+)$`)
-	waitLog := func(d *process.Driver, id string, re *regexp.Regexp, from int) []byte {
-		t.Helper()
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			b, _ := os.ReadFile(d.LogPath(id))
-			if len(b) > from {
-				if m := re.FindSubmatch(b[from:]); m != nil {
-					return m[len(m)-1]
-				}
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no %v in %s: %s", re, d.LogPath(id), b)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-
 	if _, err := nodes[0].c.Run(ctx, api.RunRequest{Spec: spec("still")}); err != nil {
 		t.Fatal(err)
 	}
-	want := string(waitLog(nodes[0].drv, "still", result, 0))
+	want := string(waitLog(t, nodes[0].drv, "still", agentResult, 0))
 
 	if _, err := nodes[0].c.Run(ctx, api.RunRequest{Spec: spec("moved")}); err != nil {
 		t.Fatal(err)
@@ -122,7 +159,7 @@ func TestExampleMovesThroughTwoAgents(t *testing.T) {
 		if fi, err := os.Stat(src.drv.LogPath("moved")); err == nil && i >= 2 {
 			off = int(fi.Size())
 		}
-		waitLog(src.drv, "moved", progress, off) // it runs here before moving on
+		waitLog(t, src.drv, "moved", progress, off) // it runs here before moving on
 		ev, err := src.c.Migrate(ctx, "moved", api.MigrateRequest{Epoch: epoch, To: dst.addr, Mode: "checkpoint"}, nil)
 		if err != nil {
 			t.Fatalf("move %d: %v", i, err)
@@ -133,12 +170,89 @@ func TestExampleMovesThroughTwoAgents(t *testing.T) {
 		epoch = ev.Epoch
 	}
 	final := nodes[0] // 4 moves: back on node-a
-	got := string(waitLog(final.drv, "moved", result, 0))
+	got := string(waitLog(t, final.drv, "moved", agentResult, 0))
 	if got != want {
 		t.Fatalf("moved through agents: result %s, unmoved %s", got, want)
 	}
 	b, _ := os.ReadFile(final.drv.LogPath("moved"))
 	if n := len(regexp.MustCompile(`(?m)^restored at step`).FindAll(b, -1)); n < 2 {
 		t.Errorf("node-a's log shows %d restores, want 2 (moves 2 and 4)", n)
+	}
+}
+
+// Periodic checkpoints copied to a peer agent survive the loss of the node
+// that ran the job: the Go example runs on node-a with node-b as its
+// checkpoint peer; once node-b keeps a replica, node-a is lost (agent gone,
+// job killed without a checkpoint) and node-c restarts the job from
+// node-b's replica at the next epoch. The result equals an unmoved run's.
+func TestExampleRestartsFromReplicaAfterNodeLoss(t *testing.T) {
+	bin := buildGoExampleBin(t)
+	cl := newAgentCluster(t)
+	a, b, c := cl.start("node-a"), cl.start("node-b"), cl.start("node-c")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	spec := func(id string, interval time.Duration) driver.Spec {
+		return driver.Spec{ID: id, Epoch: 1, CPUs: 0.5, MemoryBytes: 64 << 20,
+			Process: &driver.ProcessSpec{Command: []string{bin, "-steps", "6000", "-delay", "1ms"},
+				CheckpointInterval: interval, CheckpointTimeout: 5 * time.Second}}
+	}
+	if _, err := c.c.Run(ctx, api.RunRequest{Spec: spec("still", 0)}); err != nil {
+		t.Fatal(err)
+	}
+	want := string(waitLog(t, c.drv, "still", agentResult, 0))
+
+	run, err := a.c.Run(ctx, api.RunRequest{Spec: spec("seg", 300*time.Millisecond), CheckpointPeer: b.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if run.CheckpointPeer != b.addr {
+		t.Fatalf("run returned checkpoint peer %q, want %q", run.CheckpointPeer, b.addr)
+	}
+	// Wait for a second replica: the first one was superseded at node-b.
+	var rep api.Replica
+	for rep.Seq < 2 {
+		rs, err := b.c.Replicas(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs {
+			if r.Task == "seg" {
+				rep = r
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("node-b keeps no second replica of seg (have %+v)", rep)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if rep.Epoch != 1 || rep.Holder != a.addr || rep.Bytes <= 0 || rep.Taken.IsZero() {
+		t.Fatalf("replica %+v: want epoch 1 from %s with a size and a time", rep, a.addr)
+	}
+	if _, err := os.Stat(b.drv.LogPath("seg")); err == nil {
+		t.Fatal("node-b ran the replica by itself")
+	}
+	a.kill()
+	if b, _ := os.ReadFile(a.drv.LogPath("seg")); agentResult.Match(b) {
+		t.Fatalf("the job finished before node-a was lost; no restart to test: %s", b)
+	}
+
+	res, err := c.c.Resume(ctx, "seg", api.ResumeRequest{Epoch: 1, From: b.addr, Replica: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Epoch != 2 || res.Phase != api.PhaseRunning {
+		t.Fatalf("resume from the replica returned %+v, want running at epoch 2", res)
+	}
+	restored := regexp.MustCompile(`(?m)^restored at step (\d+)$`)
+	if step := string(waitLog(t, c.drv, "seg", restored, 0)); step == "0" {
+		t.Fatalf("restored at step %s", step)
+	}
+	if got := string(waitLog(t, c.drv, "seg", agentResult, 0)); got != want {
+		t.Fatalf("restarted from the replica: result %s, unmoved %s", got, want)
+	}
+	// The replica stays at node-b, behind the task's epoch now.
+	_, err = c.c.Resume(ctx, "seg", api.ResumeRequest{Epoch: 1, From: b.addr, Replica: true})
+	if !errors.Is(err, driver.ErrExists) {
+		t.Fatalf("second restart from the replica: %v, want ErrExists", err)
 	}
 }

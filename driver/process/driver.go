@@ -189,6 +189,24 @@ func (d *Driver) Close() error {
 	return nil
 }
 
+// SetOnCheckpoint replaces Config.OnCheckpoint. An agent installs its hook
+// with it after the driver is built, while periodic loops may already run.
+func (d *Driver) SetOnCheckpoint(fn func(ctx context.Context, id string, img driver.Image)) {
+	d.mu.Lock()
+	d.cfg.OnCheckpoint = fn
+	d.mu.Unlock()
+}
+
+// onCheckpoint calls the hook, if any, with a committed periodic checkpoint.
+func (d *Driver) onCheckpoint(ctx context.Context, id string, img driver.Image) {
+	d.mu.Lock()
+	fn := d.cfg.OnCheckpoint
+	d.mu.Unlock()
+	if fn != nil {
+		fn(ctx, id, img)
+	}
+}
+
 // Capabilities reports which limits are enforced on this machine.
 func (d *Driver) Capabilities() Capabilities { return d.cg.caps }
 

@@ -60,11 +60,9 @@ func (d *Driver) startMonitor(t *task) {
 			if !ok {
 				return
 			}
-			if d.cfg.OnCheckpoint != nil {
-				ctx, cancel := contextUntil(stop)
-				d.cfg.OnCheckpoint(ctx, t.id, img)
-				cancel()
-			}
+			ctx, cancel := contextUntil(stop)
+			d.onCheckpoint(ctx, t.id, img)
+			cancel()
 		}
 	}()
 }

@@ -361,9 +361,7 @@ func (d *Driver) periodic(t *task) bool {
 	}
 	t.release()
 	d.log.Info("periodic checkpoint committed", "task", t.id, "dir", dst, "bytes", img.Bytes, "took", img.Took)
-	if d.cfg.OnCheckpoint != nil {
-		d.cfg.OnCheckpoint(ctx, t.id, img)
-	}
+	d.onCheckpoint(ctx, t.id, img)
 	return true
 }
 

@@ -1,0 +1,612 @@
+package agent
+
+// Replicas of periodic checkpoints (issue 4, "time segmenting"): after each
+// committed periodic checkpoint of a task whose record names a checkpoint
+// peer, the agent running it (the holder) pushes the checkpoint to that
+// peer, which keeps the latest one per task as a replica. Losing the holder
+// then costs at most one checkpoint interval: a resume with Replica set
+// starts the task from the replica at epoch+1.
+//
+// Holder side: the driver's hook hard-links the committed checkpoint into
+// DATA/run/outbox/<id>-<epoch>-<seq>/checkpoint (so the driver may drop it
+// at the next checkpoint) next to a replica.json, and wakes the task's
+// pusher goroutine, which sends the newest snapshot with cas/transfer;
+// snapshots taken while a push runs supersede each other, and a failed push
+// is logged and not retried (the next checkpoint is). The task never waits.
+//
+// Peer side: DATA/replicas/<id>/<epoch>-<seq>/{replica.json,checkpoint/}
+// arrives through the transfer's atomic directory swap, so a replica is
+// either complete or absent; the newest valid one per task is kept, the
+// others removed. Received chunks also go into DATA/replica-chunks (a
+// cas.Store, one pin per task), so the next push of the same task sends
+// only the chunks that changed.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/cas"
+	"github.com/ferrycluster/ferry/cas/transfer"
+	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/pki"
+)
+
+const (
+	replicaMetaFile = "replica.json"
+	replicaDataDir  = "checkpoint"
+	// replicaGCGrace keeps unpinned chunks this long, so a push in flight
+	// never loses chunks it found in the store.
+	replicaGCGrace = 10 * time.Minute
+)
+
+// replicaMeta is a replica's replica.json: the public description plus
+// what a resume needs to start the task.
+type replicaMeta struct {
+	api.Replica
+	Driver string      `json:"driver"`
+	Spec   driver.Spec `json:"spec"`
+}
+
+// newer orders replicas of one task by (epoch, seq).
+func (m replicaMeta) newer(o replicaMeta) bool {
+	return m.Epoch > o.Epoch || m.Epoch == o.Epoch && m.Seq > o.Seq
+}
+
+func (m replicaMeta) dirName() string { return fmt.Sprintf("%d-%d", m.Epoch, m.Seq) }
+
+// validate checks a replica description that came over the wire for id.
+func (m replicaMeta) validate(id string) error {
+	switch {
+	case m.Task != id || m.Spec.ID != id:
+		return fmt.Errorf("%w: replica of %q describes task %q (spec %q)", driver.ErrInvalidSpec, id, m.Task, m.Spec.ID)
+	case m.Epoch == 0:
+		return fmt.Errorf("%w: replica of %q: epoch is required", driver.ErrInvalidSpec, id)
+	case m.Bytes < 0:
+		return fmt.Errorf("%w: replica of %q: negative size %d", driver.ErrInvalidSpec, id, m.Bytes)
+	case m.Holder == "":
+		return fmt.Errorf("%w: replica of %q: holder is required", driver.ErrInvalidSpec, id)
+	}
+	return validateSpec(&m.Spec)
+}
+
+// replicaEntry is a replica kept on this node.
+type replicaEntry struct {
+	meta replicaMeta
+	dir  string // DATA/replicas/<id>/<epoch>-<seq>
+}
+
+// pushState is a task's pusher: the newest snapshot waiting, and whether a
+// goroutine is sending.
+type pushState struct {
+	pending *snapshot
+	running bool
+}
+
+// snapshot is a checkpoint linked into the outbox, waiting to be pushed.
+type snapshot struct {
+	dir  string
+	peer string
+	meta replicaMeta
+}
+
+func (a *Agent) replicasDir() string { return filepath.Join(a.cfg.DataDir, "replicas") }
+func (a *Agent) outboxDir() string   { return filepath.Join(a.cfg.DataDir, "run", "outbox") }
+
+// openReplicas loads the replicas this node keeps, drops leftovers of
+// interrupted transfers and pushes, and installs the checkpoint hook in the
+// drivers that have one.
+func (a *Agent) openReplicas() error {
+	os.RemoveAll(a.outboxDir())
+	for _, d := range []string{a.replicasDir(), a.outboxDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	st, err := cas.Open(filepath.Join(a.cfg.DataDir, "replica-chunks"), cas.Options{Logger: a.log})
+	if err != nil {
+		return err
+	}
+	a.chunks = st
+	ents, err := os.ReadDir(a.replicasDir())
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		if r, ok := a.loadReplica(e.Name()); ok {
+			a.replicas[r.meta.Task] = r
+		}
+	}
+	for _, d := range a.cfg.Drivers {
+		if h, ok := d.(interface {
+			SetOnCheckpoint(func(ctx context.Context, id string, img driver.Image))
+		}); ok {
+			h.SetOnCheckpoint(a.onCheckpoint)
+		}
+	}
+	return nil
+}
+
+// loadReplica keeps the newest complete replica of one task directory and
+// removes the rest.
+func (a *Agent) loadReplica(id string) (*replicaEntry, bool) {
+	base := filepath.Join(a.replicasDir(), id)
+	ents, _ := os.ReadDir(base)
+	var best *replicaEntry
+	for _, e := range ents {
+		dir := filepath.Join(base, e.Name())
+		m, err := readReplicaMeta(dir)
+		if err != nil || m.validate(id) != nil || m.dirName() != e.Name() {
+			if err == nil {
+				err = errors.New("misnamed or invalid")
+			}
+			a.log.Warn("dropping unusable replica", "dir", dir, "err", err)
+			os.RemoveAll(dir)
+			continue
+		}
+		if best == nil || m.newer(best.meta) {
+			if best != nil {
+				os.RemoveAll(best.dir)
+			}
+			best = &replicaEntry{meta: m, dir: dir}
+		} else {
+			os.RemoveAll(dir)
+		}
+	}
+	if best == nil {
+		os.RemoveAll(base)
+		return nil, false
+	}
+	return best, true
+}
+
+func readReplicaMeta(dir string) (replicaMeta, error) {
+	var m replicaMeta
+	b, err := os.ReadFile(filepath.Join(dir, replicaMetaFile))
+	if err != nil {
+		return m, err
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("%w: %s: %v", driver.ErrInvalidSpec, filepath.Join(dir, replicaMetaFile), err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, replicaDataDir)); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+// validPeer checks a checkpoint peer address: host:port, not this agent.
+func (a *Agent) validPeer(id, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		return fmt.Errorf("%w: task %q: checkpoint_peer %q: want host:port", driver.ErrInvalidSpec, id, addr)
+	}
+	if addr == a.cfg.Advertise {
+		return fmt.Errorf("%w: task %q: checkpoint_peer %s is this node (%s); pick another", driver.ErrInvalidSpec, id, addr, a.cfg.Name)
+	}
+	return nil
+}
+
+// onCheckpoint is the drivers' hook, called after each committed periodic
+// checkpoint. It links the checkpoint into the outbox and hands it to the
+// task's pusher; it never waits for the network.
+func (a *Agent) onCheckpoint(_ context.Context, id string, img driver.Image) {
+	a.mu.Lock()
+	rec, ok := a.records[id]
+	if !ok || a.closed || rec.Phase != api.PhaseRunning || rec.CheckpointPeer == "" {
+		a.mu.Unlock()
+		return
+	}
+	n := *rec
+	n.CheckpointSeq++
+	if err := a.putLocked(&n); err != nil {
+		a.mu.Unlock()
+		a.log.Warn("checkpoint replica: record", "task", id, "err", err)
+		return
+	}
+	m := replicaMeta{
+		Replica: api.Replica{Task: id, Epoch: n.Epoch, Seq: n.CheckpointSeq, Bytes: img.Bytes, Taken: time.Now().UTC(), Holder: a.cfg.Advertise},
+		Driver:  n.Driver, Spec: n.Spec,
+	}
+	a.mu.Unlock()
+	s := &snapshot{dir: filepath.Join(a.outboxDir(), fmt.Sprintf("%s-%s", id, m.dirName())), peer: n.CheckpointPeer, meta: m}
+	if err := writeSnapshot(s, img.Dir); err != nil {
+		os.RemoveAll(s.dir)
+		a.log.Warn("checkpoint replica: snapshot", "task", id, "err", err)
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		os.RemoveAll(s.dir)
+		return
+	}
+	ps := a.pushes[id]
+	if ps == nil {
+		ps = &pushState{}
+		a.pushes[id] = ps
+	}
+	if ps.pending != nil {
+		a.log.Info("checkpoint replica superseded before it was sent", "task", id, "seq", ps.pending.meta.Seq, "by", m.Seq)
+		os.RemoveAll(ps.pending.dir)
+	}
+	ps.pending = s
+	if !ps.running {
+		ps.running = true
+		a.wg.Add(1)
+		go a.pushLoop(id)
+	}
+}
+
+// writeSnapshot links the checkpoint at src into s.dir/checkpoint and
+// writes s.dir/replica.json.
+func writeSnapshot(s *snapshot, src string) error {
+	if err := linkTree(src, filepath.Join(s.dir, replicaDataDir)); err != nil {
+		return err
+	}
+	b, err := json.Marshal(s.meta)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(s.dir, replicaMetaFile), b, 0o600)
+}
+
+// linkTree recreates the tree at src under dst (which must not exist) with
+// hard links to its files: no byte is copied, and the driver may delete
+// src meanwhile. Both must be on one filesystem (the driver's data dir
+// under the agent's, as `ferry agent` sets it up).
+func linkTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		to := filepath.Join(dst, rel)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(to, 0o700)
+		case !d.Type().IsRegular():
+			return nil
+		}
+		return os.Link(p, to)
+	})
+}
+
+// pushLoop sends a task's newest snapshot until none is waiting.
+func (a *Agent) pushLoop(id string) {
+	defer a.wg.Done()
+	for {
+		a.mu.Lock()
+		ps := a.pushes[id]
+		s := ps.pending
+		ps.pending = nil
+		if s == nil {
+			ps.running = false
+			delete(a.pushes, id)
+			a.mu.Unlock()
+			return
+		}
+		a.mu.Unlock()
+		start := time.Now()
+		res, err := a.pushReplica(a.ctx, s)
+		os.RemoveAll(s.dir)
+		if err != nil {
+			a.log.Warn("checkpoint replica not copied; the next checkpoint will be", "task", id, "peer", s.peer, "epoch", s.meta.Epoch, "seq", s.meta.Seq, "err", err)
+			continue
+		}
+		a.log.Info("checkpoint replica copied", "task", id, "peer", s.peer, "epoch", s.meta.Epoch, "seq", s.meta.Seq,
+			"bytes", s.meta.Bytes, "chunks_sent", res.ChunksSent, "wire_bytes", res.WireBytes, "took", time.Since(start))
+	}
+}
+
+// pushReplica sends one snapshot to its peer.
+func (a *Agent) pushReplica(ctx context.Context, s *snapshot) (transfer.SendResult, error) {
+	meta, err := json.Marshal(s.meta)
+	if err != nil {
+		return transfer.SendResult{}, err
+	}
+	conn, err := a.peer(s.peer).PushReplica(ctx, s.meta.Task, meta)
+	if err != nil {
+		return transfer.SendResult{}, err
+	}
+	defer conn.Close()
+	a.track(conn)
+	defer a.untrack(conn)
+	return transfer.SendDir(ctx, conn, s.dir, filepath.Join(a.cfg.DataDir, "run"),
+		transfer.SendOptions{ID: "replica-" + pinName(s.meta.Task) + "-" + s.meta.dirName(), Name: s.meta.dirName(), Logger: a.log})
+}
+
+// pinName names a task's pin in the chunk store (task ids may start with
+// '-', which pin names may not).
+func pinName(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return "t" + hex.EncodeToString(h[:12])
+}
+
+// Replicas lists the replicas this node keeps, by task.
+func (a *Agent) Replicas() []api.Replica {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]api.Replica, 0, len(a.replicas))
+	for _, r := range a.replicas {
+		out = append(out, r.meta.Replica)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Task < out[j].Task })
+	return out
+}
+
+func (a *Agent) handleReplicas(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.Replicas())
+}
+
+// handleReplicaPush receives a replica from its holder: refused before any
+// byte moves when it is not newer than the one kept, when the task runs
+// here at its epoch or later, or when the disk cannot hold it.
+func (a *Agent) handleReplicaPush(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	m, err := a.checkPush(r, id)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	defer func() { <-a.receiving[id] }()
+	conn, rw, err := a.upgradeConn(w, nil)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	defer a.untrack(conn)
+	base := filepath.Join(a.replicasDir(), id)
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		a.log.Warn("replica receive", "task", id, "err", err)
+		return
+	}
+	rc := &transfer.Receiver{StagingDir: filepath.Join(a.cfg.DataDir, "run", "cas-staging"), Store: a.chunks, Keep: true, Logger: a.log,
+		Dest: func(transfer.Header, *cas.Index) (string, error) { return filepath.Join(base, m.dirName()), nil }}
+	if err := os.MkdirAll(rc.StagingDir, 0o700); err != nil {
+		a.log.Warn("replica receive", "task", id, "err", err)
+		return
+	}
+	res, err := rc.Serve(a.ctx, rw)
+	if err != nil {
+		a.log.Warn("replica receive", "task", id, "holder", m.Holder, "err", err)
+		return
+	}
+	a.commitReplica(id, m, res)
+}
+
+// checkPush vets a replica push and takes the task's receive slot
+// (a.receiving[id]), which the caller gives back.
+func (a *Agent) checkPush(r *http.Request, id string) (replicaMeta, error) {
+	var m replicaMeta
+	if err := api.ValidID(id); err != nil {
+		return m, err
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), api.ImageProtocol) {
+		return m, fmt.Errorf("%w: replica push needs Upgrade: %s", driver.ErrInvalidSpec, api.ImageProtocol)
+	}
+	b, err := base64.StdEncoding.DecodeString(r.Header.Get(api.ReplicaHeader))
+	if err == nil {
+		err = json.Unmarshal(b, &m)
+	}
+	if err != nil {
+		return m, fmt.Errorf("%w: replica push of %q: header %s: %v", driver.ErrInvalidSpec, id, api.ReplicaHeader, err)
+	}
+	if err := m.validate(id); err != nil {
+		return m, err
+	}
+	need := 3*m.Bytes + max(m.Bytes/100, 1<<20) // staged tar, replica, chunks
+	free, err := a.cfg.FreeSpace(a.cfg.DataDir)
+	if err != nil {
+		return m, err
+	}
+	if free < need {
+		return m, fmt.Errorf("%w: replica of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, m.Bytes, a.cfg.Name, need, a.cfg.DataDir, free)
+	}
+	// One push of a task at a time: a newer one waits for the previous
+	// one's commit, then is checked against it.
+	a.mu.Lock()
+	sem := a.receiving[id]
+	if sem == nil {
+		sem = make(chan struct{}, 1)
+		a.receiving[id] = sem
+	}
+	a.mu.Unlock()
+	select {
+	case sem <- struct{}{}:
+	case <-r.Context().Done():
+		return m, fmt.Errorf("%w: a replica of %q is being received", driver.ErrBusy, id)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	err = nil
+	if cur, ok := a.replicas[id]; ok && !m.newer(cur.meta) {
+		err = fmt.Errorf("%w: replica of %q at epoch %d seq %d: node %s keeps epoch %d seq %d", api.ErrStaleEpoch, id, m.Epoch, m.Seq, a.cfg.Name, cur.meta.Epoch, cur.meta.Seq)
+	} else if rec, ok := a.records[id]; ok && occupies(rec.Phase) && rec.Epoch >= m.Epoch {
+		err = fmt.Errorf("%w: replica of %q at epoch %d: the task runs on %s at epoch %d", api.ErrStaleEpoch, id, m.Epoch, a.cfg.Name, rec.Epoch)
+	}
+	if err != nil {
+		<-sem
+		return m, err
+	}
+	return m, nil
+}
+
+// commitReplica installs a received replica (already in place on disk) if
+// it is still the newest, and pins its chunks for the next push.
+func (a *Agent) commitReplica(id string, m replicaMeta, res transfer.ReceiveResult) {
+	got, err := readReplicaMeta(res.Path)
+	if err != nil || got.validate(id) != nil || got.dirName() != m.dirName() {
+		a.log.Warn("replica received with a bad description; dropped", "task", id, "err", err)
+		os.RemoveAll(res.Path)
+		return
+	}
+	a.mu.Lock()
+	old := a.replicas[id]
+	if old != nil && !got.newer(old.meta) {
+		a.mu.Unlock()
+		os.RemoveAll(res.Path)
+		return
+	}
+	a.replicas[id] = &replicaEntry{meta: got, dir: res.Path}
+	a.mu.Unlock()
+	if old != nil {
+		os.RemoveAll(old.dir)
+	}
+	if err := a.chunks.Pin(pinName(id), res.Index); err != nil {
+		a.log.Warn("replica: pin chunks (the next push sends more)", "task", id, "err", err)
+	}
+	if _, err := a.chunks.GC(a.ctx, time.Now(), replicaGCGrace); err != nil {
+		a.log.Warn("replica: chunk gc", "err", err)
+	}
+	a.log.Info("replica kept", "task", id, "holder", got.Holder, "epoch", got.Epoch, "seq", got.Seq, "bytes", got.Bytes,
+		"received_chunks", res.Received, "from_store", res.FromStore, "received_bytes", res.ReceivedBytes)
+}
+
+// dropReplica forgets the replica of id (the task now runs here).
+func (a *Agent) dropReplica(id string) {
+	a.mu.Lock()
+	r := a.replicas[id]
+	delete(a.replicas, id)
+	a.mu.Unlock()
+	if r != nil {
+		os.RemoveAll(filepath.Join(a.replicasDir(), id))
+		a.chunks.Unpin(pinName(id))
+	}
+}
+
+// linkReplica links the replica of id, if its epoch is not ahead of epoch,
+// into dir (which must not exist), so a newer push may replace the kept one
+// meanwhile.
+func (a *Agent) linkReplica(id string, epoch uint64, dir string) (replicaMeta, error) {
+	a.mu.Lock()
+	r, ok := a.replicas[id]
+	a.mu.Unlock()
+	switch {
+	case !ok:
+		return replicaMeta{}, fmt.Errorf("%w: no replica of task %q on node %s", driver.ErrNotFound, id, a.cfg.Name)
+	case r.meta.Epoch > epoch:
+		return replicaMeta{}, fmt.Errorf("%w: replica of %q has epoch %d, ahead of the request's %d", api.ErrStaleEpoch, id, r.meta.Epoch, epoch)
+	}
+	if err := linkTree(filepath.Join(r.dir, replicaDataDir), dir); err != nil {
+		os.RemoveAll(dir)
+		return replicaMeta{}, fmt.Errorf("replica of %q: %w", id, err)
+	}
+	return r.meta, nil
+}
+
+// handleReplicaFetch sends a replica to an agent resuming the task from it.
+func (a *Agent) handleReplicaFetch(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := api.ValidID(id); err != nil {
+		writeErr(w, err)
+		return
+	}
+	epoch, err := strconv.ParseUint(r.URL.Query().Get("epoch"), 10, 64)
+	if err != nil || !strings.EqualFold(r.Header.Get("Upgrade"), api.ImageProtocol) {
+		writeErr(w, fmt.Errorf("%w: replica fetch of %q needs an epoch and Upgrade: %s", driver.ErrInvalidSpec, id, api.ImageProtocol))
+		return
+	}
+	tmp, err := os.MkdirTemp(filepath.Join(a.cfg.DataDir, "run"), "replica-send-")
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	defer os.RemoveAll(tmp)
+	m, err := a.linkReplica(id, epoch, filepath.Join(tmp, replicaDataDir))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	meta, err := json.Marshal(m)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	_, caller, _ := pki.PeerRole(r.TLS)
+	conn, rw, err := a.upgradeConn(w, http.Header{api.ReplicaHeader: {base64.StdEncoding.EncodeToString(meta)}})
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	defer a.untrack(conn)
+	res, err := transfer.SendDir(a.ctx, rw, filepath.Join(tmp, replicaDataDir), filepath.Join(a.cfg.DataDir, "run"),
+		transfer.SendOptions{ID: "restore-" + pinName(id) + "-" + m.dirName(), Name: "image", Logger: a.log})
+	if err != nil {
+		a.log.Warn("send replica", "task", id, "to", caller, "err", err)
+		return
+	}
+	a.log.Info("replica sent for a restart", "task", id, "to", caller, "epoch", m.Epoch, "seq", m.Seq, "wire_bytes", res.WireBytes)
+}
+
+// resumeFromReplica starts a task from a replica of its periodic checkpoint,
+// kept here (req.From empty or this agent) or by req.From, at req.Epoch+1.
+func (a *Agent) resumeFromReplica(ctx context.Context, id string, req api.ResumeRequest) (api.Task, error) {
+	local := req.From == "" || req.From == a.cfg.Advertise
+	var fetch func(ctx context.Context, dir string) (*record, error)
+	if local {
+		fetch = func(_ context.Context, dir string) (*record, error) {
+			m, err := a.linkReplica(id, req.Epoch, dir)
+			return m.record(), err
+		}
+	} else {
+		fetch = func(ctx context.Context, dir string) (*record, error) {
+			conn, b, err := a.peer(req.From).FetchReplicaStream(ctx, id, req.Epoch)
+			if err != nil {
+				return nil, err
+			}
+			defer conn.Close()
+			var m replicaMeta
+			if err := json.Unmarshal(b, &m); err != nil || m.validate(id) != nil {
+				return nil, fmt.Errorf("%w: replica description of %q from %s: %s", driver.ErrInvalidSpec, id, req.From, b)
+			}
+			if err := a.receiveDir(ctx, conn, req.From, id, m.Bytes, dir); err != nil {
+				return nil, err
+			}
+			return m.record(), nil
+		}
+	}
+	src := imageSource{
+		from:  req.From,
+		what:  "replica",
+		fetch: fetch,
+		check: func(prec *record) error {
+			if prec.Epoch > req.Epoch {
+				return fmt.Errorf("%w: replica of %q has epoch %d, ahead of the request's %d", api.ErrStaleEpoch, id, prec.Epoch, req.Epoch)
+			}
+			return nil
+		},
+	}
+	if local {
+		src.from = a.cfg.Name
+		src.committed = func(uint64) { a.dropReplica(id) }
+	}
+	return a.resumeFetched(ctx, id, req, src)
+}
+
+// record is what a resume from the replica starts.
+func (m replicaMeta) record() *record {
+	return &record{ID: m.Task, Driver: m.Driver, Epoch: m.Epoch, Spec: m.Spec}
+}
