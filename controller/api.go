@@ -98,6 +98,11 @@ func AddToken(path, name string, role Role, secret string) error {
 		}
 	}
 	list = append(list, Token{Name: name, Role: role, SHA256: HashToken(secret)})
+	return writeTokens(path, list)
+}
+
+// writeTokens replaces the tokens file (mode 0600) atomically.
+func writeTokens(path string, list []Token) error {
 	b, _ := json.MarshalIndent(list, "", "  ")
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
@@ -154,6 +159,7 @@ func (a *API) Handler() http.Handler {
 	h("POST /v1/heartbeat", RoleAdmin, true, a.heartbeat)
 	h("GET /v1/cluster/servers", RoleReadOnly, false, a.servers)
 	h("POST /v1/cluster/join", RoleAdmin, true, a.join)
+	h("GET /v1/cluster/tokens", RoleAdmin, false, a.tokens)
 	mux.Handle("GET /metrics", a.auth(RoleReadOnly, false, promhttp.HandlerFor(a.Controller.Metrics().Registry, promhttp.HandlerOpts{}).ServeHTTP))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, fmt.Errorf("%w: no endpoint %s %s", store.ErrNotFound, r.Method, r.URL.Path))
@@ -735,6 +741,19 @@ func (a *API) join(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, 200, sv)
+}
+
+// tokens gives a joining server the token hashes this server checks
+// (never the secrets). Only a server certificate gets them: an admin token
+// alone does not.
+func (a *API) tokens(w http.ResponseWriter, r *http.Request) {
+	if !a.Insecure {
+		if role, name, err := pki.PeerRole(r.TLS); err != nil || role != pki.RoleServer {
+			writeErr(w, fmt.Errorf("%w: the token list is given only to servers (a certificate with role server), not to %s %q", ErrForbidden, role, name))
+			return
+		}
+	}
+	writeJSON(w, 200, a.Tokens.list)
 }
 
 // heartbeatAllowed binds a pushed heartbeat to the caller's identity: a

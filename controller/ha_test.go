@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -40,21 +41,28 @@ func TestHAThreeServersForwardAndFailOver(t *testing.T) {
 		if i == 0 {
 			cfg.Bootstrap = true
 		} else {
+			// Nothing copied by hand: the joining server fetches the
+			// token hashes over mutual TLS.
 			cfg.Join = srvs[0].Addr()
-			// Every server checks the same tokens.
-			b, err := os.ReadFile(dirs[0] + "/tokens.json")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(cfg.DataDir+"/tokens.json", b, 0o600); err != nil {
-				t.Fatal(err)
-			}
 		}
 		s, err := StartServer(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		srvs = append(srvs, s)
+		if i > 0 {
+			want, _ := os.ReadFile(dirs[0] + "/tokens.json")
+			got, err := os.ReadFile(cfg.DataDir + "/tokens.json")
+			if err != nil || string(got) != string(want) {
+				t.Fatalf("server %s's tokens %q (%v), want the bootstrap's %q", name, got, err, want)
+			}
+			if fi, _ := os.Stat(cfg.DataDir + "/tokens.json"); fi.Mode().Perm() != 0o600 {
+				t.Fatalf("server %s's tokens.json has mode %o", name, fi.Mode().Perm())
+			}
+			if s.AdminTokenFile != "" {
+				t.Fatalf("joining server %s minted its own admin token", name)
+			}
+		}
 		if i == 0 {
 			for !s.Store.IsLeader() {
 				time.Sleep(20 * time.Millisecond)
@@ -65,6 +73,11 @@ func TestHAThreeServersForwardAndFailOver(t *testing.T) {
 	}
 	id, _ := pki.Load(tlsDir, "cli")
 	cli := func(s *Server) *Client { return NewClient(s.Addr(), id.ClientConfig(), token) }
+	// The token hashes go to server certificates only, not to an operator
+	// holding the admin token.
+	if err := cli(srvs[0]).Call(ctx(t), "GET", "/v1/cluster/tokens", nil, nil); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("an operator's certificate with the admin token read the token list: %v", err)
+	}
 	submit := func(via *Server, name string) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)

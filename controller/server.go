@@ -118,7 +118,19 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	}
 	s := &Server{Store: st, ln: ln, log: lg.With("component", "server")}
 	tokPath := filepath.Join(cfg.DataDir, "tokens.json")
-	if _, err := os.Stat(tokPath); errors.Is(err, os.ErrNotExist) {
+	_, err = os.Stat(tokPath)
+	switch {
+	case errors.Is(err, os.ErrNotExist) && cfg.Join != "":
+		// A joining server checks the same tokens as the cluster: it
+		// fetches their hashes from the member it joins through, over
+		// mutual TLS with its server certificate.
+		if err := fetchTokens(ctx, cfg.Join, id.ClientConfig(), tokPath); err != nil {
+			st.Close()
+			ln.Close()
+			return nil, err
+		}
+		s.log.Info("fetched the cluster's API tokens", "from", cfg.Join, "file", tokPath)
+	case errors.Is(err, os.ErrNotExist):
 		secret, err := NewSecret()
 		if err != nil {
 			st.Close()
@@ -200,6 +212,53 @@ func (s *Server) join(ctx context.Context, addr string, me store.Server, tc *tls
 		}
 	}
 	return last
+}
+
+// fetchTokens copies the cluster's token hashes from the member at addr
+// (GET /v1/cluster/tokens, answered only to server certificates) into path,
+// mode 0600. It retries for about 30 s (the member may be starting).
+func fetchTokens(ctx context.Context, addr string, tc *tls.Config, path string) error {
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 10 * time.Second}
+	defer hc.CloseIdleConnections()
+	var last error
+	for attempt := 0; attempt < 30; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+		}
+		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+addr+"/v1/cluster/tokens", nil)
+		resp, err := hc.Do(req)
+		if err != nil {
+			last = err
+			continue
+		}
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
+			if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusUnauthorized {
+				attempt = 30 // a refusal will not change
+			}
+		}
+		if err != nil {
+			last = err
+			continue
+		}
+		var list []Token
+		if err := json.Unmarshal(b, &list); err != nil {
+			return fmt.Errorf("join: tokens from %s: %w", addr, err)
+		}
+		if err := writeTokens(path, list); err != nil {
+			return err
+		}
+		_, err = LoadTokens(path) // the same checks as at every start
+		return err
+	}
+	return fmt.Errorf("join: cannot fetch the cluster's API tokens from %s (%v); this server's certificate must have role server and be signed by the cluster CA, "+
+		"and %s must be a reachable member; or copy tokens.json (mode 0600) from a member's --data-dir into this one and start again", addr, last, addr)
 }
 
 // Addr is the API address.

@@ -33,7 +33,9 @@ func init() {
 			"on --listen over mutual TLS (identity --tls-dir/NAME.crt, role server), and runs\n" +
 			"the loop: observe agents, decide (policy), plan, carry out. Start the first server\n" +
 			"with --bootstrap; more servers --join one of them (writes go to the leader).\n" +
-			"A bootstrap writes the first admin token to DATA/admin.token (mode 0600).",
+			"A bootstrap writes the first admin token to DATA/admin.token (mode 0600); a server\n" +
+			"started with --join fetches the cluster's token hashes (DATA/tokens.json, 0600)\n" +
+			"from the member it joins through, over mutual TLS with its server certificate.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.Bootstrap == (cfg.Join != "") {
