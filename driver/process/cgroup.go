@@ -263,10 +263,22 @@ func (cs *cgroupSet) remove(dirs []string) {
 	}
 }
 
+// removeBases deletes the driver's base cgroups, with any empty task
+// cgroup left in them, when the driver closes. rmdir(2) refuses a cgroup
+// that still holds a process or a child, so the cgroups of jobs that
+// outlive the agent stay, with their base, for the next driver over the
+// same data dir.
 func (cs *cgroupSet) removeBases() {
 	for _, b := range []string{cs.cpuBase, cs.memBase} {
-		if b != "" {
-			_ = os.Remove(b)
+		if b == "" {
+			continue
 		}
+		ents, _ := os.ReadDir(b)
+		for _, e := range ents {
+			if e.IsDir() {
+				_ = os.Remove(filepath.Join(b, e.Name()))
+			}
+		}
+		_ = os.Remove(b)
 	}
 }

@@ -185,6 +185,21 @@ func (d *Driver) Close() error {
 	}
 	d.mu.Unlock()
 	d.wg.Wait()
+	// A job that ended and was never stopped keeps its record, and its
+	// cgroups, until now: its supervisor exits right after the job, then
+	// they are empty.
+	d.mu.Lock()
+	tasks := make([]*task, 0, len(d.tasks))
+	for _, t := range d.tasks {
+		tasks = append(tasks, t)
+	}
+	d.mu.Unlock()
+	for _, t := range tasks {
+		rec := t.snapshot()
+		if p := t.observe(); len(rec.Cgroups) > 0 && !p.running && waitGone(p.jr, 2*time.Second) {
+			d.cg.remove(rec.Cgroups)
+		}
+	}
 	d.cg.removeBases() // only when no task cgroup is left in them
 	return nil
 }

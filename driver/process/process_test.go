@@ -637,3 +637,75 @@ func TestBareCommandNameUsesPATH(t *testing.T) {
 		t.Fatalf("log %q, %v", out, err)
 	}
 }
+
+// Closing the driver removes its base cgroups (ferry-<hash>) and the empty
+// cgroups of jobs that ended without a Stop, but never the cgroup of a job
+// that outlives the agent: that one, and its base, stay for the next driver,
+// which removes them once the job is stopped.
+func TestCgroupBasesRemovedOnClose(t *testing.T) {
+	dir := t.TempDir()
+	d, err := New(Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if caps := d.Capabilities(); !caps.CPULimit && !caps.MemoryLimit {
+		d.Close()
+		if caps.Reason == "" {
+			t.Fatal("no cgroup limits and no reason given")
+		}
+		t.Logf("no cgroups on this machine (%s): nothing is created, nothing to remove", caps.Reason)
+		return
+	}
+	bases := []string{d.cg.cpuBase, d.cg.memBase}
+	ctx := ctxT(t, time.Minute)
+	ended := jobSpec("ended", "exit", map[string]string{"FERRY_TEST_CODE": "0"})
+	ended.CPUs, ended.MemoryBytes = 0.5, 256<<20
+	if err := d.Start(ctx, ended); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "ended to exit", func() bool {
+		st, err := d.Inspect(ctx, "ended")
+		return err == nil && st.State == driver.StateExited
+	})
+	lives := jobSpec("lives", "counter", nil)
+	lives.CPUs, lives.MemoryBytes = 0.5, 256<<20
+	if err := d.Start(ctx, lives); err != nil {
+		t.Fatal(err)
+	}
+	liveCgroups := d.tasks["lives"].snapshot().Cgroups
+	d.Close()
+	for _, b := range bases {
+		if b == "" {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(b, "ended")); err == nil {
+			t.Errorf("empty cgroup of the ended job left in %s", b)
+		}
+	}
+	for _, c := range liveCgroups {
+		if _, err := os.Stat(c); err != nil {
+			t.Errorf("cgroup %s of the running job removed: %v", c, err)
+		}
+	}
+
+	d2, err := New(Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Stop(ctx, "lives"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Stop(ctx, "ended"); err != nil {
+		t.Fatal(err)
+	}
+	d2.Close()
+	for _, b := range bases {
+		if b == "" {
+			continue
+		}
+		if _, err := os.Stat(b); err == nil {
+			ents, _ := os.ReadDir(b)
+			t.Errorf("base cgroup %s left after the last driver closed (holds %d entries)", b, len(ents))
+		}
+	}
+}
