@@ -448,6 +448,10 @@ func (a *Agent) handleRun(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+	if err := a.resolveGuestImage(r.Context(), &req.Spec); err != nil { // guestimage.go
+		writeErr(w, err)
+		return
+	}
 	t, err := a.Run(r.Context(), req)
 	if err != nil {
 		writeErr(w, err)
