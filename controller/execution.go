@@ -330,6 +330,7 @@ func (c *Controller) dispatch(ctx context.Context, planID uint64, w work) {
 	switch a.Kind {
 	case "boot":
 		ds := driverSpec(spec, &t, a.NewEpoch)
+		c.resolveGuestImage(&ds)
 		_, err = c.client(addr(a.To)).Run(ctx, api.RunRequest{Driver: t.Driver, Spec: ds})
 		res.epoch = a.NewEpoch
 	case "shutdown", "kill":

@@ -59,6 +59,7 @@ type Server struct {
 	Store      *store.Store
 	Controller *Controller
 	API        *API
+	Images     *ImageServer
 	// AdminTokenFile is where a bootstrap wrote the first admin token ("" if
 	// none was created).
 	AdminTokenFile string
@@ -166,7 +167,8 @@ func StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 		Dial: dial, SolveTimeout: cfg.SolveTimeout,
 	})
 	s.API = &API{Store: st, Controller: s.Controller, Tokens: toks, PeerTLS: clientTLS}
-	s.http = &http.Server{Handler: s.API.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(lg.Handler(), slog.LevelWarn)}
+	s.Images = newImageServer(cfg.DataDir, lg)
+	s.http = &http.Server{Handler: withImages(s.API.Handler(), s.Images), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(lg.Handler(), slog.LevelWarn)}
 	rctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.wg.Add(2)
