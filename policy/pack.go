@@ -55,6 +55,10 @@ type Packer struct {
 	// now on the node with the most of it free (worst fit) instead of
 	// first fit: a waiting VM then finds CPU when it wakes up.
 	SpreadIdle int
+	// PackIdle, with SpreadIdle, puts idle tasks where resource SpreadIdle
+	// is least free instead (best fit): their other resources are taken
+	// where no task could use resource SpreadIdle anyway.
+	PackIdle bool
 }
 
 // NewPacker starts with every online, non-draining node's whole capacity.
@@ -108,6 +112,26 @@ func (p *Packer) Keep(t int) bool {
 	return true
 }
 
+// KeepOver charges a task where it runs now like Keep, but lets resource
+// soft go over capacity (contention instead of a move): only the other
+// resources must fit. It returns false on a draining node or when a
+// hard resource lacks room.
+func (p *Packer) KeepOver(t, soft int) bool {
+	n := p.m.Tasks[t].Node
+	if n < 0 || p.drain[n] {
+		return false
+	}
+	f := p.free[n]
+	for r, d := range p.m.Tasks[t].Demand {
+		if r != soft && d > f[r] {
+			return false
+		}
+	}
+	p.put(t, n, 1)
+	p.Placement[t] = n
+	return true
+}
+
 // Release undoes the placement of a task.
 func (p *Packer) Release(t int) {
 	if n := p.Placement[t]; n >= 0 {
@@ -133,7 +157,7 @@ func (p *Packer) Slots(d []int64) int {
 			if x <= 0 {
 				continue
 			}
-			c := int(f[r] / x)
+			c := int(max(f[r], 0) / x)
 			if k < 0 || c < k {
 				k = c
 			}
@@ -193,7 +217,7 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 			// An idle task goes where resource r is most free: room for
 			// when it wakes up.
 			for k := range p.free {
-				if p.fits(t, k) && (n < 0 || p.free[k][r] > p.free[n][r]) {
+				if p.fits(t, k) && (n < 0 || !p.PackIdle && p.free[k][r] > p.free[n][r] || p.PackIdle && p.free[k][r] < p.free[n][r]) {
 					n = k
 				}
 			}

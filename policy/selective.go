@@ -35,12 +35,32 @@ type Selective struct {
 	// SpreadIdle places tasks that use no CPU now on the node with the
 	// most CPU free (see Packer.SpreadIdle).
 	SpreadIdle bool
+	// PackIdle, with SpreadIdle, puts idle tasks where CPU is least free
+	// instead: their memory goes where no waking VM could use a core, and
+	// the nodes with free cores keep memory for the VMs that wake up.
+	PackIdle bool
+	// Contend treats CPU as a soft resource for running jobs: a job whose
+	// VMs wake up where cores are short is not suspended for that alone;
+	// its computing VMs move to nodes with a free core (idle VMs are moved
+	// out of the way when their memory blocks the core) and, when no core
+	// is left, share the node's cores.
+	Contend bool
+	// Shed, with Contend, bounds that sharing: while the cluster's CPU
+	// overload that no migration removes exceeds Tolerance cores, the
+	// running job with the most remaining work among those computing on
+	// an overloaded node is suspended (if the cost rules allow it).
+	Shed      bool
+	Tolerance int64
 }
 
 // Ferry is ferry's own policy: cost-aware selective suspension, packing by
-// observed demand with idle VMs spread where CPU is free.
+// observed demand with idle VMs packed where CPU is busy (the nodes with
+// free cores keep memory for the VMs that wake up), and CPU shortages of
+// running jobs met by migration, then by sharing up to one core of
+// overload, and only beyond that by suspension.
 func Ferry() Selective {
-	return Selective{Label: "ferry", Factor: 2, CostAware: true, Observe: true, Pinned: true, SpreadIdle: true}
+	return Selective{Label: "ferry", Factor: 2, CostAware: true, Observe: true, Pinned: true,
+		SpreadIdle: true, PackIdle: true, Contend: true, Shed: true, Tolerance: 1}
 }
 
 // Name implements Policy.
@@ -85,15 +105,39 @@ func (s Selective) Decide(v *View) (Decision, error) {
 	p := NewPacker(v)
 	if s.SpreadIdle {
 		p.SpreadIdle = m.Resource("cpu")
+		p.PackIdle = s.PackIdle
 	}
 	xf := make([]float64, len(v.Jobs))
 	var running, idle []int
 	justSlept := make([]bool, len(v.Jobs))
+	var moves []move
+	soft := -1
+	if s.Contend {
+		soft = m.Resource("cpu")
+	}
+	if soft >= 0 {
+		// Charge every running task where it is, letting CPU go over: a
+		// waking VM's memory is already there and no one else may take it.
+		for i := range v.Jobs {
+			j := &v.Jobs[i]
+			if ph := JobPhase(m, j); ph == Active || ph == Mixed {
+				for _, t := range j.Tasks {
+					if m.Tasks[t].State == cluster.Running {
+						p.KeepOver(t, soft)
+					}
+				}
+			}
+		}
+	}
 	for i := range v.Jobs {
 		j := &v.Jobs[i]
 		xf[i] = ExpansionFactor(v.Now, j)
 		switch JobPhase(m, j) {
 		case Active, Mixed:
+			if soft >= 0 && s.charged(p, j) {
+				running = append(running, i)
+				continue
+			}
 			if !keep(v, p, &d, j) && j.Preemptible {
 				sleep(&d, m, j)
 				justSlept[i] = true
@@ -121,6 +165,12 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		}
 		return rank[running[a]] > rank[running[b]]
 	})
+	if soft >= 0 {
+		s.relieve(v, p, running, soft, &moves)
+		if s.Shed {
+			running = s.shed(v, p, &d, running, soft, repay, minRun, justSlept, &moves)
+		}
+	}
 	victim := make([]bool, len(v.Jobs))
 	for _, i := range idle {
 		j := &v.Jobs[i]
@@ -129,6 +179,7 @@ func (s Selective) Decide(v *View) (Decision, error) {
 			continue
 		}
 		var released []int
+		was := map[int]int{}
 		ok := false
 		for _, r := range running {
 			rj := &v.Jobs[r]
@@ -139,6 +190,7 @@ func (s Selective) Decide(v *View) (Decision, error) {
 				continue
 			}
 			for _, t := range rj.Tasks {
+				was[t] = p.Placement[t]
 				p.Release(t)
 			}
 			released = append(released, r)
@@ -157,9 +209,15 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		}
 		for _, r := range released {
 			for _, t := range v.Jobs[r].Tasks {
-				p.Keep(t)
+				if n := was[t]; n >= 0 {
+					p.put(t, n, 1)
+					p.Placement[t] = n
+				}
 			}
 		}
+	}
+	if soft >= 0 {
+		pinMoved(&d, p, v, running)
 	}
 	return d, nil
 }
@@ -179,4 +237,201 @@ func (s Selective) worthSuspending(v *View, j *Job, repay float64, minRun int64)
 		return false
 	}
 	return j.Done >= minRun || j.Done == 0 && j.Total == 0
+}
+
+// charged: every task of the job was kept in place by the first pass.
+func (s Selective) charged(p *Packer, j *Job) bool {
+	for _, t := range j.Tasks {
+		if p.Placement[t] < 0 {
+			for _, u := range j.Tasks {
+				p.Release(u)
+			}
+			return false
+		}
+	}
+	return true
+}
+
+// relieve moves computing tasks off nodes whose soft resource is over
+// capacity to nodes with room (the planner live-migrates them; pinMoved
+// fences them), smallest first, making room by moving idle tasks when
+// needed; what cannot move shares the node (contention).
+func (s Selective) relieve(v *View, p *Packer, running []int, soft int, log *[]move) {
+	m := v.Model
+	var cand []int
+	for _, i := range running {
+		j := &v.Jobs[i]
+		if !j.Migratable {
+			continue
+		}
+		for _, t := range j.Tasks {
+			if n := p.Placement[t]; n >= 0 && p.free[n][soft] < 0 && m.Tasks[t].Demand[soft] > 0 {
+				cand = append(cand, t)
+			}
+		}
+	}
+	sort.SliceStable(cand, func(a, b int) bool {
+		return lessDemand(m.Tasks[cand[a]].Demand, m.Tasks[cand[b]].Demand, soft)
+	})
+	for _, t := range cand {
+		n := p.Placement[t]
+		if p.free[n][soft] >= 0 {
+			continue
+		}
+		p.Release(t)
+		k := cluster.NoNode
+		for c := range p.free {
+			if c != n && p.fits(t, c) && (k < 0 || p.free[c][soft] > p.free[k][soft]) {
+				k = c
+			}
+		}
+		if k < 0 {
+			k = makeRoom(p, t, n, soft, log)
+		}
+		if k < 0 {
+			k = n
+		}
+		p.put(t, k, 1)
+		p.Placement[t] = k
+	}
+}
+
+// lessDemand orders demands by every resource but skip, smallest first.
+func lessDemand(a, b []int64, skip int) bool {
+	for r := range a {
+		if r != skip && a[r] != b[r] {
+			return a[r] < b[r]
+		}
+	}
+	return false
+}
+
+// move records a task's placement before makeRoom moved it.
+type move struct{ task, from int }
+
+// makeRoom finds a node other than from with the soft resource free for
+// task t whose other resources are held by idle tasks (no soft demand now)
+// and moves those idle tasks to nodes where the soft resource is least
+// free, until t fits; it returns the node (the moves appended to log), or
+// -1 with nothing changed.
+func makeRoom(p *Packer, t, from, soft int, log *[]move) int {
+	m := p.m
+	need := m.Tasks[t].Demand[soft]
+	for k := range p.free {
+		if k == from || p.free[k][soft] < need || p.drain[k] {
+			continue
+		}
+		mark := len(*log)
+		for u := range m.Tasks {
+			if p.fits(t, k) {
+				break
+			}
+			// Only idle running tasks still on their own node: a task
+			// moved already in this decision keeps its new place.
+			if p.Placement[u] != k || m.Tasks[u].Node != k || m.Tasks[u].Demand[soft] != 0 || m.Tasks[u].State != cluster.Running || u == t {
+				continue
+			}
+			p.Release(u)
+			best := cluster.NoNode
+			for c := range p.free {
+				if c != k && p.fits(u, c) && (best < 0 || p.free[c][soft] < p.free[best][soft]) {
+					best = c
+				}
+			}
+			if best < 0 {
+				p.put(u, k, 1)
+				p.Placement[u] = k
+				break
+			}
+			p.put(u, best, 1)
+			p.Placement[u] = best
+			*log = append(*log, move{u, k})
+		}
+		if p.fits(t, k) {
+			return k
+		}
+		undo(p, log, mark)
+	}
+	return cluster.NoNode
+}
+
+// undo reverts the moves logged after mark.
+func undo(p *Packer, log *[]move, mark int) {
+	for i := len(*log) - 1; i >= mark; i-- {
+		mv := (*log)[i]
+		p.Release(mv.task)
+		p.put(mv.task, mv.from, 1)
+		p.Placement[mv.task] = mv.from
+	}
+	*log = (*log)[:mark]
+}
+
+// pinMoved fences every task of the running jobs that the packer moved
+// off its node (once: keep may have fenced some already).
+func pinMoved(d *Decision, p *Packer, v *View, running []int) {
+	fenced := map[int]bool{}
+	for _, c := range d.Constraints {
+		if f, ok := c.(cluster.Fence); ok && len(f.Tasks) == 1 {
+			fenced[f.Tasks[0]] = true
+		}
+	}
+	for _, i := range running {
+		for _, t := range v.Jobs[i].Tasks {
+			n := p.Placement[t]
+			if n >= 0 && !fenced[t] && v.Model.Tasks[t].State == cluster.Running && v.Model.Tasks[t].Node != n {
+				d.Constraints = append(d.Constraints, cluster.Fence{Tasks: []int{t}, Nodes: []int{n}})
+			}
+		}
+	}
+}
+
+func overload(p *Packer, soft int) int64 {
+	var o int64
+	for n := range p.free {
+		o += max(-p.free[n][soft], 0)
+	}
+	return o
+}
+
+// shed suspends running jobs while the soft overload left after relieve
+// exceeds Tol: the job with the most remaining work first among those
+// with a computing task on an overloaded node.
+func (s Selective) shed(v *View, p *Packer, d *Decision, running []int, soft int, repay float64, minRun int64, slept []bool, moves *[]move) []int {
+	m := v.Model
+	for overload(p, soft) > s.Tolerance {
+		best := -1
+		for _, i := range running {
+			j := &v.Jobs[i]
+			if slept[i] || !j.Preemptible || s.CostAware && !s.worthSuspending(v, j, repay, minRun) {
+				continue
+			}
+			hot := false
+			for _, t := range j.Tasks {
+				if n := p.Placement[t]; n >= 0 && p.free[n][soft] < 0 && m.Tasks[t].Demand[soft] > 0 {
+					hot = true
+				}
+			}
+			if hot && (best < 0 || j.Walltime > v.Jobs[best].Walltime) {
+				best = i
+			}
+		}
+		if best < 0 {
+			break
+		}
+		j := &v.Jobs[best]
+		for _, t := range j.Tasks {
+			p.Release(t)
+		}
+		sleep(d, m, j)
+		slept[best] = true
+		s.relieve(v, p, running, soft, moves)
+	}
+	k := 0
+	for _, i := range running {
+		if !slept[i] {
+			running[k] = i
+			k++
+		}
+	}
+	return running[:k]
 }

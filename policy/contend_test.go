@@ -1,0 +1,194 @@
+package policy
+
+import (
+	"testing"
+
+	"github.com/ferrycluster/ferry/cluster"
+)
+
+// vmJob is a running job of VMs with a cpu (observed) and memory demand
+// each, placed on the given nodes.
+type vmJob struct {
+	name  string
+	nodes []int
+	cpu   []int64
+	mem   int64
+	wall  int64
+}
+
+// vmView: nodes of 2 cores and mem memory; jobs all running, preemptible
+// and migratable, with real durations (so the cost rules apply).
+func vmView(nodes int, mem int64, jobs ...vmJob) *View {
+	m := &cluster.Model{Resources: []string{"cpu", "memory"}}
+	for i := range nodes {
+		m.Nodes = append(m.Nodes, cluster.Node{Name: string(rune('a' + i)), Capacity: []int64{2, mem}})
+	}
+	v := &View{Model: m, Now: 1000, Durations: cluster.AttrDurations{Default: 10}}
+	for _, j := range jobs {
+		pj := Job{Name: j.name, Walltime: j.wall, Done: 500, Total: 500 + j.wall, Preemptible: true, Migratable: true}
+		for k, n := range j.nodes {
+			pj.Tasks = append(pj.Tasks, len(m.Tasks))
+			m.Tasks = append(m.Tasks, cluster.Task{Name: j.name + string(rune('0'+k)), Job: j.name, State: cluster.Running, Node: n, Demand: []int64{j.cpu[k], j.mem}})
+		}
+		v.Jobs = append(v.Jobs, pj)
+	}
+	return v
+}
+
+// fences maps each fenced task to its node; it fails on a task fenced twice.
+func fences(t *testing.T, d Decision) map[int]int {
+	t.Helper()
+	out := map[int]int{}
+	for _, c := range d.Constraints {
+		f, ok := c.(cluster.Fence)
+		if !ok || len(f.Tasks) != 1 || len(f.Nodes) != 1 {
+			t.Fatalf("unexpected constraint %+v", c)
+		}
+		if _, dup := out[f.Tasks[0]]; dup {
+			t.Fatalf("task %d fenced twice: %+v", f.Tasks[0], d.Constraints)
+		}
+		out[f.Tasks[0]] = f.Nodes[0]
+	}
+	return out
+}
+
+func decide(t *testing.T, p Policy, v *View) Decision {
+	t.Helper()
+	d, err := p.Decide(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestFerryMovesAWakingVMToAFreeCoreInsteadOfSuspending(t *testing.T) {
+	// Three computing VMs on node a (2 cores), node b empty.
+	v := vmView(2, 4, vmJob{name: "j", nodes: []int{0, 0, 0}, cpu: []int64{1, 1, 1}, mem: 1, wall: 1000})
+	d := decide(t, Ferry(), v)
+	for i, s := range d.Want {
+		if s != cluster.Running {
+			t.Fatalf("task %d wanted %v", i, s)
+		}
+	}
+	f := fences(t, d)
+	if len(f) != 1 {
+		t.Fatalf("want one task moved, got %v", f)
+	}
+	for _, n := range f {
+		if n != 1 {
+			t.Fatalf("moved to node %d, want b", n)
+		}
+	}
+	// The old rule suspends instead: no core where the VM woke up, and
+	// plain ss does not migrate a job that is not fenced.
+	old := Ferry()
+	old.Contend = false
+	if d := decide(t, old, vmView(1, 4, vmJob{name: "j", nodes: []int{0, 0, 0}, cpu: []int64{1, 1, 1}, mem: 1, wall: 1000})); d.Want[0] != cluster.Sleeping {
+		t.Fatalf("without Contend the overloaded job should be suspended: %v", d.Want)
+	}
+}
+
+func TestFerryMovesIdleVMsOutOfTheWayOfAComputingOne(t *testing.T) {
+	// Node a: 3 computing VMs of "hot" (overloaded). Node b: 2 free cores
+	// but its memory held by four idle VMs of "cold". Node c: no free
+	// core (two computing VMs of "busy") but memory for the idle ones.
+	v := vmView(3, 4,
+		vmJob{name: "hot", nodes: []int{0, 0, 0}, cpu: []int64{1, 1, 1}, mem: 1, wall: 1000},
+		vmJob{name: "cold", nodes: []int{1, 1, 1, 1}, cpu: []int64{0, 0, 0, 0}, mem: 1, wall: 1000},
+		vmJob{name: "busy", nodes: []int{2, 2}, cpu: []int64{1, 1}, mem: 1, wall: 1000},
+	)
+	d := decide(t, Ferry(), v)
+	for i, s := range d.Want {
+		if s != cluster.Running {
+			t.Fatalf("task %d wanted %v, nothing needs suspending", i, s)
+		}
+	}
+	f := fences(t, d)
+	hotToB, coldOut := 0, 0
+	for task, n := range f {
+		switch {
+		case task < 3 && n == 1:
+			hotToB++
+		case task >= 3 && task < 7 && n != 1:
+			coldOut++ // to a node with no free core (a or c)
+		default:
+			t.Fatalf("task %d fenced to %d: %v", task, n, f)
+		}
+	}
+	if hotToB != 1 || coldOut != 1 {
+		t.Fatalf("want one computing VM to b and one idle VM off b, got %v", f)
+	}
+}
+
+func TestFerrySharesCoresUpToToleranceThenSheds(t *testing.T) {
+	// One node, two jobs: within a core of overload both run (contention);
+	// beyond it the job with the most remaining work is suspended.
+	within := vmView(1, 8,
+		vmJob{name: "near", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 200},
+		vmJob{name: "far", nodes: []int{0}, cpu: []int64{1}, mem: 1, wall: 5000},
+	)
+	d := decide(t, Ferry(), within)
+	for i, s := range d.Want {
+		if s != cluster.Running {
+			t.Fatalf("overload of one core: task %d wanted %v", i, s)
+		}
+	}
+	beyond := vmView(1, 8,
+		vmJob{name: "near", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 200},
+		vmJob{name: "far", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 5000},
+	)
+	d = decide(t, Ferry(), beyond)
+	if d.Want[0] != cluster.Running || d.Want[1] != cluster.Running || d.Want[2] != cluster.Sleeping || d.Want[3] != cluster.Sleeping {
+		t.Fatalf("overload of two cores: want far suspended, got %v", d.Want)
+	}
+	// A job about to end is not worth its switch cost: nothing to shed.
+	beyond.Jobs[1].Walltime = 5
+	if d = decide(t, Ferry(), beyond); d.Want[2] != cluster.Running {
+		t.Fatalf("shed a job not worth suspending: %v", d.Want)
+	}
+}
+
+func TestPackIdlePutsIdleTasksWhereCPUIsBusy(t *testing.T) {
+	m := &cluster.Model{Resources: []string{"cpu", "memory"},
+		Nodes: []cluster.Node{{Name: "a", Capacity: []int64{2, 4}}, {Name: "b", Capacity: []int64{2, 4}}},
+		Tasks: []cluster.Task{
+			{Name: "run", State: cluster.Running, Node: 1, Demand: []int64{2, 1}},
+			{Name: "idle", Node: -1, Demand: []int64{0, 1}},
+		}}
+	for _, c := range []struct {
+		pack bool
+		want int
+	}{{false, 0}, {true, 1}} {
+		p := NewPacker(&View{Model: m})
+		p.SpreadIdle, p.PackIdle = 0, c.pack
+		if !p.Keep(0) || !p.Place([]int{1}, false) {
+			t.Fatal("does not fit")
+		}
+		if p.Placement[1] != c.want {
+			t.Fatalf("PackIdle=%v: idle task on node %d, want %d", c.pack, p.Placement[1], c.want)
+		}
+	}
+}
+
+func TestKeepOverLetsOnlyTheSoftResourceGoOver(t *testing.T) {
+	m := &cluster.Model{Resources: []string{"cpu", "memory"},
+		Nodes: []cluster.Node{{Name: "a", Capacity: []int64{1, 2}}},
+		Tasks: []cluster.Task{
+			{Name: "x", State: cluster.Running, Node: 0, Demand: []int64{1, 1}},
+			{Name: "y", State: cluster.Running, Node: 0, Demand: []int64{1, 1}},
+			{Name: "z", State: cluster.Running, Node: 0, Demand: []int64{0, 1}},
+		}}
+	p := NewPacker(&View{Model: m})
+	if !p.KeepOver(0, 0) || !p.KeepOver(1, 0) {
+		t.Fatal("cpu overload refused")
+	}
+	if got := p.Free(0); got[0] != -1 || got[1] != 0 {
+		t.Fatalf("free %v, want [-1 0]", got)
+	}
+	if p.KeepOver(2, 0) {
+		t.Fatal("memory overbooked")
+	}
+	if p.Slots([]int64{1, 0}) != 0 {
+		t.Fatal("an overloaded node offers slots")
+	}
+}
