@@ -112,16 +112,15 @@ func compile(p *Problem) (*inst, error) {
 	in.taskRules = make([][]rule, nT)
 	in.nodeRules = make([][]rule, nN)
 
-	checkTasks := func(ci int, kind string, ts []int) error {
-		for _, t := range ts {
+	// checkRefs: every task and node index the constraint references
+	// (cluster.TaskRefs / NodeRefs) is in range.
+	checkRefs := func(ci int, kind string, c cluster.Constraint) error {
+		for _, t := range cluster.TaskRefs(c) {
 			if t < 0 || t >= nT {
 				return invalid("constraint %d (%s): task index %d out of range [0,%d)", ci, kind, t, nT)
 			}
 		}
-		return nil
-	}
-	checkNodes := func(ci int, kind string, ns []int) error {
-		for _, n := range ns {
+		for _, n := range cluster.NodeRefs(c) {
 			if n < 0 || n >= nN {
 				return invalid("constraint %d (%s): node index %d out of range [0,%d)", ci, kind, n, nN)
 			}
@@ -150,60 +149,21 @@ func compile(p *Problem) (*inst, error) {
 			return nil, invalid("constraint %d is nil", ci)
 		}
 		kind := c.Kind()
+		if err := checkRefs(ci, kind, c); err != nil {
+			return nil, err
+		}
 		var err error
 		switch c := c.(type) {
-		case cluster.Spread:
-			err = checkTasks(ci, kind, c.Tasks)
+		case cluster.Spread, cluster.Ban, cluster.Fence, cluster.Gather, cluster.Split, cluster.SplitAmong,
+			cluster.Lonely, cluster.Root, cluster.Quarantine, cluster.NoDelay:
+			// Only references, checked above.
 		case *cluster.Spread:
 			err = invalid("constraint %d (%s): pass constraints by value", ci, kind)
-		case cluster.Ban:
-			if err = checkTasks(ci, kind, c.Tasks); err == nil {
-				err = checkNodes(ci, kind, c.Nodes)
-			}
-		case cluster.Fence:
-			if err = checkTasks(ci, kind, c.Tasks); err == nil {
-				err = checkNodes(ci, kind, c.Nodes)
-			}
-		case cluster.Gather:
-			err = checkTasks(ci, kind, c.Tasks)
 		case cluster.Among:
-			if err = checkTasks(ci, kind, c.Tasks); err == nil {
-				for _, g := range c.Groups {
-					if err = checkNodes(ci, kind, g); err != nil {
-						break
-					}
-				}
-			}
-			if err == nil && len(c.Groups) == 0 {
+			if len(c.Groups) == 0 {
 				err = invalid("constraint %d (%s): no node group", ci, kind)
 			}
-		case cluster.Split:
-			for _, g := range c.Groups {
-				if err = checkTasks(ci, kind, g); err != nil {
-					break
-				}
-			}
-		case cluster.SplitAmong:
-			for _, g := range c.TaskGroups {
-				if err = checkTasks(ci, kind, g); err != nil {
-					break
-				}
-			}
-			for _, g := range c.NodeGroups {
-				if err == nil {
-					err = checkNodes(ci, kind, g)
-				}
-			}
-		case cluster.Lonely:
-			err = checkTasks(ci, kind, c.Tasks)
-		case cluster.Root:
-			err = checkTasks(ci, kind, c.Tasks)
-		case cluster.Quarantine:
-			err = checkNodes(ci, kind, c.Nodes)
 		case cluster.StateConstraint:
-			if err = checkTasks(ci, kind, c.Tasks); err != nil {
-				break
-			}
 			if c.State > cluster.Killed {
 				err = invalid("constraint %d: bad task state %d", ci, c.State)
 				break
@@ -217,9 +177,6 @@ func compile(p *Problem) (*inst, error) {
 				in.stateBy[t] = int32(ci)
 			}
 		case cluster.NodeStateConstraint:
-			if err = checkNodes(ci, kind, c.Nodes); err != nil {
-				break
-			}
 			if c.State != cluster.NodeOnline && c.State != cluster.NodeOffline {
 				err = invalid("constraint %d: bad node state %d", ci, c.State)
 				break
@@ -234,9 +191,6 @@ func compile(p *Problem) (*inst, error) {
 				nodeStateBy[n] = int32(ci)
 			}
 		case cluster.Preserve:
-			if err = checkTasks(ci, kind, c.Tasks); err != nil {
-				break
-			}
 			var r int
 			if r, err = resource(ci, kind, c.Resource); err != nil {
 				break
@@ -248,9 +202,6 @@ func compile(p *Problem) (*inst, error) {
 			preserves = append(preserves, c)
 			preserveRes = append(preserveRes, r)
 		case cluster.ResourceCapacity:
-			if err = checkNodes(ci, kind, c.Nodes); err != nil {
-				break
-			}
 			if _, err = resource(ci, kind, c.Resource); err != nil {
 				break
 			}
@@ -258,17 +209,14 @@ func compile(p *Problem) (*inst, error) {
 				err = invalid("constraint %d (%s): negative amount %d", ci, kind, c.Amount)
 			}
 		case cluster.RunningCapacity:
-			if err = checkNodes(ci, kind, c.Nodes); err == nil && c.Amount < 0 {
+			if c.Amount < 0 {
 				err = invalid("constraint %d (%s): negative amount %d", ci, kind, c.Amount)
 			}
 		case cluster.MaxOnline:
-			if err = checkNodes(ci, kind, c.Nodes); err == nil && c.Amount < 0 {
+			if c.Amount < 0 {
 				err = invalid("constraint %d (%s): negative amount %d", ci, kind, c.Amount)
 			}
 		case cluster.Overbook:
-			if err = checkNodes(ci, kind, c.Nodes); err != nil {
-				break
-			}
 			var r int
 			if r, err = resource(ci, kind, c.Resource); err != nil {
 				break
@@ -284,18 +232,14 @@ func compile(p *Problem) (*inst, error) {
 				}
 			}
 		case cluster.Seq:
-			if err = checkTasks(ci, kind, c.Tasks); err == nil {
-				seen := make(map[int]bool, len(c.Tasks))
-				for _, t := range c.Tasks {
-					if seen[t] {
-						err = invalid("constraint %d (seq): task %q listed twice", ci, m.Tasks[t].Name)
-						break
-					}
-					seen[t] = true
+			seen := make(map[int]bool, len(c.Tasks))
+			for _, t := range c.Tasks {
+				if seen[t] {
+					err = invalid("constraint %d (seq): task %q listed twice", ci, m.Tasks[t].Name)
+					break
 				}
+				seen[t] = true
 			}
-		case cluster.NoDelay:
-			err = checkTasks(ci, kind, []int{c.Task})
 		default:
 			err = invalid("constraint %d: unsupported constraint type %T", ci, c)
 		}

@@ -189,12 +189,11 @@ func (e *engine) problem(m *cluster.Model, d policy.Decision) (*plan.Problem, []
 	}
 	full := e.cfg.Full
 	for _, c := range d.Constraints {
-		ts, ok := constraintTasks(c)
-		if !ok {
-			full = true
+		if !cluster.ConstrainsOnlyNamedTasks(c) {
+			full = true // its meaning depends on tasks it does not name
 			continue
 		}
-		for _, t := range ts {
+		for _, t := range cluster.TaskRefs(c) {
 			if t < 0 || t >= n {
 				return nil, nil, fmt.Errorf("sim: policy %s: constraint %s names task %d of %d", e.cfg.Policy.Name(), c.Kind(), t, n)
 			}
@@ -250,83 +249,7 @@ func (e *engine) problem(m *cluster.Model, d policy.Decision) (*plan.Problem, []
 		}
 	}
 	for _, c := range d.Constraints {
-		p.Constraints = append(p.Constraints, remap(c, toSub))
+		p.Constraints = append(p.Constraints, cluster.RemapTasks(c, func(t int) int { return int(toSub[t]) }))
 	}
 	return p, sub, nil
-}
-
-// constraintTasks lists the tasks a constraint names; ok is false for kinds
-// whose meaning depends on tasks it does not name (capacities, overbook):
-// those need the whole configuration.
-func constraintTasks(c cluster.Constraint) ([]int, bool) {
-	switch c := c.(type) {
-	case cluster.Fence:
-		return c.Tasks, true
-	case cluster.Ban:
-		return c.Tasks, true
-	case cluster.Spread:
-		return c.Tasks, true
-	case cluster.Gather:
-		return c.Tasks, true
-	case cluster.Root:
-		return c.Tasks, true
-	case cluster.Lonely:
-		return nil, false
-	case cluster.Among:
-		return c.Tasks, true
-	case cluster.Seq:
-		return c.Tasks, true
-	case cluster.Preserve:
-		return c.Tasks, true
-	case cluster.StateConstraint:
-		return c.Tasks, true
-	case cluster.NoDelay:
-		return []int{c.Task}, true
-	}
-	return nil, false
-}
-
-func mapTasks(ts []int, toSub []int32) []int {
-	out := make([]int, len(ts))
-	for i, t := range ts {
-		out[i] = int(toSub[t])
-	}
-	return out
-}
-
-// remap rewrites a constraint's task indices into the problem's.
-func remap(c cluster.Constraint, toSub []int32) cluster.Constraint {
-	switch c := c.(type) {
-	case cluster.Fence:
-		c.Tasks = mapTasks(c.Tasks, toSub)
-		return c
-	case cluster.Ban:
-		c.Tasks = mapTasks(c.Tasks, toSub)
-		return c
-	case cluster.Spread:
-		c.Tasks = mapTasks(c.Tasks, toSub)
-		return c
-	case cluster.Gather:
-		c.Tasks = mapTasks(c.Tasks, toSub)
-		return c
-	case cluster.Root:
-		c.Tasks = mapTasks(c.Tasks, toSub)
-		return c
-	case cluster.Among:
-		c.Tasks = mapTasks(c.Tasks, toSub)
-		return c
-	case cluster.Seq:
-		c.Tasks = mapTasks(c.Tasks, toSub)
-		return c
-	case cluster.Preserve:
-		c.Tasks = mapTasks(c.Tasks, toSub)
-		return c
-	case cluster.StateConstraint:
-		c.Tasks = mapTasks(c.Tasks, toSub)
-		return c
-	case cluster.NoDelay:
-		c.Task = int(toSub[c.Task])
-		return c
-	}
-	return c
 }

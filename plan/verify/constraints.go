@@ -109,7 +109,7 @@ func (c *checker) checkConstraints() {
 			})
 		case cluster.Split:
 			gof := taskGroups(k.Groups)
-			all := flatten(k.Groups)
+			all := cluster.TaskRefs(k)
 			c.checkPlacement(ci, all, k.Continuous, func(v, n int, at func(int) []int) string {
 				for _, u := range all {
 					if gof[u] != gof[v] && contains(at(u), n) {
@@ -301,7 +301,7 @@ func (c *checker) checkPlacement(ci int, tasks []int, continuous bool,
 
 func (c *checker) checkSplitAmong(ci int, k cluster.SplitAmong) {
 	gof := taskGroups(k.TaskGroups)
-	all := flatten(k.TaskGroups)
+	all := cluster.TaskRefs(k)
 	nodeGroup := func(n int) int {
 		for g, ns := range k.NodeGroups {
 			if contains(ns, n) {

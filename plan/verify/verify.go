@@ -246,12 +246,12 @@ func (c *checker) checkConstraintRefs() error {
 		return fmt.Errorf("%w: constraint #%d (%s): unknown %s index %d", cluster.ErrInvalid, i, c.p.Constraints[i].Kind(), what, x)
 	}
 	for i, k := range c.p.Constraints {
-		for _, t := range constraintTasks(k) {
+		for _, t := range cluster.TaskRefs(k) {
 			if t < 0 || t >= nt {
 				return bad(i, "task", t)
 			}
 		}
-		for _, n := range constraintNodes(k) {
+		for _, n := range cluster.NodeRefs(k) {
 			if n < 0 || n >= nn {
 				return bad(i, "node", n)
 			}
@@ -277,74 +277,6 @@ func (c *checker) checkConstraintRefs() error {
 		}
 	}
 	return nil
-}
-
-// constraintTasks lists the task indices a constraint references.
-func constraintTasks(k cluster.Constraint) []int {
-	switch k := k.(type) {
-	case cluster.Spread:
-		return k.Tasks
-	case cluster.Ban:
-		return k.Tasks
-	case cluster.Fence:
-		return k.Tasks
-	case cluster.Gather:
-		return k.Tasks
-	case cluster.Among:
-		return k.Tasks
-	case cluster.Split:
-		return flatten(k.Groups)
-	case cluster.SplitAmong:
-		return flatten(k.TaskGroups)
-	case cluster.Lonely:
-		return k.Tasks
-	case cluster.Root:
-		return k.Tasks
-	case cluster.StateConstraint:
-		return k.Tasks
-	case cluster.Preserve:
-		return k.Tasks
-	case cluster.Seq:
-		return k.Tasks
-	case cluster.NoDelay:
-		return []int{k.Task}
-	}
-	return nil
-}
-
-// constraintNodes lists the node indices a constraint references.
-func constraintNodes(k cluster.Constraint) []int {
-	switch k := k.(type) {
-	case cluster.Ban:
-		return k.Nodes
-	case cluster.Fence:
-		return k.Nodes
-	case cluster.Among:
-		return flatten(k.Groups)
-	case cluster.SplitAmong:
-		return flatten(k.NodeGroups)
-	case cluster.Quarantine:
-		return k.Nodes
-	case cluster.NodeStateConstraint:
-		return k.Nodes
-	case cluster.ResourceCapacity:
-		return k.Nodes
-	case cluster.RunningCapacity:
-		return k.Nodes
-	case cluster.MaxOnline:
-		return k.Nodes
-	case cluster.Overbook:
-		return k.Nodes
-	}
-	return nil
-}
-
-func flatten(gs [][]int) []int {
-	var out []int
-	for _, g := range gs {
-		out = append(out, g...)
-	}
-	return out
 }
 
 // computeDemand raises each task's demand to its preserve amounts.
