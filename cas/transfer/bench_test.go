@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ferrycluster/ferry/cas"
 )
@@ -77,6 +78,7 @@ func BenchmarkLoopback(b *testing.B) {
 			b.SetBytes(size)
 			cpu := cpuPerOp(b)
 			i := 0
+			var untilWant time.Duration // HELLO, INDEX, the receiver's scan and WANT
 			for b.Loop() {
 				i++
 				rdir := filepath.Join(dir, fmt.Sprint("r", i))
@@ -92,7 +94,13 @@ func BenchmarkLoopback(b *testing.B) {
 					_, err := rc.Serve(context.Background(), c)
 					return err
 				}, func(c net.Conn) error {
-					_, err := SendFile(context.Background(), c, src, SendOptions{ID: fmt.Sprint("b", i), Name: "out", Chunking: v.chunking, Index: x})
+					start := time.Now()
+					_, err := SendFile(context.Background(), c, src, SendOptions{ID: fmt.Sprint("b", i), Name: "out", Chunking: v.chunking, Index: x,
+						Progress: func(p Progress) {
+							if p.Phase == PhaseStream && p.Done == 0 {
+								untilWant += time.Since(start)
+							}
+						}})
 					return err
 				})
 				if err != nil {
@@ -101,6 +109,7 @@ func BenchmarkLoopback(b *testing.B) {
 				untimed(b, cpu, func() { os.RemoveAll(rdir) })
 			}
 			cpu.report()
+			b.ReportMetric(float64(untilWant.Microseconds())/1e3/float64(b.N), "until-want-ms/op")
 		})
 	}
 }
