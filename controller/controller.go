@@ -32,6 +32,9 @@ type AgentAPI interface {
 	Migrate(ctx context.Context, id string, req api.MigrateRequest, progress func(api.MigrateEvent)) (api.MigrateEvent, error)
 	Cancel(ctx context.Context, id string, epoch uint64) error
 	Logs(ctx context.Context, id string, tail int, follow bool) (io.ReadCloser, error)
+	// Replicas lists the replicas of other nodes' periodic checkpoints the
+	// agent keeps.
+	Replicas(ctx context.Context) ([]api.Replica, error)
 }
 
 // Config configures a controller.

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -117,10 +118,16 @@ func TestE2EDrainDeadlineHonouredDuringALongPlan(t *testing.T) {
 		}
 	}
 	// A plan that takes ~15 s: move slow (checkpoint mode) to the free node.
-	planID, err := c.cli.Migrate(ctx(t), "slow.c.0", free)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// (Retried while the plan that started the jobs is still closing.)
+	var planID uint64
+	c.waitFor("the move accepted", 30*time.Second, func() bool {
+		id, err := c.cli.Migrate(ctx(t), "slow.c.0", free)
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			t.Fatal(err)
+		}
+		planID = id
+		return err == nil
+	})
 	c.waitFor("the slow move running", 30*time.Second, func() bool {
 		var st store.ActionState
 		c.srv.Store.View(func(s *store.State) {

@@ -116,13 +116,39 @@ func (c *Controller) drive(ctx context.Context) {
 		}
 	}
 	if len(starts) > 0 {
-		batch := make([]store.Command, len(starts))
-		for k, in := range starts {
-			batch[k] = store.Command{StartAction: &store.StartAction{Plan: run.id, Index: in.Action}}
+		// Each job's spec is decoded once per round; placements of tasks
+		// with periodic checkpoints get a checkpoint peer.
+		specs := map[string]*JobSpec{}
+		specOf := func(s *store.State, job string) *JobSpec {
+			spec, seen := specs[job]
+			if !seen {
+				if j := s.Jobs[job]; j != nil && len(j.Spec) > 0 {
+					spec = &JobSpec{}
+					if json.Unmarshal(j.Spec, spec) != nil {
+						spec = nil
+					}
+				}
+				specs[job] = spec
+			}
+			return spec
 		}
+		batch := make([]store.Command, len(starts))
+		c.st.View(func(s *store.State) {
+			var peers *peerChooser
+			for k, in := range starts {
+				a := run.acts[in.Action]
+				sa := &store.StartAction{Plan: run.id, Index: in.Action}
+				if t := s.Tasks[a.Task]; t != nil && wantsPeer(t, specOf(s, t.Job), a.Kind) {
+					if peers == nil {
+						peers = newPeerChooser(s)
+					}
+					sa.Peer = peers.choose(a.To)
+				}
+				batch[k] = store.Command{StartAction: sa}
+			}
+		})
 		r, err := c.apply(ctx, store.Command{Batch: batch})
 		var ok []work
-		specs := map[string]*JobSpec{}
 		c.st.View(func(s *store.State) {
 			addr := func(n string) string {
 				if nd := s.Nodes[n]; nd != nil {
@@ -133,18 +159,8 @@ func (c *Controller) drive(ctx context.Context) {
 			for k, in := range starts {
 				if err == nil && r.Batch[k].Err == nil {
 					t := s.Tasks[run.acts[in.Action].Task]
-					spec, seen := specs[t.Job]
-					if !seen {
-						if j := s.Jobs[t.Job]; j != nil && len(j.Spec) > 0 {
-							spec = &JobSpec{}
-							if json.Unmarshal(j.Spec, spec) != nil {
-								spec = nil
-							}
-						}
-						specs[t.Job] = spec
-					}
 					a := s.Plans[run.id].Actions[in.Action]
-					ok = append(ok, work{i: in.Action, a: a, task: *t, spec: spec, fromAddr: addr(a.From), toAddr: addr(a.To)})
+					ok = append(ok, work{i: in.Action, a: a, task: *t, spec: specOf(s, t.Job), fromAddr: addr(a.From), toAddr: addr(a.To), peerAddr: addr(a.Peer)})
 				}
 			}
 		})
@@ -311,6 +327,8 @@ type work struct {
 	task             store.Task
 	spec             *JobSpec
 	fromAddr, toAddr string
+	// peerAddr is the checkpoint peer's address ("" none).
+	peerAddr string
 }
 
 // dispatch performs one action on the agents and reports its outcome.
@@ -331,7 +349,7 @@ func (c *Controller) dispatch(ctx context.Context, planID uint64, w work) {
 	case "boot":
 		ds := driverSpec(spec, &t, a.NewEpoch)
 		c.resolveGuestImage(&ds)
-		_, err = c.client(addr(a.To)).Run(ctx, api.RunRequest{Driver: t.Driver, Spec: ds})
+		_, err = c.client(addr(a.To)).Run(ctx, api.RunRequest{Driver: t.Driver, Spec: ds, CheckpointPeer: w.peerAddr})
 		res.epoch = a.NewEpoch
 	case "shutdown", "kill":
 		if a.From != "" {
@@ -351,7 +369,12 @@ func (c *Controller) dispatch(ctx context.Context, planID uint64, w work) {
 		if t.ImageEpoch != 0 && t.ImageNode == a.From {
 			ep = t.ImageEpoch
 		}
-		req := api.ResumeRequest{Epoch: ep}
+		if t.Replica {
+			// From the replica of its last periodic checkpoint kept by
+			// a.From; the agent starts it under the current epoch + 1.
+			ep = t.Epoch
+		}
+		req := api.ResumeRequest{Epoch: ep, Replica: t.Replica, CheckpointPeer: w.peerAddr}
 		if a.From != a.To {
 			req.From = addr(a.From)
 		}
@@ -361,7 +384,7 @@ func (c *Controller) dispatch(ctx context.Context, planID uint64, w work) {
 			res.epoch = at.Epoch
 		}
 	case "migrate":
-		req := api.MigrateRequest{Epoch: t.Epoch, To: addr(a.To)}
+		req := api.MigrateRequest{Epoch: t.Epoch, To: addr(a.To), CheckpointPeer: w.peerAddr}
 		if spec != nil {
 			if !spec.Migration.Live {
 				req.Mode = "checkpoint"

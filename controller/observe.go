@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -81,13 +82,18 @@ func (c *Controller) poll(ctx context.Context) {
 }
 
 // liveness marks silent nodes down (their running tasks are lost and will
-// restart elsewhere) and returning nodes online.
+// restart elsewhere) and returning nodes online. A lost task whose
+// checkpoint peer is online and lists a replica of its periodic checkpoint
+// restarts from that replica; otherwise from its last suspend image on an
+// online node, otherwise from scratch (the event says which).
 func (c *Controller) liveness(ctx context.Context) {
 	now := c.cfg.Now()
 	var batch []store.Command
 	var downs, ups []string
+	var lost []lostTask
 	busy := c.inFlight()
 	c.st.View(func(s *store.State) {
+		down := map[string]bool{}
 		for _, name := range s.SortedNodes() {
 			n := s.Nodes[name]
 			c.mu.Lock()
@@ -101,21 +107,32 @@ func (c *Controller) liveness(ctx context.Context) {
 			switch {
 			case n.Status != store.NodeDown && silent:
 				downs = append(downs, name)
+				down[name] = true
 				batch = append(batch, store.Command{SetNode: &store.SetNode{Name: name, Status: store.NodeDown}})
-				for _, t := range s.Tasks {
-					if t.Phase == store.TaskRunning && t.Node == name && !busy[t.Name] {
-						batch = append(batch, store.Command{TaskEvent: &store.TaskEvent{Task: t.Name, Epoch: t.Epoch, Kind: store.TaskLost,
-							Message: fmt.Sprintf("node %s missed heartbeats", name)}})
-					}
-				}
 			case n.Status == store.NodeDown && !silent && o != nil && o.at.UnixNano() > n.Changed:
 				ups = append(ups, name)
 				batch = append(batch, store.Command{SetNode: &store.SetNode{Name: name, Status: store.NodeOnline}})
 			}
 		}
+		for _, t := range s.Tasks {
+			if t.Phase != store.TaskRunning || !down[t.Node] || busy[t.Name] {
+				continue
+			}
+			lt := lostTask{task: t.Name, epoch: t.Epoch, node: t.Node}
+			if p := s.Nodes[t.CheckpointPeer]; p != nil && p.Status != store.NodeDown && !down[p.Name] && p.Name != t.Node {
+				lt.peer, lt.peerAddr = p.Name, p.Addr
+			}
+			lost = append(lost, lt)
+		}
 	})
 	if len(batch) == 0 {
 		return
+	}
+	sort.Slice(lost, func(a, b int) bool { return lost[a].task < lost[b].task })
+	c.findReplicas(ctx, lost)
+	for _, lt := range lost {
+		batch = append(batch, store.Command{TaskEvent: &store.TaskEvent{Task: lt.task, Epoch: lt.epoch, Kind: store.TaskLost,
+			Message: fmt.Sprintf("node %s missed heartbeats", lt.node), Replica: lt.replica}})
 	}
 	if _, err := c.apply(ctx, store.Command{Batch: batch}); err != nil {
 		c.log.Warn("cannot record node liveness", "err", err)
@@ -127,6 +144,78 @@ func (c *Controller) liveness(ctx context.Context) {
 	for _, n := range ups {
 		c.event("node", n, "online")
 	}
+	c.st.View(func(s *store.State) {
+		for _, lt := range lost {
+			t := s.Tasks[lt.task]
+			var from string
+			switch {
+			case t == nil || t.Phase == store.TaskRunning:
+				continue
+			case t.Replica:
+				from = fmt.Sprintf("the replica of its periodic checkpoint on %s (epoch %d, seq %d)", t.Node, lt.replicaEpoch, lt.replicaSeq)
+			case t.Phase == store.TaskSleeping:
+				from = "its last suspend image on " + t.Node
+			default:
+				from = "scratch"
+			}
+			if lt.peer != "" && !t.Replica {
+				from += fmt.Sprintf(" (checkpoint peer %s: %s)", lt.peer, lt.why)
+			}
+			c.event("task", lt.task, "lost", "node", lt.node, "restart_from", from)
+		}
+	})
+}
+
+// lostTask is a running task of a node being marked down, with its
+// checkpoint peer and what the peer keeps of it.
+type lostTask struct {
+	task, node               string
+	epoch                    uint64
+	peer, peerAddr           string
+	replica                  string // the peer, when it lists a usable replica
+	replicaEpoch, replicaSeq uint64
+	why                      string // why the peer's replica is not used
+}
+
+// findReplicas asks each checkpoint peer of the lost tasks (in parallel,
+// 5 s each) which replicas it keeps: a replica of the task taken under an
+// epoch not ahead of the task's makes the task restart from it.
+func (c *Controller) findReplicas(ctx context.Context, lost []lostTask) {
+	byPeer := map[string][]int{}
+	for i, lt := range lost {
+		if lt.peer != "" {
+			byPeer[lt.peer] = append(byPeer[lt.peer], i)
+		}
+	}
+	var wg sync.WaitGroup
+	for peer, idx := range byPeer {
+		wg.Add(1)
+		go func(peer string, idx []int) {
+			defer wg.Done()
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			rs, err := c.client(lost[idx[0]].peerAddr).Replicas(rctx)
+			have := map[string]api.Replica{}
+			for _, r := range rs {
+				have[r.Task] = r
+			}
+			for _, i := range idx {
+				lt := &lost[i]
+				r, ok := have[lt.task]
+				switch {
+				case err != nil:
+					lt.why = "cannot list its replicas: " + err.Error()
+				case !ok:
+					lt.why = "keeps no replica of it"
+				case r.Epoch > lt.epoch:
+					lt.why = fmt.Sprintf("its replica's epoch %d is ahead of the task's %d", r.Epoch, lt.epoch)
+				default:
+					lt.replica, lt.replicaEpoch, lt.replicaSeq = peer, r.Epoch, r.Seq
+				}
+			}
+		}(peer, idx)
+	}
+	wg.Wait()
 }
 
 // inFlight returns the tasks an action of the running plan is running on.

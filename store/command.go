@@ -76,6 +76,10 @@ type CreatePlan struct {
 type StartAction struct {
 	Plan  uint64 `json:"plan"`
 	Index int    `json:"index"`
+	// Peer is the checkpoint peer (a node) of the task's new placement
+	// (boot, resume, migrate; "" none): the node that will keep replicas of
+	// its periodic checkpoints.
+	Peer string `json:"peer,omitempty"`
 }
 
 // FinishAction journals the outcome of a running action. On success the task
@@ -143,6 +147,10 @@ type TaskEvent struct {
 	Message  string        `json:"message,omitempty"`
 	Image    string        `json:"image,omitempty"`
 	Node     string        `json:"node,omitempty"`
+	// Replica (lost): the node keeping a replica of the task's last
+	// periodic checkpoint, as its agent listed it; the task restarts from
+	// it when that node is online.
+	Replica string `json:"replica,omitempty"`
 }
 
 // RemoveServer removes a raft member from the directory.
@@ -273,14 +281,16 @@ func (s *State) Apply(c *Command) Result {
 		b := t.Placement()
 		a.Before = &b
 		a.NewEpoch = t.Epoch
+		a.Peer = c.StartAction.Peer
 		switch {
 		case a.Kind == "boot":
 			// A fresh copy runs under a new epoch from the start, so any
 			// older copy anywhere is stale from this point.
 			a.NewEpoch = t.Epoch + 1
 			t.Epoch, t.Changed = a.NewEpoch, at
-		case a.Kind == "migrate", a.Kind == "resume" && a.From != a.To:
-			// A move commits a new epoch at its end.
+		case a.Kind == "migrate", a.Kind == "resume" && (a.From != a.To || t.Replica):
+			// A move (or a start from a replica, even on the node that
+			// keeps it) commits a new epoch at its end.
 			a.NewEpoch = t.Epoch + 1
 		}
 		a.State, a.Started = ActionRunning, at
@@ -291,7 +301,13 @@ func (s *State) Apply(c *Command) Result {
 		t := s.Tasks[a.Task]
 		if !x.OK {
 			a.State, a.Error = ActionFailed, x.Error
-			if x.DropImage && t.Phase == TaskSleeping {
+			switch {
+			case x.DropImage && t.Phase == TaskSleeping && t.Replica:
+				// The replica cannot be resumed: fall back to the
+				// suspend image, or start afresh.
+				t.Replica, t.Changed = false, at
+				s.sleepOnImageOrWait(t)
+			case x.DropImage && t.Phase == TaskSleeping:
 				// The image cannot be resumed: start afresh.
 				t.Phase, t.Node, t.Image, t.ImageNode, t.Changed = TaskWaiting, "", "", "", at
 			}
@@ -302,16 +318,17 @@ func (s *State) Apply(c *Command) Result {
 		a.State = ActionDone
 		switch a.Kind {
 		case "boot", "resume", "migrate":
-			t.Phase, t.Node = TaskRunning, a.To
+			t.Phase, t.Node, t.CheckpointPeer = TaskRunning, a.To, a.Peer
+			t.Replica = false
 		case "suspend":
-			t.Phase, t.Node = TaskSleeping, a.From
+			t.Phase, t.Node, t.CheckpointPeer = TaskSleeping, a.From, ""
 			if x.Image != "" {
 				t.Image, t.ImageNode = x.Image, a.From
 			}
 		case "shutdown":
-			t.Phase, t.Node = TaskWaiting, ""
+			t.Phase, t.Node, t.CheckpointPeer = TaskWaiting, "", ""
 		case "kill":
-			t.Phase, t.Node = TaskTerminated, ""
+			t.Phase, t.Node, t.CheckpointPeer = TaskTerminated, "", ""
 			t.Message = "killed"
 		}
 		t.Epoch = max(t.Epoch, a.NewEpoch, x.Epoch)
@@ -365,18 +382,32 @@ func (s *State) applyTaskEvent(e *TaskEvent, at int64) {
 	case TaskLost:
 		t.Message = e.Message
 		t.Restarts++
-		if t.Image != "" && t.ImageNode != t.Node {
-			if n := s.Nodes[t.ImageNode]; n != nil && n.Status != NodeDown {
-				t.Phase, t.Node = TaskSleeping, t.ImageNode
-				break
-			}
+		lost := t.Node
+		t.CheckpointPeer = ""
+		if n := s.Nodes[e.Replica]; n != nil && n.Status != NodeDown && e.Replica != lost {
+			t.Phase, t.Node, t.Replica = TaskSleeping, e.Replica, true
+			break
 		}
-		t.Phase, t.Node = TaskWaiting, ""
-		if s.Nodes[t.ImageNode] == nil || s.Nodes[t.ImageNode].Status == NodeDown {
-			t.Image, t.ImageNode = "", ""
-		}
+		t.Replica = false
+		s.sleepOnImageOrWait(t)
 	}
 	t.Changed = at
+}
+
+// sleepOnImageOrWait makes a task that cannot go on where it is (t.Node)
+// sleep on its last image when that image is on another node that is
+// online, else wait to start afresh (the image dropped if its node is gone).
+func (s *State) sleepOnImageOrWait(t *Task) {
+	if t.Image != "" && t.ImageNode != t.Node {
+		if n := s.Nodes[t.ImageNode]; n != nil && n.Status != NodeDown {
+			t.Phase, t.Node = TaskSleeping, t.ImageNode
+			return
+		}
+	}
+	t.Phase, t.Node = TaskWaiting, ""
+	if s.Nodes[t.ImageNode] == nil || s.Nodes[t.ImageNode].Status == NodeDown {
+		t.Image, t.ImageNode = "", ""
+	}
 }
 
 // prunePlans drops the oldest finished plans beyond KeepPlans.
@@ -495,6 +526,16 @@ func (s *State) Check(c *Command) error {
 				return conflict("action %d of plan %d waits for action %d (%s)", c.StartAction.Index, p.ID, d, p.Actions[d].State)
 			}
 		}
+		if peer := c.StartAction.Peer; peer != "" {
+			switch {
+			case a.Kind != "boot" && a.Kind != "resume" && a.Kind != "migrate":
+				return invalid("action %d of plan %d: a %s places nothing, so it takes no checkpoint peer", c.StartAction.Index, p.ID, a.Kind)
+			case s.Nodes[peer] == nil:
+				return notFound("action %d of plan %d: checkpoint peer node %q", c.StartAction.Index, p.ID, peer)
+			case peer == a.To:
+				return invalid("action %d of plan %d: checkpoint peer %q is the task's own node", c.StartAction.Index, p.ID, peer)
+			}
+		}
 	case c.FinishAction != nil:
 		a, err := s.action(c.FinishAction.Plan, c.FinishAction.Index)
 		if err != nil {
@@ -537,6 +578,9 @@ func (s *State) Check(c *Command) error {
 		case TaskExited, TaskLost:
 			if t.Phase != TaskRunning {
 				return conflict("task %q is %s, not running", e.Task, t.Phase)
+			}
+			if e.Replica != "" && (e.Kind != TaskLost || s.Nodes[e.Replica] == nil) {
+				return invalid("task %q: %s event names replica node %q (only a lost task restarts from a replica, on a known node)", e.Task, e.Kind, e.Replica)
 			}
 		case TaskCheckpointed:
 			if e.Image == "" || s.Nodes[e.Node] == nil {

@@ -101,6 +101,13 @@ type Task struct {
 	// ImageEpoch is the epoch the image was taken under (a resume from it
 	// presents this epoch to the agent holding it).
 	ImageEpoch uint64 `json:"image_epoch,omitempty"`
+	// CheckpointPeer is the node that keeps replicas of the running task's
+	// periodic checkpoints (chosen at each placement; "" none).
+	CheckpointPeer string `json:"checkpoint_peer,omitempty"`
+	// Replica: the sleeping task restarts from the replica of its last
+	// periodic checkpoint kept by Node (its own node was lost), not from
+	// Image, which stays the fallback.
+	Replica bool `json:"replica,omitempty"`
 	// Restarts counts restarts after failures.
 	Restarts int `json:"restarts,omitempty"`
 	// ExitCode and Message of the last end.
@@ -174,7 +181,10 @@ type Action struct {
 	// Deps are indices of actions that must be done before this one starts.
 	Deps []int `json:"deps,omitempty"`
 	// Bytes expected to move (memory size for migrations and images).
-	Bytes int64       `json:"bytes,omitempty"`
+	Bytes int64 `json:"bytes,omitempty"`
+	// Peer is the checkpoint peer the controller chose for the task's new
+	// placement (boot, resume, migrate), fixed when the action starts.
+	Peer  string      `json:"peer,omitempty"`
 	State ActionState `json:"state"`
 	// Before is the task's placement when the action started; After when it
 	// committed. NewEpoch is the epoch the action's result runs under.

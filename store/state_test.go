@@ -248,3 +248,76 @@ func TestExtendPlan(t *testing.T) {
 		t.Fatalf("extend a finished plan: %v", r.Err)
 	}
 }
+
+// A lost process whose checkpoint peer keeps a replica sleeps on the peer
+// and restarts from the replica under a new epoch, even on the peer itself;
+// the peer is recorded at each placement; a replica that cannot be resumed
+// falls back to the suspend image; without a usable peer the image (or
+// scratch) is used as before.
+func TestLostTaskRestartsFromReplica(t *testing.T) {
+	s := seeded(t)
+	mustApply(t, s, Command{RegisterNode: &RegisterNode{Name: "n3", Addr: "n3:1", Capacity: Resources{4000, 8 << 30}}})
+	id := mustApply(t, s, Command{CreatePlan: &CreatePlan{Plan: Plan{Actions: []Action{
+		{Kind: "boot", Task: "j.a.0", To: "n1"},
+		{Kind: "suspend", Task: "j.a.0", From: "n1", Deps: []int{0}},
+		{Kind: "resume", Task: "j.a.0", From: "n1", To: "n1", Deps: []int{1}},
+	}}}}).PlanID
+	for _, bad := range []*StartAction{{Plan: id, Index: 0, Peer: "n1"}, {Plan: id, Index: 0, Peer: "nope"}} {
+		if r := s.Apply(&Command{StartAction: bad}); r.Err == nil {
+			t.Fatalf("start with checkpoint peer %q accepted", bad.Peer)
+		}
+	}
+	for i, peer := range []string{"n2", "", "n2"} {
+		if i == 1 {
+			if r := s.Apply(&Command{StartAction: &StartAction{Plan: id, Index: i, Peer: "n2"}}); !errors.Is(r.Err, ErrInvalid) {
+				t.Fatalf("a suspend with a checkpoint peer: %v", r.Err)
+			}
+		}
+		mustApply(t, s, Command{StartAction: &StartAction{Plan: id, Index: i, Peer: peer}})
+		mustApply(t, s, Command{FinishAction: &FinishAction{Plan: id, Index: i, OK: true, Image: "/img"}})
+	}
+	mustApply(t, s, Command{FinishPlan: &FinishPlan{Plan: id}})
+	tk := s.Tasks["j.a.0"]
+	if tk.Phase != TaskRunning || tk.Node != "n1" || tk.CheckpointPeer != "n2" || tk.ImageNode != "n1" || tk.Epoch != 1 {
+		t.Fatalf("running with a peer: %+v", tk)
+	}
+	// n1 is lost; n2 lists a replica.
+	mustApply(t, s, Command{SetNode: &SetNode{Name: "n1", Status: NodeDown}})
+	if r := s.Apply(&Command{TaskEvent: &TaskEvent{Task: "j.a.0", Epoch: 1, Kind: TaskExited, Replica: "n2"}}); !errors.Is(r.Err, ErrInvalid) {
+		t.Fatalf("an exit naming a replica: %v", r.Err)
+	}
+	mustApply(t, s, Command{TaskEvent: &TaskEvent{Task: "j.a.0", Epoch: 1, Kind: TaskLost, Replica: "n2"}})
+	if tk.Phase != TaskSleeping || tk.Node != "n2" || !tk.Replica || tk.CheckpointPeer != "" || tk.Image != "/img" {
+		t.Fatalf("lost with a replica on n2: %+v", tk)
+	}
+	// A resume from the replica on n2 itself still takes a new epoch.
+	id = mustApply(t, s, Command{CreatePlan: &CreatePlan{Plan: Plan{Actions: []Action{{Kind: "resume", Task: "j.a.0", From: "n2", To: "n2"}}}}}).PlanID
+	mustApply(t, s, Command{StartAction: &StartAction{Plan: id, Index: 0, Peer: "n3"}})
+	if a := s.Plans[id].Actions[0]; a.NewEpoch != 2 || a.Peer != "n3" {
+		t.Fatalf("resume from a replica: %+v", a)
+	}
+	// The replica is gone after all: fall back to the suspend image, whose
+	// node is down, so start afresh.
+	mustApply(t, s, Command{FinishAction: &FinishAction{Plan: id, Index: 0, Error: "no replica", DropImage: true}})
+	if tk.Phase != TaskWaiting || tk.Replica || tk.Node != "" {
+		t.Fatalf("failed replica resume: %+v", tk)
+	}
+
+	// Another task: its peer is down too, so its image on a live node is used.
+	s2 := seeded(t)
+	id = mustApply(t, s2, Command{CreatePlan: &CreatePlan{Plan: Plan{Actions: []Action{
+		{Kind: "boot", Task: "j.a.0", To: "n1"},
+		{Kind: "suspend", Task: "j.a.0", From: "n1", Deps: []int{0}},
+		{Kind: "resume", Task: "j.a.0", From: "n1", To: "n2", Deps: []int{1}},
+	}}}}).PlanID
+	for i, peer := range []string{"n2", "", "n1"} {
+		mustApply(t, s2, Command{StartAction: &StartAction{Plan: id, Index: i, Peer: peer}})
+		mustApply(t, s2, Command{FinishAction: &FinishAction{Plan: id, Index: i, OK: true, Image: "/img"}})
+	}
+	tk = s2.Tasks["j.a.0"]
+	mustApply(t, s2, Command{SetNode: &SetNode{Name: "n2", Status: NodeDown}})
+	mustApply(t, s2, Command{TaskEvent: &TaskEvent{Task: "j.a.0", Epoch: tk.Epoch, Kind: TaskLost}})
+	if tk.Phase != TaskSleeping || tk.Node != "n1" || tk.Replica {
+		t.Fatalf("lost without a replica, image on n1: %+v", tk)
+	}
+}

@@ -1,0 +1,154 @@
+package controller
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/agent/client"
+	"github.com/ferrycluster/ferry/pki"
+	"github.com/ferrycluster/ferry/store"
+)
+
+// The checkpointing example (examples/checkpoint-sh) as a job with periodic
+// checkpoints: its node is lost (agent and job killed, as when the machine
+// dies) and the task restarts from the replica its checkpoint peer keeps —
+// not from scratch — and prints the same result as an unmoved run, with
+// never two live copies.
+func TestE2ELostProcessRestartsFromItsCheckpointReplica(t *testing.T) {
+	script, err := filepath.Abs("../examples/checkpoint-sh/checkpoint.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const steps = "1500"
+	out, err := exec.Command("/bin/sh", script, steps, "0").Output()
+	if err != nil {
+		t.Fatalf("unmoved run: %v", err)
+	}
+	want := resultLine(string(out))
+	if want == "" {
+		t.Fatalf("unmoved run printed no result:\n%s", out)
+	}
+
+	c := newTestCluster(t, 3, 1)
+	spec := fmt.Sprintf(`name: seg
+priority: 5
+tasks:
+  - name: c
+    driver: process
+    command: ["/bin/sh", %q, %q, "0.02"]
+    cpus: 1
+    memory: 64MiB
+checkpoint:
+  interval: 1s
+  timeout: 10s
+`, script, steps)
+	if _, err := c.cli.Submit(ctx(t), []byte(spec)); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("seg running with a checkpoint peer", 30*time.Second, func() bool {
+		tk := c.task("seg.c.0")
+		return tk.Phase == store.TaskRunning && tk.CheckpointPeer != ""
+	})
+	first := c.task("seg.c.0")
+	if first.CheckpointPeer == first.Node {
+		t.Fatalf("seg.c.0's checkpoint peer is its own node %s", first.Node)
+	}
+	// Wait until the peer keeps a replica taken some way into the run.
+	id, err := pki.Load(c.tlsDir, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := client.New(c.agents[first.CheckpointPeer].addr, id.ClientConfig())
+	defer peer.Close()
+	var rep api.Replica
+	c.waitFor("a replica on the checkpoint peer", 60*time.Second, func() bool {
+		rs, _ := peer.Replicas(ctx(t))
+		for _, r := range rs {
+			if r.Task == "seg.c.0" && r.Seq >= 2 {
+				rep = r
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("seg.c.0 on %s, peer %s keeps replica epoch %d seq %d (%d bytes)", first.Node, first.CheckpointPeer, rep.Epoch, rep.Seq, rep.Bytes)
+	// The node dies: its agent and its job.
+	c.stopAgent(first.Node, true)
+	c.waitFor("seg restarted elsewhere from the replica", 90*time.Second, func() bool {
+		n, where := c.liveCopies("seg.c.0")
+		if n > 1 {
+			t.Fatalf("two live copies of seg.c.0: %v", where)
+		}
+		tk := c.task("seg.c.0")
+		return tk.Node != first.Node && tk.Epoch > first.Epoch && (tk.Phase == store.TaskRunning || tk.Phase == store.TaskTerminated)
+	})
+	lostEvent := ""
+	for _, e := range c.srv.Controller.Events().Recent(0) {
+		if e.Object == "seg.c.0" && e.What == "lost" {
+			lostEvent = e.String()
+		}
+	}
+	if !strings.Contains(lostEvent, "replica of its periodic checkpoint on "+first.CheckpointPeer) {
+		t.Fatalf("the loss event does not say the task restarts from the replica on %s: %q\n%s", first.CheckpointPeer, lostEvent, c.dump())
+	}
+	var resume *store.Action
+	c.srv.Store.View(func(s *store.State) {
+		for _, p := range s.Plans {
+			for _, a := range p.Actions {
+				if a.Task == "seg.c.0" && a.Kind == "resume" && a.State == store.ActionDone {
+					a := a
+					resume = &a
+				}
+			}
+		}
+	})
+	if resume == nil || resume.From != first.CheckpointPeer {
+		t.Fatalf("seg.c.0 was not resumed from its peer %s's replica: %+v\n%s", first.CheckpointPeer, resume, c.dump())
+	}
+	c.waitFor("seg finished", 120*time.Second, func() bool {
+		if n, where := c.liveCopies("seg.c.0"); n > 1 {
+			t.Fatalf("two live copies of seg.c.0: %v", where)
+		}
+		return c.phase("seg.c.0") == store.TaskTerminated
+	})
+	if tk := c.task("seg.c.0"); tk.ExitCode != 0 {
+		t.Fatalf("seg.c.0 ended with %d: %s", tk.ExitCode, tk.Message)
+	}
+	log, err := os.ReadFile(filepath.Join(c.agents[resume.To].dir, "drivers", "process", "logs", "seg.c.0.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored := regexp.MustCompile(`restored at step (\d+)`).FindStringSubmatch(string(log))
+	if restored == nil || restored[1] == "0" {
+		t.Fatalf("the restarted seg.c.0 did not start from a checkpoint:\n%s", lastLines(string(log), 5))
+	}
+	if got := resultLine(string(log)); got != want {
+		t.Fatalf("result after the restart %q, unmoved run %q", got, want)
+	}
+	t.Logf("restarted on %s from step %s; %s (unmoved: %s)", resume.To, restored[1], resultLine(string(log)), want)
+}
+
+// resultLine returns the example's "result N" line.
+func resultLine(log string) string {
+	for _, l := range strings.Split(log, "\n") {
+		if strings.HasPrefix(l, "result ") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return ""
+}
+
+func lastLines(s string, n int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
