@@ -3,7 +3,9 @@ package sim_test
 import (
 	"context"
 	"os"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ferrycluster/ferry/policy"
 	"github.com/ferrycluster/ferry/sim"
@@ -37,6 +39,7 @@ func benchTrace(b *testing.B, name string, maxJobs int) {
 		p, _ := policy.ByName(pn)
 		b.Run(pn, func(b *testing.B) {
 			for range b.N {
+				cpu0 := cpuTime(b)
 				r, err := sim.Run(context.Background(), sim.Config{Workload: w, Policy: p, Seed: 1})
 				if err != nil {
 					b.Fatal(err)
@@ -47,9 +50,22 @@ func benchTrace(b *testing.B, name string, maxJobs int) {
 				b.ReportMetric(r.Summary.MeanBSD, "bsd")
 				b.ReportMetric(100*r.Summary.Utilization, "util%")
 				b.ReportMetric(float64(r.PlannerCalls), "plans")
+				// CPU seconds of the process (simulation and checker, all
+				// threads): on a shared machine the wall time is mostly
+				// other people's load, this is not.
+				b.ReportMetric((cpuTime(b) - cpu0).Seconds(), "cpu-s")
 			}
 		})
 	}
+}
+
+// cpuTime is the process's user + system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func BenchmarkKTH(b *testing.B)     { benchTrace(b, "KTH-SP2-1996-2.1-cln.swf.gz", 0) }
