@@ -128,6 +128,10 @@ type hbParams struct {
 	Addr, TLSDir, Cert string
 	Seconds            int
 	Nodes              map[string][]api.Task
+	// Changing makes every heartbeat's task list differ from the node's
+	// previous one (the first task's pid changes), so the server decodes
+	// each list in full: the worst case (FERRY_BENCH_HB_CHANGING=1).
+	Changing bool
 }
 
 // hbWorkers is how many connections the generator keeps open; each sends
@@ -159,18 +163,24 @@ func heartbeater(file string) int {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	// Each body is split around the usage figure, which is printed in at
-	// send time.
-	type body struct{ head, tail []byte }
-	bodies := make([]body, len(names))
+	// Each body is split around the figures that change every beat (the
+	// usage; with Changing also the first task's pid), printed in at send
+	// time.
+	const mark = "987654321"
+	bodies := make([][][]byte, len(names))
 	for i, n := range names {
-		hb := Heartbeat{Node: n, Addr: "fake:" + n, Info: api.NodeInfo{Name: n, CPUs: 64, MemoryBytes: 256 << 30, UsedMemoryBytes: 123456789}, Tasks: p.Nodes[n]}
+		tasks := append([]api.Task(nil), p.Nodes[n]...)
+		if p.Changing && len(tasks) > 0 {
+			st := *tasks[0].Status
+			st.PID = 987654321
+			tasks[0].Status = &st
+		}
+		hb := Heartbeat{Node: n, Addr: "fake:" + n, Info: api.NodeInfo{Name: n, CPUs: 64, MemoryBytes: 256 << 30, UsedMemoryBytes: 987654321}, Tasks: tasks}
 		raw, err := json.Marshal(hb)
 		if err != nil {
 			return 2
 		}
-		k := bytes.Index(raw, []byte("123456789"))
-		bodies[i] = body{raw[:k], raw[k+9:]}
+		bodies[i] = bytes.Split(raw, []byte(mark))
 	}
 	url := "https://" + p.Addr + "/v1/heartbeat"
 	start := time.Now()
@@ -192,9 +202,11 @@ func heartbeater(file string) int {
 					if d := time.Until(due); d > 0 {
 						time.Sleep(d)
 					}
-					buf = append(buf[:0], bodies[i].head...)
-					buf = strconv.AppendInt(buf, int64(beat)<<20+int64(i), 10)
-					buf = append(buf, bodies[i].tail...)
+					buf = append(buf[:0], bodies[i][0]...)
+					for _, part := range bodies[i][1:] {
+						buf = strconv.AppendInt(buf, int64(beat)<<20+int64(i), 10)
+						buf = append(buf, part...)
+					}
 					resp, err := hc.Post(url, "application/json", bytes.NewReader(buf))
 					if err == nil {
 						_, _ = io.Copy(io.Discard, resp.Body)
@@ -356,7 +368,7 @@ func benchControl(b *testing.B, nodes, tasks int) {
 
 	// Heartbeats: a child process pushes one per node per second with the
 	// node's tasks; the server's own CPU is measured over the window.
-	p := hbParams{Addr: srv.Addr(), TLSDir: tlsDir, Cert: "hb", Seconds: 14, Nodes: map[string][]api.Task{}}
+	p := hbParams{Addr: srv.Addr(), TLSDir: tlsDir, Cert: "hb", Seconds: 14, Nodes: map[string][]api.Task{}, Changing: os.Getenv("FERRY_BENCH_HB_CHANGING") != ""}
 	srv.Store.View(func(s *store.State) {
 		for n := range s.Nodes {
 			p.Nodes[n] = []api.Task{}
