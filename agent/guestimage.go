@@ -2,10 +2,15 @@ package agent
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,12 +26,42 @@ import (
 // when missing, through the node's chunk store, so only the chunks the node
 // lacks cross (an image of the same family shares most of them) — and
 // points the spec at the local kernel and initramfs.
+//
+// The local paths carry the reference: they go through a symlink named
+// ID@HEX(controller address) to the image directory. A spec that moves to
+// another node (resume from a peer's image, incoming live migration) names
+// files under the source node's data dir; the destination recognizes the
+// link name in the path, fetches the image from the same controller if it
+// lacks it, and points the spec at its own copy.
 
 // guestImageFetches serializes fetches of one image on one node.
-var guestImageFetches sync.Map // data dir + id → *sync.Mutex
+var guestImageFetches sync.Map // image dir → *sync.Mutex
 
 func (a *Agent) guestImageDir(id string) string {
 	return filepath.Join(a.cfg.DataDir, "guest-images", id)
+}
+
+// guestImageLink is the directory (a symlink to the image's) whose name
+// carries the controller's address.
+func (a *Agent) guestImageLink(addr, id string) string {
+	return filepath.Join(a.cfg.DataDir, "guest-images", id+"@"+hex.EncodeToString([]byte(addr)))
+}
+
+// guestImageOfPath recognizes a kernel path of a resolved spec (on any
+// node): .../guest-images/ID@HEXADDR/vmlinuz.
+func guestImageOfPath(p string) (addr, id string, ok bool) {
+	if filepath.Base(p) != "vmlinuz" || filepath.Base(filepath.Dir(filepath.Dir(p))) != "guest-images" {
+		return "", "", false
+	}
+	id, hexAddr, found := strings.Cut(filepath.Base(filepath.Dir(p)), "@")
+	b, err := hex.DecodeString(hexAddr)
+	if !found || err != nil || !transfer.IsImageID(id) {
+		return "", "", false
+	}
+	if _, _, err := net.SplitHostPort(string(b)); err != nil {
+		return "", "", false
+	}
+	return string(b), id, true
 }
 
 // guestImageMeta is what the agent reads of the image's image.json.
@@ -35,21 +70,24 @@ type guestImageMeta struct {
 	Cmdline string `json:"cmdline"`
 }
 
-// resolveGuestImage rewrites spec.VM to use local files when its kernel
-// names a controller-served image, fetching the image first if needed. A
-// spec without such a reference is left alone.
+// resolveGuestImage rewrites spec.VM to use this node's files when its
+// kernel names a controller-served image (a reference, or another node's
+// resolved path), fetching the image first if needed. Other specs are left
+// alone.
 func (a *Agent) resolveGuestImage(ctx context.Context, spec *driver.Spec) error {
 	if spec.VM == nil {
 		return nil
 	}
 	addr, id, ok, err := transfer.ParseGuestImageRef(spec.VM.Kernel)
-	if !ok {
-		return nil
-	}
 	if err != nil {
 		return fmt.Errorf("%w: task %q: %v", driver.ErrInvalidSpec, spec.ID, err)
 	}
-	dir := a.guestImageDir(id)
+	if !ok {
+		if addr, id, ok = guestImageOfPath(spec.VM.Kernel); !ok || spec.VM.Kernel == filepath.Join(a.guestImageLink(addr, id), "vmlinuz") {
+			return nil // not a served image, or already this node's
+		}
+	}
+	dir, link := a.guestImageDir(id), a.guestImageLink(addr, id)
 	v, _ := guestImageFetches.LoadOrStore(dir, &sync.Mutex{})
 	mu := v.(*sync.Mutex)
 	mu.Lock()
@@ -64,7 +102,10 @@ func (a *Agent) resolveGuestImage(ctx context.Context, spec *driver.Spec) error 
 			return fmt.Errorf("%w: guest image %s from %s: %v", driver.ErrInvalidSpec, id, addr, err)
 		}
 	}
-	spec.VM.Kernel, spec.VM.Initrd = filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd.gz")
+	if err := os.Symlink(id, link); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("guest image %s: %w", id, err)
+	}
+	spec.VM.Kernel, spec.VM.Initrd = filepath.Join(link, "vmlinuz"), filepath.Join(link, "initrd.gz")
 	if spec.VM.Cmdline == "" {
 		spec.VM.Cmdline = meta.Cmdline
 	}

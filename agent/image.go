@@ -399,6 +399,9 @@ func (a *Agent) resumeFetched(ctx context.Context, id string, req api.ResumeRequ
 		return fail(fmt.Errorf("%w: driver %q not on node %s", driver.ErrUnsupported, prec.Driver, a.cfg.Name))
 	}
 	spec := prec.Spec
+	if err := a.resolveGuestImage(ctx, &spec); err != nil { // guestimage.go
+		return fail(err)
+	}
 	spec.Epoch = newEpoch
 	a.mu.Lock()
 	err = a.fitsLocked(&spec)

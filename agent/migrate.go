@@ -462,6 +462,9 @@ func (a *Agent) prepare(ctx context.Context, req api.PrepareRequest) (api.Prepar
 	if err := validateSpec(&spec); err != nil {
 		return api.PrepareResponse{}, err
 	}
+	if err := a.resolveGuestImage(ctx, &spec); err != nil { // guestimage.go
+		return api.PrepareResponse{}, err
+	}
 	if spec.Epoch == 0 {
 		return api.PrepareResponse{}, fmt.Errorf("%w: prepare %q: epoch is required", driver.ErrInvalidSpec, spec.ID)
 	}

@@ -46,7 +46,8 @@ func TestE2EAgentFetchesGuestImageFromServer(t *testing.T) {
 
 	for i, img := range []image.Image{first, second} {
 		job := fmt.Sprintf("served%d", i)
-		spec := fmt.Sprintf("name: %s\ntasks:\n  - name: g\n    driver: qemu\n    image: %s\n    workload: counter\n    cpus: 1\n    memory: 128MiB\n", job, img.ID)
+		spec := fmt.Sprintf("name: %s\ntasks:\n  - name: g\n    driver: qemu\n    image: %s\n    workload: counter\n    cpus: 1\n    memory: 128MiB\n"+
+			"migration:\n  live: true\n  max_downtime: 300ms\n", job, img.ID)
 		if _, err := c.cli.Submit(ctx(t), []byte(spec)); err != nil {
 			t.Fatal(err)
 		}
@@ -67,6 +68,32 @@ func TestE2EAgentFetchesGuestImageFromServer(t *testing.T) {
 	if sent[0].BytesSent < sent[0].Index.Size/2 || sent[1].BytesSent*10 > sent[1].Index.Size {
 		t.Fatalf("first image sent %d of %d bytes, second %d of %d: want all of the first, under a tenth of the second",
 			sent[0].BytesSent, sent[0].Index.Size, sent[1].BytesSent, sent[1].Index.Size)
+	}
+	// The first guest moves (live) to a node that has never seen its
+	// image: n2 fetches it from the server before the guest arrives, and
+	// the counter carries on.
+	c.startAgent("n2", "127.0.0.1:0", 4)
+	if _, err := c.cli.AddNode(ctx(t), c.agents["n2"].addr, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := c.vmCounters("served0.g.0")
+	if _, err := c.cli.Migrate(ctx(t), "served0.g.0", "n2"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("served0.g.0 running on n2", 3*time.Minute, func() bool {
+		tk := c.task("served0.g.0")
+		return tk.Phase == store.TaskRunning && tk.Node == "n2"
+	})
+	last := before[len(before)-1]
+	c.waitFor("the counter carrying on at n2", 2*time.Minute, func() bool {
+		cs := c.vmCounters("served0.g.0")
+		return len(cs) > 0 && cs[len(cs)-1] > last+1
+	})
+	if _, err := os.Stat(filepath.Join(c.agents["n2"].dir, "guest-images", first.ID, "initrd.gz")); err != nil {
+		t.Fatalf("n2 has no copy of the image: %v", err)
+	}
+	if sent = c.srv.Images.Sent(); len(sent) != 3 || sent[2].Node != "n2" || sent[2].Err != nil {
+		t.Fatalf("image fetches served: %+v", sent)
 	}
 }
 
