@@ -80,12 +80,30 @@ type Config struct {
 	// IncomingTimeout bounds how long a prepared incoming copy waits for its
 	// tunnel, and for finish after the tunnel closed (default 60s).
 	IncomingTimeout time.Duration
+	// ImageTransfer is how this agent fetches a suspended task's image
+	// from a peer (resume from a peer, checkpoint migration to this node):
+	// ImageTransferCAS (default) or ImageTransferTar.
+	ImageTransfer string
 	// FreeSpace returns the bytes available under a path (default statfs);
 	// an image fetch that would not fit is refused before any byte moves.
 	FreeSpace func(path string) (int64, error)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
+
+// Image transfers (Config.ImageTransfer).
+const (
+	// ImageTransferCAS moves images with the chunk transfer through the
+	// node's chunk store: an image that comes back, or resembles one seen
+	// before, sends only its changed chunks; every byte is hashed, and the
+	// image is staged and extracted on the way.
+	ImageTransferCAS = "cas"
+	// ImageTransferTar moves an image as one tar stream over the TLS
+	// connection, written with early writeback and fsynced: no staging,
+	// hashing or extraction, several times faster for a fresh checkpoint
+	// (docs/checkpointing.md), but every byte crosses every time.
+	ImageTransferTar = "tar"
+)
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
@@ -106,6 +124,11 @@ func (c *Config) Validate() error {
 	}
 	if c.CPUs < 0 || c.MemoryBytes < 0 {
 		return errors.New("agent: negative capacity")
+	}
+	switch c.ImageTransfer {
+	case "", ImageTransferCAS, ImageTransferTar:
+	default:
+		return fmt.Errorf("agent: image transfer %q: want %s or %s", c.ImageTransfer, ImageTransferCAS, ImageTransferTar)
 	}
 	return nil
 }

@@ -2,12 +2,14 @@ package agent
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +23,7 @@ import (
 	"github.com/ferrycluster/ferry/cas/transfer"
 	"github.com/ferrycluster/ferry/driver"
 	"github.com/ferrycluster/ferry/pki"
+	"golang.org/x/sys/unix"
 )
 
 // The task is locked against local resume (phase migrating-out) until the
@@ -58,7 +61,11 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	if strings.EqualFold(r.Header.Get("Upgrade"), api.ImageProtocol) {
+	switch {
+	case strings.EqualFold(r.Header.Get("Upgrade"), api.ImageTarProtocol):
+		a.sendImageTar(w, rec)
+		return
+	case strings.EqualFold(r.Header.Get("Upgrade"), api.ImageProtocol):
 		a.sendImageCAS(w, rec)
 		return
 	}
@@ -73,12 +80,7 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 // record in a header, then the image directory with cas/transfer (chunks
 // verified by hash, zero runs never sent, a cut transfer resumable).
 func (a *Agent) sendImageCAS(w http.ResponseWriter, rec *record) {
-	meta, err := json.Marshal(rec)
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	conn, rw, err := a.upgradeConn(w, http.Header{api.RecordHeader: {base64.StdEncoding.EncodeToString(meta)}})
+	conn, rw, err := a.upgradeRecord(w, api.ImageProtocol, rec)
 	if err != nil {
 		return
 	}
@@ -94,11 +96,21 @@ func (a *Agent) sendImageCAS(w http.ResponseWriter, rec *record) {
 	a.log.Info("image sent", "task", rec.ID, "chunks", res.ChunksSent, "bytes", res.BytesSent, "wire_bytes", res.WireBytes, "took", time.Since(start))
 }
 
-// upgradeConn answers 101 Switching Protocols to api.ImageProtocol with the
+// upgradeRecord is upgradeConn with the task's record in api.RecordHeader.
+func (a *Agent) upgradeRecord(w http.ResponseWriter, proto string, rec *record) (net.Conn, io.ReadWriter, error) {
+	meta, err := json.Marshal(rec)
+	if err != nil {
+		writeErr(w, err)
+		return nil, nil, err
+	}
+	return a.upgradeConn(w, proto, http.Header{api.RecordHeader: {base64.StdEncoding.EncodeToString(meta)}})
+}
+
+// upgradeConn answers 101 Switching Protocols to proto with the
 // headers h and hands over the connection, tracked (the caller closes and
 // untracks it); rw reads through what the server had buffered. An error
 // means the connection is unusable (already answered when possible).
-func (a *Agent) upgradeConn(w http.ResponseWriter, h http.Header) (net.Conn, io.ReadWriter, error) {
+func (a *Agent) upgradeConn(w http.ResponseWriter, proto string, h http.Header) (net.Conn, io.ReadWriter, error) {
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		err := errors.New("connection cannot be hijacked")
@@ -109,7 +121,7 @@ func (a *Agent) upgradeConn(w http.ResponseWriter, h http.Header) (net.Conn, io.
 		w.Header()[k] = vs
 	}
 	w.Header().Set("Connection", "Upgrade")
-	w.Header().Set("Upgrade", api.ImageProtocol)
+	w.Header().Set("Upgrade", proto)
 	w.WriteHeader(http.StatusSwitchingProtocols)
 	conn, brw, err := hj.Hijack()
 	if err != nil {
@@ -123,8 +135,103 @@ func (a *Agent) upgradeConn(w http.ResponseWriter, h http.Header) (net.Conn, io.
 	return conn, transfer.Hijacked(conn, brw.Reader), nil
 }
 
+// sendImageTar answers an image fetch upgraded to api.ImageTarProtocol:
+// the record in a header; once the fetcher says OK (it has the room), the
+// record and the image's files as one tar stream.
+func (a *Agent) sendImageTar(w http.ResponseWriter, rec *record) {
+	conn, rw, err := a.upgradeRecord(w, api.ImageTarProtocol, rec)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	defer a.untrack(conn)
+	stop := context.AfterFunc(a.ctx, func() { conn.Close() })
+	defer stop()
+	conn.SetReadDeadline(time.Now().Add(cleanupTimeout))
+	line, err := bufio.NewReader(io.LimitReader(rw, 4096)).ReadString('\n')
+	if err != nil || line != "OK\n" {
+		a.log.Warn("image fetch refused by the fetcher", "task", rec.ID, "answer", strings.TrimSpace(line), "err", err)
+		return
+	}
+	conn.SetReadDeadline(time.Time{})
+	start := time.Now()
+	bw := bufio.NewWriterSize(conn, 1<<20)
+	err = writeImageTar(bw, rec, a.store.imageDir(rec.ID))
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		a.log.Warn("send image", "task", rec.ID, "err", err)
+		return
+	}
+	a.log.Info("image sent", "task", rec.ID, "protocol", api.ImageTarProtocol, "took", time.Since(start))
+}
+
+// receiveImageTar fetches a peer's image into dir (which must not exist)
+// as one tar stream, after checking the room for it, and returns the
+// peer's record.
+func (a *Agent) receiveImageTar(ctx context.Context, peerAddr, id string, epoch uint64, dir string) (*record, error) {
+	conn, meta, err := a.peer(peerAddr).FetchImageTar(ctx, id, epoch)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	a.track(conn)
+	defer a.untrack(conn)
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	var hrec record
+	if err := json.Unmarshal(meta, &hrec); err != nil {
+		fmt.Fprintf(conn, "ERR bad record\n")
+		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
+	}
+	if hrec.Image != nil {
+		if err := a.checkRoom(id, hrec.Image.Bytes, 1); err != nil {
+			fmt.Fprintf(conn, "ERR %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+			return nil, err
+		}
+	}
+	if _, err := io.WriteString(conn, "OK\n"); err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	prec, err := readImageTar(conn, dir)
+	if err != nil {
+		return nil, ctxErr(ctx, err)
+	}
+	if prec.ID != hrec.ID || prec.Epoch != hrec.Epoch {
+		return nil, fmt.Errorf("%w: image stream from %s holds task %q epoch %d, its header %q epoch %d", driver.ErrInvalidSpec, peerAddr, prec.ID, prec.Epoch, hrec.ID, hrec.Epoch)
+	}
+	a.log.Info("image received", "task", id, "from", peerAddr, "protocol", api.ImageTarProtocol, "bytes", dirSize(dir), "took", time.Since(start))
+	return prec, nil
+}
+
+// checkRoom refuses an image of size bytes when the data dir lacks copies
+// times its size plus a reserve.
+func (a *Agent) checkRoom(id string, size int64, copies int64) error {
+	need := copies*size + max(size/100, 1<<20)
+	free, err := a.cfg.FreeSpace(a.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	if free < need {
+		return fmt.Errorf("%w: image of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, size, a.cfg.Name, need, a.cfg.DataDir, free)
+	}
+	return nil
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return err
+}
+
 // receiveImageCAS fetches a peer's image into dir (which must not exist)
-// and returns the peer's record.
+// with the chunk transfer and returns the peer's record.
 func (a *Agent) receiveImageCAS(ctx context.Context, peerAddr, id string, epoch uint64, dir string) (*record, error) {
 	conn, meta, err := a.peer(peerAddr).FetchImageStream(ctx, id, epoch)
 	if err != nil {
@@ -153,13 +260,8 @@ func (a *Agent) receiveDir(ctx context.Context, conn net.Conn, peerAddr, id stri
 	defer a.untrack(conn)
 	// The transfer stages the packed directory, then extracts it: twice its
 	// size, plus a reserve.
-	need := 2*size + max(size/100, 1<<20)
-	free, err := a.cfg.FreeSpace(a.cfg.DataDir)
-	if err != nil {
+	if err := a.checkRoom(id, size, 2); err != nil {
 		return err
-	}
-	if free < need {
-		return fmt.Errorf("%w: image of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, size, a.cfg.Name, need, a.cfg.DataDir, free)
 	}
 	staging := filepath.Join(a.cfg.DataDir, "run", "cas-staging")
 	if err := os.MkdirAll(staging, 0o700); err != nil {
@@ -266,7 +368,7 @@ func readImageTar(r io.Reader, dir string) (*record, error) {
 				if err != nil {
 					return nil, err
 				}
-				if _, err := io.Copy(f, tr); err != nil {
+				if err := copyWriteback(f, tr); err != nil {
 					f.Close()
 					return nil, fmt.Errorf("image stream: %w", err)
 				}
@@ -285,7 +387,41 @@ func readImageTar(r io.Reader, dir string) (*record, error) {
 	if rec == nil {
 		return nil, fmt.Errorf("%w: image stream has no record.json", driver.ErrInvalidSpec)
 	}
+	// The files are fsynced; their names too, deepest directory first.
+	var dirs []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := syncDir(dirs[i]); err != nil {
+			return nil, err
+		}
+	}
 	return rec, nil
+}
+
+// copyWriteback copies r to f, queueing every 16 MiB for the disk as it
+// lands (sync_file_range), so that the final fsync only waits for the tail
+// instead of writing the whole file after the network is done.
+func copyWriteback(f *os.File, r io.Reader) error {
+	const step = 16 << 20
+	var off int64
+	for {
+		n, err := io.CopyN(f, r, step)
+		if n > 0 {
+			unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+			off += n
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // resumeFromPeer fetches a suspended task's image from the agent at
@@ -304,6 +440,9 @@ func (a *Agent) resumeFromPeer(ctx context.Context, id string, req api.ResumeReq
 		from: req.From,
 		what: "image",
 		fetch: func(ctx context.Context, dir string) (*record, error) {
+			if a.cfg.ImageTransfer == ImageTransferTar {
+				return a.receiveImageTar(ctx, req.From, id, req.Epoch, dir)
+			}
 			return a.receiveImageCAS(ctx, req.From, id, req.Epoch, dir)
 		},
 		check: func(prec *record) error {

@@ -320,33 +320,40 @@ func TestRestartReattaches(t *testing.T) {
 }
 
 // A destination without the disk space for an image refuses it before any
-// byte moves; the image stays the source's, suspended and resumable there.
+// byte moves, with either image transfer; the image stays the source's,
+// suspended and resumable there.
 func TestResumeRefusedWithoutDiskSpace(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	ca := newTestCA(t)
-	a := startNode(t, ca, "node-a", processDrivers(t), nil)
-	b := startNode(t, ca, "node-b", processDrivers(t), func(c *Config) {
-		c.FreeSpace = func(string) (int64, error) { return 1 << 20, nil }
-	})
-	if _, err := a.c.Run(ctx, api.RunRequest{Spec: counterSpec("big", nil)}); err != nil {
-		t.Fatal(err)
-	}
-	a.waitCounter(ctx, "big", 2)
-	if _, err := a.c.Suspend(ctx, "big", 1); err != nil {
-		t.Fatal(err)
-	}
-	_, err := b.c.Resume(ctx, "big", api.ResumeRequest{Epoch: 1, From: a.addr})
-	wantKind(t, "resume without disk space", err, driver.ErrInsufficient)
-	if _, err := b.c.Inspect(ctx, "big"); !errors.Is(err, driver.ErrNotFound) {
-		t.Fatalf("destination after the refusal: %v", err)
-	}
-	x, err := a.c.Inspect(ctx, "big")
-	if err != nil || x.Phase != api.PhaseSuspended || x.Epoch != 1 {
-		t.Fatalf("source after the refusal: %+v %v", x, err)
-	}
-	if _, err := a.c.Resume(ctx, "big", api.ResumeRequest{Epoch: 1}); err != nil {
-		t.Fatal(err)
+	for _, transfer := range []string{ImageTransferCAS, ImageTransferTar} {
+		t.Run(transfer, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			ca := newTestCA(t)
+			a := startNode(t, ca, "node-a", processDrivers(t), nil)
+			b := startNode(t, ca, "node-b", processDrivers(t), func(c *Config) {
+				c.FreeSpace = func(string) (int64, error) { return 1 << 20, nil }
+				c.ImageTransfer = transfer
+			})
+			if _, err := a.c.Run(ctx, api.RunRequest{Spec: counterSpec("big", nil)}); err != nil {
+				t.Fatal(err)
+			}
+			a.waitCounter(ctx, "big", 2)
+			if _, err := a.c.Suspend(ctx, "big", 1); err != nil {
+				t.Fatal(err)
+			}
+			_, err := b.c.Resume(ctx, "big", api.ResumeRequest{Epoch: 1, From: a.addr})
+			wantKind(t, "resume without disk space", err, driver.ErrInsufficient)
+			if _, err := b.c.Inspect(ctx, "big"); !errors.Is(err, driver.ErrNotFound) {
+				t.Fatalf("destination after the refusal: %v", err)
+			}
+			x, err := a.c.Inspect(ctx, "big")
+			if err != nil || x.Phase != api.PhaseSuspended || x.Epoch != 1 {
+				t.Fatalf("source after the refusal: %+v %v", x, err)
+			}
+			if _, err := a.c.Resume(ctx, "big", api.ResumeRequest{Epoch: 1}); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

@@ -372,7 +372,7 @@ func (a *Agent) handleReplicaPush(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer func() { <-a.receiving[id] }()
-	conn, rw, err := a.upgradeConn(w, nil)
+	conn, rw, err := a.upgradeConn(w, api.ImageProtocol, nil)
 	if err != nil {
 		return
 	}
@@ -546,7 +546,7 @@ func (a *Agent) handleReplicaFetch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, caller, _ := pki.PeerRole(r.TLS)
-	conn, rw, err := a.upgradeConn(w, http.Header{api.ReplicaHeader: {base64.StdEncoding.EncodeToString(meta)}})
+	conn, rw, err := a.upgradeConn(w, api.ImageProtocol, http.Header{api.ReplicaHeader: {base64.StdEncoding.EncodeToString(meta)}})
 	if err != nil {
 		return
 	}

@@ -283,6 +283,14 @@ const (
 	RecordHeader  = "Ferry-Record"
 )
 
+// ImageTarProtocol is the Upgrade token of an image fetch as one tar
+// stream (record.json, then the image's files): after the 101 answer,
+// which carries the record in RecordHeader, the fetcher answers "OK\n"
+// (or "ERR <reason>\n": no room, and nothing is sent) and reads the tar.
+// No staging, no hashing: TLS protects the bytes in flight; it is how a
+// checkpoint move fetches its image.
+const ImageTarProtocol = "ferry-tar/1"
+
 // ReplicaHeader carries a replica's description (base64 JSON) with a
 // replica push (POST /v1/peer/replicas/{id}, upgraded to ImageProtocol, the
 // holder sending) and a replica fetch (GET /v1/peer/replicas/{id}/image,

@@ -309,7 +309,15 @@ func (c *Client) Tunnel(ctx context.Context, id, token string) (net.Conn, error)
 // caller runs a transfer.Receiver, and the holder's task record (JSON, from
 // the api.RecordHeader header).
 func (c *Client) FetchImageStream(ctx context.Context, id string, epoch uint64) (net.Conn, []byte, error) {
-	return c.fetchStream(ctx, "/v1/peer/tasks/"+url.PathEscape(id)+"/image", id, epoch, api.RecordHeader)
+	return c.fetchStream(ctx, "/v1/peer/tasks/"+url.PathEscape(id)+"/image", id, epoch, api.ImageProtocol, api.RecordHeader)
+}
+
+// FetchImageTar asks the agent holding a suspended task's image to send it
+// as one tar stream (api.ImageTarProtocol). It returns the connection, on
+// which the caller answers "OK\n" or "ERR <reason>\n" and then reads the
+// tar, and the holder's task record (JSON).
+func (c *Client) FetchImageTar(ctx context.Context, id string, epoch uint64) (net.Conn, []byte, error) {
+	return c.fetchStream(ctx, "/v1/peer/tasks/"+url.PathEscape(id)+"/image", id, epoch, api.ImageTarProtocol, api.RecordHeader)
 }
 
 // FetchReplicaStream asks the agent keeping a replica of a task's periodic
@@ -317,7 +325,7 @@ func (c *Client) FetchImageStream(ctx context.Context, id string, epoch uint64) 
 // epoch must not be ahead of epoch. It returns the connection and the
 // replica's description (JSON, from the api.ReplicaHeader header).
 func (c *Client) FetchReplicaStream(ctx context.Context, id string, epoch uint64) (net.Conn, []byte, error) {
-	return c.fetchStream(ctx, "/v1/peer/replicas/"+url.PathEscape(id)+"/image", id, epoch, api.ReplicaHeader)
+	return c.fetchStream(ctx, "/v1/peer/replicas/"+url.PathEscape(id)+"/image", id, epoch, api.ImageProtocol, api.ReplicaHeader)
 }
 
 // PushReplica opens a replica push to the agent: meta (JSON) describes the
@@ -330,10 +338,10 @@ func (c *Client) PushReplica(ctx context.Context, id string, meta []byte) (net.C
 	return conn, err
 }
 
-// fetchStream upgrades a GET of path to api.ImageProtocol and returns the
-// connection and the decoded header named metaHeader.
-func (c *Client) fetchStream(ctx context.Context, path, id string, epoch uint64, metaHeader string) (net.Conn, []byte, error) {
-	conn, h, err := c.upgrade(ctx, http.MethodGet, path, url.Values{"epoch": {strconv.FormatUint(epoch, 10)}}, nil, api.ImageProtocol)
+// fetchStream upgrades a GET of path to proto and returns the connection
+// and the decoded header named metaHeader.
+func (c *Client) fetchStream(ctx context.Context, path, id string, epoch uint64, proto, metaHeader string) (net.Conn, []byte, error) {
+	conn, h, err := c.upgrade(ctx, http.MethodGet, path, url.Values{"epoch": {strconv.FormatUint(epoch, 10)}}, nil, proto)
 	if err != nil {
 		return nil, nil, err
 	}

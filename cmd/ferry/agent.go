@@ -23,9 +23,10 @@ import (
 
 func init() {
 	var (
-		o         agentFlags
-		memory    string
-		advertise string
+		o             agentFlags
+		memory        string
+		advertise     string
+		imageTransfer string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -55,6 +56,7 @@ func init() {
 			a, err := agent.New(agent.Config{
 				Name: o.name, DataDir: o.dataDir, Listen: o.listen, Advertise: advertise,
 				CPUs: o.cpus, MemoryBytes: mem, Identity: id, Drivers: drivers, Logger: log,
+				ImageTransfer: imageTransfer,
 			})
 			if err != nil {
 				return withCode(2, err)
@@ -75,6 +77,7 @@ func init() {
 	f.Float64Var(&o.cpus, "cpus", 0, "CPU capacity offered (default: the machine's)")
 	f.StringVar(&memory, "memory", "", "memory capacity offered, e.g. 4G, 512M (default: the machine's)")
 	f.StringVar(&o.tlsDir, "tls-dir", "", "directory with ca.crt, NAME.crt and NAME.key")
+	f.StringVar(&imageTransfer, "image-transfer", agent.ImageTransferCAS, "how images are fetched from peers: cas (chunk store, only changed chunks cross) or tar (one stream, faster for fresh checkpoints)")
 	o.addDriverFlags(f)
 	cmd.MarkFlagRequired("data-dir")
 	cmd.MarkFlagRequired("name")

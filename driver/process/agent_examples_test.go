@@ -1,4 +1,4 @@
-package process_test
+package process
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"testing"
@@ -17,14 +16,13 @@ import (
 	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/agent/client"
 	"github.com/ferrycluster/ferry/driver"
-	"github.com/ferrycluster/ferry/driver/process"
 	"github.com/ferrycluster/ferry/pki"
 )
 
 // agentNode is a real agent (mutual TLS on 127.0.0.1) running a process
 // driver, as the controller sees it.
 type agentNode struct {
-	drv   *process.Driver
+	drv   *Driver
 	agent *agent.Agent
 	addr  string
 	c     *client.Client
@@ -32,12 +30,14 @@ type agentNode struct {
 
 // agentCluster issues identities from one CA and starts agents.
 type agentCluster struct {
-	t     *testing.T
+	t     testing.TB
 	caDir string
 	ctl   *pki.Identity
+	// transfer is the agents' Config.ImageTransfer.
+	transfer string
 }
 
-func newAgentCluster(t *testing.T) *agentCluster {
+func newAgentCluster(t testing.TB) *agentCluster {
 	cl := &agentCluster{t: t, caDir: t.TempDir()}
 	if err := pki.Init(cl.caDir, time.Now()); err != nil {
 		t.Fatal(err)
@@ -62,13 +62,13 @@ func (cl *agentCluster) identity(name string, role pki.Role) *pki.Identity {
 func (cl *agentCluster) start(name string) *agentNode {
 	t := cl.t
 	dir := t.TempDir()
-	d, err := process.New(process.Config{DataDir: filepath.Join(dir, "process"), NoCgroups: true,
+	d, err := New(Config{DataDir: filepath.Join(dir, "process"), NoCgroups: true,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	a, err := agent.New(agent.Config{Name: name, DataDir: dir, Listen: "127.0.0.1:0", CPUs: 8, MemoryBytes: 4 << 30,
-		Identity: cl.identity(name, pki.RoleAgent), Drivers: []driver.Driver{d},
+		Identity: cl.identity(name, pki.RoleAgent), Drivers: []driver.Driver{d}, ImageTransfer: cl.transfer,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -99,19 +99,9 @@ func (n *agentNode) kill() {
 	n.drv.Close()
 }
 
-func buildGoExampleBin(t *testing.T) string {
-	bin := filepath.Join(t.TempDir(), "checkpoint-go")
-	build := exec.Command("go", "build", "-o", bin, "../../examples/checkpoint-go")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build example: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// waitLog waits until the log of id on d from offset from matches re and
+// waitLogMatch waits until the log of id on d from offset from matches re and
 // returns the last submatch.
-func waitLog(t *testing.T, d *process.Driver, id string, re *regexp.Regexp, from int) []byte {
+func waitLogMatch(t testing.TB, d *Driver, id string, re *regexp.Regexp, from int) []byte {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -128,14 +118,20 @@ func waitLog(t *testing.T, d *process.Driver, id string, re *regexp.Regexp, from
 	}
 }
 
-var agentResult = regexp.MustCompile(`(?m)^result (\d+)$`)
-
 // The Go example moved mid-run 4 times between two real agents (mutual TLS
 // on 127.0.0.1, checkpoint migrations: suspend, image fetched by the peer,
-// resume, owner epoch bumped) prints the same result as a run never moved.
+// resume, owner epoch bumped) prints the same result as a run never moved,
+// with either image transfer.
 func TestExampleMovesThroughTwoAgents(t *testing.T) {
-	bin := buildGoExampleBin(t)
+	bin := buildGoExample(t)
+	for _, transfer := range []string{agent.ImageTransferCAS, agent.ImageTransferTar} {
+		t.Run(transfer, func(t *testing.T) { movesThroughTwoAgents(t, bin, transfer) })
+	}
+}
+
+func movesThroughTwoAgents(t *testing.T, bin, transfer string) {
 	cl := newAgentCluster(t)
+	cl.transfer = transfer
 	nodes := []*agentNode{cl.start("node-a"), cl.start("node-b")}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -146,7 +142,7 @@ func TestExampleMovesThroughTwoAgents(t *testing.T) {
 	if _, err := nodes[0].c.Run(ctx, api.RunRequest{Spec: spec("still")}); err != nil {
 		t.Fatal(err)
 	}
-	want := string(waitLog(t, nodes[0].drv, "still", agentResult, 0))
+	want := string(waitLogMatch(t, nodes[0].drv, "still", resultLine, 0))
 
 	if _, err := nodes[0].c.Run(ctx, api.RunRequest{Spec: spec("moved")}); err != nil {
 		t.Fatal(err)
@@ -159,7 +155,7 @@ func TestExampleMovesThroughTwoAgents(t *testing.T) {
 		if fi, err := os.Stat(src.drv.LogPath("moved")); err == nil && i >= 2 {
 			off = int(fi.Size())
 		}
-		waitLog(t, src.drv, "moved", progress, off) // it runs here before moving on
+		waitLogMatch(t, src.drv, "moved", progress, off) // it runs here before moving on
 		ev, err := src.c.Migrate(ctx, "moved", api.MigrateRequest{Epoch: epoch, To: dst.addr, Mode: "checkpoint"}, nil)
 		if err != nil {
 			t.Fatalf("move %d: %v", i, err)
@@ -170,7 +166,7 @@ func TestExampleMovesThroughTwoAgents(t *testing.T) {
 		epoch = ev.Epoch
 	}
 	final := nodes[0] // 4 moves: back on node-a
-	got := string(waitLog(t, final.drv, "moved", agentResult, 0))
+	got := string(waitLogMatch(t, final.drv, "moved", resultLine, 0))
 	if got != want {
 		t.Fatalf("moved through agents: result %s, unmoved %s", got, want)
 	}
@@ -186,7 +182,7 @@ func TestExampleMovesThroughTwoAgents(t *testing.T) {
 // job killed without a checkpoint) and node-c restarts the job from
 // node-b's replica at the next epoch. The result equals an unmoved run's.
 func TestExampleRestartsFromReplicaAfterNodeLoss(t *testing.T) {
-	bin := buildGoExampleBin(t)
+	bin := buildGoExample(t)
 	cl := newAgentCluster(t)
 	a, b, c := cl.start("node-a"), cl.start("node-b"), cl.start("node-c")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -199,7 +195,7 @@ func TestExampleRestartsFromReplicaAfterNodeLoss(t *testing.T) {
 	if _, err := c.c.Run(ctx, api.RunRequest{Spec: spec("still", 0)}); err != nil {
 		t.Fatal(err)
 	}
-	want := string(waitLog(t, c.drv, "still", agentResult, 0))
+	want := string(waitLogMatch(t, c.drv, "still", resultLine, 0))
 
 	run, err := a.c.Run(ctx, api.RunRequest{Spec: spec("seg", 300*time.Millisecond), CheckpointPeer: b.addr})
 	if err != nil {
@@ -232,7 +228,7 @@ func TestExampleRestartsFromReplicaAfterNodeLoss(t *testing.T) {
 		t.Fatal("node-b ran the replica by itself")
 	}
 	a.kill()
-	if b, _ := os.ReadFile(a.drv.LogPath("seg")); agentResult.Match(b) {
+	if b, _ := os.ReadFile(a.drv.LogPath("seg")); resultLine.Match(b) {
 		t.Fatalf("the job finished before node-a was lost; no restart to test: %s", b)
 	}
 
@@ -244,10 +240,10 @@ func TestExampleRestartsFromReplicaAfterNodeLoss(t *testing.T) {
 		t.Fatalf("resume from the replica returned %+v, want running at epoch 2", res)
 	}
 	restored := regexp.MustCompile(`(?m)^restored at step (\d+)$`)
-	if step := string(waitLog(t, c.drv, "seg", restored, 0)); step == "0" {
+	if step := string(waitLogMatch(t, c.drv, "seg", restored, 0)); step == "0" {
 		t.Fatalf("restored at step %s", step)
 	}
-	if got := string(waitLog(t, c.drv, "seg", agentResult, 0)); got != want {
+	if got := string(waitLogMatch(t, c.drv, "seg", resultLine, 0)); got != want {
 		t.Fatalf("restarted from the replica: result %s, unmoved %s", got, want)
 	}
 	// The replica stays at node-b, behind the task's epoch now.

@@ -238,7 +238,9 @@ func (d *Driver) awaitHandler(ctx context.Context, t *task, jr jobRecord, t0 tim
 func (d *Driver) awaitAnswer(ctx context.Context, t *task, jr jobRecord, staging string, t0 time.Time) (outcome, error) {
 	deadline := t0.Add(t.job.timeout)
 	marker := filepath.Join(staging, DoneMarker)
+	wb := newStagingWriteback(staging)
 	for delay := time.Millisecond; ; delay = min(delay*2, 10*time.Millisecond) {
+		wb.poll()
 		if _, err := os.Stat(marker); err == nil {
 			return answeredDone, nil
 		}

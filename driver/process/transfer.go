@@ -172,8 +172,8 @@ func recvFile(r io.Reader, path string, size int64) error {
 	if err != nil {
 		return err
 	}
-	n, err := io.Copy(f, io.LimitReader(r, size))
-	if err == nil && n != size {
+	n, err := copyWriteback(f, r, size)
+	if errors.Is(err, io.EOF) || err == nil && n != size {
 		err = fmt.Errorf("stream ended after %d of %d bytes", n, size)
 	}
 	if cerr := f.Close(); err == nil {

@@ -1,0 +1,62 @@
+package process
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent"
+	"github.com/ferrycluster/ferry/agent/api"
+)
+
+// BenchmarkCheckpointAgents is BenchmarkCheckpoint through two real agents
+// on loopback: a checkpoint migration (POST /v1/tasks/{id}/migrate, mode
+// checkpoint) — Suspend on A, the image fetched by B over mutual TLS, with
+// each image transfer (agent.Config.ImageTransfer: cas = chunk transfer
+// through the node's chunk store, tar = one tar stream), Resume on B at the
+// next epoch — until the job on B has its state back. ckpt ends at the
+// "perform" event, move at "finish" (fetch, commit and B's Resume call),
+// resume when the job says "restored".
+func BenchmarkCheckpointAgents(b *testing.B) {
+	for _, transfer := range []string{agent.ImageTransferCAS, agent.ImageTransferTar} {
+		b.Run(transfer, func(b *testing.B) {
+			benchSizes(b, func(b *testing.B, size int64) { benchAgentsOnce(b, transfer, size) })
+		})
+	}
+}
+
+func benchAgentsOnce(b *testing.B, transfer string, size int64) {
+	b.StopTimer()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cl := newAgentCluster(b)
+	cl.transfer = transfer
+	na, nb := cl.start("node-a"), cl.start("node-b")
+	spec := jobSpec("blob", "blob", map[string]string{"FERRY_TEST_BYTES": strconv.FormatInt(size, 10)})
+	spec.Process.CheckpointTimeout = 5 * time.Minute
+	if _, err := na.c.Run(ctx, api.RunRequest{Spec: spec}); err != nil {
+		b.Fatal(err)
+	}
+	waitLog(b, na.drv, "blob", "ready ")
+	plain, plainSync := baselines(b, b.TempDir(), size)
+
+	b.StartTimer()
+	t0 := time.Now()
+	var t1, t2 time.Time
+	_, err := na.c.Migrate(ctx, "blob", api.MigrateRequest{Epoch: 1, To: nb.addr, Mode: "checkpoint"}, func(ev api.MigrateEvent) {
+		switch ev.Step {
+		case "perform":
+			t1 = time.Now()
+		case "finish":
+			t2 = time.Now()
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	waitLog(b, nb.drv, "blob", "restored ")
+	t3 := time.Now()
+	b.StopTimer()
+	report(b, size, t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), plain, plainSync)
+}
