@@ -264,7 +264,11 @@ func (d *Driver) readImage(spec driver.Spec, m machine, dir string) (machine, st
 	}
 	// The state loads only into the same machine shape; the kernel and
 	// initrd are this node's (the same image, placed by the agent).
-	m.MemoryMiB, m.CPUs = img.MemoryMiB, img.CPUs
+	if img.TailKiB < 0 || img.TailKiB >= 1024 || img.TailKiB%8 != 0 {
+		return machine{}, "", fmt.Errorf("%w: qemu task %q: %s: %s records %d KiB of RAM tail (want 0-1016, a multiple of 8)",
+			driver.ErrInvalidSpec, spec.ID, dir, imageMeta, img.TailKiB)
+	}
+	m.MemoryMiB, m.TailKiB, m.CPUs = img.MemoryMiB, img.TailKiB, img.CPUs
 	if img.Append != "" {
 		m.Append = img.Append
 	}

@@ -156,12 +156,27 @@ var (
 // machine is the shape of a guest: what a saved state needs to be loaded
 // into (recorded with every task and every suspend image).
 type machine struct {
-	MemoryMiB int64  `json:"memory_mib"`
-	CPUs      int    `json:"cpus"`
-	Kernel    string `json:"kernel"`
-	Initrd    string `json:"initrd"`
-	Append    string `json:"append"`
+	MemoryMiB int64 `json:"memory_mib"`
+	// TailKiB is RAM beyond MemoryMiB (see ramTailKiB); 0 in images
+	// saved before it existed, which load with exactly MemoryMiB.
+	TailKiB int64  `json:"tail_kib,omitempty"`
+	CPUs    int    `json:"cpus"`
+	Kernel  string `json:"kernel"`
+	Initrd  string `json:"initrd"`
+	Append  string `json:"append"`
 }
+
+// ramTailKiB is added to every guest's RAM so that its size is not a
+// multiple of 256 KiB (64 pages). QEMU 7.2 syncs the dirty bitmap of such a
+// RAM block a word (64 pages) at a time and, on that path, forgets to mark
+// the pages clean again in TCG's TLB: the guest's later stores through TLB
+// entries it already holds are not logged, the migration never resends
+// those pages, and the destination runs with stale memory (a fast-dirtying
+// guest crashed on the destination; fixed upstream in QEMU 9.0 by commit
+// 03bfc2188f, "physmem: Fix migration dirty bitmap coherency with TCG
+// memory access"). Any other size takes the page-at-a-time path, which
+// does reset the TLB. QEMU rounds RAM to 8 KiB, so 8 KiB is the least tail.
+const ramTailKiB = 8
 
 // shape validates spec and derives the machine for it.
 func (d *Driver) shape(spec driver.Spec) (machine, error) {
@@ -180,7 +195,7 @@ func (d *Driver) shape(spec driver.Spec) (machine, error) {
 	if spec.CPUs < 0 {
 		return bad("cpus %g is negative", spec.CPUs)
 	}
-	m := machine{MemoryMiB: (spec.MemoryBytes + mib - 1) / mib, CPUs: int(spec.CPUs + 0.999)}
+	m := machine{MemoryMiB: (spec.MemoryBytes + mib - 1) / mib, TailKiB: ramTailKiB, CPUs: int(spec.CPUs + 0.999)}
 	if spec.MemoryBytes == 0 {
 		m.MemoryMiB = d.cfg.DefaultMemoryBytes / mib
 	}

@@ -158,7 +158,7 @@ func (d *Driver) args(t *task, m machine, r role) []string {
 		"-name", "ferry-" + t.id,
 		"-nodefaults", "-display", "none", "-no-user-config",
 		"-machine", machineType,
-		"-m", strconv.FormatInt(m.MemoryMiB, 10),
+		"-m", strconv.FormatInt(m.MemoryMiB<<10+m.TailKiB, 10) + "K",
 		"-smp", strconv.Itoa(m.CPUs),
 		"-kernel", m.Kernel,
 		"-append", m.Append,
