@@ -70,6 +70,9 @@ type task struct {
 	// userPaused: the guest is paused by Pause; operations that fail
 	// leave it paused instead of resuming it.
 	userPaused bool
+	// eventsRead is closed once every event of the QMP connection has
+	// been handled (the connection ended).
+	eventsRead chan struct{}
 }
 
 // watched reports whether a MigrateOut call is polling the migration.
@@ -238,10 +241,13 @@ func (d *Driver) launch(ctx context.Context, t *task, spec driver.Spec, m machin
 // attach makes c the task's QMP connection and watches its events.
 func (d *Driver) attach(t *task, c *qmp.Client) {
 	events, _ := c.Subscribe(64)
+	read := make(chan struct{})
 	t.mu.Lock()
 	t.qmp = c
+	t.eventsRead = read
 	t.mu.Unlock()
 	go func() {
+		defer close(read)
 		for ev := range events {
 			if ev.Name == "SHUTDOWN" {
 				var data struct {
@@ -344,9 +350,21 @@ func (d *Driver) terminate(ctx context.Context, t *task) {
 func (t *task) status(ctx context.Context) driver.Status {
 	t.mu.Lock()
 	st := driver.Status{ID: t.id, Epoch: t.spec.Epoch, Kind: Kind, PID: t.pid, StartedAt: t.startedAt, Message: t.message}
-	o, c, shutdown := t.op, t.qmp, t.shutdown
+	o, c, read := t.op, t.qmp, t.eventsRead
 	t.mu.Unlock()
 	gone := c == nil || c.Err() != nil
+	if gone && read != nil {
+		// QEMU's last events (SHUTDOWN) may still be on their way to the
+		// handler: a guest that powered off is exited, not failed.
+		select {
+		case <-read:
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+		}
+	}
+	t.mu.Lock()
+	shutdown := t.shutdown
+	t.mu.Unlock()
 	switch {
 	case gone && shutdown != "" && shutdown != "host-qmp-quit":
 		st.State = driver.StateExited
