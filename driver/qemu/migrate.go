@@ -26,14 +26,19 @@ const unlimitedBandwidth = 1 << 40
 type migrateInfo struct {
 	Status           string `json:"status"`
 	TotalTime        int64  `json:"total-time"`
+	SetupTime        int64  `json:"setup-time"`
 	ExpectedDowntime int64  `json:"expected-downtime"`
 	Downtime         int64  `json:"downtime"`
 	RAM              *struct {
-		Transferred    int64 `json:"transferred"`
-		Remaining      int64 `json:"remaining"`
-		Total          int64 `json:"total"`
-		DirtyPagesRate int64 `json:"dirty-pages-rate"`
-		DirtySyncCount int64 `json:"dirty-sync-count"`
+		Transferred    int64   `json:"transferred"`
+		Remaining      int64   `json:"remaining"`
+		Total          int64   `json:"total"`
+		DirtyPagesRate int64   `json:"dirty-pages-rate"`
+		DirtySyncCount int64   `json:"dirty-sync-count"`
+		Duplicate      int64   `json:"duplicate"` // zero pages (a header each)
+		Normal         int64   `json:"normal"`    // pages sent whole
+		Mbps           float64 `json:"mbps"`
+		DowntimeBytes  int64   `json:"downtime-bytes"`
 	} `json:"ram"`
 	ErrorDesc string `json:"error-desc"`
 }
@@ -85,9 +90,9 @@ func (t *task) setMigration(ctx context.Context, opts driver.MigrationOptions) e
 // runMigration starts a migration to uri and polls it until it ends. On
 // ctx expiry it cancels the migration. startPostcopy switches to post-copy
 // after the first full pass.
-func (t *task) runMigration(ctx context.Context, uri string, startPostcopy bool, progress func(driver.Progress)) (driver.Progress, error) {
+func (t *task) runMigration(ctx context.Context, uri string, startPostcopy bool, progress func(driver.Progress)) (migrateInfo, error) {
 	if err := t.execute(ctx, "migrate", map[string]any{"uri": uri}, nil); err != nil {
-		return driver.Progress{}, err
+		return migrateInfo{}, err
 	}
 	postcopyStarted := false
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -98,7 +103,7 @@ func (t *task) runMigration(ctx context.Context, uri string, startPostcopy bool,
 		err := t.execute(qctx, "query-migrate", nil, &mi)
 		cancel()
 		if err != nil {
-			return driver.Progress{}, err
+			return migrateInfo{}, err
 		}
 		p := mi.progress()
 		if progress != nil && mi.Status != "" {
@@ -114,13 +119,12 @@ func (t *task) runMigration(ctx context.Context, uri string, startPostcopy bool,
 				t.execute(qctx, "query-migrate", nil, &mi)
 				cancel()
 			}
-			p = mi.progress()
 			if progress != nil {
-				progress(p)
+				progress(mi.progress())
 			}
-			return p, nil
+			return mi, nil
 		case "failed", "cancelled":
-			return p, fmt.Errorf("%w: qemu task %q: migration %s: %s", driver.ErrTaskFailed, t.id, mi.Status, mi.ErrorDesc)
+			return mi, fmt.Errorf("%w: qemu task %q: migration %s: %s", driver.ErrTaskFailed, t.id, mi.Status, mi.ErrorDesc)
 		}
 		if startPostcopy && !postcopyStarted && mi.Status == "active" && mi.RAM != nil && mi.RAM.DirtySyncCount >= 2 {
 			if err := t.execute(ctx, "migrate-start-postcopy", nil, nil); err == nil {
@@ -133,7 +137,7 @@ func (t *task) runMigration(ctx context.Context, uri string, startPostcopy bool,
 			t.execute(cctx, "migrate_cancel", nil, nil)
 			t.waitMigrationEnd(cctx)
 			cancel()
-			return p, fmt.Errorf("%w: qemu task %q: migration: %v", driver.ErrTimeout, t.id, ctx.Err())
+			return mi, fmt.Errorf("%w: qemu task %q: migration: %v", driver.ErrTimeout, t.id, ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -387,9 +391,10 @@ func (d *Driver) MigrateOut(ctx context.Context, id, socket string, opts driver.
 	if err := t.setMigration(ctx, opts); err != nil {
 		t.setOp(opNone)
 		return driver.Progress{}, err
+	final := mi.progress()
 	}
 	t.setWatched(true)
-	final, err := t.runMigration(ctx, "unix:"+socket, opts.PostCopy, progress)
+	mi, err := t.runMigration(ctx, "unix:"+socket, opts.PostCopy, progress)
 	t.setWatched(false)
 	if err != nil {
 		// QEMU resumes a source whose migration failed; make sure.
@@ -402,7 +407,11 @@ func (d *Driver) MigrateOut(ctx context.Context, id, socket string, opts driver.
 		return final, err
 	}
 	t.setOp(opOutDone)
-	d.log.Info("migrated out", "task", id, "total", final.TotalTime, "downtime", final.Downtime, "bytes", final.TransferredBytes)
+	args := []any{"task", id, "total", final.TotalTime, "setup_ms", mi.SetupTime, "downtime", final.Downtime, "bytes", final.TransferredBytes}
+	if r := mi.RAM; r != nil {
+		args = append(args, "zero_pages", r.Duplicate, "normal_pages", r.Normal, "dirty_syncs", r.DirtySyncCount, "mbps", r.Mbps, "downtime_bytes", r.DowntimeBytes)
+	}
+	d.log.Info("migrated out", args...)
 	return final, nil
 }
 
@@ -543,7 +552,8 @@ func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (driver.Image, 
 	if err := t.setMigration(ctx, driver.MigrationOptions{MaxDowntime: 100 * time.Millisecond}); err != nil {
 		return driver.Image{}, err
 	}
-	p, err := t.runMigration(ctx, "exec:cat > "+shellQuote(tmp), false, nil)
+	mi, err := t.runMigration(ctx, "exec:cat > "+shellQuote(tmp), false, nil)
+	p := mi.progress()
 	if err != nil {
 		os.Remove(tmp)
 		return driver.Image{}, err
