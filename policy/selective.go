@@ -394,7 +394,7 @@ func overload(p *Packer, soft int) int64 {
 }
 
 // shed suspends running jobs while the soft overload left after relieve
-// exceeds Tol: the job with the most remaining work first among those
+// exceeds Tolerance: the job with the most remaining work first among those
 // with a computing task on an overloaded node.
 func (s Selective) shed(v *View, p *Packer, d *Decision, running []int, soft int, repay float64, minRun int64, slept []bool, moves *[]move) []int {
 	m := v.Model
