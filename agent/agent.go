@@ -51,7 +51,6 @@ import (
 
 	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/agent/client"
-	"github.com/ferrycluster/ferry/cas"
 	"github.com/ferrycluster/ferry/driver"
 	"github.com/ferrycluster/ferry/pki"
 )
@@ -165,7 +164,6 @@ type Agent struct {
 	replicas  map[string]*replicaEntry
 	receiving map[string]chan struct{}
 	pushes    map[string]*pushState
-	chunks    *cas.Store
 }
 
 // New prepares an agent: it loads the records in the data dir and

@@ -17,9 +17,9 @@ package agent
 // Peer side: DATA/replicas/<id>/<epoch>-<seq>/{replica.json,checkpoint/}
 // arrives through the transfer's atomic directory swap, so a replica is
 // either complete or absent; the newest valid one per task is kept, the
-// others removed. Received chunks also go into DATA/replica-chunks (a
-// cas.Store, one pin per task), so the next push of the same task sends
-// only the chunks that changed.
+// others removed. Received chunks also go into the node's chunk store
+// (chunks.go, pinned as the task's image), so the next push of the same
+// task sends only the chunks that changed.
 
 import (
 	"context"
@@ -49,9 +49,6 @@ import (
 const (
 	replicaMetaFile = "replica.json"
 	replicaDataDir  = "checkpoint"
-	// replicaGCGrace keeps unpinned chunks this long, so a push in flight
-	// never loses chunks it found in the store.
-	replicaGCGrace = 10 * time.Minute
 )
 
 // replicaMeta is a replica's replica.json: the public description plus
@@ -117,11 +114,6 @@ func (a *Agent) openReplicas() error {
 			return err
 		}
 	}
-	st, err := cas.Open(filepath.Join(a.cfg.DataDir, "replica-chunks"), cas.Options{Logger: a.log})
-	if err != nil {
-		return err
-	}
-	a.chunks = st
 	ents, err := os.ReadDir(a.replicasDir())
 	if err != nil {
 		return err
@@ -383,8 +375,8 @@ func (a *Agent) handleReplicaPush(w http.ResponseWriter, r *http.Request) {
 		a.log.Warn("replica receive", "task", id, "err", err)
 		return
 	}
-	rc := &transfer.Receiver{StagingDir: filepath.Join(a.cfg.DataDir, "run", "cas-staging"), Store: a.chunks, Keep: true, Logger: a.log,
-		Dest: func(transfer.Header, *cas.Index) (string, error) { return filepath.Join(base, m.dirName()), nil }}
+	rc := a.keepReceived(&transfer.Receiver{StagingDir: filepath.Join(a.cfg.DataDir, "run", "cas-staging"), Logger: a.log,
+		Dest: func(transfer.Header, *cas.Index) (string, error) { return filepath.Join(base, m.dirName()), nil }}, id)
 	if err := os.MkdirAll(rc.StagingDir, 0o700); err != nil {
 		a.log.Warn("replica receive", "task", id, "err", err)
 		return
@@ -475,12 +467,6 @@ func (a *Agent) commitReplica(id string, m replicaMeta, res transfer.ReceiveResu
 	if old != nil {
 		os.RemoveAll(old.dir)
 	}
-	if err := a.chunks.Pin(pinName(id), res.Index); err != nil {
-		a.log.Warn("replica: pin chunks (the next push sends more)", "task", id, "err", err)
-	}
-	if _, err := a.chunks.GC(a.ctx, time.Now(), replicaGCGrace); err != nil {
-		a.log.Warn("replica: chunk gc", "err", err)
-	}
 	a.log.Info("replica kept", "task", id, "holder", got.Holder, "epoch", got.Epoch, "seq", got.Seq, "bytes", got.Bytes,
 		"received_chunks", res.Received, "from_store", res.FromStore, "received_bytes", res.ReceivedBytes)
 }
@@ -493,7 +479,6 @@ func (a *Agent) dropReplica(id string) {
 	a.mu.Unlock()
 	if r != nil {
 		os.RemoveAll(filepath.Join(a.replicasDir(), id))
-		a.chunks.Unpin(pinName(id))
 	}
 }
 
