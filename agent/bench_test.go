@@ -4,51 +4,65 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/driver/drivertest"
+	"github.com/ferrycluster/ferry/driver/qemu"
 	"github.com/ferrycluster/ferry/pki"
 )
 
-// migrationRun is one measured live migration.
+// migrationRun is one measured live migration (one hop).
 type migrationRun struct {
 	ok        bool
 	err       string
-	wall      time.Duration // from the request to the destination running
-	qemuTotal time.Duration // QEMU's total-time
+	qemuTotal time.Duration // QEMU's total-time at the source
 	downtime  time.Duration // QEMU's reported downtime
 	bytes     int64         // RAM bytes QEMU transferred
+	// running: from the start of the move (tunnel: prepare answered;
+	// direct: MigrateOut called, the destination already prepared) until
+	// the destination has loaded the whole state and runs.
+	running time.Duration
 }
 
 type benchRow struct {
 	memMiB         int64
 	load           string
-	tunnel, direct migrationRun
+	loop           float64 // loopback TCP bytes/s measured just before the row
+	tunnel, direct []migrationRun
 }
 
 // BenchmarkMigrate live-migrates guests of 128, 256 and 512 MiB, idle and
-// dirtying memory at about 10, 50 and 100 MB/s, once through the agents
-// (QEMU → unix socket → agent → mutual TLS → agent → unix socket → QEMU,
-// with the whole prepare/perform/finish/confirm protocol) and once directly
-// between the two QEMUs over a unix socket, and measures loopback TCP
-// throughput in the same run. It prints a markdown table (docs/agent.md).
+// dirtying memory at about 10, 50 and 100 MB/s, through the agents (QEMU →
+// unix socket → agent → mutual TLS → agent → unix socket → QEMU, with the
+// whole prepare/perform/finish/confirm protocol) and directly between the
+// two QEMUs over a unix socket, interleaved on the same guest: each round
+// is tunnel A→B, direct B→A, direct A→B, tunnel B→A, so every hop leaves a
+// QEMU that has not migrated before and both kinds see the same guest and
+// the same machine load. Loopback TCP throughput is measured before each
+// row. It prints a markdown table (docs/agent.md).
 //
 //	make bench-migrate    # go test -run '^$' -bench Migrate -benchtime 1x ./agent/...
 //
 // FERRY_BENCH_MEM (e.g. "128") and FERRY_BENCH_LOAD (e.g. "idle") narrow the
-// matrix.
+// matrix; FERRY_BENCH_ROUNDS (default 1) repeats the four hops.
 func BenchmarkMigrate(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
 	defer cancel()
-	loop := loopbackThroughput(b, 1<<30)
-	b.Logf("loopback TCP throughput: %.0f MB/s", loop/1e6)
+	rounds := 1
+	if v := os.Getenv("FERRY_BENCH_ROUNDS"); v != "" {
+		if _, err := fmt.Sscan(v, &rounds); err != nil || rounds < 1 {
+			b.Fatalf("FERRY_BENCH_ROUNDS=%q: want a positive number", v)
+		}
+	}
 	ca := newTestCA(b)
 	a := startNode(b, ca, "node-a", qemuDrivers(b), nil)
 	c := startNode(b, ca, "node-b", qemuDrivers(b), nil)
@@ -66,28 +80,28 @@ func BenchmarkMigrate(b *testing.B) {
 			}
 			b.Run(fmt.Sprintf("%dMiB/%s", mem, l.name), func(b *testing.B) {
 				for i := 0; i < b.N; i++ {
-					r := benchMigrateOnce(ctx, b, a, c, fmt.Sprintf("m%d-%s-%d", mem, l.name, i), mem, l.workload)
-					r.load = l.name
+					r := benchRow{memMiB: mem, load: l.name, loop: loopbackThroughput(b, 256<<20)}
+					benchMigrateRow(ctx, b, a, c, fmt.Sprintf("m%d-%s-%d", mem, l.name, i), l.workload, rounds, &r)
 					rows = append(rows, r)
-					if r.tunnel.ok {
-						b.ReportMetric(float64(r.tunnel.qemuTotal.Milliseconds()), "tunnel-total-ms")
-						b.ReportMetric(float64(r.tunnel.downtime.Milliseconds()), "tunnel-downtime-ms")
+					if t, ok := median(r.tunnel, func(m migrationRun) time.Duration { return m.qemuTotal }); ok {
+						b.ReportMetric(float64(t.Milliseconds()), "tunnel-total-ms")
 					}
-					if r.direct.ok {
-						b.ReportMetric(float64(r.direct.qemuTotal.Milliseconds()), "direct-total-ms")
-						b.ReportMetric(float64(r.direct.downtime.Milliseconds()), "direct-downtime-ms")
+					if t, ok := median(r.direct, func(m migrationRun) time.Duration { return m.qemuTotal }); ok {
+						b.ReportMetric(float64(t.Milliseconds()), "direct-total-ms")
 					}
 				}
 			})
 		}
 	}
-	fmt.Print(benchTable(rows, loop))
+	fmt.Print(benchTable(rows))
 }
 
-func benchMigrateOnce(ctx context.Context, b *testing.B, a, c *node, id string, memMiB int64, workload string) benchRow {
-	row := benchRow{memMiB: memMiB}
+// benchMigrateRow boots a guest on a and moves it for rounds × (tunnel,
+// direct, direct, tunnel), checking after each hop that the guest carries
+// on at the destination (its counter goes on from where it was).
+func benchMigrateRow(ctx context.Context, b *testing.B, a, c *node, id, workload string, rounds int, row *benchRow) {
 	spec := vmSpec(id, workload)
-	spec.MemoryBytes = memMiB << 20
+	spec.MemoryBytes = row.memMiB << 20
 	if _, err := a.c.Run(ctx, api.RunRequest{Spec: spec}); err != nil {
 		b.Fatal(err)
 	}
@@ -96,59 +110,151 @@ func benchMigrateOnce(ctx context.Context, b *testing.B, a, c *node, id string, 
 	bcancel()
 	time.Sleep(2 * time.Second) // let the workload reach its rate
 	opts := driver.MigrationOptions{MaxDowntime: 50 * time.Millisecond}
-
-	// Through the agents: A → B.
-	mctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	t0 := time.Now()
-	ev, err := a.c.Migrate(mctx, id, api.MigrateRequest{Epoch: 1, To: c.addr, Mode: "live", Options: opts}, nil)
-	cancel()
-	if err != nil {
-		row.tunnel = migrationRun{err: err.Error()}
-		a.c.Stop(ctx, id, 1)
-		return row
-	}
-	row.tunnel = migrationRun{ok: true, wall: time.Since(t0), qemuTotal: ev.Progress.TotalTime, downtime: ev.Downtime, bytes: ev.Progress.TransferredBytes}
-	// The guest must run at the destination before it moves back.
-	deadline := time.Now().Add(3 * time.Minute)
-	for len(c.counters(ctx, id)) < 2 {
-		if time.Now().After(deadline) {
-			row.direct = migrationRun{err: "guest printed nothing at the destination within 3 min after the tunnelled move; direct move skipped"}
-			c.c.Stop(ctx, id, 2)
-			return row
+	at, epoch := a, uint64(1)
+	defer func() {
+		// The agents' records may lag behind direct hops: stop both ways.
+		for _, n := range []*node{a, c} {
+			n.c.Stop(context.Background(), id, epoch)
+			n.drivers[0].Stop(context.Background(), id)
 		}
-		time.Sleep(250 * time.Millisecond)
+	}()
+	other := func(n *node) *node {
+		if n == a {
+			return c
+		}
+		return a
 	}
-
-	// Directly between the QEMUs: B → A over A's incoming socket.
-	src := c.drivers[0].(driver.LiveMigrator)
-	dst := a.drivers[0].(driver.LiveMigrator)
-	spec.Epoch = 3
-	mctx, cancel = context.WithTimeout(ctx, 3*time.Minute)
-	t0 = time.Now()
-	sock, err := dst.PrepareIncoming(mctx, spec)
-	if err != nil {
-		b.Fatal(err)
+	for r := 0; r < rounds; r++ {
+		for _, tunnel := range []bool{true, false, false, true} {
+			src, dst := at, other(at)
+			dlog := dst.drivers[0].(*qemu.Driver).LogPath(id)
+			last := lastCounter(src.drivers[0].(*qemu.Driver).LogPath(id), 0)
+			off := fileSize(dlog)
+			mctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+			var m migrationRun
+			if tunnel {
+				m = tunnelHop(mctx, src, dst, id, epoch, opts)
+				if m.ok {
+					epoch++
+				}
+			} else {
+				s := spec
+				s.Epoch = epoch
+				m = directHop(mctx, src, dst, s, opts)
+			}
+			cancel()
+			if tunnel {
+				row.tunnel = append(row.tunnel, m)
+			} else {
+				row.direct = append(row.direct, m)
+			}
+			if !m.ok {
+				return
+			}
+			at = dst
+			// The guest must carry on at the destination before it moves on.
+			deadline := time.Now().Add(3 * time.Minute)
+			for lastCounter(dlog, off) <= last {
+				if time.Now().After(deadline) {
+					b.Fatalf("%s: guest printed no counter above %d at %s within 3 min after the move", id, last, dst.name)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
 	}
-	p, err := src.MigrateOut(mctx, id, sock, opts, nil)
-	if err == nil {
-		err = dst.FinishIncoming(mctx, id)
-	}
-	cancel()
-	if err != nil {
-		row.direct = migrationRun{err: err.Error()}
-		src.AbortOut(ctx, id)
-		dst.AbortIncoming(ctx, id)
-	} else {
-		row.direct = migrationRun{ok: true, wall: time.Since(t0), qemuTotal: p.TotalTime, downtime: p.Downtime, bytes: p.TransferredBytes}
-		src.ConfirmOut(ctx, id)
-		a.drivers[0].Stop(ctx, id)
-	}
-	c.c.Stop(ctx, id, 2)
-	return row
 }
 
-// loopbackThroughput sends n bytes over a loopback TCP connection and
-// returns bytes per second.
+// tunnelHop moves the task through the agents.
+func tunnelHop(ctx context.Context, src, dst *node, id string, epoch uint64, opts driver.MigrationOptions) migrationRun {
+	var prepared, finished time.Time
+	ev, err := src.c.Migrate(ctx, id, api.MigrateRequest{Epoch: epoch, To: dst.addr, Mode: "live", Options: opts}, func(e api.MigrateEvent) {
+		switch e.Step {
+		case "prepare":
+			prepared = time.Now()
+		case "finish":
+			finished = time.Now()
+		}
+	})
+	if err != nil {
+		return migrationRun{err: err.Error()}
+	}
+	m := migrationRun{ok: true, qemuTotal: ev.Progress.TotalTime, downtime: ev.Downtime, bytes: ev.Progress.TransferredBytes}
+	if !prepared.IsZero() && !finished.IsZero() {
+		m.running = finished.Sub(prepared)
+	}
+	return m
+}
+
+// directHop moves the task from QEMU to QEMU over the destination's
+// incoming unix socket, driving the two drivers as the agents would but
+// without them (the agents' records are not touched: the guest ends where
+// the next hop expects it).
+func directHop(ctx context.Context, src, dst *node, spec driver.Spec, opts driver.MigrationOptions) migrationRun {
+	from := src.drivers[0].(driver.LiveMigrator)
+	to := dst.drivers[0].(driver.LiveMigrator)
+	sock, err := to.PrepareIncoming(ctx, spec)
+	if err != nil {
+		return migrationRun{err: err.Error()}
+	}
+	t0 := time.Now()
+	p, err := from.MigrateOut(ctx, spec.ID, sock, opts, nil)
+	if err == nil {
+		err = to.FinishIncoming(ctx, spec.ID)
+	}
+	if err != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		from.AbortOut(cctx, spec.ID)
+		to.AbortIncoming(cctx, spec.ID)
+		return migrationRun{err: err.Error()}
+	}
+	m := migrationRun{ok: true, running: time.Since(t0), qemuTotal: p.TotalTime, downtime: p.Downtime, bytes: p.TransferredBytes}
+	cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	from.ConfirmOut(cctx, spec.ID)
+	return m
+}
+
+// lastCounter returns the last counter in the console log path after
+// offset off, or -1.
+func lastCounter(path string, off int64) int64 {
+	b, _ := os.ReadFile(path)
+	if off > int64(len(b)) {
+		return -1
+	}
+	cs := drivertest.ParseCounters(b[off:])
+	if len(cs) == 0 {
+		return -1
+	}
+	return cs[len(cs)-1]
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// discard reads c to its end in 256 KiB reads (io.Discard's ReadFrom reads
+// 8 KiB at a time, which would understate the stream) and closes it.
+func discard(c net.Conn) int64 {
+	defer c.Close()
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		k, err := c.Read(buf)
+		n += int64(k)
+		if err != nil {
+			return n
+		}
+	}
+}
+
+// loopbackThroughput sends n bytes over one loopback TCP connection in
+// 256 KiB writes, read in 256 KiB reads: a single stream, as QEMU's is.
+// It returns bytes per second.
 func loopbackThroughput(b *testing.B, n int64) float64 {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -162,9 +268,8 @@ func loopbackThroughput(b *testing.B, n int64) float64 {
 			done <- time.Now()
 			return
 		}
-		io.Copy(io.Discard, cn)
+		discard(cn)
 		done <- time.Now()
-		cn.Close()
 	}()
 	cn, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
@@ -184,56 +289,100 @@ func loopbackThroughput(b *testing.B, n int64) float64 {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d.Microseconds())/1000) }
 
-// benchTable renders the rows as markdown with the targets' ratios.
-func benchTable(rows []benchRow, loop float64) string {
+// median of f over the successful runs.
+func median(runs []migrationRun, f func(migrationRun) time.Duration) (time.Duration, bool) {
+	var v []time.Duration
+	for _, m := range runs {
+		if m.ok {
+			v = append(v, f(m))
+		}
+	}
+	if len(v) == 0 {
+		return 0, false
+	}
+	slices.Sort(v)
+	if len(v)%2 == 0 {
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2, true
+	}
+	return v[len(v)/2], true
+}
+
+// spread renders the median of f and, with more than one run, the range.
+func spread(runs []migrationRun, f func(migrationRun) time.Duration) string {
+	med, ok := median(runs, f)
+	if !ok {
+		return "failed"
+	}
+	lo, hi := med, med
+	for _, m := range runs {
+		if m.ok {
+			lo, hi = min(lo, f(m)), max(hi, f(m))
+		}
+	}
+	if lo == hi {
+		return ms(med)
+	}
+	return fmt.Sprintf("%s (%s–%s)", ms(med), ms(lo), ms(hi))
+}
+
+// benchTable renders the rows as markdown with the targets' ratios (of
+// medians).
+func benchTable(rows []benchRow) string {
+	total := func(m migrationRun) time.Duration { return m.qemuTotal }
+	down := func(m migrationRun) time.Duration { return m.downtime }
+	running := func(m migrationRun) time.Duration { return m.running }
+	mb := func(runs []migrationRun) string {
+		b, ok := median(runs, func(m migrationRun) time.Duration { return time.Duration(m.bytes) })
+		if !ok {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", float64(b)/1e6)
+	}
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "\nloopback TCP: %.0f MB/s\n\n", loop/1e6)
-	sb.WriteString("| RAM MiB | load | tunnel total ms | tunnel downtime ms | tunnel MB sent | tunnel wall ms | direct total ms | direct downtime ms | direct MB sent | tunnel/direct total | total / (RAM/loopback) |\n")
-	sb.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	sb.WriteString("\n| RAM MiB | load | loopback MB/s | tunnel total ms | direct total ms | tunnel/direct total | tunnel total / (RAM/loopback) | direct total / (RAM/loopback) | tunnel downtime ms | direct downtime ms | tunnel MB | direct MB | tunnel until running ms | direct until running ms |\n")
+	sb.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
-		cell := func(m migrationRun, f func(migrationRun) string) string {
-			if !m.ok {
-				return "failed"
+		ideal := time.Duration(float64(r.memMiB<<20) / r.loop * float64(time.Second))
+		ratio := func(runs []migrationRun, to time.Duration) string {
+			t, ok := median(runs, total)
+			if !ok || to <= 0 {
+				return "-"
 			}
-			return f(m)
+			return fmt.Sprintf("%.2f", float64(t)/float64(to))
 		}
-		ratio, ideal := "-", "-"
-		if r.tunnel.ok && r.direct.ok && r.direct.qemuTotal > 0 {
-			ratio = fmt.Sprintf("%.2f", float64(r.tunnel.qemuTotal)/float64(r.direct.qemuTotal))
-		}
-		if r.tunnel.ok {
-			idealT := float64(r.memMiB<<20) / loop
-			ideal = fmt.Sprintf("%.1f", r.tunnel.qemuTotal.Seconds()/idealT)
-		}
-		fmt.Fprintf(&sb, "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.memMiB, r.load,
-			cell(r.tunnel, func(m migrationRun) string { return ms(m.qemuTotal) }),
-			cell(r.tunnel, func(m migrationRun) string { return ms(m.downtime) }),
-			cell(r.tunnel, func(m migrationRun) string { return fmt.Sprintf("%.1f", float64(m.bytes)/1e6) }),
-			cell(r.tunnel, func(m migrationRun) string { return ms(m.wall) }),
-			cell(r.direct, func(m migrationRun) string { return ms(m.qemuTotal) }),
-			cell(r.direct, func(m migrationRun) string { return ms(m.downtime) }),
-			cell(r.direct, func(m migrationRun) string { return fmt.Sprintf("%.1f", float64(m.bytes)/1e6) }),
-			ratio, ideal)
+		dt, _ := median(r.direct, total)
+		fmt.Fprintf(&sb, "| %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.memMiB, r.load, r.loop/1e6,
+			spread(r.tunnel, total), spread(r.direct, total), ratio(r.tunnel, dt), ratio(r.tunnel, ideal), ratio(r.direct, ideal),
+			spread(r.tunnel, down), spread(r.direct, down), mb(r.tunnel), mb(r.direct), spread(r.tunnel, running), spread(r.direct, running))
 	}
 	for _, r := range rows {
-		if !r.tunnel.ok {
-			fmt.Fprintf(&sb, "\n%dMiB/%s tunnel: %s", r.memMiB, r.load, r.tunnel.err)
-		}
-		if !r.direct.ok {
-			fmt.Fprintf(&sb, "\n%dMiB/%s direct: %s", r.memMiB, r.load, r.direct.err)
+		for _, m := range append(r.tunnel, r.direct...) {
+			if !m.ok {
+				fmt.Fprintf(&sb, "\n%dMiB/%s: %s", r.memMiB, r.load, m.err)
+			}
 		}
 	}
 	sb.WriteString("\n")
 	return sb.String()
 }
 
+// cpuUsed returns the CPU time this process (both ends and both agents'
+// pipes) has used.
+func cpuUsed() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // BenchmarkMigrateTunnelPath measures the tunnel's byte path alone — unix
 // socket → agent → mutual TLS 1.3 over loopback TCP → agent → unix socket —
 // against loopback TCP in the same run, to separate the tunnel's capacity
-// from QEMU's.
+// from QEMU's, and the CPU time it costs per GB carried (both stand-in
+// ends included).
 func BenchmarkMigrateTunnelPath(b *testing.B) {
 	const n = 512 << 20
 	loop := loopbackThroughput(b, n)
+
 	ca := newTestCA(b)
 	srcID, dstID := ca.identity("node-a", pki.RoleAgent), ca.identity("node-b", pki.RoleAgent)
 	dir := b.TempDir()
@@ -250,9 +399,7 @@ func BenchmarkMigrateTunnelPath(b *testing.B) {
 				got <- 0
 				return
 			}
-			k, _ := io.Copy(io.Discard, c)
-			c.Close()
-			got <- k
+			got <- discard(c)
 		}()
 		tln, err := tls.Listen("tcp", "127.0.0.1:0", dstID.ServerConfig())
 		if err != nil {
@@ -290,8 +437,8 @@ func BenchmarkMigrateTunnelPath(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		buf := make([]byte, 256<<10)
-		t0 := time.Now()
+		buf := make([]byte, 128<<10)
+		t0, c0 := time.Now(), cpuUsed()
 		for sent := 0; sent < n; sent += len(buf) {
 			if _, err := c.Write(buf); err != nil {
 				b.Fatal(err)
@@ -299,7 +446,7 @@ func BenchmarkMigrateTunnelPath(b *testing.B) {
 		}
 		c.(*net.UnixConn).CloseWrite()
 		k := <-got
-		el := time.Since(t0)
+		el, cpu := time.Since(t0), cpuUsed()-c0
 		c.Close()
 		dstLn.Close()
 		srcLn.Close()
@@ -310,6 +457,7 @@ func BenchmarkMigrateTunnelPath(b *testing.B) {
 		rate := float64(n) / el.Seconds()
 		b.ReportMetric(rate/1e6, "tunnel-MB/s")
 		b.ReportMetric(loop/1e6, "loopback-MB/s")
-		fmt.Printf("\ntunnel path: %.0f MB/s; loopback TCP: %.0f MB/s (ratio %.2f)\n", rate/1e6, loop/1e6, rate/loop)
+		b.ReportMetric(cpu.Seconds()*1e3/(n/1e9), "cpu-ms/GB")
+		fmt.Printf("\ntunnel path: %.0f MB/s, %.0f CPU-ms per GB; loopback TCP: %.0f MB/s (ratio %.2f)\n", rate/1e6, cpu.Seconds()*1e3/(n/1e9), loop/1e6, rate/loop)
 	}
 }
