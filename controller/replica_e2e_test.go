@@ -22,6 +22,63 @@ import (
 // not from scratch — and prints the same result as an unmoved run, with
 // never two live copies.
 func TestE2ELostProcessRestartsFromItsCheckpointReplica(t *testing.T) {
+	c, want, first := startSegWithReplica(t)
+	// The node dies: its agent and its job.
+	c.stopAgent(first.Node, true)
+	c.waitFor("seg restarted elsewhere from the replica", 90*time.Second, func() bool {
+		n, where := c.liveCopies("seg.c.0")
+		if n > 1 {
+			t.Fatalf("two live copies of seg.c.0: %v", where)
+		}
+		tk := c.task("seg.c.0")
+		return tk.Node != first.Node && tk.Epoch > first.Epoch && (tk.Phase == store.TaskRunning || tk.Phase == store.TaskTerminated)
+	})
+	lostEvent := c.lastEvent("seg.c.0", "lost")
+	if !strings.Contains(lostEvent, "replica of its periodic checkpoint on "+first.CheckpointPeer) {
+		t.Fatalf("the loss event does not say the task restarts from the replica on %s: %q\n%s", first.CheckpointPeer, lostEvent, c.dump())
+	}
+	var resume *store.Action
+	c.srv.Store.View(func(s *store.State) {
+		for _, p := range s.Plans {
+			for _, a := range p.Actions {
+				if a.Task == "seg.c.0" && a.Kind == "resume" && a.State == store.ActionDone {
+					a := a
+					resume = &a
+				}
+			}
+		}
+	})
+	if resume == nil || resume.From != first.CheckpointPeer {
+		t.Fatalf("seg.c.0 was not resumed from its peer %s's replica: %+v\n%s", first.CheckpointPeer, resume, c.dump())
+	}
+	c.waitFor("seg finished", 120*time.Second, func() bool {
+		if n, where := c.liveCopies("seg.c.0"); n > 1 {
+			t.Fatalf("two live copies of seg.c.0: %v", where)
+		}
+		return c.phase("seg.c.0") == store.TaskTerminated
+	})
+	if tk := c.task("seg.c.0"); tk.ExitCode != 0 {
+		t.Fatalf("seg.c.0 ended with %d: %s", tk.ExitCode, tk.Message)
+	}
+	log, err := os.ReadFile(filepath.Join(c.agents[resume.To].dir, "drivers", "process", "logs", "seg.c.0.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored := regexp.MustCompile(`restored at step (\d+)`).FindStringSubmatch(string(log))
+	if restored == nil || restored[1] == "0" {
+		t.Fatalf("the restarted seg.c.0 did not start from a checkpoint:\n%s", lastLines(string(log), 5))
+	}
+	if got := resultLine(string(log)); got != want {
+		t.Fatalf("result after the restart %q, unmoved run %q", got, want)
+	}
+	t.Logf("restarted on %s from step %s; %s (unmoved: %s)", resume.To, restored[1], resultLine(string(log)), want)
+}
+
+// startSegWithReplica computes the example's result in an unmoved run,
+// then runs it as job seg (periodic checkpoints every second) on three
+// real agents and waits until its checkpoint peer keeps a replica. It
+// returns the cluster, the unmoved result and the task as it runs.
+func startSegWithReplica(t *testing.T) (*testCluster, string, store.Task) {
 	script, err := filepath.Abs("../examples/checkpoint-sh/checkpoint.sh")
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +92,6 @@ func TestE2ELostProcessRestartsFromItsCheckpointReplica(t *testing.T) {
 	if want == "" {
 		t.Fatalf("unmoved run printed no result:\n%s", out)
 	}
-
 	c := newTestCluster(t, 3, 1)
 	spec := fmt.Sprintf(`name: seg
 priority: 5
@@ -79,60 +135,54 @@ checkpoint:
 		return false
 	})
 	t.Logf("seg.c.0 on %s, peer %s keeps replica epoch %d seq %d (%d bytes)", first.Node, first.CheckpointPeer, rep.Epoch, rep.Seq, rep.Bytes)
-	// The node dies: its agent and its job.
+	return c, want, first
+}
+
+// When the checkpoint peer dies with the task's node, there is no replica
+// to restart from and no suspend image: the task restarts from scratch on
+// the third node, says so in its loss event, and still prints the unmoved
+// run's result, never with two live copies.
+func TestE2ELostProcessWithoutItsPeerRestartsFromScratch(t *testing.T) {
+	c, want, first := startSegWithReplica(t)
+	c.stopAgent(first.CheckpointPeer, true)
 	c.stopAgent(first.Node, true)
-	c.waitFor("seg restarted elsewhere from the replica", 90*time.Second, func() bool {
-		n, where := c.liveCopies("seg.c.0")
-		if n > 1 {
-			t.Fatalf("two live copies of seg.c.0: %v", where)
-		}
-		tk := c.task("seg.c.0")
-		return tk.Node != first.Node && tk.Epoch > first.Epoch && (tk.Phase == store.TaskRunning || tk.Phase == store.TaskTerminated)
-	})
-	lostEvent := ""
-	for _, e := range c.srv.Controller.Events().Recent(0) {
-		if e.Object == "seg.c.0" && e.What == "lost" {
-			lostEvent = e.String()
-		}
-	}
-	if !strings.Contains(lostEvent, "replica of its periodic checkpoint on "+first.CheckpointPeer) {
-		t.Fatalf("the loss event does not say the task restarts from the replica on %s: %q\n%s", first.CheckpointPeer, lostEvent, c.dump())
-	}
-	var resume *store.Action
-	c.srv.Store.View(func(s *store.State) {
-		for _, p := range s.Plans {
-			for _, a := range p.Actions {
-				if a.Task == "seg.c.0" && a.Kind == "resume" && a.State == store.ActionDone {
-					a := a
-					resume = &a
-				}
-			}
-		}
-	})
-	if resume == nil || resume.From != first.CheckpointPeer {
-		t.Fatalf("seg.c.0 was not resumed from its peer %s's replica: %+v\n%s", first.CheckpointPeer, resume, c.dump())
-	}
-	c.waitFor("seg finished", 120*time.Second, func() bool {
+	c.waitFor("seg finished on the third node", 180*time.Second, func() bool {
 		if n, where := c.liveCopies("seg.c.0"); n > 1 {
 			t.Fatalf("two live copies of seg.c.0: %v", where)
 		}
 		return c.phase("seg.c.0") == store.TaskTerminated
 	})
-	if tk := c.task("seg.c.0"); tk.ExitCode != 0 {
-		t.Fatalf("seg.c.0 ended with %d: %s", tk.ExitCode, tk.Message)
+	lostEvent := c.lastEvent("seg.c.0", "lost")
+	if !strings.Contains(lostEvent, "restart_from=scratch") {
+		t.Fatalf("the loss event does not say the task restarts from scratch: %q\n%s", lostEvent, c.dump())
 	}
-	log, err := os.ReadFile(filepath.Join(c.agents[resume.To].dir, "drivers", "process", "logs", "seg.c.0.log"))
+	third := ""
+	for n := range c.agents {
+		if n != first.Node && n != first.CheckpointPeer {
+			third = n
+		}
+	}
+	log, err := os.ReadFile(filepath.Join(c.agents[third].dir, "drivers", "process", "logs", "seg.c.0.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	restored := regexp.MustCompile(`restored at step (\d+)`).FindStringSubmatch(string(log))
-	if restored == nil || restored[1] == "0" {
-		t.Fatalf("the restarted seg.c.0 did not start from a checkpoint:\n%s", lastLines(string(log), 5))
+	if strings.Contains(string(log), "restored at step") {
+		t.Fatalf("seg.c.0 restored from a checkpoint with no replica and no image:\n%s", lastLines(string(log), 5))
 	}
 	if got := resultLine(string(log)); got != want {
 		t.Fatalf("result after the restart %q, unmoved run %q", got, want)
 	}
-	t.Logf("restarted on %s from step %s; %s (unmoved: %s)", resume.To, restored[1], resultLine(string(log)), want)
+}
+
+// lastEvent returns the latest event about object with what, as text.
+func (c *testCluster) lastEvent(object, what string) string {
+	last := ""
+	for _, e := range c.srv.Controller.Events().Recent(0) {
+		if e.Object == object && e.What == what {
+			last = e.String()
+		}
+	}
+	return last
 }
 
 // resultLine returns the example's "result N" line.
