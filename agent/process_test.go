@@ -21,11 +21,7 @@ import (
 // image, checkpoint-migrate B → A, stop — the counter never resets.
 func TestProcessLifeCycleAndMoves(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	ca := newTestCA(t)
-	a := startNode(t, ca, "node-a", processDrivers(t), nil)
-	b := startNode(t, ca, "node-b", processDrivers(t), nil)
+	ctx, a, b := processPair(t, 3*time.Minute)
 
 	if h, err := a.c.Health(ctx); err != nil || !h.OK || h.Name != "node-a" {
 		t.Fatalf("health: %+v %v", h, err)

@@ -22,6 +22,7 @@ package agent
 // task sends only the chunks that changed.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -79,6 +80,25 @@ func (m replicaMeta) validate(id string) error {
 		return fmt.Errorf("%w: replica of %q: holder is required", driver.ErrInvalidSpec, id)
 	}
 	return validateSpec(&m.Spec)
+}
+
+// parseReplicaHeader decodes and checks the api.ReplicaHeader of a push
+// of task id.
+func parseReplicaHeader(id, h string) (replicaMeta, error) {
+	var m replicaMeta
+	b, err := base64.StdEncoding.DecodeString(h)
+	if err == nil {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(&m)
+	}
+	if err != nil {
+		return replicaMeta{}, fmt.Errorf("%w: replica push of %q: header %s: %v", driver.ErrInvalidSpec, id, api.ReplicaHeader, err)
+	}
+	if err := m.validate(id); err != nil {
+		return replicaMeta{}, err
+	}
+	return m, nil
 }
 
 // replicaEntry is a replica kept on this node.
@@ -399,14 +419,8 @@ func (a *Agent) checkPush(r *http.Request, id string) (replicaMeta, error) {
 	if !strings.EqualFold(r.Header.Get("Upgrade"), api.ImageProtocol) {
 		return m, fmt.Errorf("%w: replica push needs Upgrade: %s", driver.ErrInvalidSpec, api.ImageProtocol)
 	}
-	b, err := base64.StdEncoding.DecodeString(r.Header.Get(api.ReplicaHeader))
-	if err == nil {
-		err = json.Unmarshal(b, &m)
-	}
+	m, err := parseReplicaHeader(id, r.Header.Get(api.ReplicaHeader))
 	if err != nil {
-		return m, fmt.Errorf("%w: replica push of %q: header %s: %v", driver.ErrInvalidSpec, id, api.ReplicaHeader, err)
-	}
-	if err := m.validate(id); err != nil {
 		return m, err
 	}
 	need := 3*m.Bytes + max(m.Bytes/100, 1<<20) // staged tar, replica, chunks
@@ -480,6 +494,74 @@ func (a *Agent) dropReplica(id string) {
 	if r != nil {
 		os.RemoveAll(filepath.Join(a.replicasDir(), id))
 	}
+}
+
+// DropReplica forgets the replica of id kept here if its epoch is not
+// ahead of epoch (the task stopped at that epoch; a newer replica is the
+// live task's and stays).
+func (a *Agent) DropReplica(id string, epoch uint64) error {
+	if err := api.ValidID(id); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	r, ok := a.replicas[id]
+	a.mu.Unlock()
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: no replica of task %q on node %s", driver.ErrNotFound, id, a.cfg.Name)
+	case r.meta.Epoch > epoch:
+		return fmt.Errorf("%w: replica of %q has epoch %d, ahead of %d", api.ErrStaleEpoch, id, r.meta.Epoch, epoch)
+	}
+	a.dropReplica(id)
+	a.log.Info("replica dropped", "task", id, "epoch", r.meta.Epoch, "seq", r.meta.Seq)
+	return nil
+}
+
+func (a *Agent) handleReplicaDrop(w http.ResponseWriter, r *http.Request) {
+	var req api.EpochRequest
+	if err := decode(r, &req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	if err := a.DropReplica(r.PathValue("id"), req.Epoch); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// dropAtPeer asks the checkpoint peer of a task that stopped here to drop
+// its replica, once the task's last push is over (in the background; a
+// failure is logged).
+func (a *Agent) dropAtPeer(peer, id string, epoch uint64) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.wg.Add(1)
+	a.mu.Unlock()
+	go func() {
+		defer a.wg.Done()
+		ctx, cancel := context.WithTimeout(a.ctx, cleanupTimeout)
+		defer cancel()
+		for {
+			a.mu.Lock()
+			_, pushing := a.pushes[id]
+			a.mu.Unlock()
+			if !pushing {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if err := a.peer(peer).DropReplica(ctx, id, epoch); err != nil && !errors.Is(err, driver.ErrNotFound) {
+			a.log.Warn("drop the replica of a stopped task at its checkpoint peer", "task", id, "peer", peer, "err", err)
+		}
+	}()
 }
 
 // linkReplica links the replica of id, if its epoch is not ahead of epoch,

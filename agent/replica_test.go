@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -13,17 +15,22 @@ import (
 	"github.com/ferrycluster/ferry/driver"
 )
 
+// processPair starts two agents with process drivers and returns a context
+// ending after d (or with the test).
+func processPair(t *testing.T, d time.Duration) (context.Context, *node, *node) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	ca := newTestCA(t)
+	return ctx, startNode(t, ca, "node-a", processDrivers(t), nil), startNode(t, ca, "node-b", processDrivers(t), nil)
+}
+
 // Periodic checkpoints go to the checkpoint peer as replicas, the peer
 // keeps only the newest, refuses older pushes and bad requests, and a
 // resume from its own replica (From empty) continues the task at epoch+1
 // after the holder is lost.
 func TestReplicaPushAndLocalRestart(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	ca := newTestCA(t)
-	a := startNode(t, ca, "node-a", processDrivers(t), nil)
-	b := startNode(t, ca, "node-b", processDrivers(t), nil)
+	ctx, a, b := processPair(t, 3*time.Minute)
 
 	spec := counterSpec("seg", nil)
 	spec.Process.CheckpointInterval = 400 * time.Millisecond
@@ -115,4 +122,63 @@ func TestReplicaPushAndLocalRestart(t *testing.T) {
 	if rs, _ := b.c.Replicas(ctx); len(rs) != 1 || rs[0].Task != "blob" {
 		t.Fatalf("node-b lists replicas %+v, want only blob's (not of the task it runs)", rs)
 	}
+}
+
+// Stopping a task drops its replica at the checkpoint peer; a drop of a
+// replica newer than the caller's epoch is refused.
+func TestReplicaDroppedWhenTaskStops(t *testing.T) {
+	t.Parallel()
+	ctx, a, b := processPair(t, 2*time.Minute)
+	spec := counterSpec("gone", nil)
+	spec.Process.CheckpointInterval = 300 * time.Millisecond
+	if _, err := a.c.Run(ctx, api.RunRequest{Spec: spec, CheckpointPeer: b.addr}); err != nil {
+		t.Fatal(err)
+	}
+	replicas := func() []api.Replica {
+		rs, err := b.c.Replicas(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	for len(replicas()) == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("no replica at node-b")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	err := b.c.DropReplica(ctx, "gone", 0)
+	wantKind(t, "drop of a newer replica", err, api.ErrStaleEpoch)
+	if err := a.c.Stop(ctx, "gone", 1); err != nil {
+		t.Fatal(err)
+	}
+	for len(replicas()) != 0 {
+		if ctx.Err() != nil {
+			t.Fatalf("node-b still keeps %+v after the task stopped", replicas())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// FuzzParseReplicaHeader feeds arbitrary replica descriptions (what a
+// holder sends with a push) to the parser: an error of kind invalid, or a
+// description of the task pushed, never a panic.
+func FuzzParseReplicaHeader(f *testing.F) {
+	good, _ := json.Marshal(replicaMeta{Replica: api.Replica{Task: "t", Epoch: 2, Seq: 3, Bytes: 10, Holder: "127.0.0.1:1"}, Driver: "process", Spec: counterSpec("t", nil)})
+	f.Add(base64.StdEncoding.EncodeToString(good))
+	f.Add(base64.StdEncoding.EncodeToString(good[:len(good)/2]))
+	f.Add(base64.StdEncoding.EncodeToString([]byte(`{"task":"u","epoch":1,"holder":"h:1","spec":{"id":"u"}}`)))
+	f.Add("not base64")
+	f.Fuzz(func(t *testing.T, h string) {
+		m, err := parseReplicaHeader("t", h)
+		if err != nil {
+			if !errors.Is(err, driver.ErrInvalidSpec) {
+				t.Fatalf("error of the wrong kind: %v", err)
+			}
+			return
+		}
+		if m.Task != "t" || m.Spec.ID != "t" || m.Epoch == 0 || m.Bytes < 0 || m.Holder == "" {
+			t.Fatalf("accepted %+v", m)
+		}
+	})
 }

@@ -56,6 +56,7 @@ func (a *Agent) routes() http.Handler {
 	h("GET /v1/replicas", anyRole, a.handleReplicas)
 	h("POST /v1/peer/replicas/{id}", peerRole, a.handleReplicaPush)
 	h("GET /v1/peer/replicas/{id}/image", peerRole, a.handleReplicaFetch)
+	h("POST /v1/replicas/{id}/drop", commandRole, a.handleReplicaDrop)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, fmt.Errorf("%w: no endpoint %s %s", driver.ErrNotFound, r.Method, r.URL.Path))
 	})
@@ -490,6 +491,9 @@ func (a *Agent) Stop(ctx context.Context, id string, epoch uint64) error {
 	delete(a.records, id)
 	err = a.store.remove(id)
 	a.mu.Unlock()
+	if rec.CheckpointPeer != "" {
+		a.dropAtPeer(rec.CheckpointPeer, id, epoch)
+	}
 	a.log.Info("task stopped", "task", id, "epoch", epoch)
 	return err
 }

@@ -196,6 +196,12 @@ func (c *Client) Replicas(ctx context.Context) ([]api.Replica, error) {
 	return rs, c.call(ctx, http.MethodGet, "/v1/replicas", nil, &rs)
 }
 
+// DropReplica makes the agent forget its replica of task id, if the
+// replica's epoch is not ahead of epoch (a stopped task's leftover).
+func (c *Client) DropReplica(ctx context.Context, id string, epoch uint64) error {
+	return c.call(ctx, http.MethodPost, "/v1/replicas/"+url.PathEscape(id)+"/drop", api.EpochRequest{Epoch: epoch}, nil)
+}
+
 // Pause freezes a running task in memory.
 func (c *Client) Pause(ctx context.Context, id string, epoch uint64) (api.Task, error) {
 	var t api.Task
