@@ -25,6 +25,40 @@ func TestE2ELostProcessRestartsFromItsCheckpointReplica(t *testing.T) {
 	c, want, first := startSegWithReplica(t)
 	// The node dies: its agent and its job.
 	c.stopAgent(first.Node, true)
+	resume := c.segResumedFromReplica(first, want)
+	t.Logf("resumed on %s from %s's replica", resume.To, resume.From)
+}
+
+// The same loss with the peer full (a pinned job fills it): the task
+// resumes on the third node, which fetches the replica from the peer.
+func TestE2ELostProcessResumesFromItsPeersReplicaOnAnotherNode(t *testing.T) {
+	c, want, first := startSegWithReplica(t)
+	filler := counterJob("filler", 9, 1, 1, "constraints:\n  pinned: "+first.CheckpointPeer+"\n")
+	if _, err := c.cli.Submit(ctx(t), []byte(filler)); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("filler running on the peer", 30*time.Second, func() bool {
+		tk := c.task("filler.c.0")
+		return tk.Phase == store.TaskRunning && tk.Node == first.CheckpointPeer
+	})
+	c.stopAgent(first.Node, true)
+	resume := c.segResumedFromReplica(first, want)
+	if resume.To == first.CheckpointPeer {
+		t.Fatalf("seg.c.0 resumed on its full peer %s", resume.To)
+	}
+	if c.phase("filler.c.0") != store.TaskRunning {
+		t.Fatalf("filler disturbed: %s", c.phase("filler.c.0"))
+	}
+}
+
+// segResumedFromReplica waits for seg.c.0, whose node was lost, to restart
+// from its checkpoint peer's replica and finish, never with two live
+// copies; it checks the loss event, the resume action, that the run went on
+// from a checkpoint and printed the unmoved run's result, and returns the
+// resume action.
+func (c *testCluster) segResumedFromReplica(first store.Task, want string) store.Action {
+	t := c.t
+	t.Helper()
 	c.waitFor("seg restarted elsewhere from the replica", 90*time.Second, func() bool {
 		n, where := c.liveCopies("seg.c.0")
 		if n > 1 {
@@ -72,6 +106,7 @@ func TestE2ELostProcessRestartsFromItsCheckpointReplica(t *testing.T) {
 		t.Fatalf("result after the restart %q, unmoved run %q", got, want)
 	}
 	t.Logf("restarted on %s from step %s; %s (unmoved: %s)", resume.To, restored[1], resultLine(string(log)), want)
+	return *resume
 }
 
 // startSegWithReplica computes the example's result in an unmoved run,
