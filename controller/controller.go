@@ -400,11 +400,13 @@ func (c *Controller) deadlinesDuringPlan(ctx context.Context) {
 		return
 	}
 	// Tasks the plan is working on now, is about to suspend (a pending
-	// suspend free to start), or has already tried to suspend.
+	// suspend free to start), will stop anyway (a pending kill or
+	// shutdown: the operator's stop is not turned into a suspend), or has
+	// already tried to suspend.
 	busy, tried := map[string]bool{}, map[string]bool{}
 	for i, a := range run.acts {
 		st := run.ex.State(i)
-		if st == executor.Running {
+		if st == executor.Running || st == executor.Pending && (a.Kind == "kill" || a.Kind == "shutdown") {
 			busy[a.Task] = true
 		}
 		if a.Kind != "suspend" {
