@@ -134,3 +134,22 @@ func TestHAThreeServersForwardAndFailOver(t *testing.T) {
 	waitAll("after-s2", rest)
 	waitAll("via-follower", rest)
 }
+
+// A joining server that cannot get the token list fails at once with an
+// error that names the member and says what to do, and writes nothing.
+func TestJoinTokenFetchRefusedSaysWhatToDo(t *testing.T) {
+	c := newTestCluster(t, 0, 1)
+	id, err := pki.Load(c.tlsDir, "cli") // role client, not server
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := t.TempDir() + "/tokens.json"
+	err = fetchTokens(ctx(t), c.srv.Addr(), id.ClientConfig(), path)
+	if err == nil || !strings.Contains(err.Error(), "401 Unauthorized") || !strings.Contains(err.Error(), c.srv.Addr()) ||
+		!strings.Contains(err.Error(), "copy tokens.json") {
+		t.Fatalf("fetch with a client certificate: %v", err)
+	}
+	if _, serr := os.Stat(path); !errors.Is(serr, os.ErrNotExist) {
+		t.Fatalf("a refused fetch wrote %s: %v", path, serr)
+	}
+}
