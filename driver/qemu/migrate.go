@@ -391,11 +391,11 @@ func (d *Driver) MigrateOut(ctx context.Context, id, socket string, opts driver.
 	if err := t.setMigration(ctx, opts); err != nil {
 		t.setOp(opNone)
 		return driver.Progress{}, err
-	final := mi.progress()
 	}
 	t.setWatched(true)
 	mi, err := t.runMigration(ctx, "unix:"+socket, opts.PostCopy, progress)
 	t.setWatched(false)
+	final := mi.progress()
 	if err != nil {
 		// QEMU resumes a source whose migration failed; make sure.
 		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
