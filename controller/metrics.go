@@ -22,6 +22,7 @@ type Metrics struct {
 	Actions           *prometheus.CounterVec
 	Heartbeats        prometheus.Counter
 	StaleKills        prometheus.Counter
+	LostRestarts      *prometheus.CounterVec
 	Queue             prometheus.Gauge
 	Tasks             *prometheus.GaugeVec
 	NodeUsage         *prometheus.GaugeVec
@@ -44,13 +45,14 @@ func NewMetrics() *Metrics {
 		Actions:           prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_actions_total", Help: "Actions by kind and result."}, []string{"kind", "result"}),
 		Heartbeats:        prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_heartbeats_total", Help: "Agent heartbeats received or polled."}),
 		StaleKills:        prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_stale_copies_stopped_total", Help: "Stale task copies the controller told agents to stop."}),
+		LostRestarts:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_lost_tasks_total", Help: "Tasks lost with their node, by what they restart from: replica, image or scratch."}, []string{"from"}),
 		Queue:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "ferry_queue_length", Help: "Tasks waiting to run."}),
 		Tasks:             prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_tasks", Help: "Tasks by phase."}, []string{"phase"}),
 		NodeUsage:         prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_node_used", Help: "Demand of running tasks per node and resource."}, []string{"node", "resource"}),
 		NodeCapacity:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_node_capacity", Help: "Capacity per node and resource."}, []string{"node", "resource"}),
 	}
 	m.Registry.MustRegister(m.Migrations, m.MigrationDuration, m.MigrationDowntime, m.MigrationBytes, m.Plans, m.PlanErrors,
-		m.PlanDuration, m.PlanActions, m.PlanExecution, m.Actions, m.Heartbeats, m.StaleKills, m.Queue, m.Tasks, m.NodeUsage, m.NodeCapacity)
+		m.PlanDuration, m.PlanActions, m.PlanExecution, m.Actions, m.Heartbeats, m.StaleKills, m.LostRestarts, m.Queue, m.Tasks, m.NodeUsage, m.NodeCapacity)
 	return m
 }
 

@@ -147,17 +147,18 @@ func (c *Controller) liveness(ctx context.Context) {
 	c.st.View(func(s *store.State) {
 		for _, lt := range lost {
 			t := s.Tasks[lt.task]
-			var from string
+			var from, kind string
 			switch {
 			case t == nil || t.Phase == store.TaskRunning:
 				continue
 			case t.Replica:
-				from = fmt.Sprintf("the replica of its periodic checkpoint on %s (epoch %d, seq %d)", t.Node, lt.replicaEpoch, lt.replicaSeq)
+				from, kind = fmt.Sprintf("the replica of its periodic checkpoint on %s (epoch %d, seq %d)", t.Node, lt.replicaEpoch, lt.replicaSeq), "replica"
 			case t.Phase == store.TaskSleeping:
-				from = "its last suspend image on " + t.Node
+				from, kind = "its last suspend image on "+t.Node, "image"
 			default:
-				from = "scratch"
+				from, kind = "scratch", "scratch"
 			}
+			c.metrics.LostRestarts.WithLabelValues(kind).Inc()
 			if lt.peer != "" && !t.Replica {
 				from += fmt.Sprintf(" (checkpoint peer %s: %s)", lt.peer, lt.why)
 			}

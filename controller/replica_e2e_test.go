@@ -71,6 +71,9 @@ func (c *testCluster) segResumedFromReplica(first store.Task, want string) store
 	if !strings.Contains(lostEvent, "replica of its periodic checkpoint on "+first.CheckpointPeer) {
 		t.Fatalf("the loss event does not say the task restarts from the replica on %s: %q\n%s", first.CheckpointPeer, lostEvent, c.dump())
 	}
+	if n := histogramCount(c.srv.Controller.Metrics().LostRestarts.WithLabelValues("replica")); n != 1 {
+		t.Fatalf("ferry_lost_tasks_total{from=replica} = %v, want 1", n)
+	}
 	var resume *store.Action
 	c.srv.Store.View(func(s *store.State) {
 		for _, p := range s.Plans {
@@ -190,6 +193,9 @@ func TestE2ELostProcessWithoutItsPeerRestartsFromScratch(t *testing.T) {
 	lostEvent := c.lastEvent("seg.c.0", "lost")
 	if !strings.Contains(lostEvent, "restart_from=scratch") {
 		t.Fatalf("the loss event does not say the task restarts from scratch: %q\n%s", lostEvent, c.dump())
+	}
+	if n := histogramCount(c.srv.Controller.Metrics().LostRestarts.WithLabelValues("scratch")); n != 1 {
+		t.Fatalf("ferry_lost_tasks_total{from=scratch} = %v, want 1", n)
 	}
 	third := ""
 	for n := range c.agents {
