@@ -98,7 +98,8 @@ func benchOnce(b *testing.B, size int64) {
 	tr := time.Now()
 	waitLog(b, nodeB, "blob", "restored ")
 	if os.Getenv("FERRY_BENCH_DEBUG") != "" {
-		b.Logf("Resume call %v, job ready after %v", tr.Sub(t2), time.Since(tr))
+		log, _ := os.ReadFile(nodeA.LogPath("blob"))
+		b.Logf("Resume call %v, job ready after %v; job log:\n%s", tr.Sub(t2), time.Since(tr), log)
 	}
 	t3 := time.Now()
 	b.StopTimer()

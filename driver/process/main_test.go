@@ -155,6 +155,7 @@ func testJob(name string) int {
 			fmt.Println("ready", len(state))
 		}
 		<-sigs
+		t0 := time.Now()
 		// Stream it out in 8 MiB writes: on the development VM one 1 GiB
 		// write(2) was three times slower than chunked writes.
 		f, err := os.Create(filepath.Join(ckpt, "blob"))
@@ -169,6 +170,7 @@ func testJob(name string) int {
 		if err := f.Close(); err != nil {
 			return 2
 		}
+		fmt.Println("wrote", len(state), "in", time.Since(t0))
 		return 85
 	}
 	fmt.Println("unknown test job", name)
