@@ -25,9 +25,9 @@ func processPair(t *testing.T, d time.Duration) (context.Context, *node, *node) 
 }
 
 // Periodic checkpoints go to the checkpoint peer as replicas, the peer
-// keeps only the newest, refuses older pushes and bad requests, and a
-// resume from its own replica (From empty) continues the task at epoch+1
-// after the holder is lost.
+// keeps only the newest (also across its own restart), refuses older
+// pushes and bad requests, and a resume from its own replica (From empty)
+// continues the task at epoch+1 after the holder is lost.
 func TestReplicaPushAndLocalRestart(t *testing.T) {
 	t.Parallel()
 	ctx, a, b := processPair(t, 3*time.Minute)
@@ -102,8 +102,10 @@ func TestReplicaPushAndLocalRestart(t *testing.T) {
 	if first.BytesSent < 4<<20 || second.BytesSent*4 > first.BytesSent {
 		t.Fatalf("second push sent %d bytes, first %d: want only the changed chunks", second.BytesSent, first.BytesSent)
 	}
-	// The holder is lost; node-b restarts the task from its own replica.
+	// The holder is lost; node-b (restarted: its replicas are on disk)
+	// restarts the task from its own replica.
 	a.shutdown(true)
+	b.restart()
 	_, err = b.c.Resume(ctx, "seg", api.ResumeRequest{Replica: true})
 	wantKind(t, "resume from a replica without an epoch", err, driver.ErrInvalidSpec)
 	_, err = b.c.Resume(ctx, "nope", api.ResumeRequest{Epoch: 1, Replica: true})
