@@ -333,8 +333,17 @@ func (a *Agent) pushLoop(id string) {
 	}
 }
 
+// pushTimeout bounds one replica transfer of size bytes on either side, so
+// a peer or holder that hangs never holds a task's pushes for good: five
+// minutes plus a second per 10 MB.
+func pushTimeout(size int64) time.Duration {
+	return 5*time.Minute + time.Duration(size/10e6)*time.Second
+}
+
 // pushReplica sends one snapshot to its peer.
 func (a *Agent) pushReplica(ctx context.Context, s *snapshot) (transfer.SendResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, pushTimeout(s.meta.Bytes))
+	defer cancel()
 	meta, err := json.Marshal(s.meta)
 	if err != nil {
 		return transfer.SendResult{}, err
@@ -401,7 +410,9 @@ func (a *Agent) handleReplicaPush(w http.ResponseWriter, r *http.Request) {
 		a.log.Warn("replica receive", "task", id, "err", err)
 		return
 	}
-	res, err := rc.Serve(a.ctx, rw)
+	ctx, cancel := context.WithTimeout(a.ctx, pushTimeout(m.Bytes))
+	defer cancel()
+	res, err := rc.Serve(ctx, rw)
 	if err != nil {
 		a.log.Warn("replica receive", "task", id, "holder", m.Holder, "err", err)
 		return
