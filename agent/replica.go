@@ -228,6 +228,13 @@ func (a *Agent) onCheckpoint(_ context.Context, id string, img driver.Image) {
 		a.mu.Unlock()
 		return
 	}
+	if op, busy := a.busy[id]; busy {
+		// A stop, suspend or move holds the record: leave it alone (the
+		// task is about to change hands or end).
+		a.mu.Unlock()
+		a.log.Info("checkpoint replica skipped: task busy", "task", id, "op", op)
+		return
+	}
 	n := *rec
 	n.CheckpointSeq++
 	if err := a.putLocked(&n); err != nil {
