@@ -27,7 +27,10 @@ var probeMemo sync.Map // key → accelerator
 // the boot id and the QEMU binary, kernel and initrd (path, size, mtime).
 // A failing KVM probe costs its whole timeout (nested KVM hangs at guest
 // boot), and every agent start and test binary would otherwise pay it. An
-// interrupted probe is not remembered.
+// interrupted probe is not remembered. A KVM guest prints within seconds, so
+// a probe that times out under a generous timeout is taken as a definite
+// "no"; an operator who knows better passes --accel kvm to the agent or
+// deletes /run/ferry/accel-* to probe again.
 func CachedProbe(ctx context.Context, qemuBin, kernel, initrd string, timeout time.Duration) string {
 	key, ok := probeKey(qemuBin, kernel, initrd)
 	if !ok {

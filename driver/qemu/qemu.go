@@ -122,7 +122,8 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	d := &Driver{cfg: cfg, log: cfg.Logger.With("component", "driver/qemu"), tasks: map[string]*task{}}
 	d.accel = cfg.Accel
 	if d.accel == "" {
-		d.accel = CachedProbe(ctx, cfg.QEMU, cfg.Kernel, cfg.Initrd, 30*time.Second)
+		d.accel = CachedProbe(ctx, cfg.QEMU, cfg.Kernel, cfg.Initrd, 60*time.Second)
+		d.log.Info("accelerator probed", "accel", d.accel, "remembered_in", probeCacheDir)
 	}
 	if d.accel != "kvm" && d.accel != "tcg" {
 		return nil, fmt.Errorf("qemu: accelerator %q: want kvm or tcg", d.accel)
