@@ -162,7 +162,7 @@ type Agent struct {
 	// Replicas of periodic checkpoints (replica.go): kept for other
 	// nodes, being received, and this node's pushes by task id.
 	replicas  map[string]*replicaEntry
-	receiving map[string]chan struct{}
+	receiving map[string]*receiveSlot
 	pushes    map[string]*pushState
 }
 
@@ -205,7 +205,7 @@ func New(cfg Config) (*Agent, error) {
 		stale:    map[string]string{},
 
 		replicas:  map[string]*replicaEntry{},
-		receiving: map[string]chan struct{}{},
+		receiving: map[string]*receiveSlot{},
 		pushes:    map[string]*pushState{},
 	}
 	for _, d := range cfg.Drivers {

@@ -394,12 +394,12 @@ func (a *Agent) handleReplicas(w http.ResponseWriter, r *http.Request) {
 // here at its epoch or later, or when the disk cannot hold it.
 func (a *Agent) handleReplicaPush(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	m, err := a.checkPush(r, id)
+	m, slot, err := a.checkPush(r, id)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	defer func() { <-a.receiving[id] }()
+	defer a.leaveReceive(id, slot, true)
 	conn, rw, err := a.upgradeConn(w, api.ImageProtocol, nil)
 	if err != nil {
 		return
@@ -427,55 +427,92 @@ func (a *Agent) handleReplicaPush(w http.ResponseWriter, r *http.Request) {
 	a.commitReplica(id, m, res)
 }
 
-// checkPush vets a replica push and takes the task's receive slot
-// (a.receiving[id]), which the caller gives back.
-func (a *Agent) checkPush(r *http.Request, id string) (replicaMeta, error) {
+// receiveSlot serializes the pushes of one task: whoever holds ch
+// receives; users counts the pushes holding or waiting for it, so the map
+// entry goes when the last one leaves.
+type receiveSlot struct {
+	ch    chan struct{}
+	users int
+}
+
+// enterReceive takes the receive slot of task id (a.receiving[id]),
+// waiting for the push that holds it, or fails when ctx ends first.
+func (a *Agent) enterReceive(ctx context.Context, id string) (*receiveSlot, error) {
+	a.mu.Lock()
+	slot := a.receiving[id]
+	if slot == nil {
+		slot = &receiveSlot{ch: make(chan struct{}, 1)}
+		a.receiving[id] = slot
+	}
+	slot.users++
+	a.mu.Unlock()
+	select {
+	case slot.ch <- struct{}{}:
+		return slot, nil
+	case <-ctx.Done():
+		a.leaveReceive(id, slot, false)
+		return nil, fmt.Errorf("%w: a replica of %q is being received", driver.ErrBusy, id)
+	}
+}
+
+// leaveReceive gives back slot (held: taken by enterReceive) and forgets
+// it when no push holds or waits for it.
+func (a *Agent) leaveReceive(id string, slot *receiveSlot, held bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.leaveReceiveLocked(id, slot, held)
+}
+
+func (a *Agent) leaveReceiveLocked(id string, slot *receiveSlot, held bool) {
+	if held {
+		<-slot.ch
+	}
+	slot.users--
+	if slot.users == 0 && a.receiving[id] == slot {
+		delete(a.receiving, id)
+	}
+}
+
+// checkPush vets a replica push and takes the task's receive slot, which
+// the caller gives back with leaveReceive.
+func (a *Agent) checkPush(r *http.Request, id string) (replicaMeta, *receiveSlot, error) {
 	var m replicaMeta
 	if err := api.ValidID(id); err != nil {
-		return m, err
+		return m, nil, err
 	}
 	if !strings.EqualFold(r.Header.Get("Upgrade"), api.ImageProtocol) {
-		return m, fmt.Errorf("%w: replica push needs Upgrade: %s", driver.ErrInvalidSpec, api.ImageProtocol)
+		return m, nil, fmt.Errorf("%w: replica push needs Upgrade: %s", driver.ErrInvalidSpec, api.ImageProtocol)
 	}
 	m, err := parseReplicaHeader(id, r.Header.Get(api.ReplicaHeader))
 	if err != nil {
-		return m, err
+		return m, nil, err
 	}
 	need := 3*m.Bytes + max(m.Bytes/100, 1<<20) // staged tar, replica, chunks
 	free, err := a.cfg.FreeSpace(a.cfg.DataDir)
 	if err != nil {
-		return m, err
+		return m, nil, err
 	}
 	if free < need {
-		return m, fmt.Errorf("%w: replica of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, m.Bytes, a.cfg.Name, need, a.cfg.DataDir, free)
+		return m, nil, fmt.Errorf("%w: replica of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, m.Bytes, a.cfg.Name, need, a.cfg.DataDir, free)
 	}
 	// One push of a task at a time: a newer one waits for the previous
 	// one's commit, then is checked against it.
-	a.mu.Lock()
-	sem := a.receiving[id]
-	if sem == nil {
-		sem = make(chan struct{}, 1)
-		a.receiving[id] = sem
-	}
-	a.mu.Unlock()
-	select {
-	case sem <- struct{}{}:
-	case <-r.Context().Done():
-		return m, fmt.Errorf("%w: a replica of %q is being received", driver.ErrBusy, id)
+	slot, err := a.enterReceive(r.Context(), id)
+	if err != nil {
+		return m, nil, err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	err = nil
 	if cur, ok := a.replicas[id]; ok && !m.newer(cur.meta) {
 		err = fmt.Errorf("%w: replica of %q at epoch %d seq %d: node %s keeps epoch %d seq %d", api.ErrStaleEpoch, id, m.Epoch, m.Seq, a.cfg.Name, cur.meta.Epoch, cur.meta.Seq)
 	} else if rec, ok := a.records[id]; ok && occupies(rec.Phase) && rec.Epoch >= m.Epoch {
 		err = fmt.Errorf("%w: replica of %q at epoch %d: the task runs on %s at epoch %d", api.ErrStaleEpoch, id, m.Epoch, a.cfg.Name, rec.Epoch)
 	}
 	if err != nil {
-		<-sem
-		return m, err
+		a.leaveReceiveLocked(id, slot, true)
+		return m, nil, err
 	}
-	return m, nil
+	return m, slot, nil
 }
 
 // commitReplica installs a received replica (already in place on disk) if

@@ -5,9 +5,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -183,4 +186,66 @@ func FuzzParseReplicaHeader(f *testing.F) {
 			t.Fatalf("accepted %+v", m)
 		}
 	})
+}
+
+// testSnapshot writes a snapshot of m (a replica.json and a checkpoint
+// holding counter) for a push to peer, as onCheckpoint does.
+func testSnapshot(t *testing.T, peer string, m replicaMeta, counter string) *snapshot {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, replicaDataDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, replicaDataDir, "counter"), []byte(counter), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(m)
+	if err := os.WriteFile(filepath.Join(dir, replicaMetaFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &snapshot{dir: dir, peer: peer, meta: m}
+}
+
+// Many pushes at once (three per task, racing each other): each task
+// ends with one replica, a push older than the kept one is refused as
+// stale, and no receive slot stays behind. Run
+// with -race: the slots' map is only touched under the agent's lock.
+func TestReplicaConcurrentPushes(t *testing.T) {
+	t.Parallel()
+	ctx, a, b := processPair(t, 2*time.Minute)
+	const tasks, pushes = 16, 3
+	errs := make(chan error, pushes*tasks)
+	var wg sync.WaitGroup
+	for i := range tasks {
+		id := fmt.Sprintf("con%d", i)
+		for seq := uint64(1); seq <= pushes; seq++ {
+			m := replicaMeta{Replica: api.Replica{Task: id, Epoch: 1, Seq: seq, Holder: a.addr, Bytes: 1}, Driver: "process", Spec: counterSpec(id, nil)}
+			s := testSnapshot(t, b.addr, m, strconv.FormatUint(seq, 10))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := a.agent.pushReplica(ctx, s); err != nil && !errors.Is(err, api.ErrStaleEpoch) {
+					errs <- fmt.Errorf("push %s seq %d: %w", id, seq, err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	rs, err := b.c.Replicas(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != tasks {
+		t.Fatalf("node-b keeps %d replicas, want %d: %+v", len(rs), tasks, rs)
+	}
+	b.agent.mu.Lock()
+	left := len(b.agent.receiving)
+	b.agent.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d receive slots left after every push ended", left)
+	}
 }
