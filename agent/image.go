@@ -186,7 +186,7 @@ func (a *Agent) receiveImageTar(ctx context.Context, peerAddr, id string, epoch 
 		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
 	}
 	if hrec.Image != nil {
-		if err := a.checkRoom(id, hrec.Image.Bytes, 1); err != nil {
+		if err := a.checkRoom("image", id, hrec.Image.Bytes, 1); err != nil {
 			fmt.Fprintf(conn, "ERR %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
 			return nil, err
 		}
@@ -209,16 +209,38 @@ func (a *Agent) receiveImageTar(ctx context.Context, peerAddr, id string, epoch 
 	return prec, nil
 }
 
-// checkRoom refuses an image of size bytes when the data dir lacks copies
-// times its size plus a reserve.
-func (a *Agent) checkRoom(id string, size int64, copies int64) error {
-	need := copies*size + max(size/100, 1<<20)
+// maxImageBytes bounds the size an image or replica may claim (1 TiB), so
+// the room and time computed from a peer's claim cannot overflow.
+const maxImageBytes = 1 << 40
+
+// roomReserve is what a transfer of size bytes needs on top of its copies:
+// the packing's headers and the filesystem's slack.
+func roomReserve(size int64) int64 { return max(size/100, 1<<20) }
+
+// checkRoom refuses what (an image or a replica) of task id when its size
+// is not within 0..maxImageBytes, or when the data dir lacks copies times
+// its size plus a reserve.
+func (a *Agent) checkRoom(what, id string, size int64, copies int64) error {
+	if size < 0 || size > maxImageBytes {
+		return fmt.Errorf("%w: %s of %q claims %d bytes, outside 0..%d", driver.ErrInvalidSpec, what, id, size, int64(maxImageBytes))
+	}
+	need := copies*size + roomReserve(size)
 	free, err := a.cfg.FreeSpace(a.cfg.DataDir)
 	if err != nil {
 		return err
 	}
 	if free < need {
-		return fmt.Errorf("%w: image of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, size, a.cfg.Name, need, a.cfg.DataDir, free)
+		return fmt.Errorf("%w: %s of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, what, id, size, a.cfg.Name, need, a.cfg.DataDir, free)
+	}
+	return nil
+}
+
+// checkPacked refuses a transfer whose packed size (its index) exceeds the
+// size claimed for it plus the reserve for the packing: the room was
+// checked for the claim.
+func checkPacked(what, id string, claimed int64, x *cas.Index) error {
+	if limit := claimed + roomReserve(claimed); x.Size > limit {
+		return fmt.Errorf("%w: %s of %q claimed %d bytes but sends %d (more than %d)", driver.ErrInvalidSpec, what, id, claimed, x.Size, limit)
 	}
 	return nil
 }
@@ -246,21 +268,23 @@ func (a *Agent) receiveImageCAS(ctx context.Context, peerAddr, id string, epoch 
 	if prec.Image != nil {
 		size = prec.Image.Bytes
 	}
-	if err := a.receiveDir(ctx, conn, peerAddr, id, size, dir); err != nil {
+	if err := a.receiveDir(ctx, conn, peerAddr, "image", id, size, false, dir); err != nil {
 		return nil, err
 	}
 	return &prec, nil
 }
 
-// receiveDir receives a directory of about size bytes sent with
-// transfer.SendDir on conn into dir (which must not exist), after checking
-// the free space.
-func (a *Agent) receiveDir(ctx context.Context, conn net.Conn, peerAddr, id string, size int64, dir string) error {
+// receiveDir receives what (an image or replica of task id), a directory
+// of about size bytes sent with transfer.SendDir on conn, into dir (which
+// must not exist), after checking the free space. With exact, a transfer
+// larger than size (plus the packing's reserve) is refused (a replica's
+// size counts all its files; an image's only its main file).
+func (a *Agent) receiveDir(ctx context.Context, conn net.Conn, peerAddr, what, id string, size int64, exact bool, dir string) error {
 	a.track(conn)
 	defer a.untrack(conn)
 	// The transfer stages the packed directory, then extracts it: twice its
 	// size, plus a reserve.
-	if err := a.checkRoom(id, size, 2); err != nil {
+	if err := a.checkRoom(what, id, size, 2); err != nil {
 		return err
 	}
 	staging := filepath.Join(a.cfg.DataDir, "run", "cas-staging")
@@ -268,7 +292,14 @@ func (a *Agent) receiveDir(ctx context.Context, conn net.Conn, peerAddr, id stri
 		return err
 	}
 	rc := a.keepReceived(&transfer.Receiver{StagingDir: staging, Logger: a.log,
-		Dest: func(transfer.Header, *cas.Index) (string, error) { return dir, nil }}, id)
+		Dest: func(_ transfer.Header, x *cas.Index) (string, error) {
+			if exact {
+				if err := checkPacked(what, id, size, x); err != nil {
+					return "", err
+				}
+			}
+			return dir, nil
+		}}, id)
 	res, err := rc.Serve(ctx, conn)
 	if err != nil {
 		return err

@@ -74,8 +74,8 @@ func (m replicaMeta) validate(id string) error {
 		return fmt.Errorf("%w: replica of %q describes task %q (spec %q)", driver.ErrInvalidSpec, id, m.Task, m.Spec.ID)
 	case m.Epoch == 0:
 		return fmt.Errorf("%w: replica of %q: epoch is required", driver.ErrInvalidSpec, id)
-	case m.Bytes < 0:
-		return fmt.Errorf("%w: replica of %q: negative size %d", driver.ErrInvalidSpec, id, m.Bytes)
+	case m.Bytes < 0 || m.Bytes > maxImageBytes:
+		return fmt.Errorf("%w: replica of %q: size %d bytes is outside 0..%d", driver.ErrInvalidSpec, id, m.Bytes, int64(maxImageBytes))
 	case m.Holder == "":
 		return fmt.Errorf("%w: replica of %q: holder is required", driver.ErrInvalidSpec, id)
 	}
@@ -340,11 +340,15 @@ func (a *Agent) pushLoop(id string) {
 	}
 }
 
+// maxPushTimeout caps pushTimeout whatever size a push claims.
+const maxPushTimeout = 2 * time.Hour
+
 // pushTimeout bounds one replica transfer of size bytes on either side, so
 // a peer or holder that hangs never holds a task's pushes for good: five
-// minutes plus a second per 10 MB.
+// minutes plus a second per 10 MB, at most maxPushTimeout.
 func pushTimeout(size int64) time.Duration {
-	return 5*time.Minute + time.Duration(size/10e6)*time.Second
+	size = min(max(size, 0), maxImageBytes)
+	return min(5*time.Minute+time.Duration(size/10e6)*time.Second, maxPushTimeout)
 }
 
 // pushReplica sends one snapshot to its peer.
@@ -412,7 +416,12 @@ func (a *Agent) handleReplicaPush(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rc := a.keepReceived(&transfer.Receiver{StagingDir: filepath.Join(a.cfg.DataDir, "run", "cas-staging"), Logger: a.log,
-		Dest: func(transfer.Header, *cas.Index) (string, error) { return filepath.Join(base, m.dirName()), nil }}, id)
+		Dest: func(_ transfer.Header, x *cas.Index) (string, error) {
+			if err := checkPacked("replica", id, m.Bytes, x); err != nil {
+				return "", err
+			}
+			return filepath.Join(base, m.dirName()), nil
+		}}, id)
 	if err := os.MkdirAll(rc.StagingDir, 0o700); err != nil {
 		a.log.Warn("replica receive", "task", id, "err", err)
 		return
@@ -487,13 +496,9 @@ func (a *Agent) checkPush(r *http.Request, id string) (replicaMeta, *receiveSlot
 	if err != nil {
 		return m, nil, err
 	}
-	need := 3*m.Bytes + max(m.Bytes/100, 1<<20) // staged tar, replica, chunks
-	free, err := a.cfg.FreeSpace(a.cfg.DataDir)
-	if err != nil {
+	// Staged tar, replica, chunks.
+	if err := a.checkRoom("replica", id, m.Bytes, 3); err != nil {
 		return m, nil, err
-	}
-	if free < need {
-		return m, nil, fmt.Errorf("%w: replica of %q is %d bytes; node %s needs %d free in %s and has %d", driver.ErrInsufficient, id, m.Bytes, a.cfg.Name, need, a.cfg.DataDir, free)
 	}
 	// One push of a task at a time: a newer one waits for the previous
 	// one's commit, then is checked against it.
@@ -704,7 +709,7 @@ func (a *Agent) resumeFromReplica(ctx context.Context, id string, req api.Resume
 			if err := json.Unmarshal(b, &m); err != nil || m.validate(id) != nil {
 				return nil, fmt.Errorf("%w: replica description of %q from %s: %s", driver.ErrInvalidSpec, id, req.From, b)
 			}
-			if err := a.receiveDir(ctx, conn, req.From, id, m.Bytes, dir); err != nil {
+			if err := a.receiveDir(ctx, conn, req.From, "replica", id, m.Bytes, true, dir); err != nil {
 				return nil, err
 			}
 			return m.record(), nil

@@ -174,6 +174,10 @@ func FuzzParseReplicaHeader(f *testing.F) {
 	f.Add(base64.StdEncoding.EncodeToString(good[:len(good)/2]))
 	f.Add(base64.StdEncoding.EncodeToString([]byte(`{"task":"u","epoch":1,"holder":"h:1","spec":{"id":"u"}}`)))
 	f.Add("not base64")
+	for _, n := range []int64{1 << 40, 1<<40 + 1, 1 << 50, 1 << 62, -1} {
+		huge, _ := json.Marshal(replicaMeta{Replica: api.Replica{Task: "t", Epoch: 2, Seq: 3, Bytes: n, Holder: "127.0.0.1:1"}, Driver: "process", Spec: counterSpec("t", nil)})
+		f.Add(base64.StdEncoding.EncodeToString(huge))
+	}
 	f.Fuzz(func(t *testing.T, h string) {
 		m, err := parseReplicaHeader("t", h)
 		if err != nil {
@@ -182,8 +186,14 @@ func FuzzParseReplicaHeader(f *testing.F) {
 			}
 			return
 		}
-		if m.Task != "t" || m.Spec.ID != "t" || m.Epoch == 0 || m.Bytes < 0 || m.Holder == "" {
+		if m.Task != "t" || m.Spec.ID != "t" || m.Epoch == 0 || m.Bytes < 0 || m.Bytes > maxImageBytes || m.Holder == "" {
 			t.Fatalf("accepted %+v", m)
+		}
+		if d := pushTimeout(m.Bytes); d <= 0 || d > maxPushTimeout {
+			t.Fatalf("push timeout %v for %d bytes", d, m.Bytes)
+		}
+		if need := 3*m.Bytes + roomReserve(m.Bytes); need < m.Bytes {
+			t.Fatalf("room for %d bytes overflows to %d", m.Bytes, need)
 		}
 	})
 }
@@ -235,17 +245,63 @@ func TestReplicaConcurrentPushes(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	rs, err := b.c.Replicas(ctx)
-	if err != nil {
+	// The peer commits a replica (and gives back its slot) just after the
+	// holder's transfer ends.
+	for {
+		rs, err := b.c.Replicas(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.agent.mu.Lock()
+		left := len(b.agent.receiving)
+		b.agent.mu.Unlock()
+		if len(rs) == tasks && left == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("node-b keeps %d replicas (want %d) and %d receive slots (want none) after every push ended", len(rs), tasks, left)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A push's size is bounded: a claim beyond 1 TiB (whose room and time
+// would overflow or last for years) is refused before any byte moves, and
+// a transfer larger than its claim is refused by the peer, which keeps
+// nothing of it.
+func TestReplicaPushSizeBounded(t *testing.T) {
+	t.Parallel()
+	ctx, a, b := processPair(t, 2*time.Minute)
+	spec := counterSpec("big", nil)
+	for _, n := range []int64{1 << 62, 1 << 50, maxImageBytes + 1} {
+		m := replicaMeta{Replica: api.Replica{Task: "big", Epoch: 1, Seq: 1, Holder: a.addr, Bytes: n}, Driver: "process", Spec: spec}
+		_, err := a.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "1"))
+		wantKind(t, fmt.Sprintf("push claiming %d bytes", n), err, driver.ErrInvalidSpec)
+	}
+	// Claims 10 bytes, sends 4 MiB.
+	m := replicaMeta{Replica: api.Replica{Task: "big", Epoch: 1, Seq: 2, Holder: a.addr, Bytes: 10}, Driver: "process", Spec: spec}
+	s := testSnapshot(t, b.addr, m, "2")
+	blob := make([]byte, 4<<20)
+	rand.New(rand.NewSource(2)).Read(blob)
+	if err := os.WriteFile(filepath.Join(s.dir, replicaDataDir, "blob"), blob, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if len(rs) != tasks {
-		t.Fatalf("node-b keeps %d replicas, want %d: %+v", len(rs), tasks, rs)
+	if _, err := a.agent.pushReplica(ctx, s); err == nil {
+		t.Fatal("a push of 4 MiB claiming 10 bytes was accepted")
 	}
-	b.agent.mu.Lock()
-	left := len(b.agent.receiving)
-	b.agent.mu.Unlock()
-	if left != 0 {
-		t.Fatalf("%d receive slots left after every push ended", left)
+	if rs, err := b.c.Replicas(ctx); err != nil || len(rs) != 0 {
+		t.Fatalf("node-b keeps %+v (%v), want nothing", rs, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(b.dataDir, "replicas", "big")); len(ents) != 0 {
+		t.Fatalf("node-b keeps %d directories of the refused push", len(ents))
+	}
+	// The same push with its true size goes through.
+	m.Seq, m.Bytes = 3, dirSize(s.dir)
+	ok := testSnapshot(t, b.addr, m, "3")
+	if err := os.WriteFile(filepath.Join(ok.dir, replicaDataDir, "blob"), blob, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.agent.pushReplica(ctx, ok); err != nil {
+		t.Fatal(err)
 	}
 }
