@@ -508,10 +508,18 @@ func (a *Agent) checkPush(r *http.Request, id string) (replicaMeta, *receiveSlot
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if cur, ok := a.replicas[id]; ok && !m.newer(cur.meta) {
+	// A replica from an older epoch than this node has seen for the task
+	// (kept replica, or its record here, also a moved one) is not the
+	// task's latest state.
+	cur, kept := a.replicas[id]
+	rec, known := a.records[id]
+	switch {
+	case kept && !m.newer(cur.meta):
 		err = fmt.Errorf("%w: replica of %q at epoch %d seq %d: node %s keeps epoch %d seq %d", api.ErrStaleEpoch, id, m.Epoch, m.Seq, a.cfg.Name, cur.meta.Epoch, cur.meta.Seq)
-	} else if rec, ok := a.records[id]; ok && occupies(rec.Phase) && rec.Epoch >= m.Epoch {
+	case known && occupies(rec.Phase) && rec.Epoch >= m.Epoch:
 		err = fmt.Errorf("%w: replica of %q at epoch %d: the task runs on %s at epoch %d", api.ErrStaleEpoch, id, m.Epoch, a.cfg.Name, rec.Epoch)
+	case known && rec.Epoch > m.Epoch:
+		err = fmt.Errorf("%w: replica of %q at epoch %d: node %s saw the task at epoch %d (%s)", api.ErrStaleEpoch, id, m.Epoch, a.cfg.Name, rec.Epoch, rec.Phase)
 	}
 	if err != nil {
 		a.leaveReceiveLocked(id, slot, true)
@@ -624,18 +632,18 @@ func (a *Agent) dropAtPeer(peer, id string, epoch uint64) {
 	}()
 }
 
-// linkReplica links the replica of id, if its epoch is not ahead of epoch,
-// into dir (which must not exist), so a newer push may replace the kept one
+// linkReplica links the replica of id, if its epoch is epoch, into dir
+// (which must not exist), so a newer push may replace the kept one
 // meanwhile.
 func (a *Agent) linkReplica(id string, epoch uint64, dir string) (replicaMeta, error) {
 	a.mu.Lock()
 	r, ok := a.replicas[id]
 	a.mu.Unlock()
-	switch {
-	case !ok:
+	if !ok {
 		return replicaMeta{}, fmt.Errorf("%w: no replica of task %q on node %s", driver.ErrNotFound, id, a.cfg.Name)
-	case r.meta.Epoch > epoch:
-		return replicaMeta{}, fmt.Errorf("%w: replica of %q has epoch %d, ahead of the request's %d", api.ErrStaleEpoch, id, r.meta.Epoch, epoch)
+	}
+	if err := replicaEpochIs(id, a.cfg.Name, r.meta.Epoch, epoch); err != nil {
+		return replicaMeta{}, err
 	}
 	if err := linkTree(filepath.Join(r.dir, replicaDataDir), dir); err != nil {
 		os.RemoveAll(dir)
@@ -719,18 +727,24 @@ func (a *Agent) resumeFromReplica(ctx context.Context, id string, req api.Resume
 		from:  req.From,
 		what:  "replica",
 		fetch: fetch,
-		check: func(prec *record) error {
-			if prec.Epoch > req.Epoch {
-				return fmt.Errorf("%w: replica of %q has epoch %d, ahead of the request's %d", api.ErrStaleEpoch, id, prec.Epoch, req.Epoch)
-			}
-			return nil
-		},
 	}
 	if local {
 		src.from = a.cfg.Name
 		src.committed = func(uint64) { a.dropReplica(id) }
 	}
+	src.check = func(prec *record) error { return replicaEpochIs(id, src.from, prec.Epoch, req.Epoch) }
 	return a.resumeFetched(ctx, id, req, src)
+}
+
+// replicaEpochIs refuses a restart at epoch from a replica of id (kept on
+// node) taken at another epoch: an older one is not the task's latest
+// state (it ran on, or moved, after it), a newer one is a later
+// incarnation's.
+func replicaEpochIs(id, node string, have, epoch uint64) error {
+	if have != epoch {
+		return fmt.Errorf("%w: replica of %q on %s is from epoch %d, the restart asks for epoch %d: only a replica of that epoch is the task's latest state", api.ErrStaleEpoch, id, node, have, epoch)
+	}
+	return nil
 }
 
 // record is what a resume from the replica starts.

@@ -305,3 +305,44 @@ func TestReplicaPushSizeBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A replica from an older epoch (left on a peer after the task moved or
+// restarted) is never used: a restart from it at a later epoch is refused
+// here and from another node, and a push older than the epoch the peer
+// saw the task at (its record of a move) is refused.
+func TestReplicaFromAnOlderEpochUnused(t *testing.T) {
+	t.Parallel()
+	ctx, a, b := processPair(t, 2*time.Minute)
+	m := replicaMeta{Replica: api.Replica{Task: "old", Epoch: 1, Seq: 1, Holder: a.addr, Bytes: 1}, Driver: "process", Spec: counterSpec("old", nil)}
+	if _, err := a.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "5")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := b.c.Resume(ctx, "old", api.ResumeRequest{Epoch: 2, Replica: true})
+	wantKind(t, "restart at epoch 2 from the epoch-1 replica kept here", err, api.ErrStaleEpoch)
+	_, err = a.c.Resume(ctx, "old", api.ResumeRequest{Epoch: 2, Replica: true, From: b.addr})
+	wantKind(t, "restart at epoch 2 from the epoch-1 replica at node-b", err, api.ErrStaleEpoch)
+	if rs, err := b.c.Replicas(ctx); err != nil || len(rs) != 1 || rs[0].Epoch != 1 {
+		t.Fatalf("node-b replicas after the refusals: %+v %v", rs, err)
+	}
+	for _, n := range []*node{a, b} {
+		_, err := n.c.Inspect(ctx, "old")
+		wantKind(t, "inspect on "+n.name+" after the refused restarts", err, driver.ErrNotFound)
+	}
+
+	// A task moves node-b → node-a (epoch 2): node-b's record of the move
+	// makes an epoch-1 push stale; an epoch-2 one is the live task's.
+	if _, err := b.c.Run(ctx, api.RunRequest{Spec: counterSpec("mv", nil)}); err != nil {
+		t.Fatal(err)
+	}
+	b.waitCounter(ctx, "mv", 2)
+	if _, err := b.c.Migrate(ctx, "mv", api.MigrateRequest{Epoch: 1, To: a.addr}, nil); err != nil {
+		t.Fatal(err)
+	}
+	mv := replicaMeta{Replica: api.Replica{Task: "mv", Epoch: 1, Seq: 7, Holder: a.addr, Bytes: 1}, Driver: "process", Spec: counterSpec("mv", nil)}
+	_, err = a.agent.pushReplica(ctx, testSnapshot(t, b.addr, mv, "3"))
+	wantKind(t, "push of an epoch-1 replica after the move to epoch 2", err, api.ErrStaleEpoch)
+	mv.Epoch, mv.Seq = 2, 1
+	if _, err := a.agent.pushReplica(ctx, testSnapshot(t, b.addr, mv, "4")); err != nil {
+		t.Fatalf("push of the live epoch: %v", err)
+	}
+}
