@@ -57,7 +57,13 @@ func (s store) put(r *record) error {
 	if err != nil {
 		return err
 	}
-	tmp := s.recordPath(r.ID) + ".tmp"
+	return writeFileSync(s.recordPath(r.ID), b)
+}
+
+// writeFileSync replaces the file at path with b atomically and durably
+// (a synced temporary file renamed over it, then the directory synced).
+func writeFileSync(path string, b []byte) error {
+	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
@@ -73,10 +79,10 @@ func (s store) put(r *record) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, s.recordPath(r.ID)); err != nil {
+	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return syncDir(filepath.Dir(path))
 }
 
 // remove deletes the task's record and everything under its directory.

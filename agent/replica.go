@@ -58,6 +58,10 @@ type replicaMeta struct {
 	api.Replica
 	Driver string      `json:"driver"`
 	Spec   driver.Spec `json:"spec"`
+	// Pusher is the certificate name of the agent that pushed the replica,
+	// set by the peer from the TLS connection (whatever the holder wrote):
+	// only it pushes more of that epoch or drops the replica (replicaOwner).
+	Pusher string `json:"pusher,omitempty"`
 }
 
 // newer orders replicas of one task by (epoch, seq).
@@ -187,6 +191,15 @@ func (a *Agent) loadReplica(id string) (*replicaEntry, bool) {
 		return nil, false
 	}
 	return best, true
+}
+
+// writeReplicaMeta replaces dir/replica.json with m, durably.
+func writeReplicaMeta(dir string, m replicaMeta) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return writeFileSync(filepath.Join(dir, replicaMetaFile), b)
 }
 
 func readReplicaMeta(dir string) (replicaMeta, error) {
@@ -496,6 +509,10 @@ func (a *Agent) checkPush(r *http.Request, id string) (replicaMeta, *receiveSlot
 	if err != nil {
 		return m, nil, err
 	}
+	_, m.Pusher, err = pki.PeerRole(r.TLS)
+	if err != nil {
+		return m, nil, fmt.Errorf("%w: replica push of %q: %v", api.ErrForbidden, id, err)
+	}
 	// Staged tar, replica, chunks.
 	if err := a.checkRoom("replica", id, m.Bytes, 3); err != nil {
 		return m, nil, err
@@ -514,6 +531,8 @@ func (a *Agent) checkPush(r *http.Request, id string) (replicaMeta, *receiveSlot
 	cur, kept := a.replicas[id]
 	rec, known := a.records[id]
 	switch {
+	case kept && m.Epoch <= cur.meta.Epoch && !cur.meta.ownedBy(m.Pusher):
+		err = fmt.Errorf("%w: replica of %q at epoch %d was pushed by %s; %s may only push a later epoch (the task moved to it)", api.ErrForbidden, id, cur.meta.Epoch, cur.meta.Pusher, m.Pusher)
 	case kept && !m.newer(cur.meta):
 		err = fmt.Errorf("%w: replica of %q at epoch %d seq %d: node %s keeps epoch %d seq %d", api.ErrStaleEpoch, id, m.Epoch, m.Seq, a.cfg.Name, cur.meta.Epoch, cur.meta.Seq)
 	case known && occupies(rec.Phase) && rec.Epoch >= m.Epoch:
@@ -532,7 +551,18 @@ func (a *Agent) checkPush(r *http.Request, id string) (replicaMeta, *receiveSlot
 // it is still the newest, and pins its chunks for the next push.
 func (a *Agent) commitReplica(id string, m replicaMeta, res transfer.ReceiveResult) {
 	got, err := readReplicaMeta(res.Path)
-	if err != nil || got.validate(id) != nil || got.dirName() != m.dirName() {
+	if err == nil {
+		err = got.validate(id)
+	}
+	if err == nil && got.dirName() != m.dirName() {
+		err = fmt.Errorf("%w: replica.json names %s, the push %s", driver.ErrInvalidSpec, got.dirName(), m.dirName())
+	}
+	if err == nil {
+		// Who pushed is what the TLS connection said, not the file.
+		got.Pusher = m.Pusher
+		err = writeReplicaMeta(res.Path, got)
+	}
+	if err != nil {
 		a.log.Warn("replica received with a bad description; dropped", "task", id, "err", err)
 		os.RemoveAll(res.Path)
 		return
@@ -566,23 +596,39 @@ func (a *Agent) dropReplica(id string) {
 
 // DropReplica forgets the replica of id kept here if its epoch is not
 // ahead of epoch (the task stopped at that epoch; a newer replica is the
-// live task's and stays).
-func (a *Agent) DropReplica(id string, epoch uint64) error {
+// live task's and stays), for a caller of role and certificate name: the
+// controller, or the agent that pushed the replica.
+func (a *Agent) DropReplica(id string, epoch uint64, role pki.Role, caller string) error {
 	if err := api.ValidID(id); err != nil {
 		return err
 	}
 	a.mu.Lock()
 	r, ok := a.replicas[id]
-	a.mu.Unlock()
+	var err error
 	switch {
 	case !ok:
-		return fmt.Errorf("%w: no replica of task %q on node %s", driver.ErrNotFound, id, a.cfg.Name)
+		err = fmt.Errorf("%w: no replica of task %q on node %s", driver.ErrNotFound, id, a.cfg.Name)
+	case role != pki.RoleServer && !r.meta.ownedBy(caller):
+		err = fmt.Errorf("%w: replica of %q was pushed by %s; only it or the controller may drop it, not %s", api.ErrForbidden, id, r.meta.Pusher, caller)
 	case r.meta.Epoch > epoch:
-		return fmt.Errorf("%w: replica of %q has epoch %d, ahead of %d", api.ErrStaleEpoch, id, r.meta.Epoch, epoch)
+		err = fmt.Errorf("%w: replica of %q has epoch %d, ahead of %d", api.ErrStaleEpoch, id, r.meta.Epoch, epoch)
+	default:
+		delete(a.replicas, id)
 	}
-	a.dropReplica(id)
-	a.log.Info("replica dropped", "task", id, "epoch", r.meta.Epoch, "seq", r.meta.Seq)
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	// Only this replica's directory: a push may be landing next to it.
+	os.RemoveAll(r.dir)
+	a.log.Info("replica dropped", "task", id, "epoch", r.meta.Epoch, "seq", r.meta.Seq, "by", caller)
 	return nil
+}
+
+// ownedBy reports whether the agent named caller pushed the replica (a
+// replica kept from before pushers were recorded has no owner).
+func (m replicaMeta) ownedBy(caller string) bool {
+	return m.Pusher == "" || m.Pusher == caller
 }
 
 func (a *Agent) handleReplicaDrop(w http.ResponseWriter, r *http.Request) {
@@ -591,7 +637,8 @@ func (a *Agent) handleReplicaDrop(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	if err := a.DropReplica(r.PathValue("id"), req.Epoch); err != nil {
+	role, caller, _ := pki.PeerRole(r.TLS)
+	if err := a.DropReplica(r.PathValue("id"), req.Epoch, role, caller); err != nil {
 		writeErr(w, err)
 		return
 	}

@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/agent/client"
 	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/pki"
 )
 
 // processPair starts two agents with process drivers and returns a context
@@ -344,5 +346,51 @@ func TestReplicaFromAnOlderEpochUnused(t *testing.T) {
 	mv.Epoch, mv.Seq = 2, 1
 	if _, err := a.agent.pushReplica(ctx, testSnapshot(t, b.addr, mv, "4")); err != nil {
 		t.Fatalf("push of the live epoch: %v", err)
+	}
+}
+
+// Only the agent that pushed a replica (by its certificate, whatever the
+// replica claims as holder) pushes more of that epoch or drops it; another
+// agent may push a later epoch (the task moved to it); the controller may
+// always drop. The pusher survives the peer's restart.
+func TestReplicaOnlyItsPusherReplacesOrDrops(t *testing.T) {
+	t.Parallel()
+	ctx, a, b := processPair(t, 2*time.Minute)
+	c := startNode(t, a.ca, "node-c", processDrivers(t), nil)
+	asAgent := func(n *node) *client.Client {
+		cl := client.New(b.addr, a.ca.identity(n.name, pki.RoleAgent).ClientConfig())
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	m := replicaMeta{Replica: api.Replica{Task: "own", Epoch: 1, Seq: 1, Holder: a.addr, Bytes: 1}, Driver: "process", Spec: counterSpec("own", nil)}
+	if _, err := a.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "1")); err != nil {
+		t.Fatal(err)
+	}
+	// node-c claims to be node-a's holder of epoch 1.
+	m.Seq = 2
+	_, err := c.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "2"))
+	wantKind(t, "node-c pushing node-a's epoch", err, api.ErrForbidden)
+	err = asAgent(c).DropReplica(ctx, "own", 1)
+	wantKind(t, "node-c dropping node-a's replica", err, api.ErrForbidden)
+	if rs, err := b.c.Replicas(ctx); err != nil || len(rs) != 1 || rs[0].Seq != 1 {
+		t.Fatalf("node-b replicas after node-c's attempts: %+v %v", rs, err)
+	}
+	// The task moved to node-c at epoch 2: its pushes are accepted, and
+	// node-a (after node-b restarts) no longer pushes or drops.
+	m.Epoch, m.Seq, m.Holder = 2, 1, c.addr
+	if _, err := c.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "3")); err != nil {
+		t.Fatalf("node-c pushing epoch 2: %v", err)
+	}
+	b.restart()
+	m.Seq, m.Holder = 2, a.addr
+	_, err = a.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "4"))
+	wantKind(t, "node-a pushing node-c's epoch after node-b restarted", err, api.ErrForbidden)
+	err = asAgent(a).DropReplica(ctx, "own", 2)
+	wantKind(t, "node-a dropping node-c's replica", err, api.ErrForbidden)
+	if err := b.c.DropReplica(ctx, "own", 2); err != nil {
+		t.Fatalf("the controller dropping the replica: %v", err)
+	}
+	if rs, err := b.c.Replicas(ctx); err != nil || len(rs) != 0 {
+		t.Fatalf("node-b replicas after the controller's drop: %+v %v", rs, err)
 	}
 }
