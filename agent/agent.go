@@ -164,6 +164,11 @@ type Agent struct {
 	replicas  map[string]*replicaEntry
 	receiving map[string]*receiveSlot
 	pushes    map[string]*pushState
+	peerDrops int // dropAtPeer calls in flight
+
+	// afterSnapshot, if set (tests), is called between writing a
+	// checkpoint's snapshot and queueing its push.
+	afterSnapshot func(id string)
 }
 
 // New prepares an agent: it loads the records in the data dir and

@@ -111,11 +111,12 @@ type replicaEntry struct {
 	dir  string // DATA/replicas/<id>/<epoch>-<seq>
 }
 
-// pushState is a task's pusher: the newest snapshot waiting, and whether a
-// goroutine is sending.
+// pushState is a task's pusher: the newest snapshot waiting, whether a
+// goroutine is sending, and how many snapshots are being written.
 type pushState struct {
-	pending *snapshot
-	running bool
+	pending   *snapshot
+	running   bool
+	preparing int
 }
 
 // snapshot is a checkpoint linked into the outbox, waiting to be pushed.
@@ -259,33 +260,59 @@ func (a *Agent) onCheckpoint(_ context.Context, id string, img driver.Image) {
 		Replica: api.Replica{Task: id, Epoch: n.Epoch, Seq: n.CheckpointSeq, Bytes: img.Bytes, Taken: time.Now().UTC(), Holder: a.cfg.Advertise},
 		Driver:  n.Driver, Spec: n.Spec,
 	}
-	a.mu.Unlock()
-	s := &snapshot{dir: filepath.Join(a.outboxDir(), fmt.Sprintf("%s-%s", id, m.dirName())), peer: n.CheckpointPeer, meta: m}
-	if err := writeSnapshot(s, img.Dir); err != nil {
-		os.RemoveAll(s.dir)
-		a.log.Warn("checkpoint replica: snapshot", "task", id, "err", err)
-		return
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.closed {
-		os.RemoveAll(s.dir)
-		return
-	}
+	// The push counts from here (a stop's dropAtPeer waits for it), though
+	// it is queued only once the snapshot is written.
 	ps := a.pushes[id]
 	if ps == nil {
 		ps = &pushState{}
 		a.pushes[id] = ps
 	}
-	if ps.pending != nil {
-		a.log.Info("checkpoint replica superseded before it was sent", "task", id, "seq", ps.pending.meta.Seq, "by", m.Seq)
-		os.RemoveAll(ps.pending.dir)
+	ps.preparing++
+	hook := a.afterSnapshot
+	a.mu.Unlock()
+	s := &snapshot{dir: filepath.Join(a.outboxDir(), fmt.Sprintf("%s-%s", id, m.dirName())), peer: n.CheckpointPeer, meta: m}
+	err := writeSnapshot(s, img.Dir)
+	if hook != nil {
+		hook(id)
 	}
-	ps.pending = s
-	if !ps.running {
-		ps.running = true
-		a.wg.Add(1)
-		go a.pushLoop(id)
+	var discard string
+	a.mu.Lock()
+	ps.preparing--
+	cur, ok := a.records[id]
+	op, busy := a.busy[id]
+	switch {
+	case err != nil:
+		a.log.Warn("checkpoint replica: snapshot", "task", id, "err", err)
+		discard = s.dir
+	case a.closed:
+		discard = s.dir
+	case !ok || cur.Phase != api.PhaseRunning || cur.Epoch != m.Epoch || busy:
+		a.log.Info("checkpoint replica not pushed: the task stopped or changed meanwhile", "task", id, "seq", m.Seq, "op", op)
+		discard = s.dir
+	default:
+		if ps.pending != nil {
+			a.log.Info("checkpoint replica superseded before it was sent", "task", id, "seq", ps.pending.meta.Seq, "by", m.Seq)
+			discard = ps.pending.dir
+		}
+		ps.pending = s
+		if !ps.running {
+			ps.running = true
+			a.wg.Add(1)
+			go a.pushLoop(id)
+		}
+	}
+	a.forgetPushLocked(id, ps)
+	a.mu.Unlock()
+	if discard != "" {
+		os.RemoveAll(discard)
+	}
+}
+
+// forgetPushLocked removes the task's pusher when nothing is being
+// prepared, waiting or sent.
+func (a *Agent) forgetPushLocked(id string, ps *pushState) {
+	if !ps.running && ps.pending == nil && ps.preparing == 0 && a.pushes[id] == ps {
+		delete(a.pushes, id)
 	}
 }
 
@@ -336,7 +363,7 @@ func (a *Agent) pushLoop(id string) {
 		ps.pending = nil
 		if s == nil {
 			ps.running = false
-			delete(a.pushes, id)
+			a.forgetPushLocked(id, ps)
 			a.mu.Unlock()
 			return
 		}
@@ -646,7 +673,8 @@ func (a *Agent) handleReplicaDrop(w http.ResponseWriter, r *http.Request) {
 }
 
 // dropAtPeer asks the checkpoint peer of a task that stopped here to drop
-// its replica, once the task's last push is over (in the background; a
+// its replica, once the task's last push is over, including one whose
+// snapshot was being written when the task stopped (in the background; a
 // failure is logged).
 func (a *Agent) dropAtPeer(peer, id string, epoch uint64) {
 	a.mu.Lock()
@@ -655,9 +683,15 @@ func (a *Agent) dropAtPeer(peer, id string, epoch uint64) {
 		return
 	}
 	a.wg.Add(1)
+	a.peerDrops++
 	a.mu.Unlock()
 	go func() {
 		defer a.wg.Done()
+		defer func() {
+			a.mu.Lock()
+			a.peerDrops--
+			a.mu.Unlock()
+		}()
 		ctx, cancel := context.WithTimeout(a.ctx, cleanupTimeout)
 		defer cancel()
 		for {

@@ -17,6 +17,7 @@ import (
 	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/agent/client"
 	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/driver/process"
 	"github.com/ferrycluster/ferry/pki"
 )
 
@@ -392,5 +393,78 @@ func TestReplicaOnlyItsPusherReplacesOrDrops(t *testing.T) {
 	}
 	if rs, err := b.c.Replicas(ctx); err != nil || len(rs) != 0 {
 		t.Fatalf("node-b replicas after the controller's drop: %+v %v", rs, err)
+	}
+}
+
+// A task stopped while its holder writes a checkpoint's snapshot leaves no
+// replica behind: the stop's drop at the peer waits for that push (which
+// is not sent), instead of going first and letting the push land after.
+func TestReplicaNotLeftByAStopDuringItsSnapshot(t *testing.T) {
+	t.Parallel()
+	ctx, a, b := processPair(t, 2*time.Minute)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	a.agent.mu.Lock()
+	a.agent.afterSnapshot = func(string) { once.Do(func() { close(entered); <-release }) }
+	a.agent.mu.Unlock()
+	// The agent's hook, wrapped to tell when its first call returned.
+	returned := make(chan struct{})
+	var onceReturned sync.Once
+	a.drivers[0].(*process.Driver).SetOnCheckpoint(func(ctx context.Context, id string, img driver.Image) {
+		a.agent.onCheckpoint(ctx, id, img)
+		onceReturned.Do(func() { close(returned) })
+	})
+	spec := counterSpec("gap", nil)
+	spec.Process.CheckpointInterval = 300 * time.Millisecond
+	if _, err := a.c.Run(ctx, api.RunRequest{Spec: spec, CheckpointPeer: b.addr}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("no checkpoint snapshot written")
+	}
+	if err := a.c.Stop(ctx, "gap", 1); err != nil {
+		t.Fatal(err)
+	}
+	// until reports, polling, when cond (on node-a's state) holds.
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		for {
+			a.agent.mu.Lock()
+			ok := cond()
+			a.agent.mu.Unlock()
+			if ok {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("node-a never %s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// The stop's drop is either done or waiting for the snapshot's push.
+	until("dropped or waited", func() bool { return a.agent.peerDrops == 0 || a.agent.pushes["gap"] != nil })
+	close(release)
+	select {
+	case <-returned:
+	case <-ctx.Done():
+		t.Fatal("the checkpoint hook never returned")
+	}
+	until("finished pushing and dropping", func() bool { return a.agent.peerDrops == 0 && a.agent.pushes["gap"] == nil })
+	for {
+		b.agent.mu.Lock()
+		_, receiving := b.agent.receiving["gap"]
+		b.agent.mu.Unlock()
+		if !receiving {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("node-b never finished receiving")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if rs, err := b.c.Replicas(ctx); err != nil || len(rs) != 0 {
+		t.Fatalf("node-b keeps %+v (%v) of a stopped task", rs, err)
 	}
 }
