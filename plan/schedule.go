@@ -2,6 +2,7 @@ package plan
 
 import (
 	"container/heap"
+	"context"
 	"fmt"
 	"sort"
 
@@ -87,6 +88,15 @@ type sched struct {
 	nodePres []int32
 	pA, pB   []int32 // nodes each task is present on now, or -1
 	pivots   int
+	// viaThird marks the tasks already rerouted through a third node: a
+	// second pivot of the same task suspends it, so that pivots cannot
+	// shuttle a task between third nodes for ever (nil until the first
+	// pivot).
+	viaThird []bool
+	// expired reports the planner's deadline or a cancelled context (ctx);
+	// nil means no bound.
+	expired func() bool
+	ctx     context.Context
 }
 
 // addAct appends an action and returns its index.
@@ -560,20 +570,20 @@ func (s *sched) run() error {
 			s.eligible(int32(i))
 		}
 	}
-	remaining := len(s.acts)
-	for {
+	// Each task is pivoted at most twice (a third node, then a suspend),
+	// so this bound is never reached; it guards the loop against a future
+	// change that breaks that argument.
+	maxPivots := 2*in.nT + 16
+	for iter := 1; ; iter++ {
+		if iter%scheduleCheckEvery == 0 && s.expired != nil && s.expired() {
+			return s.timeoutError()
+		}
 		s.flush()
 		if s.heap.Len() == 0 {
-			left := 0
-			for i := range s.acts {
-				if s.acts[i].state != done {
-					left++
-				}
-			}
-			if left == 0 {
+			if s.unscheduled() == 0 {
 				break
 			}
-			if s.pivots > len(s.acts)+16 {
+			if s.pivots >= maxPivots {
 				return s.stuckError()
 			}
 			if err := s.pivot(); err != nil {
@@ -584,13 +594,11 @@ func (s *sched) run() error {
 		i := heap.Pop(&s.heap).(int32)
 		s.now = s.acts[i].End
 		s.finish(i)
-		remaining--
 		for s.heap.Len() > 0 && s.acts[s.heap.idx[0]].End == s.now {
 			j := heap.Pop(&s.heap).(int32)
 			s.finish(j)
 		}
 	}
-	_ = remaining
 	// noDelay: the task's first action must start at 0.
 	for t := int32(0); t < int32(in.nT); t++ {
 		if in.noDelay[t] && s.firstAct[t] >= 0 && s.acts[s.firstAct[t]].Start != 0 {
@@ -600,8 +608,36 @@ func (s *sched) run() error {
 	return nil
 }
 
+// scheduleCheckEvery is how many iterations of the event loop run between
+// two looks at the deadline: often enough to stop within a few milliseconds,
+// rarely enough that a virtual clock (one tick per look) barely moves.
+const scheduleCheckEvery = 1024
+
+// unscheduled counts the actions not done yet.
+func (s *sched) unscheduled() int {
+	left := 0
+	for i := range s.acts {
+		if s.acts[i].state != done {
+			left++
+		}
+	}
+	return left
+}
+
+// timeoutError reports a schedule cut short by the deadline or the context.
+func (s *sched) timeoutError() error {
+	e := &TimeoutError{Stage: "schedule", Detail: fmt.Sprintf("%d of %d actions unscheduled at t=%d after %d pivots", s.unscheduled(), len(s.acts), s.now, s.pivots)}
+	if s.ctx != nil {
+		e.Cause = s.ctx.Err()
+	}
+	return e
+}
+
 // pivot breaks a wait cycle: a pending migration goes first to a third node
-// with room, or is replaced by a suspend and a resume.
+// with room, or is replaced by a suspend and a resume. A task goes through
+// a third node at most once; chosen again, it is suspended, which frees its
+// source for good and leaves no migration of it to pivot. So each task is
+// pivoted at most twice and the scheduler always ends.
 func (s *sched) pivot() error {
 	in := s.in
 	var cands []int32
@@ -632,7 +668,15 @@ func (s *sched) pivot() error {
 	t := int32(x.Task)
 	s.removePending(v)
 	s.pivots++
-	if p := s.pivotNode(t, int32(x.From), int32(x.To)); p >= 0 {
+	if s.viaThird == nil {
+		s.viaThird = make([]bool, in.nT)
+	}
+	p := int32(-1)
+	if !s.viaThird[t] {
+		p = s.pivotNode(t, int32(x.From), int32(x.To))
+	}
+	if p >= 0 {
+		s.viaThird[t] = true
 		// v: from -> p now; w: p -> to later.
 		w := sact{Action: Action{Kind: cluster.Migrate, Task: x.Task, Node: cluster.NoNode, From: int(p), To: x.To},
 			dur: in.duration(cluster.Migrate, t, p, int32(x.To)), gate: int32(x.To), leave: p}
@@ -672,13 +716,15 @@ func (s *sched) removePending(i int32) {
 	}
 }
 
-// pivotNode finds a third node where t may run now and stay a while.
+// pivotNode finds a third node where t may run now and stay a while. A
+// node where other arrivals wait is no pivot: taking its room would only
+// move the wait there.
 func (s *sched) pivotNode(t, from, to int32) int32 {
 	in := s.in
 	best := int32(-1)
 	var bestFree float64
 	for n := int32(0); n < int32(in.nN); n++ {
-		if n == from || n == to || !s.online[n] || in.sealed[n] || in.nodeTgt[n] != cluster.NodeOnline {
+		if n == from || n == to || !s.online[n] || in.sealed[n] || in.nodeTgt[n] != cluster.NodeOnline || len(s.pend[n]) > 0 {
 			continue
 		}
 		// A temporary stay needs only the continuous rules; fitsNow checks

@@ -2,6 +2,7 @@ package plan
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"time"
 
@@ -45,7 +46,7 @@ func Solve(ctx context.Context, p *Problem, opts Options) (*Plan, error) {
 		return nil, err
 	}
 	lb := in.lowerBound()
-	s := search{in: in, expired: expired, seed: opts.Seed}
+	s := search{ctx: ctx, in: in, expired: expired, seed: opts.Seed}
 	best, err := s.run()
 	if err != nil {
 		return nil, err
@@ -85,6 +86,7 @@ func (c *candidate) better(o *candidate, obj Objective) bool {
 // search drives the stages: placement, scheduling, then improvement while
 // time remains.
 type search struct {
+	ctx      context.Context
 	in       *inst
 	expired  func() bool
 	seed     int64
@@ -95,6 +97,7 @@ type search struct {
 
 func (s *search) evaluate(a *assign, sleep []bool) (*candidate, error) {
 	sc := newSched(s.in, a, sleep)
+	sc.ctx, sc.expired = s.ctx, s.expired
 	if err := sc.run(); err != nil {
 		return nil, err
 	}
@@ -117,6 +120,10 @@ func (s *search) run() (*candidate, error) {
 	a, err := in.place()
 	if err == nil {
 		best, err = s.evaluate(a, nil)
+	}
+	if errors.Is(err, ErrTimeout) {
+		s.timedOut = true
+		return nil, err
 	}
 	if err != nil {
 		// The greedy placement failed: small problems get the exhaustive

@@ -165,3 +165,36 @@ func (e *ConflictError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrNoSolution) true.
 func (e *ConflictError) Unwrap() error { return ErrNoSolution }
+
+// ErrTimeout is returned (wrapped in a *TimeoutError) when the deadline of
+// Options.Timeout passes, or the context is cancelled, before the planner
+// has a first plan. Once it has one, the deadline only cuts the search for
+// a better one short (Stats.TimedOut).
+var ErrTimeout = errors.New("planner deadline passed before a first plan")
+
+// TimeoutError says where the deadline stopped the planner.
+type TimeoutError struct {
+	// Stage is the step that was stopped ("schedule").
+	Stage string
+	// Detail tells how far it got.
+	Detail string
+	// Cause is the context's error when the context ended it, else nil.
+	Cause error
+}
+
+func (e *TimeoutError) Error() string {
+	s := "plan: " + ErrTimeout.Error() + " (" + e.Stage + ": " + e.Detail + ")"
+	if e.Cause != nil {
+		s += ": " + e.Cause.Error()
+	}
+	return s
+}
+
+// Unwrap makes errors.Is(err, ErrTimeout) true, and errors.Is(err,
+// context.Canceled) or context.DeadlineExceeded when the context ended it.
+func (e *TimeoutError) Unwrap() []error {
+	if e.Cause != nil {
+		return []error{ErrTimeout, e.Cause}
+	}
+	return []error{ErrTimeout}
+}
