@@ -20,7 +20,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/pki"
 	"github.com/ferrycluster/ferry/store"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -696,13 +695,8 @@ func (a *API) eventsHandler(w http.ResponseWriter, r *http.Request) {
 // The body is decoded in two steps: the envelope here, the task list (the
 // bulk of it) only when it differs from the node's previous report.
 func (a *API) heartbeat(w http.ResponseWriter, r *http.Request) {
-	var hb struct {
-		Node  string          `json:"node"`
-		Addr  string          `json:"addr"`
-		Info  api.NodeInfo    `json:"info"`
-		Tasks json.RawMessage `json:"tasks"`
-	}
-	if err := decodeBody(r, &hb); err != nil {
+	hb, err := readHeartbeat(r.Body)
+	if err != nil {
 		writeErr(w, err)
 		return
 	}

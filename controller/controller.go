@@ -3,7 +3,6 @@ package controller
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -231,11 +230,11 @@ func (c *Controller) ObserveEncoded(ctx context.Context, hb Heartbeat, rawTasks 
 		return c.observed(ctx, hb)
 	}
 	c.mu.Unlock()
-	d := json.NewDecoder(bytes.NewReader(rawTasks))
-	d.DisallowUnknownFields()
-	if err := d.Decode(&hb.Tasks); err != nil {
+	ts, err := decodeTasks(rawTasks)
+	if err != nil {
 		return fmt.Errorf("%w: heartbeat of node %q: tasks: %v", store.ErrInvalid, hb.Node, err)
 	}
+	hb.Tasks = ts
 	return c.observe(ctx, hb, rawTasks, true)
 }
 
