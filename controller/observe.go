@@ -98,7 +98,13 @@ func (c *Controller) liveness(ctx context.Context) {
 			n := s.Nodes[name]
 			c.mu.Lock()
 			o := c.obs[name]
+			// A node registered since the loop started gets a full
+			// timeout before its first report (it may be added between
+			// two polls).
 			last := c.started
+			if reg := time.Unix(0, n.Registered); reg.After(last) {
+				last = reg
+			}
 			if o != nil && o.at.After(last) {
 				last = o.at
 			}
