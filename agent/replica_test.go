@@ -201,6 +201,27 @@ func FuzzParseReplicaHeader(f *testing.F) {
 	})
 }
 
+// waitReplica waits until n keeps the replica of id at (epoch, seq): the
+// peer commits a replica just after the holder's transfer ends.
+func waitReplica(ctx context.Context, t *testing.T, n *node, id string, epoch, seq uint64) {
+	t.Helper()
+	for {
+		rs, err := n.c.Replicas(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs {
+			if r.Task == id && r.Epoch == epoch && r.Seq == seq {
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s never kept the replica of %s at epoch %d seq %d: %+v", n.name, id, epoch, seq, rs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // testSnapshot writes a snapshot of m (a replica.json and a checkpoint
 // holding counter) for a push to peer, as onCheckpoint does.
 func testSnapshot(t *testing.T, peer string, m replicaMeta, counter string) *snapshot {
@@ -320,6 +341,7 @@ func TestReplicaFromAnOlderEpochUnused(t *testing.T) {
 	if _, err := a.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "5")); err != nil {
 		t.Fatal(err)
 	}
+	waitReplica(ctx, t, b, "old", 1, 1)
 	_, err := b.c.Resume(ctx, "old", api.ResumeRequest{Epoch: 2, Replica: true})
 	wantKind(t, "restart at epoch 2 from the epoch-1 replica kept here", err, api.ErrStaleEpoch)
 	_, err = a.c.Resume(ctx, "old", api.ResumeRequest{Epoch: 2, Replica: true, From: b.addr})
@@ -367,6 +389,7 @@ func TestReplicaOnlyItsPusherReplacesOrDrops(t *testing.T) {
 	if _, err := a.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "1")); err != nil {
 		t.Fatal(err)
 	}
+	waitReplica(ctx, t, b, "own", 1, 1)
 	// node-c claims to be node-a's holder of epoch 1.
 	m.Seq = 2
 	_, err := c.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "2"))
@@ -382,6 +405,7 @@ func TestReplicaOnlyItsPusherReplacesOrDrops(t *testing.T) {
 	if _, err := c.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "3")); err != nil {
 		t.Fatalf("node-c pushing epoch 2: %v", err)
 	}
+	waitReplica(ctx, t, b, "own", 2, 1)
 	b.restart()
 	m.Seq, m.Holder = 2, a.addr
 	_, err = a.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "4"))
