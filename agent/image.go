@@ -22,8 +22,8 @@ import (
 	"github.com/ferrycluster/ferry/cas"
 	"github.com/ferrycluster/ferry/cas/transfer"
 	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/internal/writeback"
 	"github.com/ferrycluster/ferry/pki"
-	"golang.org/x/sys/unix"
 )
 
 // The task is locked against local resume (phase migrating-out) until the
@@ -63,10 +63,10 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case strings.EqualFold(r.Header.Get("Upgrade"), api.ImageTarProtocol):
-		a.sendImageTar(w, rec)
+		a.sendImageTar(w, r, rec)
 		return
 	case strings.EqualFold(r.Header.Get("Upgrade"), api.ImageProtocol):
-		a.sendImageCAS(w, rec)
+		a.sendImageCAS(w, r, rec)
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-tar")
@@ -79,15 +79,15 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 // sendImageCAS answers an image fetch upgraded to api.ImageProtocol: the
 // record in a header, then the image directory with cas/transfer (chunks
 // verified by hash, zero runs never sent, a cut transfer resumable).
-func (a *Agent) sendImageCAS(w http.ResponseWriter, rec *record) {
-	conn, rw, err := a.upgradeRecord(w, api.ImageProtocol, rec)
+func (a *Agent) sendImageCAS(w http.ResponseWriter, r *http.Request, rec *record) {
+	conn, err := a.upgradeRecord(w, r, api.ImageProtocol, rec)
 	if err != nil {
 		return
 	}
 	defer conn.Close()
 	defer a.untrack(conn)
 	start := time.Now()
-	res, err := transfer.SendDir(a.ctx, rw, a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
+	res, err := transfer.SendDir(a.ctx, conn, a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
 		a.keepSent(transfer.SendOptions{ID: fmt.Sprintf("%s-e%d", rec.ID, rec.Epoch), Name: "image", Logger: a.log}, rec.ID))
 	if err != nil {
 		a.log.Warn("send image", "task", rec.ID, "err", err)
@@ -97,49 +97,35 @@ func (a *Agent) sendImageCAS(w http.ResponseWriter, rec *record) {
 }
 
 // upgradeRecord is upgradeConn with the task's record in api.RecordHeader.
-func (a *Agent) upgradeRecord(w http.ResponseWriter, proto string, rec *record) (net.Conn, io.ReadWriter, error) {
+func (a *Agent) upgradeRecord(w http.ResponseWriter, r *http.Request, proto string, rec *record) (net.Conn, error) {
 	meta, err := json.Marshal(rec)
 	if err != nil {
 		writeErr(w, err)
-		return nil, nil, err
+		return nil, err
 	}
-	return a.upgradeConn(w, proto, http.Header{api.RecordHeader: {base64.StdEncoding.EncodeToString(meta)}})
+	return a.upgradeConn(w, r, proto, http.Header{api.RecordHeader: {base64.StdEncoding.EncodeToString(meta)}})
 }
 
-// upgradeConn answers 101 Switching Protocols to proto with the
-// headers h and hands over the connection, tracked (the caller closes and
-// untracks it); rw reads through what the server had buffered. An error
-// means the connection is unusable (already answered when possible).
-func (a *Agent) upgradeConn(w http.ResponseWriter, proto string, h http.Header) (net.Conn, io.ReadWriter, error) {
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		err := errors.New("connection cannot be hijacked")
-		writeErr(w, err)
-		return nil, nil, err
-	}
-	for k, vs := range h {
-		w.Header()[k] = vs
-	}
-	w.Header().Set("Connection", "Upgrade")
-	w.Header().Set("Upgrade", proto)
-	w.WriteHeader(http.StatusSwitchingProtocols)
-	conn, brw, err := hj.Hijack()
+// upgradeConn answers r's Upgrade to proto with 101 and the headers h
+// (transfer.AcceptUpgrade) and hands over the connection, tracked (the
+// caller closes and untracks it), reading through what the server had
+// buffered. An error means the connection is unusable (already answered
+// when possible).
+func (a *Agent) upgradeConn(w http.ResponseWriter, r *http.Request, proto string, h http.Header) (net.Conn, error) {
+	conn, err := transfer.AcceptUpgrade(w, r, proto, h)
 	if err != nil {
-		return nil, nil, err
-	}
-	if err := brw.Flush(); err != nil {
-		conn.Close()
-		return nil, nil, err
+		a.log.Warn("upgrade", "path", r.URL.Path, "protocol", proto, "err", err)
+		return nil, err
 	}
 	a.track(conn)
-	return conn, transfer.Hijacked(conn, brw.Reader), nil
+	return conn, nil
 }
 
 // sendImageTar answers an image fetch upgraded to api.ImageTarProtocol:
 // the record in a header; once the fetcher says OK (it has the room), the
 // record and the image's files as one tar stream.
-func (a *Agent) sendImageTar(w http.ResponseWriter, rec *record) {
-	conn, rw, err := a.upgradeRecord(w, api.ImageTarProtocol, rec)
+func (a *Agent) sendImageTar(w http.ResponseWriter, r *http.Request, rec *record) {
+	conn, err := a.upgradeRecord(w, r, api.ImageTarProtocol, rec)
 	if err != nil {
 		return
 	}
@@ -148,7 +134,7 @@ func (a *Agent) sendImageTar(w http.ResponseWriter, rec *record) {
 	stop := context.AfterFunc(a.ctx, func() { conn.Close() })
 	defer stop()
 	conn.SetReadDeadline(time.Now().Add(cleanupTimeout))
-	line, err := bufio.NewReader(io.LimitReader(rw, 4096)).ReadString('\n')
+	line, err := bufio.NewReader(io.LimitReader(conn, 4096)).ReadString('\n')
 	if err != nil || line != "OK\n" {
 		a.log.Warn("image fetch refused by the fetcher", "task", rec.ID, "answer", strings.TrimSpace(line), "err", err)
 		return
@@ -399,7 +385,7 @@ func readImageTar(r io.Reader, dir string) (*record, error) {
 				if err != nil {
 					return nil, err
 				}
-				if err := copyWriteback(f, tr); err != nil {
+				if _, err := writeback.Copy(f, tr, -1); err != nil {
 					f.Close()
 					return nil, fmt.Errorf("image stream: %w", err)
 				}
@@ -432,27 +418,6 @@ func readImageTar(r io.Reader, dir string) (*record, error) {
 		}
 	}
 	return rec, nil
-}
-
-// copyWriteback copies r to f, queueing every 16 MiB for the disk as it
-// lands (sync_file_range), so that the final fsync only waits for the tail
-// instead of writing the whole file after the network is done.
-func copyWriteback(f *os.File, r io.Reader) error {
-	const step = 16 << 20
-	var off int64
-	for {
-		n, err := io.CopyN(f, r, step)
-		if n > 0 {
-			unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
-			off += n
-		}
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
 }
 
 // resumeFromPeer fetches a suspended task's image from the agent at

@@ -444,7 +444,7 @@ func (a *Agent) handleReplicaPush(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer a.leaveReceive(id, slot, true)
-	conn, rw, err := a.upgradeConn(w, api.ImageProtocol, nil)
+	conn, err := a.upgradeConn(w, r, api.ImageProtocol, nil)
 	if err != nil {
 		return
 	}
@@ -468,7 +468,7 @@ func (a *Agent) handleReplicaPush(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, pushTimeout(m.Bytes))
 	defer cancel()
-	res, err := rc.Serve(ctx, rw)
+	res, err := rc.Serve(ctx, conn)
 	if err != nil {
 		a.log.Warn("replica receive", "task", id, "holder", m.Holder, "err", err)
 		return
@@ -762,13 +762,13 @@ func (a *Agent) handleReplicaFetch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, caller, _ := pki.PeerRole(r.TLS)
-	conn, rw, err := a.upgradeConn(w, api.ImageProtocol, http.Header{api.ReplicaHeader: {base64.StdEncoding.EncodeToString(meta)}})
+	conn, err := a.upgradeConn(w, r, api.ImageProtocol, http.Header{api.ReplicaHeader: {base64.StdEncoding.EncodeToString(meta)}})
 	if err != nil {
 		return
 	}
 	defer conn.Close()
 	defer a.untrack(conn)
-	res, err := transfer.SendDir(a.ctx, rw, filepath.Join(tmp, replicaDataDir), filepath.Join(a.cfg.DataDir, "run"),
+	res, err := transfer.SendDir(a.ctx, conn, filepath.Join(tmp, replicaDataDir), filepath.Join(a.cfg.DataDir, "run"),
 		transfer.SendOptions{ID: "restore-" + pinName(id) + "-" + m.dirName(), Name: "image", Logger: a.log})
 	if err != nil {
 		a.log.Warn("send replica", "task", id, "to", caller, "err", err)

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ferrycluster/ferry/cas"
+	disk "github.com/ferrycluster/ferry/internal/writeback"
 )
 
 // rxPipeline verifies and writes received chunks on two goroutines, one per
@@ -270,6 +271,6 @@ func (w *writeback) wrote(f *os.File, n int64) {
 	w.pending += n
 	if w.pending >= writebackEvery {
 		w.pending = 0
-		startWriteback(f)
+		disk.Start(f, 0, 0)
 	}
 }

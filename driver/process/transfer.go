@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/ferrycluster/ferry/internal/writeback"
 )
 
 // The image stream moves one committed checkpoint over a byte stream (a
@@ -172,7 +174,7 @@ func recvFile(r io.Reader, path string, size int64) error {
 	if err != nil {
 		return err
 	}
-	n, err := copyWriteback(f, r, size)
+	n, err := writeback.Copy(f, r, size)
 	if errors.Is(err, io.EOF) || err == nil && n != size {
 		err = fmt.Errorf("stream ended after %d of %d bytes", n, size)
 	}
