@@ -58,6 +58,27 @@ func TestRefsOfEveryConstraintType(t *testing.T) {
 	}
 }
 
+// TestGroupsListTheRefsWithoutCopying: TaskGroups / NodeGroups hold what
+// TaskRefs / NodeRefs list, in the same order, and share the constraint's
+// own slices.
+func TestGroupsListTheRefsWithoutCopying(t *testing.T) {
+	for _, k := range catalog {
+		if got := slices.Concat(TaskGroups(k.c)...); !slices.Equal(got, k.tasks) {
+			t.Errorf("TaskGroups(%s) = %v, want %v", k.c.Kind(), got, k.tasks)
+		}
+		if got := slices.Concat(NodeGroups(k.c)...); !slices.Equal(got, k.nodes) {
+			t.Errorf("NodeGroups(%s) = %v, want %v", k.c.Kind(), got, k.nodes)
+		}
+	}
+	big := Among{Tasks: []int{1}, Groups: [][]int{make([]int, 1000), make([]int, 1000)}}
+	if gs := NodeGroups(big); len(gs) != 2 || &gs[0][0] != &big.Groups[0][0] {
+		t.Error("NodeGroups copied an among constraint's groups")
+	}
+	if gs := TaskGroups(big); len(gs) != 1 || &gs[0][0] != &big.Tasks[0] {
+		t.Error("TaskGroups copied an among constraint's tasks")
+	}
+}
+
 // TestCatalogCoversEveryType parses constraint.go: every type with a Kind
 // method must be in the catalog above, so a new constraint type cannot be
 // added without saying what it references.

@@ -113,16 +113,31 @@ func compile(p *Problem) (*inst, error) {
 	in.nodeRules = make([][]rule, nN)
 
 	// checkRefs: every task and node index the constraint references
-	// (cluster.TaskRefs / NodeRefs) is in range.
+	// (cluster.TaskGroups / NodeGroups, which copy nothing) is in range.
+	// Large node groups are usually one slice shared by many constraints
+	// (every among over the same partition of the cluster): each is
+	// checked once.
+	checkedGroups := map[groupKey]bool{}
 	checkRefs := func(ci int, kind string, c cluster.Constraint) error {
-		for _, t := range cluster.TaskRefs(c) {
-			if t < 0 || t >= nT {
-				return invalid("constraint %d (%s): task index %d out of range [0,%d)", ci, kind, t, nT)
+		for _, g := range cluster.TaskGroups(c) {
+			for _, t := range g {
+				if t < 0 || t >= nT {
+					return invalid("constraint %d (%s): task index %d out of range [0,%d)", ci, kind, t, nT)
+				}
 			}
 		}
-		for _, n := range cluster.NodeRefs(c) {
-			if n < 0 || n >= nN {
-				return invalid("constraint %d (%s): node index %d out of range [0,%d)", ci, kind, n, nN)
+		for _, g := range cluster.NodeGroups(c) {
+			if len(g) >= sharedGroupLen {
+				k := groupKey{&g[0], len(g)}
+				if checkedGroups[k] {
+					continue
+				}
+				checkedGroups[k] = true
+			}
+			for _, n := range g {
+				if n < 0 || n >= nN {
+					return invalid("constraint %d (%s): node index %d out of range [0,%d)", ci, kind, n, nN)
+				}
 			}
 		}
 		return nil
@@ -343,4 +358,13 @@ func (in *inst) relocCost(t, n int32) int64 {
 // when that is strictly cheaper.
 func (in *inst) viaSleep(t, n, to int32) bool {
 	return !in.liveOnly && in.p.Objective == MinMTTR && in.sleepMoveCost(t, n, to) < in.migrateCost(t, n)
+}
+
+// sharedGroupLen is the node-group length from which compile remembers a
+// group it has range-checked (by its first element's address and length).
+const sharedGroupLen = 64
+
+type groupKey struct {
+	first *int
+	n     int
 }

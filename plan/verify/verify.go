@@ -246,14 +246,18 @@ func (c *checker) checkConstraintRefs() error {
 		return fmt.Errorf("%w: constraint #%d (%s): unknown %s index %d", cluster.ErrInvalid, i, c.p.Constraints[i].Kind(), what, x)
 	}
 	for i, k := range c.p.Constraints {
-		for _, t := range cluster.TaskRefs(k) {
-			if t < 0 || t >= nt {
-				return bad(i, "task", t)
+		for _, g := range cluster.TaskGroups(k) {
+			for _, t := range g {
+				if t < 0 || t >= nt {
+					return bad(i, "task", t)
+				}
 			}
 		}
-		for _, n := range cluster.NodeRefs(k) {
-			if n < 0 || n >= nn {
-				return bad(i, "node", n)
+		for _, g := range cluster.NodeGroups(k) {
+			for _, n := range g {
+				if n < 0 || n >= nn {
+					return bad(i, "node", n)
+				}
 			}
 		}
 		switch k := k.(type) {
