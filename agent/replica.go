@@ -60,7 +60,7 @@ type replicaMeta struct {
 	Spec   driver.Spec `json:"spec"`
 	// Pusher is the certificate name of the agent that pushed the replica,
 	// set by the peer from the TLS connection (whatever the holder wrote):
-	// only it pushes more of that epoch or drops the replica (replicaOwner).
+	// only it pushes more of that epoch or drops the replica (ownedBy).
 	Pusher string `json:"pusher,omitempty"`
 }
 
