@@ -185,8 +185,8 @@ type lostTask struct {
 }
 
 // findReplicas asks each checkpoint peer of the lost tasks (in parallel,
-// 5 s each) which replicas it keeps: a replica of the task taken under an
-// epoch not ahead of the task's makes the task restart from it.
+// 5 s each) which replicas it keeps: only a replica of the task taken under
+// the task's current epoch makes the task restart from it.
 func (c *Controller) findReplicas(ctx context.Context, lost []lostTask) {
 	byPeer := map[string][]int{}
 	for i, lt := range lost {
@@ -216,6 +216,11 @@ func (c *Controller) findReplicas(ctx context.Context, lost []lostTask) {
 					lt.why = "keeps no replica of it"
 				case r.Epoch > lt.epoch:
 					lt.why = fmt.Sprintf("its replica's epoch %d is ahead of the task's %d", r.Epoch, lt.epoch)
+				case r.Epoch < lt.epoch:
+					// Left from an earlier placement (a move, an earlier
+					// restart): older than the task's last suspend image,
+					// and its holder may be stale.
+					lt.why = fmt.Sprintf("its replica's epoch %d is older than the task's %d (left from an earlier placement)", r.Epoch, lt.epoch)
 				default:
 					lt.replica, lt.replicaEpoch, lt.replicaSeq = peer, r.Epoch, r.Seq
 				}

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -242,4 +243,107 @@ func lastLines(s string, n int) string {
 		ls = ls[len(ls)-n:]
 	}
 	return strings.Join(ls, "\n")
+}
+
+// A replica its peer kept from an earlier placement is not used: the task
+// ran on n1 (zone a) with its checkpoint peer n2 (zone b), which keeps a
+// replica of epoch E; it moved to n3 (zone a, peer n2 again, epoch E+1),
+// whose node died before its first checkpoint reached n2. The task does not
+// restart from the old replica (older than the move, and its holder is
+// stale); the loss event says why, and the task restarts from its image or
+// scratch, one live copy.
+func TestE2ELostProcessIgnoresItsPeersReplicaFromAnEarlierEpoch(t *testing.T) {
+	script, err := filepath.Abs("../examples/checkpoint-sh/checkpoint.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTestCluster(t, 0, 1)
+	// n2 has too little CPU for the task: it can only be the peer.
+	for _, n := range []struct {
+		name, zone string
+		cpus       float64
+	}{{"n1", "a", 1}, {"n2", "b", 0.5}, {"n3", "a", 1}} {
+		c.startAgent(n.name, "127.0.0.1:0", n.cpus)
+		if _, err := c.cli.AddNode(ctx(t), c.agents[n.name].addr, map[string]string{"zone": n.zone}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first periodic checkpoint of a placement comes one interval
+	// after it starts: 10 s leaves the test time to kill the new node
+	// before that.
+	spec := fmt.Sprintf(`name: seg
+priority: 5
+tasks:
+  - name: c
+    driver: process
+    command: ["/bin/sh", %q, "100000", "0.02"]
+    cpus: 1
+    memory: 64MiB
+checkpoint:
+  interval: 10s
+  timeout: 10s
+`, script)
+	if _, err := c.cli.Submit(ctx(t), []byte(spec)); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("seg running with n2 as its peer", 30*time.Second, func() bool {
+		tk := c.task("seg.c.0")
+		return tk.Phase == store.TaskRunning && tk.CheckpointPeer == "n2"
+	})
+	first := c.task("seg.c.0")
+	id, err := pki.Load(c.tlsDir, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := client.New(c.agents["n2"].addr, id.ClientConfig())
+	defer peer.Close()
+	replicaEpochs := func() []uint64 {
+		rs, _ := peer.Replicas(ctx(t))
+		var es []uint64
+		for _, r := range rs {
+			if r.Task == "seg.c.0" {
+				es = append(es, r.Epoch)
+			}
+		}
+		return es
+	}
+	c.waitFor("a replica on n2", 60*time.Second, func() bool { return len(replicaEpochs()) > 0 })
+	other := map[string]string{"n1": "n3", "n3": "n1"}[first.Node]
+	c.waitFor("the move accepted", 30*time.Second, func() bool {
+		_, err := c.cli.Migrate(ctx(t), "seg.c.0", other)
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			t.Fatal(err)
+		}
+		return err == nil
+	})
+	c.waitFor("seg moved", 60*time.Second, func() bool {
+		tk := c.task("seg.c.0")
+		return tk.Phase == store.TaskRunning && tk.Node == other
+	})
+	moved := c.task("seg.c.0")
+	c.stopAgent(other, true)
+	if moved.CheckpointPeer != "n2" || moved.Epoch <= first.Epoch {
+		t.Fatalf("after the move seg.c.0 has peer %q at epoch %d (before: epoch %d); the test needs n2 at a newer epoch", moved.CheckpointPeer, moved.Epoch, first.Epoch)
+	}
+	if es := replicaEpochs(); len(es) != 1 || es[0] >= moved.Epoch {
+		t.Fatalf("n2 keeps replicas of epochs %v; the test needs only one older than %d", es, moved.Epoch)
+	}
+	c.waitFor("seg restarted after the loss", 90*time.Second, func() bool {
+		if n, where := c.liveCopies("seg.c.0"); n > 1 {
+			t.Fatalf("two live copies of seg.c.0: %v", where)
+		}
+		tk := c.task("seg.c.0")
+		return tk.Epoch > moved.Epoch && tk.Phase == store.TaskRunning
+	})
+	lostEvent := c.lastEvent("seg.c.0", "lost")
+	why := fmt.Sprintf("checkpoint peer n2: its replica's epoch %d is older than the task's %d", first.Epoch, moved.Epoch)
+	if strings.Contains(lostEvent, "replica of its periodic checkpoint") || !strings.Contains(lostEvent, why) {
+		t.Fatalf("the loss event %q does not refuse the old replica with %q\n%s", lostEvent, why, c.dump())
+	}
+	if n := histogramCount(c.srv.Controller.Metrics().LostRestarts.WithLabelValues("replica")); n != 0 {
+		t.Fatalf("ferry_lost_tasks_total{from=replica} = %v, want 0", n)
+	}
+	if tk := c.task("seg.c.0"); tk.Replica {
+		t.Fatalf("seg.c.0 set to resume from a replica: %+v", tk)
+	}
 }
