@@ -91,6 +91,9 @@ func (c *Controller) liveness(ctx context.Context) {
 	var batch []store.Command
 	var downs, ups []string
 	var lost []lostTask
+	// lastHeard is when each node found silent was last heard from: a
+	// report after that, before the batch is applied, keeps it up.
+	lastHeard := map[string]time.Time{}
 	busy := c.inFlight()
 	c.st.View(func(s *store.State) {
 		down := map[string]bool{}
@@ -114,7 +117,7 @@ func (c *Controller) liveness(ctx context.Context) {
 			case n.Status != store.NodeDown && silent:
 				downs = append(downs, name)
 				down[name] = true
-				batch = append(batch, store.Command{SetNode: &store.SetNode{Name: name, Status: store.NodeDown}})
+				lastHeard[name] = last
 			case n.Status == store.NodeDown && !silent && o != nil && o.at.UnixNano() > n.Changed:
 				ups = append(ups, name)
 				batch = append(batch, store.Command{SetNode: &store.SetNode{Name: name, Status: store.NodeOnline}})
@@ -131,11 +134,20 @@ func (c *Controller) liveness(ctx context.Context) {
 			lost = append(lost, lt)
 		}
 	})
-	if len(batch) == 0 {
+	if len(batch) == 0 && len(downs) == 0 {
 		return
 	}
 	sort.Slice(lost, func(a, b int) bool { return lost[a].task < lost[b].task })
 	c.findReplicas(ctx, lost)
+	// Asking the peers took time (up to 5 s): a node that reported
+	// meanwhile is not down, and its tasks are not lost.
+	downs, lost = c.stillSilent(downs, lost, lastHeard)
+	if len(batch) == 0 && len(downs) == 0 {
+		return
+	}
+	for _, n := range downs {
+		batch = append(batch, store.Command{SetNode: &store.SetNode{Name: n, Status: store.NodeDown}})
+	}
 	for _, lt := range lost {
 		batch = append(batch, store.Command{TaskEvent: &store.TaskEvent{Task: lt.task, Epoch: lt.epoch, Kind: store.TaskLost,
 			Message: fmt.Sprintf("node %s missed heartbeats", lt.node), Replica: lt.replica}})
@@ -171,6 +183,38 @@ func (c *Controller) liveness(ctx context.Context) {
 			c.event("task", lt.task, "lost", "node", lt.node, "restart_from", from)
 		}
 	})
+}
+
+// stillSilent drops from downs the nodes heard from since lastHeard (the
+// same reports, under the same lock, as liveness's check) and from lost
+// their tasks.
+func (c *Controller) stillSilent(downs []string, lost []lostTask, lastHeard map[string]time.Time) ([]string, []lostTask) {
+	spoke := map[string]bool{}
+	c.mu.Lock()
+	for _, n := range downs {
+		if o := c.obs[n]; o != nil && o.at.After(lastHeard[n]) {
+			spoke[n] = true
+		}
+	}
+	c.mu.Unlock()
+	if len(spoke) == 0 {
+		return downs, lost
+	}
+	var keptDowns []string
+	for _, n := range downs {
+		if spoke[n] {
+			c.log.Info("node reported while its tasks' peers were asked; not marked down", "node", n)
+			continue
+		}
+		keptDowns = append(keptDowns, n)
+	}
+	var keptLost []lostTask
+	for _, lt := range lost {
+		if !spoke[lt.node] {
+			keptLost = append(keptLost, lt)
+		}
+	}
+	return keptDowns, keptLost
 }
 
 // lostTask is a running task of a node being marked down, with its
