@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -15,6 +16,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -76,38 +78,115 @@ func LoadTokens(path string) (*Tokens, error) {
 	if err != nil {
 		return nil, err
 	}
-	var list []Token
-	if err := json.Unmarshal(b, &list); err != nil {
+	list, err := ParseTokens(b)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	for _, t := range list {
-		if t.Role != RoleAdmin && t.Role != RoleSubmit && t.Role != RoleReadOnly {
-			return nil, fmt.Errorf("%s: token %q: role %q (want admin, submit or read-only)", path, t.Name, t.Role)
+	return &Tokens{list: list}, nil
+}
+
+// ParseTokens reads and checks a token list (the tokens file, or the list a
+// joining server fetches): a JSON array of {name, role, sha256} and nothing
+// after it, no unknown field, every name set and unique, every role one of
+// admin, submit, read-only, every hash 64 lower-case hex digits and unique.
+// Errors wrap store.ErrInvalid and name the token.
+func ParseTokens(b []byte) ([]Token, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var list []Token
+	if err := dec.Decode(&list); err != nil {
+		return nil, fmt.Errorf("%w: token list: %v", store.ErrInvalid, err)
+	}
+	if list == nil {
+		return nil, fmt.Errorf("%w: token list: want a JSON array of tokens", store.ErrInvalid)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: token list: data after the list", store.ErrInvalid)
+	}
+	names, hashes := map[string]bool{}, map[string]bool{}
+	for i, t := range list {
+		switch {
+		case t.Name == "":
+			return nil, fmt.Errorf("%w: token %d: no name", store.ErrInvalid, i)
+		case names[t.Name]:
+			return nil, fmt.Errorf("%w: token %d: name %q used twice", store.ErrInvalid, i, t.Name)
+		case t.Role != RoleAdmin && t.Role != RoleSubmit && t.Role != RoleReadOnly:
+			return nil, fmt.Errorf("%w: token %q: role %q (want admin, submit or read-only)", store.ErrInvalid, t.Name, t.Role)
+		case !isSHA256Hex(t.SHA256):
+			return nil, fmt.Errorf("%w: token %q: sha256 %q is not 64 lower-case hex digits", store.ErrInvalid, t.Name, t.SHA256)
+		case hashes[t.SHA256]:
+			return nil, fmt.Errorf("%w: token %q: its hash is another token's too", store.ErrInvalid, t.Name)
+		}
+		names[t.Name], hashes[t.SHA256] = true, true
+	}
+	return list, nil
+}
+
+func isSHA256Hex(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
 		}
 	}
-	return &Tokens{list: list}, nil
+	return true
 }
 
 // AddToken appends a token (by its hash) to the file, creating it 0600.
 func AddToken(path, name string, role Role, secret string) error {
 	var list []Token
 	if b, err := os.ReadFile(path); err == nil {
-		if err := json.Unmarshal(b, &list); err != nil {
-			return err
+		if list, err = ParseTokens(b); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
 		}
 	}
 	list = append(list, Token{Name: name, Role: role, SHA256: HashToken(secret)})
+	b, _ := json.Marshal(list)
+	if _, err := ParseTokens(b); err != nil {
+		return err
+	}
 	return writeTokens(path, list)
 }
 
-// writeTokens replaces the tokens file (mode 0600) atomically.
-func writeTokens(path string, list []Token) error {
+// writeTokens replaces the tokens file (mode 0600) atomically: a temporary
+// file in the same directory, synced, renamed over it, the directory
+// synced. A failure leaves the old file (or none) and no temporary file.
+func writeTokens(path string, list []Token) (err error) {
 	b, _ := json.MarshalIndent(list, "", "  ")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err = f.Write(b); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // check returns the role of a bearer token.

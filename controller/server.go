@@ -218,7 +218,10 @@ func (s *Server) join(ctx context.Context, addr string, me store.Server, tc *tls
 
 // fetchTokens copies the cluster's token hashes from the member at addr
 // (GET /v1/cluster/tokens, answered only to server certificates) into path,
-// mode 0600. It retries for about 30 s (the member may be starting).
+// mode 0600. It retries for about 30 s (the member may be starting). The
+// list is checked (ParseTokens, not empty) before path is written, and
+// written atomically: a bad list leaves no file, so the next start fetches
+// again.
 func fetchTokens(ctx context.Context, addr string, tc *tls.Config, path string) error {
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 10 * time.Second}
 	defer hc.CloseIdleConnections()
@@ -249,15 +252,17 @@ func fetchTokens(ctx context.Context, addr string, tc *tls.Config, path string) 
 			last = err
 			continue
 		}
-		var list []Token
-		if err := json.Unmarshal(b, &list); err != nil {
-			return fmt.Errorf("join: tokens from %s: %w", addr, err)
+		// Checked in memory before anything is written: a bad list must
+		// not stay on disk (a later start would take it instead of
+		// fetching again).
+		list, err := ParseTokens(b)
+		if err == nil && len(list) == 0 {
+			err = fmt.Errorf("%w: no token (this server's API would refuse everyone)", store.ErrInvalid)
 		}
-		if err := writeTokens(path, list); err != nil {
-			return err
+		if err != nil {
+			return fmt.Errorf("join: tokens from %s: %w; nothing written to %s", addr, err, path)
 		}
-		_, err = LoadTokens(path) // the same checks as at every start
-		return err
+		return writeTokens(path, list)
 	}
 	return fmt.Errorf("join: cannot fetch the cluster's API tokens from %s (%v); this server's certificate must have role server and be signed by the cluster CA, "+
 		"and %s must be a reachable member; or copy tokens.json (mode 0600) from a member's --data-dir into this one and start again", addr, last, addr)
