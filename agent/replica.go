@@ -768,7 +768,11 @@ func (a *Agent) handleReplicaFetch(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.Close()
 	defer a.untrack(conn)
-	res, err := transfer.SendDir(a.ctx, conn, filepath.Join(tmp, replicaDataDir), filepath.Join(a.cfg.DataDir, "run"),
+	// Bounded like a push: a fetcher that stops reading does not hold the
+	// send (and its temporary copy) until the agent closes.
+	ctx, cancel := context.WithTimeout(a.ctx, pushTimeout(m.Bytes))
+	defer cancel()
+	res, err := transfer.SendDir(ctx, conn, filepath.Join(tmp, replicaDataDir), filepath.Join(a.cfg.DataDir, "run"),
 		transfer.SendOptions{ID: "restore-" + pinName(id) + "-" + m.dirName(), Name: "image", Logger: a.log})
 	if err != nil {
 		a.log.Warn("send replica", "task", id, "to", caller, "err", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -36,6 +37,14 @@ type ImageServer struct {
 
 	mu   sync.Mutex
 	sent []ImageSent
+	// The sends in progress: each runs on life (cancelled by Close) over a
+	// hijacked connection, which http.Server.Close does not close, so
+	// Close closes them itself and waits for the sends to end.
+	life    context.Context
+	end     context.CancelFunc
+	conns   map[net.Conn]struct{}
+	closed  bool
+	sending sync.WaitGroup
 }
 
 // ImageSent records one image fetch served.
@@ -69,8 +78,13 @@ func (s *ImageServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	life, ok := s.track(conn)
+	if !ok {
+		conn.Close()
+		return
+	}
+	defer s.untrack(conn)
+	ctx, cancel := context.WithTimeout(life, 30*time.Minute)
 	defer cancel()
 	res, err := transfer.SendDir(ctx, conn, img.Dir, s.TmpDir, transfer.SendOptions{ID: "guest-image-" + id, Name: "image", Logger: s.Logger})
 	s.mu.Lock()
@@ -81,6 +95,47 @@ func (s *ImageServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.Logger.Info("guest image sent", "image", id, "node", node, "chunks", res.ChunksSent, "bytes", res.BytesSent, "of", res.Index.Size)
+}
+
+// track registers a send's connection; false once the server is closed.
+// It returns the context the send runs on.
+func (s *ImageServer) track(conn net.Conn) (context.Context, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false
+	}
+	if s.life == nil {
+		s.life, s.end = context.WithCancel(context.Background())
+		s.conns = map[net.Conn]struct{}{}
+	}
+	s.conns[conn] = struct{}{}
+	s.sending.Add(1)
+	return s.life, true
+}
+
+// untrack closes a send's connection and forgets it.
+func (s *ImageServer) untrack(conn net.Conn) {
+	conn.Close()
+	s.mu.Lock()
+	delete(s.conns, conn)
+	s.mu.Unlock()
+	s.sending.Done()
+}
+
+// Close ends the sends in progress (their context is cancelled and their
+// connections closed) and waits for them; later fetches are refused.
+func (s *ImageServer) Close() {
+	s.mu.Lock()
+	s.closed = true
+	if s.end != nil {
+		s.end()
+	}
+	for conn := range s.conns {
+		conn.Close()
+	}
+	s.mu.Unlock()
+	s.sending.Wait()
 }
 
 // Sent lists the image fetches served so far.

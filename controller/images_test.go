@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,5 +136,57 @@ func TestImageEndpointRefusals(t *testing.T) {
 	}
 	if len(c.srv.Images.Sent()) != 0 {
 		t.Fatal("something was sent")
+	}
+}
+
+// Closing the server ends an image send in progress: the send (here to a
+// fetcher that upgrades and then never answers) runs on a hijacked
+// connection, which http.Server.Close leaves open, so the image server
+// cancels it and closes the connection itself; Close returns after the
+// send ended, with its error recorded, and the fetcher sees its connection
+// closed.
+func TestServerCloseEndsImageSends(t *testing.T) {
+	guest := imagetest.Counter(t)
+	c := newTestCluster(t, 0, 4)
+	imgs := &image.Store{Dir: filepath.Join(c.dataDir, "images"), DefaultKernel: guest.Kernel}
+	img, err := imgs.Build(context.Background(), image.Spec{Name: "served", Init: "counter"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue(t, c.tlsDir, "n9", pki.RoleAgent)
+	agentID, err := pki.Load(c.tlsDir, "n9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, _, err := transfer.DialUpgrade(ctx(t), agentID.ClientConfig(), c.srv.Addr(), transfer.GuestImagePath(img.ID), transfer.GuestImageProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	is := c.srv.Images
+	c.waitFor("the send under way", 30*time.Second, func() bool {
+		is.mu.Lock()
+		defer is.mu.Unlock()
+		return len(is.conns) == 1
+	})
+	srv := c.srv
+	c.srv = nil
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sent := is.Sent()
+	if len(sent) != 1 || sent[0].Err == nil {
+		t.Fatalf("after Close, the sends recorded are %+v; want the one in progress, ended with an error", sent)
+	}
+	// The fetcher's connection is closed (whatever the send wrote before
+	// is drained first); the deadline only bounds a failure.
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.Copy(io.Discard, conn); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the fetcher's connection is still open after Close: %v", err)
+	}
+	// A fetch after Close finds no server.
+	if c2, _, err := transfer.DialUpgrade(ctx(t), agentID.ClientConfig(), srv.Addr(), transfer.GuestImagePath(img.ID), transfer.GuestImageProtocol); err == nil {
+		c2.Close()
+		t.Fatal("an image fetch was accepted after Close")
 	}
 }

@@ -277,6 +277,9 @@ func (s *Server) Close() error {
 	defer cancel()
 	_ = s.http.Shutdown(ctx)
 	s.http.Close()
+	// Image sends run on hijacked connections, which neither Shutdown nor
+	// Close ends.
+	s.Images.Close()
 	s.cancel()
 	s.wg.Wait()
 	return s.Store.Close()
