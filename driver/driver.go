@@ -56,6 +56,13 @@ type VMSpec struct {
 	Cmdline string `json:"cmdline,omitempty"`
 	// Workload is the command the guest's init runs (e.g. "counter").
 	Workload string `json:"workload,omitempty"`
+	// RAMTailKiB is the RAM, beyond MemoryBytes' whole MiB, of the guest a
+	// live migration moves: set by the source (IncomingSpecer) for the
+	// destination's PrepareIncoming, which must start a machine of exactly
+	// the source's size. Nil means the driver's current shape. Start and
+	// Resume check it but do not use it (a new guest gets the driver's
+	// shape, a resumed one its image's).
+	RAMTailKiB *int64 `json:"ram_tail_kib,omitempty"`
 }
 
 // ProcessSpec describes a plain process using cooperative checkpointing.
@@ -200,4 +207,12 @@ type LiveMigrator interface {
 	ConfirmOut(ctx context.Context, id string) error
 	AbortOut(ctx context.Context, id string) error
 	CancelOut(ctx context.Context, id string) error
+}
+
+// IncomingSpecer is a LiveMigrator whose destination needs details of the
+// running task that only the source knows (the qemu driver: the guest's
+// exact RAM size). The source's agent sends IncomingSpec's result, not the
+// task's recorded spec, with the prepare step.
+type IncomingSpecer interface {
+	IncomingSpec(id string, spec Spec) (Spec, error)
 }

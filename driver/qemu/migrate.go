@@ -339,12 +339,37 @@ func (t *task) waitIncoming(ctx context.Context) error {
 	}
 }
 
+// IncomingSpec implements driver.IncomingSpecer: spec with the running
+// guest's RAM tail, which the destination's machine must match (a guest
+// resumed from an image saved before the tail existed runs without it;
+// QEMU refuses a stream for RAM of another size).
+func (d *Driver) IncomingSpec(id string, spec driver.Spec) (driver.Spec, error) {
+	t, err := d.lookup(id)
+	if err != nil {
+		return driver.Spec{}, err
+	}
+	if spec.ID != id || spec.VM == nil {
+		return driver.Spec{}, fmt.Errorf("%w: qemu task %q: incoming spec for %q without a vm section", driver.ErrInvalidSpec, id, spec.ID)
+	}
+	t.mu.Lock()
+	tail := t.machine.TailKiB
+	t.mu.Unlock()
+	vm := *spec.VM // the caller's VMSpec stays as it was
+	vm.RAMTailKiB = &tail
+	spec.VM = &vm
+	return spec, nil
+}
+
 // PrepareIncoming implements driver.LiveMigrator: start the destination
-// paused, listening for the migration stream on a unix socket.
+// paused, listening for the migration stream on a unix socket, with the
+// source's RAM tail when the spec carries it (see IncomingSpec).
 func (d *Driver) PrepareIncoming(ctx context.Context, spec driver.Spec) (string, error) {
 	m, err := d.shape(spec)
 	if err != nil {
 		return "", err
+	}
+	if tail := spec.VM.RAMTailKiB; tail != nil {
+		m.TailKiB = *tail // shape checked it is 0 or ramTailKiB
 	}
 	t, err := d.reserve(spec.ID)
 	if err != nil {

@@ -76,6 +76,7 @@ type Driver struct {
 
 var _ driver.Driver = (*Driver)(nil)
 var _ driver.LiveMigrator = (*Driver)(nil)
+var _ driver.IncomingSpecer = (*Driver)(nil)
 var _ driver.Pauser = (*Driver)(nil)
 var _ driver.Checkpointer = (*Driver)(nil)
 
@@ -195,6 +196,9 @@ func (d *Driver) shape(spec driver.Spec) (machine, error) {
 	}
 	if spec.CPUs < 0 {
 		return bad("cpus %g is negative", spec.CPUs)
+	}
+	if tail := spec.VM.RAMTailKiB; tail != nil && *tail != 0 && *tail != ramTailKiB {
+		return bad("ram_tail_kib %d: want 0 (a guest from an image saved without the tail) or %d", *tail, ramTailKiB)
 	}
 	m := machine{MemoryMiB: (spec.MemoryBytes + mib - 1) / mib, TailKiB: ramTailKiB, CPUs: int(spec.CPUs + 0.999)}
 	if spec.MemoryBytes == 0 {

@@ -69,11 +69,16 @@ func sameRAM(t *testing.T, src, dst *Driver, s driver.Spec) {
 // oopsRE matches a guest kernel's report of its own death.
 var oopsRE = regexp.MustCompile(`(?m)(BUG: |Oops|Kernel panic|RIP: 00|general protection fault|stack-protector)`)
 
-// migrateWith live-migrates s from a to b with opts and checks the counter
-// continues.
+// migrateWith live-migrates s from a to b with opts, the destination
+// prepared with a's IncomingSpec as the agent does, and checks the
+// counter continues.
 func migrateWith(t *testing.T, a, b *Driver, s driver.Spec, opts driver.MigrationOptions) driver.Progress {
 	t.Helper()
-	sock, err := b.PrepareIncoming(ctxT(t, time.Minute), s)
+	in, err := a.IncomingSpec(s.ID, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, err := b.PrepareIncoming(ctxT(t, time.Minute), in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,4 +352,78 @@ func TestCheckpoint(t *testing.T) {
 		t.Fatalf("resumed checkpoint restarted: first counter %d, before checkpoint %d", got, c)
 	}
 	t.Logf("checkpoint: %d B, paused %v; counter %d before, %d after resume", img.Bytes, img.Took, c, first)
+}
+
+// TestOldImageGuestMigrates: a guest resumed from an image saved by a
+// driver before the RAM tail (see ramTailKiB) runs with exactly its MiB.
+// It live-migrates between current drivers, there and back: each
+// destination is started at the source's size (IncomingSpec), the RAM
+// copies match, and the counter carries on. A tail other than 0 or
+// ramTailKiB is refused.
+func TestOldImageGuestMigrates(t *testing.T) {
+	t.Parallel()
+	old, b, c := newDriver(t), newDriver(t), newDriver(t)
+	s := spec("oldimage")
+	// The driver before the tail started every guest at its MiB.
+	m, err := old.shape(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.TailKiB = 0
+	tk, err := old.reserve(s.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.launch(ctxT(t, time.Minute), tk, s, m, roleRun); err != nil {
+		old.discard(tk)
+		t.Fatal(err)
+	}
+	tk.setOp(opNone)
+	waitCounter(t, old, s.ID, 0, 3)
+	dir := t.TempDir()
+	if _, err := old.Suspend(ctxT(t, 2*time.Minute), s.ID, dir); err != nil {
+		t.Fatal(err)
+	}
+	if meta, err := os.ReadFile(filepath.Join(dir, imageMeta)); err != nil || bytes.Contains(meta, []byte("tail_kib")) {
+		t.Fatalf("want an image without a tail, as the old driver saved it: %q, %v", meta, err)
+	}
+	before := lastCounter(old, s.ID, 0)
+	if err := b.Resume(ctxT(t, 2*time.Minute), s, dir); err != nil {
+		t.Fatal(err)
+	}
+	waitCounter(t, b, s.ID, 0, before)
+
+	for hop, p := range [][2]*Driver{{b, c}, {c, b}} {
+		src, dst := p[0], p[1]
+		s.Epoch++
+		in, err := src.IncomingSpec(s.ID, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.VM.RAMTailKiB == nil || *in.VM.RAMTailKiB != 0 || s.VM.RAMTailKiB != nil {
+			t.Fatalf("hop %d: IncomingSpec gave tail %v (want 0), left the caller's spec with %v (want nil)", hop, in.VM.RAMTailKiB, s.VM.RAMTailKiB)
+		}
+		pr := migrateWith(t, src, dst, s, driver.MigrationOptions{MaxDowntime: 100 * time.Millisecond})
+		dt, err := dst.lookup(s.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dt.mu.Lock()
+		tail := dt.machine.TailKiB
+		dt.mu.Unlock()
+		if tail != 0 {
+			t.Fatalf("hop %d: destination runs with a %d KiB tail, want the source's 0", hop, tail)
+		}
+		t.Logf("hop %d: total %v, downtime %v, transferred %d B", hop, pr.TotalTime, pr.Downtime, pr.TransferredBytes)
+	}
+
+	bad := spec("badtail")
+	tail := int64(12)
+	bad.VM.RAMTailKiB = &tail
+	if _, err := c.PrepareIncoming(ctxT(t, time.Minute), bad); !errors.Is(err, driver.ErrInvalidSpec) || !strings.Contains(err.Error(), "ram_tail_kib 12") {
+		t.Errorf("PrepareIncoming with a 12 KiB tail: %v, want ErrInvalidSpec naming ram_tail_kib", err)
+	}
+	if _, err := c.Inspect(ctxT(t, time.Minute), bad.ID); !errors.Is(err, driver.ErrNotFound) {
+		t.Errorf("refused PrepareIncoming left a task: %v", err)
+	}
 }
