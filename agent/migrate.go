@@ -203,6 +203,15 @@ func (a *Agent) migrateLive(ctx context.Context, rec *record, lm driver.LiveMigr
 	// prepare: the destination starts the task paused, listening.
 	spec := rec.Spec
 	spec.Epoch = newEpoch
+	if is, ok := lm.(driver.IncomingSpecer); ok {
+		// What the destination must match that the record does not say
+		// (qemu: the guest's exact RAM size).
+		s, err := is.IncomingSpec(id, spec)
+		if err != nil {
+			return revert(fmt.Errorf("migrate %q: %w", id, err))
+		}
+		spec = s
+	}
 	prep, err := peer.Prepare(ctx, api.PrepareRequest{Driver: rec.Driver, Spec: spec, Source: a.cfg.Name})
 	if err != nil {
 		return revert(fmt.Errorf("prepare at %s: %w", req.To, err))
