@@ -2,6 +2,9 @@ package controller
 
 import (
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -87,10 +90,14 @@ func TestE2EDrainDeadlineSuspendsWhatCannotMove(t *testing.T) {
 	}
 }
 
-// slowCheckpointJob is counterJob whose checkpoint takes about 15 s (the
-// trap sleeps first), so a move of it keeps its plan executing that long.
-func slowCheckpointJob(name string) string {
-	return strings.Replace(counterJob(name, 5, 1, 1, ""), `trap 'echo`, `trap 'sleep 15; echo`, 1)
+// slowCheckpointJob is counterJob whose checkpoint waits until the file
+// release exists (the trap polls for it first), so a move of it keeps its
+// plan executing until the test creates that file. Its checkpoint timeout
+// is long (5 min) so that only the release ends the wait; the executor's
+// completion timeout (60 s and more) is the remaining bound.
+func slowCheckpointJob(name, release string) string {
+	return strings.Replace(counterJob(name, 5, 1, 1, "checkpoint:\n  timeout: 5m\n"), `trap 'echo`,
+		fmt.Sprintf(`trap 'while [ ! -e %q ]; do sleep 0.1; done; echo`, release), 1)
 }
 
 // A drain deadline that passes while a long plan executes is honoured at
@@ -99,7 +106,17 @@ func slowCheckpointJob(name string) string {
 // while the plan's slow move is still running.
 func TestE2EDrainDeadlineHonouredDuringALongPlan(t *testing.T) {
 	c := newTestCluster(t, 4, 1)
-	for _, spec := range []string{slowCheckpointJob("slow"), counterJob("b", 5, 1, 1, ""), counterJob("a", 5, 1, 1, "")} {
+	// slow's checkpoint ends when this file exists: the test creates it
+	// once b's suspend has been checked (and at cleanup, before the
+	// cluster stops).
+	release := filepath.Join(t.TempDir(), "release-checkpoint")
+	releaseCheckpoint := func() {
+		if err := os.WriteFile(release, nil, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Cleanup(releaseCheckpoint)
+	for _, spec := range []string{slowCheckpointJob("slow", release), counterJob("b", 5, 1, 1, ""), counterJob("a", 5, 1, 1, "")} {
 		if _, err := c.cli.Submit(ctx(t), []byte(spec)); err != nil {
 			t.Fatal(err)
 		}
@@ -117,7 +134,8 @@ func TestE2EDrainDeadlineHonouredDuringALongPlan(t *testing.T) {
 			free = n
 		}
 	}
-	// A plan that takes ~15 s: move slow (checkpoint mode) to the free node.
+	// A plan that lasts until the test releases slow's checkpoint: move
+	// slow (checkpoint mode) to the free node.
 	// (Retried while the plan that started the jobs is still closing.)
 	var planID uint64
 	c.waitFor("the move accepted", 30*time.Second, func() bool {
@@ -147,7 +165,7 @@ func TestE2EDrainDeadlineHonouredDuringALongPlan(t *testing.T) {
 	var p store.Plan
 	c.srv.Store.View(func(s *store.State) { p = *s.Plans[planID]; p.Actions = append([]store.Action(nil), p.Actions...) })
 	if p.Actions[0].State != store.ActionRunning || c.phase("slow.c.0") != store.TaskRunning || c.task("slow.c.0").Node == free {
-		t.Fatalf("the slow move ended before b was suspended; the test shows nothing: %+v", p.Actions[0])
+		t.Fatalf("the slow move, whose checkpoint is held, is not running while b was suspended: %+v\n%s", p.Actions[0], c.dump())
 	}
 	if !strings.Contains(p.Reason, "drain deadline passed on "+victim) {
 		t.Fatalf("plan reason %q does not name the deadline", p.Reason)
@@ -164,7 +182,8 @@ func TestE2EDrainDeadlineHonouredDuringALongPlan(t *testing.T) {
 	if n, where := c.liveCopies("b.c.0"); n != 0 {
 		t.Fatalf("b.c.0 still live after the drain deadline on %v", where)
 	}
-	// The slow move then completes and the plan closes.
+	// Released, the slow move completes and the plan closes.
+	releaseCheckpoint()
 	c.waitFor("the slow move done", 60*time.Second, func() bool {
 		return c.task("slow.c.0").Node == free && c.phase("slow.c.0") == store.TaskRunning
 	})
