@@ -10,24 +10,13 @@ package cluster
 // constraint that names no task (and for a type outside the catalog). A
 // constraint with one list returns that list itself (not a copy); use
 // TaskGroups to walk grouped constraints without copying.
-func TaskRefs(c Constraint) []int { return refs(taskGroups(c)) }
-
-// NodeRefs lists the node indices c references, in the order they appear
-// (groups flattened, duplicates kept); nil when it names no node. Use
-// NodeGroups to walk grouped constraints without copying.
-func NodeRefs(c Constraint) []int { return refs(nodeGroups(c)) }
+func TaskRefs(c Constraint) []int { return refs(TaskGroups(c)) }
 
 // TaskGroups returns the lists of task indices c references, in field
 // order, without copying them: a caller checking thousands of constraints
-// over 50,000 nodes loops over these instead of a flattened copy.
-func TaskGroups(c Constraint) [][]int { return taskGroups(c) }
-
-// NodeGroups is TaskGroups for node indices.
-func NodeGroups(c Constraint) [][]int { return nodeGroups(c) }
-
-// taskGroups is the one switch over the catalog for task references: the
-// lists of task indices in c, in field order.
-func taskGroups(c Constraint) [][]int {
+// over 50,000 nodes loops over these instead of a flattened copy. It is the
+// one switch over the catalog for task references.
+func TaskGroups(c Constraint) [][]int {
 	switch c := c.(type) {
 	case Spread:
 		return [][]int{c.Tasks}
@@ -59,8 +48,9 @@ func taskGroups(c Constraint) [][]int {
 	return nil
 }
 
-// nodeGroups is the one switch over the catalog for node references.
-func nodeGroups(c Constraint) [][]int {
+// NodeGroups is TaskGroups for node indices (groups kept, duplicates
+// kept; nil when c names no node).
+func NodeGroups(c Constraint) [][]int {
 	switch c := c.(type) {
 	case Ban:
 		return [][]int{c.Nodes}
