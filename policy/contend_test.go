@@ -122,7 +122,7 @@ func TestFerryMovesIdleVMsOutOfTheWayOfAComputingOne(t *testing.T) {
 
 func TestFerrySharesCoresUpToToleranceThenSheds(t *testing.T) {
 	// One node, two jobs: within a core of overload both run (contention);
-	// beyond it the job with the most remaining work is suspended.
+	// beyond it one is suspended (as wide as the other, less work done).
 	within := vmView(1, 8,
 		vmJob{name: "near", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 200},
 		vmJob{name: "far", nodes: []int{0}, cpu: []int64{1}, mem: 1, wall: 5000},
@@ -137,6 +137,7 @@ func TestFerrySharesCoresUpToToleranceThenSheds(t *testing.T) {
 		vmJob{name: "near", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 200},
 		vmJob{name: "far", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 5000},
 	)
+	beyond.Jobs[1].Done = 100
 	d = decide(t, Ferry(), beyond)
 	if d.Want[0] != cluster.Running || d.Want[1] != cluster.Running || d.Want[2] != cluster.Sleeping || d.Want[3] != cluster.Sleeping {
 		t.Fatalf("overload of two cores: want far suspended, got %v", d.Want)
@@ -190,5 +191,63 @@ func TestKeepOverLetsOnlyTheSoftResourceGoOver(t *testing.T) {
 	}
 	if p.Slots([]int64{1, 0}) != 0 {
 		t.Fatal("an overloaded node offers slots")
+	}
+}
+
+func TestFerryShedsTheWidestJob(t *testing.T) {
+	// Two nodes of 2 cores: a job computing on 4 VMs and one on 2 VMs with
+	// far more work left. Two cores of overload, no free core to move to:
+	// suspending the wide job relieves it all (the narrow one would not).
+	v := vmView(2, 8,
+		vmJob{name: "wide", nodes: []int{0, 0, 1, 1}, cpu: []int64{1, 1, 1, 1}, mem: 1, wall: 600},
+		vmJob{name: "narrow", nodes: []int{0, 1}, cpu: []int64{1, 1}, mem: 1, wall: 5000},
+	)
+	d := decide(t, Ferry(), v)
+	for i, s := range d.Want {
+		want := cluster.Running
+		if i < 4 {
+			want = cluster.Sleeping
+		}
+		if s != want {
+			t.Fatalf("task %d wanted %v, want %v (all: %v)", i, s, want, d.Want)
+		}
+	}
+	// The former rule (most remaining work first) suspends the narrow one
+	// and still leaves a core of overload, within tolerance.
+	old := Ferry()
+	old.ShedWidest = false
+	d = decide(t, old, v)
+	if d.Want[0] != cluster.Running || d.Want[4] != cluster.Sleeping {
+		t.Fatalf("most-remaining rule: %v", d.Want)
+	}
+}
+
+func TestFerryAdmitsANeverRunJobByMemoryWhereCPUIsShared(t *testing.T) {
+	// One node of 2 cores, both busy; a queued job of 2 VMs (peak 1 CPU
+	// each, nothing observed yet) fits by memory.
+	v := vmView(1, 8, vmJob{name: "run", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 600})
+	m := v.Model
+	q := Job{Name: "new", Submitted: 1000, Walltime: 600, Total: 600, Preemptible: true, Migratable: true}
+	for k := range 2 {
+		q.Tasks = append(q.Tasks, len(m.Tasks))
+		m.Tasks = append(m.Tasks, cluster.Task{Name: "new" + string(rune('0'+k)), Job: "new", State: cluster.Ready, Node: cluster.NoNode, Demand: []int64{1, 1}})
+	}
+	v.Jobs = append(v.Jobs, q)
+	// Hard CPU: the peak reservation does not fit, the job waits.
+	if d := decide(t, Ferry(), v); d.Want[2] != cluster.Ready || d.Want[3] != cluster.Ready {
+		t.Fatalf("hard cpu: %v", d.Want)
+	}
+	v.Soft = map[int]bool{0: true}
+	d := decide(t, Ferry(), v)
+	if d.Want[2] != cluster.Running || d.Want[3] != cluster.Running {
+		t.Fatalf("soft cpu: want the new job started, got %v", d.Want)
+	}
+	if m.Tasks[2].Demand[0] != 1 {
+		t.Fatal("the policy changed the view's model")
+	}
+	// Once it has run, its observed demand counts like anyone's.
+	v.Jobs[1].Done = 10
+	if d := decide(t, Ferry(), v); d.Want[2] != cluster.Ready {
+		t.Fatalf("a job that ran is placed by its observed demand: %v", d.Want)
 	}
 }

@@ -39,6 +39,10 @@ type View struct {
 	// Draining marks nodes (indices) that must be emptied without killing.
 	Draining map[int]bool
 	Now      int64
+	// Soft marks resources (indices) the nodes time-share: demand may
+	// exceed capacity and slows the tasks down instead of failing (CPU
+	// under a hypervisor). Nil: every resource is hard.
+	Soft map[int]bool
 	// Durations is the cost model the planner will use.
 	Durations cluster.DurationModel
 }

@@ -51,16 +51,34 @@ type Selective struct {
 	// an overloaded node is suspended (if the cost rules allow it).
 	Shed      bool
 	Tolerance int64
+	// ShedWidest, with Shed, suspends the job using the most of the soft
+	// resource on the cluster first (one suspension relieves the most),
+	// ties to the one with the least work done, instead of the one with
+	// the most remaining work; ShedMinRun (seconds; 0: none) replaces
+	// MinRun for it: a job found too wide just after its start goes
+	// before it slows the others down.
+	ShedWidest bool
+	ShedMinRun int64
+	// AdmitByMemory places a job that never ran by its hard resources
+	// only when the view marks the CPU soft: what it will use is not
+	// known before it runs (a peak reservation would admit two NGB vjobs
+	// where memory holds five), and an overload it brings is met like any
+	// other (migration, sharing, shedding). Among idle jobs of equal
+	// expansion factor, the smaller memory footprint goes first.
+	AdmitByMemory bool
 }
 
 // Ferry is ferry's own policy: cost-aware selective suspension, packing by
 // observed demand with idle VMs packed where CPU is busy (the nodes with
 // free cores keep memory for the VMs that wake up), and CPU shortages of
 // running jobs met by migration, then by sharing up to one core of
-// overload, and only beyond that by suspension.
+// overload, and only beyond that by suspending the widest job. Where CPU
+// is time-shared, a job that never ran is admitted by memory: its CPU use
+// is not known before it runs.
 func Ferry() Selective {
 	return Selective{Label: "ferry", Factor: 2, CostAware: true, Observe: true, Pinned: true,
-		SpreadIdle: true, PackIdle: true, Contend: true, Shed: true, Tolerance: 1}
+		SpreadIdle: true, PackIdle: true, Contend: true, Shed: true, Tolerance: 1,
+		ShedWidest: true, AdmitByMemory: true}
 }
 
 // Name implements Policy.
@@ -99,6 +117,10 @@ func (s Selective) Decide(v *View) (Decision, error) {
 	minRun := s.MinRun
 	if minRun <= 0 {
 		minRun = 60
+	}
+	orig := v
+	if s.AdmitByMemory && s.Observe {
+		v = unknownIdle(v)
 	}
 	m := v.Model
 	d := Current(m)
@@ -153,9 +175,27 @@ func (s Selective) Decide(v *View) (Decision, error) {
 	for r, i := range fifo {
 		rank[i] = r
 	}
+	var footprint []int64
+	if v != orig {
+		// Admitting by memory: among equals, the smaller footprint first,
+		// so memory holds as many jobs as it can (one found too wide once
+		// it runs is shed, having cost a suspension of a job that did
+		// nothing yet).
+		footprint = make([]int64, len(v.Jobs))
+		if mem := m.Resource("memory"); mem >= 0 {
+			for _, i := range idle {
+				for _, t := range v.Jobs[i].Tasks {
+					footprint[i] += m.Tasks[t].Demand[mem]
+				}
+			}
+		}
+	}
 	sort.SliceStable(idle, func(a, b int) bool {
 		if xf[idle[a]] != xf[idle[b]] {
 			return xf[idle[a]] > xf[idle[b]]
+		}
+		if footprint != nil && footprint[idle[a]] != footprint[idle[b]] {
+			return footprint[idle[a]] < footprint[idle[b]]
 		}
 		return rank[idle[a]] < rank[idle[b]]
 	})
@@ -220,6 +260,41 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		pinMoved(&d, p, v, running)
 	}
 	return d, nil
+}
+
+// unknownIdle returns v, or a copy whose model charges no soft CPU to the
+// tasks of jobs that never ran (never-started, no work done): their use
+// is unknown until they run, and CPU is time-shared.
+func unknownIdle(v *View) *View {
+	cpu := v.Model.Resource("cpu")
+	if cpu < 0 || !v.Soft[cpu] {
+		return v
+	}
+	var tasks []cluster.Task
+	for i := range v.Jobs {
+		j := &v.Jobs[i]
+		if j.Done > 0 || JobPhase(v.Model, j) != Queued {
+			continue
+		}
+		if tasks == nil {
+			tasks = append([]cluster.Task(nil), v.Model.Tasks...)
+		}
+		for _, t := range j.Tasks {
+			if tasks[t].Demand[cpu] != 0 {
+				d := append([]int64(nil), tasks[t].Demand...)
+				d[cpu] = 0
+				tasks[t].Demand = d
+			}
+		}
+	}
+	if tasks == nil {
+		return v
+	}
+	m := *v.Model
+	m.Tasks = tasks
+	w := *v
+	w.Model = &m
+	return &w
 }
 
 // worthSuspending: the job's remaining estimate repays its switch cost
@@ -394,24 +469,37 @@ func overload(p *Packer, soft int) int64 {
 }
 
 // shed suspends running jobs while the soft overload left after relieve
-// exceeds Tolerance: the job with the most remaining work first among those
-// with a computing task on an overloaded node.
+// exceeds Tolerance, among those with a computing task on an overloaded
+// node: the one with the most remaining work first, or with ShedWidest
+// the one using the most of the soft resource.
 func (s Selective) shed(v *View, p *Packer, d *Decision, running []int, soft int, repay float64, minRun int64, slept []bool, moves *[]move) []int {
 	m := v.Model
+	if s.ShedWidest {
+		minRun = s.ShedMinRun
+	}
 	for overload(p, soft) > s.Tolerance {
 		best := -1
+		var bw int64
 		for _, i := range running {
 			j := &v.Jobs[i]
 			if slept[i] || !j.Preemptible || s.CostAware && !s.worthSuspending(v, j, repay, minRun) {
 				continue
 			}
 			hot := false
+			var width int64
 			for _, t := range j.Tasks {
+				width += m.Tasks[t].Demand[soft]
 				if n := p.Placement[t]; n >= 0 && p.free[n][soft] < 0 && m.Tasks[t].Demand[soft] > 0 {
 					hot = true
 				}
 			}
-			if hot && (best < 0 || j.Walltime > v.Jobs[best].Walltime) {
+			switch {
+			case !hot:
+			case s.ShedWidest:
+				if best < 0 || width > bw || width == bw && j.Done < v.Jobs[best].Done {
+					best, bw = i, width
+				}
+			case best < 0 || j.Walltime > v.Jobs[best].Walltime:
 				best = i
 			}
 		}

@@ -44,7 +44,11 @@ func (e *engine) decide(ctx context.Context) error {
 			g := j.firstTask + k
 			tk := &e.tasks[g]
 			d := j.spec.Demand
-			if e.observed && e.cpu >= 0 && len(j.spec.Segments) > 0 {
+			// Observed demand: what the task used when last seen running
+			// (its current segment; a sleeping task keeps the one it was
+			// suspended in). A job that never ran has nothing observed
+			// yet: its peak reservation stands, not its future profile.
+			if e.observed && e.cpu >= 0 && len(j.spec.Segments) > 0 && j.started >= 0 {
 				d = append([]int64(nil), d...)
 				d[e.cpu] = e.taskCPU(j, k)
 			}
@@ -72,6 +76,14 @@ func (e *engine) decide(ctx context.Context) error {
 	e.sub2glob = glob
 	view := &e.view
 	view.Draining, view.Now, view.Durations = e.draining, e.now, w.Durations
+	if e.observed && view.Soft == nil {
+		view.Soft = map[int]bool{}
+		for r, s := range e.soft {
+			if s {
+				view.Soft[r] = true
+			}
+		}
+	}
 	d, err := e.cfg.Policy.Decide(view)
 	if err != nil {
 		return fmt.Errorf("sim: policy %s at t=%d: %w", e.cfg.Policy.Name(), e.now, err)
@@ -241,6 +253,18 @@ func (e *engine) problem(m *cluster.Model, d policy.Decision) (*plan.Problem, []
 		}
 		sm.Tasks = append(sm.Tasks, *t)
 		sub = append(sub, e.sub2glob[i])
+		if e.observed && e.jobs[e.tasks[e.sub2glob[i]].job].started < 0 {
+			// A job that never ran: its use of a time-shared resource is
+			// not known, the planner reserves none of it (the policy
+			// placed it; the nodes share what it turns out to use).
+			for r, soft := range e.soft {
+				if soft && t.Demand[r] != 0 {
+					st := &sm.Tasks[len(sm.Tasks)-1]
+					st.Demand = append([]int64(nil), t.Demand...)
+					st.Demand[r] = 0
+				}
+			}
+		}
 	}
 	p := &plan.Problem{Model: sm, Durations: e.w.Durations}
 	for _, s := range []cluster.TaskState{cluster.Running, cluster.Sleeping, cluster.Ready} {

@@ -76,3 +76,59 @@ func (never) Name() string { return "never" }
 func (never) Decide(v *policy.View) (policy.Decision, error) {
 	return policy.Current(v.Model), nil
 }
+
+// seen records, at every decision, the CPU demand the policy sees for
+// each task of job 0 (an NGB vjob) and whether its tasks run.
+type seen struct {
+	policy.Selective
+	cpu [][]int64
+	up  []bool
+}
+
+func (s *seen) Decide(v *policy.View) (policy.Decision, error) {
+	var c []int64
+	for _, t := range v.Jobs[0].Tasks {
+		c = append(c, v.Model.Tasks[t].Demand[0])
+	}
+	s.cpu = append(s.cpu, c)
+	s.up = append(s.up, policy.JobPhase(v.Model, &v.Jobs[0]) == policy.Active)
+	return s.Selective.Decide(v)
+}
+
+func TestObservedDemandIsNotKnownBeforeAJobRuns(t *testing.T) {
+	// An HC vjob computes on one VM at a time: its first step uses task
+	// 0 only. Before the job runs, the policy must see the peak (1 CPU
+	// per VM), not that future profile; once it runs, what it uses.
+	w, err := workload.ParseScenario(strings.NewReader(`
+nodes: {count: 6, cpu: 2, memory_mib: 3584}
+soft: [cpu]
+jobs: [{name: hc, submit: 0, ngb: HC}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &seen{Selective: policy.Ferry()}
+	run(t, w, s)
+	if len(s.cpu) < 2 {
+		t.Fatalf("%d decisions", len(s.cpu))
+	}
+	ran := false
+	for i, c := range s.cpu {
+		var sum int64
+		for _, x := range c {
+			sum += x
+		}
+		if !s.up[i] && !ran && sum != 9 {
+			t.Fatalf("decision %d, before the job ran: cpu %v, want the peak", i, c)
+		}
+		if s.up[i] {
+			ran = true
+			if sum != 1 && sum != 0 {
+				t.Fatalf("decision %d, running: cpu %v, want what it uses (one VM or none)", i, c)
+			}
+		}
+	}
+	if !ran {
+		t.Fatal("no decision after the job ran")
+	}
+}
