@@ -109,14 +109,31 @@ func TestFerryMovesIdleVMsOutOfTheWayOfAComputingOne(t *testing.T) {
 		switch {
 		case task < 3 && n == 1:
 			hotToB++
-		case task >= 3 && task < 7 && n != 1:
-			coldOut++ // to a node with no free core (a or c)
+		case task >= 3 && task < 7 && n == 2:
+			coldOut++ // to c: a has room only once the hot VM has left it
 		default:
 			t.Fatalf("task %d fenced to %d: %v", task, n, f)
 		}
 	}
 	if hotToB != 1 || coldOut != 1 {
 		t.Fatalf("want one computing VM to b and one idle VM off b, got %v", f)
+	}
+	// Without room on c, the idle VM could only swap places with the
+	// computing one (a cycle the planner breaks by suspending a VM, which
+	// stops its whole job): nothing moves, the hot VMs share a's cores.
+	v = vmView(3, 4,
+		vmJob{name: "hot", nodes: []int{0, 0, 0}, cpu: []int64{1, 1, 1}, mem: 1, wall: 1000},
+		vmJob{name: "cold", nodes: []int{1, 1, 1, 1}, cpu: []int64{0, 0, 0, 0}, mem: 1, wall: 1000},
+		vmJob{name: "busy", nodes: []int{2, 2, 2, 2}, cpu: []int64{1, 1, 0, 0}, mem: 1, wall: 1000},
+	)
+	d = decide(t, Ferry(), v)
+	for i, s := range d.Want {
+		if s != cluster.Running {
+			t.Fatalf("no room on c: task %d wanted %v", i, s)
+		}
+	}
+	if f := fences(t, d); len(f) != 0 {
+		t.Fatalf("no room on c: want no move, got %v", f)
 	}
 }
 
@@ -227,12 +244,7 @@ func TestFerryAdmitsANeverRunJobByMemoryWhereCPUIsShared(t *testing.T) {
 	// each, nothing observed yet) fits by memory.
 	v := vmView(1, 8, vmJob{name: "run", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 600})
 	m := v.Model
-	q := Job{Name: "new", Submitted: 1000, Walltime: 600, Total: 600, Preemptible: true, Migratable: true}
-	for k := range 2 {
-		q.Tasks = append(q.Tasks, len(m.Tasks))
-		m.Tasks = append(m.Tasks, cluster.Task{Name: "new" + string(rune('0'+k)), Job: "new", State: cluster.Ready, Node: cluster.NoNode, Demand: []int64{1, 1}})
-	}
-	v.Jobs = append(v.Jobs, q)
+	queue(v, "new", 2)
 	// Hard CPU: the peak reservation does not fit, the job waits.
 	if d := decide(t, Ferry(), v); d.Want[2] != cluster.Ready || d.Want[3] != cluster.Ready {
 		t.Fatalf("hard cpu: %v", d.Want)
@@ -250,4 +262,34 @@ func TestFerryAdmitsANeverRunJobByMemoryWhereCPUIsShared(t *testing.T) {
 	if d := decide(t, Ferry(), v); d.Want[2] != cluster.Ready {
 		t.Fatalf("a job that ran is placed by its observed demand: %v", d.Want)
 	}
+}
+
+func TestFerrySpreadsANeverRunJobWhereCPUIsFree(t *testing.T) {
+	// Node a's cores are busy; a queued job of 4 VMs (nothing observed
+	// yet) goes to b and c, two each, not beside the busy VMs.
+	v := vmView(3, 8, vmJob{name: "run", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 600})
+	v.Soft = map[int]bool{0: true}
+	queue(v, "new", 4)
+	d := decide(t, Ferry(), v)
+	per := map[int]int{}
+	for task, n := range fences(t, d) {
+		if task < 2 {
+			t.Fatalf("running task %d moved to %d", task, n)
+		}
+		per[n]++
+	}
+	if per[0] != 0 || per[1] != 2 || per[2] != 2 {
+		t.Fatalf("want the new VMs two on b and two on c, got %v", per)
+	}
+}
+
+// queue adds a job of n VMs that never ran (1 CPU, 1 memory at peak).
+func queue(v *View, name string, n int) {
+	m := v.Model
+	q := Job{Name: name, Submitted: v.Now, Walltime: 600, Total: 600, Preemptible: true, Migratable: true}
+	for k := range n {
+		q.Tasks = append(q.Tasks, len(m.Tasks))
+		m.Tasks = append(m.Tasks, cluster.Task{Name: name + string(rune('0'+k)), Job: name, State: cluster.Ready, Node: cluster.NoNode, Demand: []int64{1, 1}})
+	}
+	v.Jobs = append(v.Jobs, q)
 }

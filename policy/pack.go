@@ -59,6 +59,11 @@ type Packer struct {
 	// is least free instead (best fit): their other resources are taken
 	// where no task could use resource SpreadIdle anyway.
 	PackIdle bool
+	// Unknown marks tasks (indices) whose use of resource UnknownRes is
+	// not known yet: they are placed without checking it (charged at
+	// their demand all the same) and spread where it is most free.
+	Unknown    []bool
+	UnknownRes int
 }
 
 // NewPacker starts with every online, non-draining node's whole capacity.
@@ -84,7 +89,7 @@ func (p *Packer) Free(n int) []int64 { return p.free[n] }
 func (p *Packer) fits(t, n int) bool {
 	f := p.free[n]
 	for r, d := range p.m.Tasks[t].Demand {
-		if d > f[r] {
+		if d > f[r] && (p.Unknown == nil || r != p.UnknownRes || !p.Unknown[t]) {
 			return false
 		}
 	}
@@ -181,7 +186,7 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 	if len(tasks) == 0 {
 		return true
 	}
-	same := uniform(p.m, tasks)
+	same := uniform(p.m, tasks) && (p.Unknown == nil || !p.Unknown[tasks[0]])
 	if same && p.Slots(p.m.Tasks[tasks[0]].Demand) < len(tasks) {
 		return false
 	}
@@ -213,7 +218,13 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 			continue
 		}
 		n := cluster.NoNode
-		if r := p.SpreadIdle; r >= 0 && p.m.Tasks[t].Demand[r] == 0 {
+		if r := p.UnknownRes; p.Unknown != nil && p.Unknown[t] {
+			for k := range p.free {
+				if p.fits(t, k) && (n < 0 || p.free[k][r] > p.free[n][r]) {
+					n = k
+				}
+			}
+		} else if r := p.SpreadIdle; r >= 0 && p.m.Tasks[t].Demand[r] == 0 {
 			// An idle task goes where resource r is most free: room for
 			// when it wakes up.
 			for k := range p.free {

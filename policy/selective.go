@@ -59,12 +59,14 @@ type Selective struct {
 	// before it slows the others down.
 	ShedWidest bool
 	ShedMinRun int64
-	// AdmitByMemory places a job that never ran by its hard resources
-	// only when the view marks the CPU soft: what it will use is not
+	// AdmitByMemory, when the view marks the CPU soft, places a job that
+	// never ran by its hard resources only: what it will use is not
 	// known before it runs (a peak reservation would admit two NGB vjobs
-	// where memory holds five), and an overload it brings is met like any
-	// other (migration, sharing, shedding). Among idle jobs of equal
-	// expansion factor, the smaller memory footprint goes first.
+	// where memory holds five). Its VMs are charged at their peak all the
+	// same and spread where CPU is most free; an overload it brings once
+	// it runs is met like any other (migration, sharing, shedding). Among
+	// idle jobs of equal expansion factor, the smaller memory footprint
+	// goes first.
 	AdmitByMemory bool
 }
 
@@ -118,13 +120,16 @@ func (s Selective) Decide(v *View) (Decision, error) {
 	if minRun <= 0 {
 		minRun = 60
 	}
-	orig := v
+	var unknown []bool
 	if s.AdmitByMemory && s.Observe {
-		v = unknownIdle(v)
+		unknown = unknownTasks(v)
 	}
 	m := v.Model
 	d := Current(m)
 	p := NewPacker(v)
+	if unknown != nil {
+		p.Unknown, p.UnknownRes = unknown, m.Resource("cpu")
+	}
 	if s.SpreadIdle {
 		p.SpreadIdle = m.Resource("cpu")
 		p.PackIdle = s.PackIdle
@@ -176,7 +181,7 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		rank[i] = r
 	}
 	var footprint []int64
-	if v != orig {
+	if unknown != nil {
 		// Admitting by memory: among equals, the smaller footprint first,
 		// so memory holds as many jobs as it can (one found too wide once
 		// it runs is shed, having cost a suspension of a job that did
@@ -262,39 +267,28 @@ func (s Selective) Decide(v *View) (Decision, error) {
 	return d, nil
 }
 
-// unknownIdle returns v, or a copy whose model charges no soft CPU to the
-// tasks of jobs that never ran (never-started, no work done): their use
-// is unknown until they run, and CPU is time-shared.
-func unknownIdle(v *View) *View {
+// unknownTasks marks the tasks of the jobs that never ran (never started,
+// no work done) when the view marks the CPU time-shared, or returns nil:
+// their CPU use is not known until they run.
+func unknownTasks(v *View) []bool {
 	cpu := v.Model.Resource("cpu")
 	if cpu < 0 || !v.Soft[cpu] {
-		return v
+		return nil
 	}
-	var tasks []cluster.Task
+	var u []bool
 	for i := range v.Jobs {
 		j := &v.Jobs[i]
 		if j.Done > 0 || JobPhase(v.Model, j) != Queued {
 			continue
 		}
-		if tasks == nil {
-			tasks = append([]cluster.Task(nil), v.Model.Tasks...)
+		if u == nil {
+			u = make([]bool, len(v.Model.Tasks))
 		}
 		for _, t := range j.Tasks {
-			if tasks[t].Demand[cpu] != 0 {
-				d := append([]int64(nil), tasks[t].Demand...)
-				d[cpu] = 0
-				tasks[t].Demand = d
-			}
+			u[t] = true
 		}
 	}
-	if tasks == nil {
-		return v
-	}
-	m := *v.Model
-	m.Tasks = tasks
-	w := *v
-	w.Model = &m
-	return &w
+	return u
 }
 
 // worthSuspending: the job's remaining estimate repays its switch cost
@@ -388,7 +382,10 @@ type move struct{ task, from int }
 // task t whose other resources are held by idle tasks (no soft demand now)
 // and moves those idle tasks to nodes where the soft resource is least
 // free, until t fits; it returns the node (the moves appended to log), or
-// -1 with nothing changed.
+// -1 with nothing changed. An idle task never goes to from: the room t
+// leaves there appears only once t has moved, which waits for the idle
+// task to leave; the planner could only break that cycle by suspending
+// one of them (the whole job stops for a write and a read of its memory).
 func makeRoom(p *Packer, t, from, soft int, log *[]move) int {
 	m := p.m
 	need := m.Tasks[t].Demand[soft]
@@ -409,7 +406,7 @@ func makeRoom(p *Packer, t, from, soft int, log *[]move) int {
 			p.Release(u)
 			best := cluster.NoNode
 			for c := range p.free {
-				if c != k && p.fits(u, c) && (best < 0 || p.free[c][soft] < p.free[best][soft]) {
+				if c != k && c != from && p.fits(u, c) && (best < 0 || p.free[c][soft] < p.free[best][soft]) {
 					best = c
 				}
 			}
