@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"context"
 	"path/filepath"
+	"sort"
 	"sync"
 
 	"github.com/ferrycluster/ferry/cas"
@@ -54,14 +56,82 @@ func imagePin(id string) string {
 }
 
 // keepReceived makes rc consult the node's chunk store before asking for
-// chunks, add what it receives, and pin the result as task id's image.
+// chunks, add what it receives, and pin the result as task id's image. A
+// directory's chunks are added after its transfer commits, on a goroutine
+// of the agent (Close waits for it, and cancels it); the next transfer of
+// the same task waits for it first, so it finds them.
 func (a *Agent) keepReceived(rc *transfer.Receiver, id string) *transfer.Receiver {
-	if st := a.chunkStore(); st != nil {
-		rc.Store, rc.Keep = st, true
-		rc.PinAs = func(transfer.Header) string { return imagePin(id) }
+	st := a.chunkStore()
+	if st == nil {
+		return rc
+	}
+	a.waitKept(id)
+	rc.Store, rc.Keep = st, true
+	rc.PinAs = func(transfer.Header) string { return imagePin(id) }
+	rc.Background = func(f func(context.Context)) {
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			f(a.ctx) // cancelled: the agent is going away, nothing is kept
+			return
+		}
+		a.wg.Add(1)
+		a.mu.Unlock()
+		done := a.keeping(id)
+		go func() {
+			defer a.wg.Done()
+			defer done()
+			f(a.ctx)
+		}()
 	}
 	return rc
 }
+
+// keepReceivedCheckpoint is keepReceived for a task's image or replica
+// (a checkpoint): when no image of the task is pinned here, none of its
+// chunks are expected (checkpoints resemble earlier checkpoints of the same
+// task, not other images), so it crosses without an index, straight into
+// place, and is indexed and kept after the commit
+// (transfer.Receiver.Fresh). Guest images keep using the index: they
+// resemble other images of their family.
+func (a *Agent) keepReceivedCheckpoint(rc *transfer.Receiver, id string) *transfer.Receiver {
+	a.keepReceived(rc, id)
+	if st := rc.Store; st != nil {
+		pin := imagePin(id)
+		rc.Fresh = func(transfer.Header) bool {
+			pins := st.Pins()
+			i := sort.SearchStrings(pins, pin)
+			return i == len(pins) || pins[i] != pin
+		}
+	}
+	return rc
+}
+
+// keeping marks task id's chunks as being added to the store until the
+// returned function is called; waitKept waits for that (or the agent's
+// end), so a transfer of the task looks them up only once they are there.
+func (a *Agent) keeping(id string) func() {
+	key := a.cfg.DataDir + "\x00" + id
+	done := make(chan struct{})
+	keepsInFlight.Store(key, done)
+	return func() {
+		close(done)
+		keepsInFlight.CompareAndDelete(key, done)
+	}
+}
+
+func (a *Agent) waitKept(id string) {
+	if v, ok := keepsInFlight.Load(a.cfg.DataDir + "\x00" + id); ok {
+		select {
+		case <-v.(chan struct{}):
+		case <-a.ctx.Done():
+		}
+	}
+}
+
+// keepsInFlight: data dir + NUL + task id → a channel closed when the
+// chunks of the task's last received directory are in the store.
+var keepsInFlight sync.Map
 
 // keepSent makes a send add the image's chunks to the node's chunk store
 // and pin it as task id's image, so the image coming back crosses as its

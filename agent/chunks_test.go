@@ -15,8 +15,8 @@ import (
 )
 
 // moveDir sends dir from node from to node to on a real TCP connection with
-// the agents' image settings (keepSent, keepReceived) and returns what
-// crossed and where it landed.
+// the agents' image settings (keepSent, keepReceivedCheckpoint) and returns
+// what crossed and where it landed, once the chunks are kept at both ends.
 func moveDir(t *testing.T, from, to *node, id, dir string) (transfer.SendResult, transfer.ReceiveResult) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -39,7 +39,7 @@ func moveDir(t *testing.T, from, to *node, id, dir string) (transfer.SendResult,
 			return
 		}
 		defer c.Close()
-		rc := to.agent.keepReceived(&transfer.Receiver{StagingDir: filepath.Join(to.dataDir, "run", "cas-staging"),
+		rc := to.agent.keepReceivedCheckpoint(&transfer.Receiver{StagingDir: filepath.Join(to.dataDir, "run", "cas-staging"),
 			Dest: func(transfer.Header, *cas.Index) (string, error) { return dest, nil }}, id)
 		res, err := rc.Serve(ctx, c)
 		done <- out{res, err}
@@ -49,6 +49,7 @@ func moveDir(t *testing.T, from, to *node, id, dir string) (transfer.SendResult,
 		t.Fatal(err)
 	}
 	defer c.Close()
+	from.agent.waitKept(id) // as sendImageCAS does
 	sent, err := transfer.SendDir(ctx, c, dir, t.TempDir(), from.agent.keepSent(transfer.SendOptions{ID: id + "-move", Name: "image"}, id))
 	if err != nil {
 		t.Fatal(err)
@@ -57,6 +58,7 @@ func moveDir(t *testing.T, from, to *node, id, dir string) (transfer.SendResult,
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
+	to.agent.waitKept(id) // the receiver keeps the chunks after the commit
 	return sent, r.res
 }
 
@@ -131,6 +133,9 @@ func TestResumeFromPeerKeepsImageChunks(t *testing.T) {
 	if _, err := b.c.Resume(ctx, "kept", api.ResumeRequest{Epoch: 1, From: a.addr}); err != nil {
 		t.Fatal(err)
 	}
+	// B received the image without an index (it had none of its chunks)
+	// and keeps its chunks after the commit; A keeps them after sending.
+	b.agent.waitKept("kept")
 	for _, n := range []*node{a, b} {
 		if _, err := n.agent.chunkStore().Pinned(imagePin("kept")); err != nil {
 			t.Fatalf("%s: %v", n.name, err)

@@ -86,6 +86,11 @@ func (a *Agent) sendImageCAS(w http.ResponseWriter, r *http.Request, rec *record
 	}
 	defer conn.Close()
 	defer a.untrack(conn)
+	// The send keeps the image's chunks here after the transfer (so the
+	// task coming back crosses as its changes); a receive of the task waits
+	// for that, and this send for the keep of the image it received.
+	a.waitKept(rec.ID)
+	defer a.keeping(rec.ID)()
 	start := time.Now()
 	res, err := transfer.SendDir(a.ctx, conn, a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
 		a.keepSent(transfer.SendOptions{ID: fmt.Sprintf("%s-e%d", rec.ID, rec.Epoch), Name: "image", Logger: a.log}, rec.ID))
@@ -263,13 +268,14 @@ func (a *Agent) receiveImageCAS(ctx context.Context, peerAddr, id string, epoch 
 // receiveDir receives what (an image or replica of task id), a directory
 // of about size bytes sent with transfer.SendDir on conn, into dir (which
 // must not exist), after checking the free space. With exact, a transfer
-// larger than size (plus the packing's reserve) is refused (a replica's
-// size counts all its files; an image's only its main file).
+// larger than size (plus the reserve) is refused when its list of files
+// arrives, before any of their bytes (a replica's size counts all its
+// files; an image's only its main file).
 func (a *Agent) receiveDir(ctx context.Context, conn net.Conn, peerAddr, what, id string, size int64, exact bool, dir string) error {
 	a.track(conn)
 	defer a.untrack(conn)
-	// The transfer stages the packed directory, then extracts it: twice its
-	// size, plus a reserve.
+	// The directory's files (written in place), then their chunks in the
+	// node's store: twice its size, plus a reserve.
 	if err := a.checkRoom(what, id, size, 2); err != nil {
 		return err
 	}
@@ -277,7 +283,7 @@ func (a *Agent) receiveDir(ctx context.Context, conn net.Conn, peerAddr, what, i
 	if err := os.MkdirAll(staging, 0o700); err != nil {
 		return err
 	}
-	rc := a.keepReceived(&transfer.Receiver{StagingDir: staging, Logger: a.log,
+	rc := a.keepReceivedCheckpoint(&transfer.Receiver{StagingDir: staging, Logger: a.log,
 		Dest: func(_ transfer.Header, x *cas.Index) (string, error) {
 			if exact {
 				if err := checkPacked(what, id, size, x); err != nil {

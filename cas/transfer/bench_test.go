@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +35,12 @@ func BenchmarkLoopback(b *testing.B) {
 	dir := b.TempDir()
 	src := filepath.Join(dir, "src.raw")
 	if err := os.WriteFile(src, randBytes(size, 99), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	// The same bytes as a checkpoint directory (a hard link: same pages).
+	srcDir := filepath.Join(dir, "ckpt")
+	os.Mkdir(srcDir, 0o755)
+	if err := os.Link(src, filepath.Join(srcDir, "state")); err != nil {
 		b.Fatal(err)
 	}
 	for _, sync := range []bool{false, true} {
@@ -69,7 +76,10 @@ func BenchmarkLoopback(b *testing.B) {
 		{"ferry-cdc", cas.CDC, false, false, false},
 		{"ferry-cdc-preindexed", cas.CDC, false, true, false},
 		{"ferry-fixed-keep-in-store", cas.Fixed, true, false, false},
+		{"ferry-dir", cas.CDC, false, false, false},
+		{"ferry-dir-keep-in-store", cas.CDC, true, false, false},
 	} {
+		isDir := strings.HasPrefix(v.name, "ferry-dir")
 		b.Run(v.name, func(b *testing.B) {
 			var x *cas.Index
 			if v.index {
@@ -95,6 +105,10 @@ func BenchmarkLoopback(b *testing.B) {
 					return err
 				}, func(c net.Conn) error {
 					start := time.Now()
+					if isDir {
+						_, err := SendDir(context.Background(), c, srcDir, "", SendOptions{ID: fmt.Sprint("b", i), Name: "out"})
+						return err
+					}
 					_, err := SendFile(context.Background(), c, src, SendOptions{ID: fmt.Sprint("b", i), Name: "out", Chunking: v.chunking, Index: x,
 						Progress: func(p Progress) {
 							if p.Phase == PhaseStream && p.Done == 0 {

@@ -2,7 +2,6 @@ package transfer
 
 import (
 	"archive/tar"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,88 +14,6 @@ import (
 
 	"github.com/ferrycluster/ferry/cas"
 )
-
-// SendDir packs the directory dir as a tar stream (regular files,
-// directories and symlinks, with their permission bits; owners and special
-// files are not carried), cuts it with FastCDC and sends it. The receiver
-// extracts it to its destination. The tar is staged in tmpDir (default
-// os.TempDir()) and removed afterwards.
-func SendDir(ctx context.Context, conn io.ReadWriter, dir, tmpDir string, opts SendOptions) (SendResult, error) {
-	f, err := os.CreateTemp(tmpDir, "ferry-send-*.tar")
-	if err != nil {
-		return SendResult{}, fmt.Errorf("transfer: send dir: %w", err)
-	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	if err := PackDir(dir, f); err != nil {
-		return SendResult{}, err
-	}
-	if opts.Index == nil {
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return SendResult{}, err
-		}
-		x, err := cas.BuildIndex(f, cas.IndexOptions{Chunking: cas.CDC})
-		if err != nil {
-			return SendResult{}, err
-		}
-		opts.Index = x
-	}
-	return send(ctx, conn, f, Header{ID: opts.ID, Name: opts.Name, Kind: KindDir}, opts)
-}
-
-// PackDir writes dir as a tar stream to w, in lexical order, so the same
-// tree gives the same bytes (and the same chunks).
-func PackDir(dir string, w io.Writer) error {
-	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		hdr := &tar.Header{Name: filepath.ToSlash(rel), Mode: int64(info.Mode().Perm()), ModTime: info.ModTime(), Format: tar.FormatPAX}
-		switch {
-		case info.Mode().IsRegular():
-			hdr.Typeflag, hdr.Size = tar.TypeReg, info.Size()
-		case info.IsDir():
-			hdr.Typeflag = tar.TypeDir
-			hdr.Name += "/"
-		case info.Mode()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, target
-		default:
-			return fmt.Errorf("transfer: pack %s: %s is not a file, directory or symlink", dir, rel)
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if hdr.Typeflag == tar.TypeReg {
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			_, err = io.CopyN(tw, f, hdr.Size)
-			f.Close()
-			if err != nil {
-				return fmt.Errorf("transfer: pack %s: %s changed while packing: %w", dir, rel, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return tw.Close()
-}
 
 // ExtractLimits bound what Extract accepts (zero: defaults).
 type ExtractLimits struct {

@@ -32,12 +32,17 @@
 // holds in its store is not sent again. Holes (all-zero runs) are never sent
 // and stay sparse in the rebuilt file.
 //
-// Directories (process checkpoints) travel as a tar stream cut by FastCDC;
-// the receiver extracts it into a fresh directory with every path confined
-// to it (os.Root, plus explicit checks that give clear errors for path
-// traversal, absolute names, escaping symlinks and special files) and
-// swaps it into place, so a committed checkpoint is never replaced by a
-// partial one.
+// Directories (process checkpoints, guest images) travel as their files
+// (KindTree, tree.go; SendDir): a TREE frame lists them, then each file's
+// bytes cross piece by piece, hashed by the sender while earlier pieces are
+// on the wire, written in place by the receiver into a fresh directory
+// (every path confined to it: os.Root, plus explicit checks that give clear
+// errors for path traversal, absolute names, escaping symlinks and special
+// files), fsynced once at the end and swapped into place, so a committed
+// checkpoint is never replaced by a partial one. A receiver that expects
+// none of the chunks (Receiver.Fresh) asks for the bytes without an index
+// and keeps their chunks after the commit. The older tar form (KindDir) is
+// still received.
 //
 // Every message is a frame: type u8, length u32 (big-endian), payload, with
 // a per-type length limit checked before anything is read or allocated.

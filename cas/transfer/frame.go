@@ -37,6 +37,10 @@ const (
 	msgResult msgType = 6
 	msgError  msgType = 7
 	msgRun    msgType = 8
+	msgTree   msgType = 9
+	msgSeg    msgType = 10
+	msgMode   msgType = 11
+	msgData   msgType = 12
 )
 
 func (t msgType) String() string {
@@ -57,6 +61,14 @@ func (t msgType) String() string {
 		return "ERROR"
 	case msgRun:
 		return "RUN"
+	case msgTree:
+		return "TREE"
+	case msgSeg:
+		return "SEG"
+	case msgMode:
+		return "MODE"
+	case msgData:
+		return "DATA"
 	}
 	return fmt.Sprintf("message(%d)", uint8(t))
 }
@@ -191,8 +203,12 @@ type Kind uint8
 const (
 	// KindFile: one regular file, rebuilt as is.
 	KindFile Kind = 1
-	// KindDir: a directory packed as tar; the receiver extracts it.
+	// KindDir: a directory packed as tar; the receiver extracts it (what
+	// SendDir sent before KindTree; still received).
 	KindDir Kind = 2
+	// KindTree: a directory sent as its files (tree.go): a TREE frame
+	// lists them, then each file's bytes travel as segments.
+	KindTree Kind = 3
 )
 
 func (k Kind) String() string {
@@ -201,6 +217,8 @@ func (k Kind) String() string {
 		return "file"
 	case KindDir:
 		return "dir"
+	case KindTree:
+		return "tree"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -246,7 +264,7 @@ func DecodeHello(b []byte) (Header, error) {
 		return h, fmt.Errorf("%w: HELLO: protocol version %d, want %d", cas.ErrInvalid, b[8], protoVersion)
 	}
 	h.Kind = Kind(b[9])
-	if h.Kind != KindFile && h.Kind != KindDir {
+	if h.Kind != KindFile && h.Kind != KindDir && h.Kind != KindTree {
 		return h, fmt.Errorf("%w: HELLO: unknown kind %d", cas.ErrInvalid, b[9])
 	}
 	h.Mode = binary.BigEndian.Uint32(b[10:14])

@@ -43,6 +43,13 @@ type Receiver struct {
 	// Store's MaxBytes is applied), so its chunks stay for later transfers
 	// instead of being collected. Empty: not pinned.
 	PinAs func(Header) string
+	// Fresh, if set, says whether this side expects to hold none of the
+	// chunks of directory transfer h (say, the first image of a task this
+	// node receives). Then the directory crosses without an index (MODE
+	// raw, tree.go): its bytes go straight into place and nothing is
+	// hashed during the transfer; with Keep its chunks are indexed and
+	// kept after the commit. A resumed transfer always uses the index.
+	Fresh func(h Header) bool
 	// NoSync skips the fsync of a rebuilt file and of its directory (and
 	// the early writeback): for data that can simply be fetched again. A
 	// crash can then leave a committed file with missing blocks.
@@ -50,9 +57,14 @@ type Receiver struct {
 	// Limits on the index a sender may announce (zero: DefaultMaxEntries
 	// and cas.DefaultMaxFileSize). The receiver's memory grows with the
 	// entry count (about 150 bytes per entry).
-	Limits   cas.DecodeLimits
-	Progress ProgressFunc
-	Logger   *slog.Logger
+	Limits cas.DecodeLimits
+	// Background, if set, runs work that may follow a transfer's commit
+	// (keeping a received directory's chunks in Store, with Keep) after
+	// Serve returns; it must call f eventually, with a context that ends
+	// when the work should stop. Nil: Serve runs it before returning.
+	Background func(f func(context.Context))
+	Progress   ProgressFunc
+	Logger     *slog.Logger
 
 	mu     sync.Mutex
 	active map[string]bool
@@ -145,6 +157,9 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		return fmt.Errorf("%w: %s", ErrBusy, h.ID)
 	}
 	defer rc.unlock(h.ID)
+	if h.Kind == KindTree {
+		return rc.serveTree(ctx, r, w, h, res, log)
+	}
 
 	lim := rc.Limits
 	if lim.MaxEntries <= 0 {
@@ -178,92 +193,11 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 	// Find what we have.
 	prog.phase(PhaseScan)
 	offs := x.Offsets()
-	// The entries of one chunk, in order: head[id] is the first, next[i]
-	// the one after entry i (-1 at the end).
-	head := make(map[cas.ID]int32, len(x.Entries))
-	next := make([]int32, len(x.Entries))
-	for i := len(x.Entries) - 1; i >= 0; i-- {
-		e := x.Entries[i]
-		if e.Hole {
-			continue
-		}
-		if h, ok := head[e.ID]; ok {
-			next[i] = h
-		} else {
-			next[i] = -1
-		}
-		head[e.ID] = int32(i)
+	want, head, next, wanted, err := rc.scan(ctx, x, offs, part.f, part.resumed, res, log)
+	if err != nil {
+		return err
 	}
-	var want []uint32
-	buf := make([]byte, 0, 64<<10)
-	var occ []int
-	for first, e := range x.Entries {
-		if e.Hole || head[e.ID] != int32(first) {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		occ = occ[:0]
-		for k := int32(first); k >= 0; k = next[k] {
-			occ = append(occ, int(k))
-		}
-		var good []bool
-		var data []byte
-		if part.resumed {
-			good = make([]bool, len(occ))
-			for k, i := range occ {
-				if cap(buf) < int(e.Length) {
-					buf = make([]byte, e.Length)
-				}
-				d := buf[:e.Length]
-				if _, err := part.f.ReadAt(d, offs[i]); err == nil && !chunker.IsZero(d) && cas.Sum(d) == e.ID {
-					good[k] = true
-					if data == nil {
-						data = append([]byte(nil), d...)
-					}
-				}
-			}
-			if data != nil {
-				res.Resumed++
-			}
-		}
-		if data == nil && rc.Store != nil {
-			d, err := rc.Store.Get(e.ID, nil)
-			switch {
-			case err == nil:
-				data = d
-				res.FromStore++
-			case errors.Is(err, cas.ErrCorrupt):
-				res.Refetched++
-				log.Warn("corrupt chunk in store, fetching it again", "chunk", e.ID.String(), "err", err)
-			case errors.Is(err, cas.ErrNotFound):
-			default:
-				return err
-			}
-		}
-		if data == nil {
-			want = append(want, uint32(first))
-			prog.p.Wanted += int64(e.Length)
-			continue
-		}
-		for k, i := range occ {
-			if good != nil && good[k] {
-				continue
-			}
-			if _, err := part.f.WriteAt(data, offs[i]); err != nil {
-				return fmt.Errorf("transfer: write partial: %w", err)
-			}
-		}
-	}
-	if part.resumed {
-		// Holes are never written, but the partial file of an earlier
-		// attempt is outside input: make sure they read as zeros (an IndexV2
-		// transfer does not hash the rebuilt file again).
-		if err := zeroHoles(part.f, x, offs, buf[:cap(buf)]); err != nil {
-			return fmt.Errorf("transfer: check holes of partial: %w", err)
-		}
-	}
+	prog.p.Wanted += wanted
 	prog.p.Present = x.Size - prog.p.Wanted
 	prog.p.ChunksWanted = len(want)
 	res.WantedChunks = len(want)
@@ -317,18 +251,17 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 	// Frames are read on this goroutine into batches; the pipeline hashes
 	// and writes them on two more. It finishes every batch already read
 	// before Serve returns, so a resume finds those chunks.
-	pl := newRxPipeline(&rxPipeline{x: x, offs: offs, next: next, f: part.f, done: done, onWritten: advance, keeper: keeper, prog: prog, wb: writeback{off: rc.NoSync}, hashers: min(2, runtime.GOMAXPROCS(0))})
-	bt := pl.get() // being filled by this goroutine
+	tgt := &rxTarget{x: x, offs: offs, next: next, f: part.f, done: done, onWritten: advance}
+	pl := newRxPipeline(&rxPipeline{keeper: keeper, prog: prog, wb: writeback{off: rc.NoSync}, hashers: min(2, runtime.GOMAXPROCS(0))})
+	fr := &chunkReader{r: r, pl: pl, bt: pl.get()}
 	finish := func() error {
-		err := pl.finish(bt)
-		bt = nil
+		err := fr.finish()
 		res.Received, res.ReceivedBytes = pl.received, pl.receivedBytes
 		return err
 	}
 	defer finish()
 	read := 0
 	limits := map[msgType]int{msgChunk: maxChunkFrame, msgRun: maxRunFrame, msgDone: 0}
-	var runHdr [runHdrLen]byte
 	for {
 		if pl.failed.Load() {
 			return finish()
@@ -340,63 +273,11 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		if t == msgDone {
 			break
 		}
-		if t == msgRun {
-			if n < runHdrLen {
-				return fmt.Errorf("%w: RUN of %d bytes is too short", cas.ErrInvalid, n)
-			}
-			if _, err := io.ReadFull(r.br, runHdr[:]); err != nil {
-				return fmt.Errorf("%w: RUN frame of %d bytes: %v", ErrTruncated, n, err)
-			}
-			first, count, err := parseRun(runHdr[:], n, x, isWanted)
-			if err != nil {
-				return err
-			}
-			n -= runHdrLen
-			if len(bt.buf)+n > cap(bt.buf) && len(bt.items) > 0 {
-				pl.put(bt)
-				bt = pl.get()
-			}
-			start := bt.grow(n)
-			m, rerr := io.ReadFull(r.br, bt.buf[start:])
-			// Keep every whole chunk that arrived, even from a cut frame.
-			pos := start
-			for k := first; k < first+count; k++ {
-				l := int(x.Entries[k].Length)
-				if pos+l > start+m {
-					break
-				}
-				bt.items = append(bt.items, rxChunk{entry: k, enc: cas.Raw, start: pos, end: pos + l})
-				pos += l
-				read++
-			}
-			bt.buf = bt.buf[:pos]
-			if rerr != nil {
-				return fmt.Errorf("%w: RUN frame of %d bytes: %v", ErrTruncated, n+runHdrLen, rerr)
-			}
-			continue
+		k, err := fr.frame(t, n, tgt, isWanted)
+		read += k
+		if err != nil {
+			return err
 		}
-		if len(bt.buf)+n > cap(bt.buf) && len(bt.items) > 0 {
-			pl.put(bt)
-			bt = pl.get()
-		}
-		start := bt.grow(n)
-		if _, err := io.ReadFull(r.br, bt.buf[start:]); err != nil {
-			bt.buf = bt.buf[:start]
-			return fmt.Errorf("%w: %s frame of %d bytes: %v", ErrTruncated, t, n, err)
-		}
-		if n < chunkHdrLen {
-			bt.buf = bt.buf[:start]
-			return fmt.Errorf("%w: CHUNK of %d bytes is too short", cas.ErrInvalid, n)
-		}
-		frame := bt.buf[start:]
-		i := binary.BigEndian.Uint32(frame)
-		if int64(i) >= int64(len(isWanted)) || !isWanted[i] {
-			bt.buf = bt.buf[:start]
-			return fmt.Errorf("%w: CHUNK for entry %d, which was not asked for or came twice", cas.ErrInvalid, i)
-		}
-		isWanted[i] = false
-		bt.items = append(bt.items, rxChunk{entry: i, enc: cas.Encoding(frame[4]), start: start + chunkHdrLen, end: start + n})
-		read++
 	}
 	if err := finish(); err != nil {
 		return err
@@ -452,6 +333,101 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 	prog.phase(PhaseComplete)
 	log.Info("received", "name", h.Name, "size", x.Size, "received", res.Received, "from_store", res.FromStore, "resumed", res.Resumed)
 	return nil
+}
+
+// scan looks for the chunks of x (at offs in f) that this side has: in f
+// itself when it is the partial file of an earlier attempt (resumed), else
+// in the store, and writes those found at every offset where they occur.
+// It returns the first entries of the chunks to ask for, the first
+// occurrence of each chunk (head) and the next one of each entry (next, -1
+// at the end), and the bytes asked for.
+func (rc *Receiver) scan(ctx context.Context, x *cas.Index, offs []int64, f *os.File, resumed bool, res *ReceiveResult, log *slog.Logger) (want []uint32, head map[cas.ID]int32, next []int32, wanted int64, err error) {
+	// The entries of one chunk, in order: head[id] is the first, next[i]
+	// the one after entry i (-1 at the end).
+	head = make(map[cas.ID]int32, len(x.Entries))
+	next = make([]int32, len(x.Entries))
+	for i := len(x.Entries) - 1; i >= 0; i-- {
+		e := x.Entries[i]
+		if e.Hole {
+			continue
+		}
+		if h, ok := head[e.ID]; ok {
+			next[i] = h
+		} else {
+			next[i] = -1
+		}
+		head[e.ID] = int32(i)
+	}
+	buf := make([]byte, 0, 64<<10)
+	var occ []int
+	for first, e := range x.Entries {
+		if e.Hole || head[e.ID] != int32(first) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, nil, nil, 0, err
+		}
+		occ = occ[:0]
+		for k := int32(first); k >= 0; k = next[k] {
+			occ = append(occ, int(k))
+		}
+		var good []bool
+		var data []byte
+		if resumed {
+			good = make([]bool, len(occ))
+			for k, i := range occ {
+				if cap(buf) < int(e.Length) {
+					buf = make([]byte, e.Length)
+				}
+				d := buf[:e.Length]
+				if _, err := f.ReadAt(d, offs[i]); err == nil && !chunker.IsZero(d) && cas.Sum(d) == e.ID {
+					good[k] = true
+					if data == nil {
+						data = append([]byte(nil), d...)
+					}
+				}
+			}
+			if data != nil {
+				res.Resumed++
+			}
+		}
+		if data == nil && rc.Store != nil {
+			d, err := rc.Store.Get(e.ID, nil)
+			switch {
+			case err == nil:
+				data = d
+				res.FromStore++
+			case errors.Is(err, cas.ErrCorrupt):
+				res.Refetched++
+				log.Warn("corrupt chunk in store, fetching it again", "chunk", e.ID.String(), "err", err)
+			case errors.Is(err, cas.ErrNotFound):
+			default:
+				return nil, nil, nil, 0, err
+			}
+		}
+		if data == nil {
+			want = append(want, uint32(first))
+			wanted += int64(e.Length)
+			continue
+		}
+		for k, i := range occ {
+			if good != nil && good[k] {
+				continue
+			}
+			if _, err := f.WriteAt(data, offs[i]); err != nil {
+				return nil, nil, nil, 0, fmt.Errorf("transfer: write partial: %w", err)
+			}
+		}
+	}
+	if resumed {
+		// Holes are never written, but the partial file of an earlier
+		// attempt is outside input: make sure they read as zeros (an IndexV2
+		// transfer does not hash the rebuilt file again).
+		if err := zeroHoles(f, x, offs, buf[:cap(buf)]); err != nil {
+			return nil, nil, nil, 0, fmt.Errorf("transfer: check holes of partial: %w", err)
+		}
+	}
+	return want, head, next, wanted, nil
 }
 
 func (rc *Receiver) pinName(h Header) string {
@@ -582,6 +558,91 @@ func syncDir(dir string) {
 	}
 }
 
+// chunkReader reads RUN and CHUNK frames into the pipeline's batches on
+// the caller's goroutine.
+type chunkReader struct {
+	r      *frameReader
+	pl     *rxPipeline
+	bt     *rxBatch // being filled
+	runHdr [runHdrLen]byte
+}
+
+// finish hands the batch being filled to the pipeline and waits for it to
+// drain (once).
+func (fr *chunkReader) finish() error {
+	err := fr.pl.finish(fr.bt)
+	fr.bt = nil
+	return err
+}
+
+// frame reads the payload of a RUN or CHUNK frame of n bytes whose header
+// was read, for target tg, whose still wanted entries isWanted marks
+// (cleared for those the frame carries). It returns the chunks it queued:
+// every whole chunk that arrived, even from a cut frame.
+func (fr *chunkReader) frame(t msgType, n int, tg *rxTarget, isWanted []bool) (int, error) {
+	r, x := fr.r, tg.x
+	if t == msgRun {
+		if n < runHdrLen {
+			return 0, fmt.Errorf("%w: RUN of %d bytes is too short", cas.ErrInvalid, n)
+		}
+		if _, err := io.ReadFull(r.br, fr.runHdr[:]); err != nil {
+			return 0, fmt.Errorf("%w: RUN frame of %d bytes: %v", ErrTruncated, n, err)
+		}
+		first, count, err := parseRun(fr.runHdr[:], n, x, isWanted)
+		if err != nil {
+			return 0, err
+		}
+		n -= runHdrLen
+		bt := fr.room(n)
+		start := bt.grow(n)
+		m, rerr := io.ReadFull(r.br, bt.buf[start:])
+		pos, read := start, 0
+		for k := first; k < first+count; k++ {
+			l := int(x.Entries[k].Length)
+			if pos+l > start+m {
+				break
+			}
+			bt.items = append(bt.items, rxChunk{entry: k, enc: cas.Raw, start: pos, end: pos + l, t: tg})
+			pos += l
+			read++
+		}
+		bt.buf = bt.buf[:pos]
+		if rerr != nil {
+			return read, fmt.Errorf("%w: RUN frame of %d bytes: %v", ErrTruncated, n+runHdrLen, rerr)
+		}
+		return read, nil
+	}
+	bt := fr.room(n)
+	start := bt.grow(n)
+	if _, err := io.ReadFull(r.br, bt.buf[start:]); err != nil {
+		bt.buf = bt.buf[:start]
+		return 0, fmt.Errorf("%w: %s frame of %d bytes: %v", ErrTruncated, t, n, err)
+	}
+	if n < chunkHdrLen {
+		bt.buf = bt.buf[:start]
+		return 0, fmt.Errorf("%w: CHUNK of %d bytes is too short", cas.ErrInvalid, n)
+	}
+	frame := bt.buf[start:]
+	i := binary.BigEndian.Uint32(frame)
+	if int64(i) >= int64(len(isWanted)) || !isWanted[i] {
+		bt.buf = bt.buf[:start]
+		return 0, fmt.Errorf("%w: CHUNK for entry %d, which was not asked for or came twice", cas.ErrInvalid, i)
+	}
+	isWanted[i] = false
+	bt.items = append(bt.items, rxChunk{entry: i, enc: cas.Encoding(frame[4]), start: start + chunkHdrLen, end: start + n, t: tg})
+	return 1, nil
+}
+
+// room returns a batch with room for n more bytes, handing a full one to
+// the pipeline.
+func (fr *chunkReader) room(n int) *rxBatch {
+	if len(fr.bt.buf)+n > cap(fr.bt.buf) && len(fr.bt.items) > 0 {
+		fr.pl.put(fr.bt)
+		fr.bt = fr.pl.get()
+	}
+	return fr.bt
+}
+
 // rxBatch holds CHUNK and RUN payloads read back to back, handed to the
 // pipeline; dec holds the decoded bytes of compressed chunks.
 type rxBatch struct {
@@ -594,6 +655,7 @@ type rxChunk struct {
 	enc        cas.Encoding
 	start, end int    // payload in buf
 	data       []byte // the verified chunk bytes (set by the hasher)
+	t          *rxTarget
 }
 
 func (b *rxBatch) reset() { b.buf, b.items = b.buf[:0], b.items[:0] }

@@ -21,16 +21,10 @@ import (
 // every chunk verified before the failure is still written, so a resume
 // finds it in the partial file.
 type rxPipeline struct {
-	x         *cas.Index
-	offs      []int64
-	next      []int32 // next occurrence of the same chunk, -1 at the end
-	f         *os.File
-	done      []bool
-	onWritten func() // after each batch is written (the writer goroutine)
-	keeper    *storeWriter
-	prog      *progressor
-	wb        writeback
-	hashers   int // goroutines hashing one batch (1 or 2)
+	keeper  *storeWriter
+	prog    *progressor
+	wb      writeback
+	hashers int // goroutines hashing one batch (1 or 2)
 
 	batches, hashed, free chan *rxBatch
 	herr, werr            chan error
@@ -41,6 +35,19 @@ type rxPipeline struct {
 	// written by the writer only; read after finish
 	received      int
 	receivedBytes int64
+}
+
+// rxTarget is where the chunks of one index go: a file (a whole transfer)
+// or a piece of one (a segment of a directory transfer, at base).
+type rxTarget struct {
+	x    *cas.Index
+	offs []int64 // entry offsets within the file (base added)
+	next []int32 // next occurrence of the same chunk, -1 at the end
+	f    *os.File
+	done []bool
+	// onWritten runs on the writer goroutine after each batch that wrote
+	// chunks of this target.
+	onWritten func()
 }
 
 // rxBatches is how many batch buffers (of up to maxRunFrame bytes) one
@@ -158,7 +165,7 @@ func (b *rxBatch) allRaw() bool {
 func (p *rxPipeline) verifyRange(bt *rxBatch, from, to int) error {
 	for j := from; j < to; j++ {
 		c := &bt.items[j]
-		e := p.x.Entries[c.entry]
+		e := c.t.x.Entries[c.entry]
 		want := int(e.Length)
 		var dst []byte
 		if c.enc != cas.Raw {
@@ -197,59 +204,68 @@ func (p *rxPipeline) writeStage() {
 
 // write puts the verified chunks of bt at every offset where they occur.
 func (p *rxPipeline) write(bt *rxBatch) error {
-	// A run of raw chunks that are adjacent both in bt.buf and in the file
-	// goes out in one pwrite.
+	// A run of raw chunks that are adjacent both in bt.buf and in the same
+	// file goes out in one pwrite.
+	var runT *rxTarget
 	runStart, runEnd, runOff := 0, 0, int64(0)
 	flush := func() error {
 		if runEnd > runStart {
-			if _, err := p.f.WriteAt(bt.buf[runStart:runEnd], runOff); err != nil {
+			if _, err := runT.f.WriteAt(bt.buf[runStart:runEnd], runOff); err != nil {
 				return fmt.Errorf("transfer: write partial: %w", err)
 			}
+			p.wb.wrote(runT.f, runOff, int64(runEnd-runStart))
 		}
 		runStart, runEnd = 0, 0
 		return nil
 	}
-	var n int64
 	for _, c := range bt.items {
-		off := p.offs[c.entry]
+		t := c.t
+		off := t.offs[c.entry]
 		switch {
-		case c.enc == cas.Raw && runEnd > runStart && c.start == runEnd && off == runOff+int64(runEnd-runStart):
+		case c.enc == cas.Raw && runEnd > runStart && t.f == runT.f && c.start == runEnd && off == runOff+int64(runEnd-runStart):
 			runEnd = c.end
 		case c.enc == cas.Raw:
 			if err := flush(); err != nil {
 				return err
 			}
-			runStart, runEnd, runOff = c.start, c.end, off
+			runT, runStart, runEnd, runOff = t, c.start, c.end, off
 		default:
-			if _, err := p.f.WriteAt(c.data, off); err != nil {
+			if _, err := t.f.WriteAt(c.data, off); err != nil {
+				return fmt.Errorf("transfer: write partial: %w", err)
+			}
+			p.wb.wrote(t.f, off, int64(len(c.data)))
+		}
+		for k := t.next[c.entry]; k >= 0; k = t.next[k] {
+			if _, err := t.f.WriteAt(c.data, t.offs[k]); err != nil {
 				return fmt.Errorf("transfer: write partial: %w", err)
 			}
 		}
-		for k := p.next[c.entry]; k >= 0; k = p.next[k] {
-			if _, err := p.f.WriteAt(c.data, p.offs[k]); err != nil {
-				return fmt.Errorf("transfer: write partial: %w", err)
-			}
-		}
-		n += int64(len(c.data))
 	}
 	if err := flush(); err != nil {
 		return err
 	}
+	var last *rxTarget
 	for _, c := range bt.items {
-		for k := int32(c.entry); k >= 0; k = p.next[k] {
-			p.done[k] = true
+		t := c.t
+		for k := int32(c.entry); k >= 0; k = t.next[k] {
+			t.done[k] = true
 		}
 		if p.keeper != nil {
-			if err := p.keeper.put(p.x.Entries[c.entry].ID, c.data); err != nil {
+			if err := p.keeper.put(t.x.Entries[c.entry].ID, c.data); err != nil {
 				return err
 			}
 		}
 		p.received++
 		p.receivedBytes += int64(len(c.data))
 		p.prog.add(int64(len(c.data)))
+		if t != last && last != nil && last.onWritten != nil {
+			last.onWritten()
+		}
+		last = t
 	}
-	p.onWritten()
-	p.wb.wrote(p.f, n)
+	if last != nil && last.onWritten != nil {
+		last.onWritten()
+	}
 	return nil
 }
 
@@ -260,17 +276,37 @@ func (p *rxPipeline) write(bt *rxBatch) error {
 type writeback struct {
 	off     bool
 	pending int64
+	f       *os.File
+	lo, hi  int64 // the range written since the last start
 }
 
 const writebackEvery = 16 << 20
 
-func (w *writeback) wrote(f *os.File, n int64) {
+// wrote notes n bytes written to f at off; every writebackEvery bytes it
+// queues the range written since the last time (only that: asking for the
+// whole file each time makes the kernel walk every page written so far).
+func (w *writeback) wrote(f *os.File, off, n int64) {
 	if w.off {
 		return
 	}
+	if f != w.f {
+		w.start()
+		w.f = f
+	}
+	if w.pending == 0 {
+		w.lo, w.hi = off, off+n
+	} else {
+		w.lo, w.hi = min(w.lo, off), max(w.hi, off+n)
+	}
 	w.pending += n
 	if w.pending >= writebackEvery {
-		w.pending = 0
-		disk.Start(f, 0, 0)
+		w.start()
 	}
+}
+
+func (w *writeback) start() {
+	if w.f != nil && w.pending > 0 {
+		disk.Start(w.f, w.lo, w.hi-w.lo)
+	}
+	w.pending = 0
 }

@@ -68,11 +68,7 @@ func send(ctx context.Context, conn io.ReadWriter, src *os.File, h Header, opts 
 	if err := h.Validate(); err != nil {
 		return res, err
 	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
-	}
-	log = log.With("component", "cas.transfer", "transfer", h.ID, "role", "sender")
+	log := senderLog(opts, h)
 	prog := &progressor{fn: opts.Progress, p: Progress{ID: h.ID}}
 	x := opts.Index
 	if x == nil {
@@ -90,15 +86,9 @@ func send(ctx context.Context, conn io.ReadWriter, src *os.File, h Header, opts 
 	}
 	res.Index = x
 	prog.p.Size = x.Size
-	stop := watch(ctx, conn)
+	w, r, stop := openConn(ctx, conn)
 	defer stop()
-	defer func() {
-		if err != nil && ctx.Err() != nil {
-			err = fmt.Errorf("transfer: %w (%v)", ctx.Err(), err)
-		}
-	}()
-	w := newFrameWriter(conn, flusherOf(conn))
-	r := newFrameReader(conn)
+	defer ctxCause(ctx, &err)
 	defer func() { res.WireBytes = w.n }()
 
 	// HELLO and INDEX.
@@ -140,7 +130,7 @@ func send(ctx context.Context, conn io.ReadWriter, src *os.File, h Header, opts 
 	// Chunks: consecutive raw chunks go as RUN frames (one header, then
 	// the bytes straight from the file: sendfile on a TCP connection);
 	// a chunk that compresses goes alone as a CHUNK frame.
-	if err := sendChunks(ctx, w, conn, src, x, want, opts.Compress, &res, prog); err != nil {
+	if err := sendChunks(ctx, w, conn, src, 0, x, want, opts.Compress, &res, prog); err != nil {
 		return res, fmt.Errorf("transfer: send %s: %w", h.Name, err)
 	}
 	if err := w.frame(msgDone); err != nil {
@@ -174,4 +164,27 @@ func send(ctx context.Context, conn io.ReadWriter, src *os.File, h Header, opts 
 	}
 	log.Info("sent", "name", h.Name, "size", x.Size, "chunks_sent", res.ChunksSent, "bytes_sent", res.BytesSent)
 	return res, nil
+}
+
+// senderLog is the logger of a send of h.
+func senderLog(opts SendOptions, h Header) *slog.Logger {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return log.With("component", "cas.transfer", "transfer", h.ID, "role", "sender")
+}
+
+// openConn starts a transfer's side on conn: its frame writer and reader,
+// and ctx's cancellation unblocking conn's I/O until stop is called.
+func openConn(ctx context.Context, conn io.ReadWriter) (*frameWriter, *frameReader, func() bool) {
+	stop := watch(ctx, conn)
+	return newFrameWriter(conn, flusherOf(conn)), newFrameReader(conn), stop
+}
+
+// ctxCause says, in *err, that ctx ended when that is why it failed.
+func ctxCause(ctx context.Context, err *error) {
+	if *err != nil && ctx.Err() != nil {
+		*err = fmt.Errorf("transfer: %w (%v)", ctx.Err(), *err)
+	}
 }

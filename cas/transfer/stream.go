@@ -23,11 +23,16 @@ const (
 	maxRunFrame = runHdrLen + maxRunLen
 )
 
-// sendChunks streams the wanted entries of x from src: consecutive raw
-// chunks as RUN frames, chunks that compress (when compress is set) as
-// CHUNK frames.
-func sendChunks(ctx context.Context, w *frameWriter, conn io.Writer, src *os.File, x *cas.Index, want []uint32, compress bool, res *SendResult, prog *progressor) error {
+// sendChunks streams the wanted entries of x from src, where x's bytes
+// start at base: consecutive raw chunks as RUN frames, chunks that
+// compress (when compress is set) as CHUNK frames.
+func sendChunks(ctx context.Context, w *frameWriter, conn io.Writer, src *os.File, base int64, x *cas.Index, want []uint32, compress bool, res *SendResult, prog *progressor) error {
 	offs := x.Offsets()
+	if base != 0 {
+		for i := range offs {
+			offs[i] += base
+		}
+	}
 	rf, zeroCopy := conn.(io.ReaderFrom)
 	var buf, zbuf []byte
 	var zs zsampler
