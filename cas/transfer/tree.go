@@ -380,6 +380,8 @@ func sendTree(ctx context.Context, conn io.ReadWriter, dir string, t *Tree, opts
 			f.Close()
 		}
 	}()
+	held := newSentFiles(opts, t)
+	defer held.close()
 	flushSeg := func() error {
 		s := pending[0]
 		pending = pending[1:]
@@ -401,7 +403,7 @@ func sendTree(ctx context.Context, conn io.ReadWriter, dir string, t *Tree, opts
 		if err := sendChunks(ctx, w, conn, s.f, s.off, s.x, want, opts.Compress, &res, prog); err != nil {
 			return fmt.Errorf("transfer: send %s/%s: %w", dir, t.Entries[s.file].Path, err)
 		}
-		if s.last {
+		if s.last && held.files == nil {
 			s.f.Close() // again at the end: harmless
 		}
 		return nil
@@ -412,7 +414,7 @@ func sendTree(ctx context.Context, conn io.ReadWriter, dir string, t *Tree, opts
 		if s.err != nil {
 			return res, s.err
 		}
-		if s.off == 0 {
+		if s.off == 0 && !held.hold(s.file, s.f) {
 			open = append(open, s.f)
 		}
 		all.Entries = append(all.Entries, s.x.Entries...)
@@ -460,12 +462,11 @@ func sendTree(ctx context.Context, conn io.ReadWriter, dir string, t *Tree, opts
 	res.Index = all
 	prog.phase(PhaseComplete)
 	if opts.Keep != nil && opts.KeepAs != "" {
-		tr := newTreeReader(dir, t, nil)
-		if res.Kept, err = opts.Keep.Keep(ctx, opts.KeepAs, tr, all); err != nil {
+		if res.Kept, err = held.keep(ctx, opts, dir, t, all); err != nil {
 			log.Warn("keeping the sent chunks", "pin", opts.KeepAs, "err", err)
 			err = nil
 		}
-		tr.Close()
+		held.files = nil // closed by keep
 	}
 	log.Info("sent", "name", h.Name, "files", len(open), "size", all.Size, "chunks_sent", res.ChunksSent, "bytes_sent", res.BytesSent)
 	return res, nil
@@ -496,6 +497,8 @@ func sendTreeRaw(ctx context.Context, w *frameWriter, conn io.ReadWriter, dir st
 	prog.p.Wanted = t.Size
 	prog.phase(PhaseStream)
 	rf, zeroCopy := conn.(io.ReaderFrom)
+	held := newSentFiles(opts, t)
+	defer held.close()
 	var buf []byte
 	files := 0
 	for i, e := range t.Entries {
@@ -508,9 +511,13 @@ func sendTreeRaw(ctx context.Context, w *frameWriter, conn io.ReadWriter, dir st
 			return *res, fmt.Errorf("transfer: send: %w", err)
 		}
 		files++
+		closeF := func() {}
+		if !held.hold(i, f) {
+			closeF = func() { f.Close() }
+		}
 		for off := int64(0); off < e.Size; {
 			if err := ctx.Err(); err != nil {
-				f.Close()
+				closeF()
 				return *res, err
 			}
 			n := min(maxDataLen, e.Size-off)
@@ -542,7 +549,7 @@ func sendTreeRaw(ctx context.Context, w *frameWriter, conn io.ReadWriter, dir st
 				}
 			}
 			if err != nil {
-				f.Close()
+				closeF()
 				return *res, fmt.Errorf("transfer: send %s: %w", p, err)
 			}
 			off += n
@@ -550,7 +557,7 @@ func sendTreeRaw(ctx context.Context, w *frameWriter, conn io.ReadWriter, dir st
 			res.PayloadBytes += n
 			prog.add(n)
 		}
-		f.Close()
+		closeF()
 	}
 	if err := w.frame(msgDone); err != nil {
 		return *res, err
@@ -565,18 +572,72 @@ func sendTreeRaw(ctx context.Context, w *frameWriter, conn io.ReadWriter, dir st
 	res.Index = &cas.Index{Version: cas.IndexV2, Chunking: cas.CDC, Size: t.Size}
 	log.Info("sent", "name", opts.Name, "mode", "raw", "files", files, "size", t.Size, "bytes_sent", res.BytesSent)
 	if opts.Keep != nil && opts.KeepAs != "" {
-		x, err := treeIndex(ctx, t, fileOpener(dir, t))
+		tr := newTreeReader(dir, t, held.files)
+		held.files = nil // closed by tr
+		x, err := treeIndex(ctx, t, tr.opener())
 		if err == nil {
 			res.Index = x
-			tr := newTreeReader(dir, t, nil)
 			res.Kept, err = opts.Keep.Keep(ctx, opts.KeepAs, tr, x)
-			tr.Close()
 		}
+		tr.Close()
 		if err != nil {
 			log.Warn("keeping the sent chunks", "pin", opts.KeepAs, "err", err)
 		}
 	}
 	return *res, nil
+}
+
+// sentFiles keeps the files of a send open for keeping their chunks after
+// it: the directory may go as soon as the receiver commits (the agent
+// removes a moved task's image). Without a store to keep in, or with more
+// than keepOpenFiles files, it holds nothing and the keep opens the files
+// by path.
+type sentFiles struct {
+	files []*os.File // one per file entry of the tree, in order
+	ord   map[int]int
+}
+
+func newSentFiles(opts SendOptions, t *Tree) *sentFiles {
+	s := &sentFiles{}
+	if opts.Keep == nil || opts.KeepAs == "" {
+		return s
+	}
+	ord := map[int]int{}
+	for i, e := range t.Entries {
+		if e.Type == treeFile {
+			ord[i] = len(ord)
+		}
+	}
+	if len(ord) <= keepOpenFiles {
+		s.files, s.ord = make([]*os.File, len(ord)), ord
+	}
+	return s
+}
+
+// hold keeps f (file entry i) open; it reports whether it did, so the
+// caller does not close it.
+func (s *sentFiles) hold(i int, f *os.File) bool {
+	if s.files == nil {
+		return false
+	}
+	s.files[s.ord[i]] = f
+	return true
+}
+
+// keep adds the chunks of x (the tree t in dir) to opts.Keep.
+func (s *sentFiles) keep(ctx context.Context, opts SendOptions, dir string, t *Tree, x *cas.Index) (int, error) {
+	tr := newTreeReader(dir, t, s.files)
+	defer tr.Close()
+	return opts.Keep.Keep(ctx, opts.KeepAs, tr, x)
+}
+
+// close closes what hold kept (after a failure).
+func (s *sentFiles) close() {
+	for _, f := range s.files {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // fileOpener opens the files of t in dir by entry.

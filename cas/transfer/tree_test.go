@@ -339,3 +339,35 @@ func FuzzReceiverTreeStream(f *testing.F) {
 		}
 	})
 }
+
+// A sender keeps the chunks it sent even when the directory goes as soon
+// as the receiver has committed (the agent removes a moved task's image):
+// it holds the files open.
+func TestTreeSenderKeepsAfterTheDirectoryGoes(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		src := checkpointDir(t, 33)
+		rc := newReceiver(t, nil)
+		rc.Fresh = func(Header) bool { return raw }
+		addr, out := listen(t, rc)
+		store := openStore(t)
+		res, err := SendDir(context.Background(), dial(t, addr), src, "", SendOptions{ID: "k", Name: "ckpt", Keep: store, KeepAs: "image-k",
+			Progress: func(p Progress) {
+				if p.Phase == PhaseComplete {
+					os.RemoveAll(src)
+				}
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := <-out; r.err != nil {
+			t.Fatal(r.err)
+		}
+		if _, err := os.Stat(src); !errors.Is(err, os.ErrNotExist) {
+			t.Fatal("the directory is still there")
+		}
+		x, err := store.Pinned("image-k")
+		if err != nil || res.Kept == 0 || x.Size != res.Index.Size || x.Root() != res.Index.Root() {
+			t.Fatalf("raw %v: kept %d chunks, pin %v (%v), sent index of %d bytes", raw, res.Kept, x, err, res.Index.Size)
+		}
+	}
+}

@@ -18,8 +18,13 @@ import (
 // next epoch — until the job on B has its state back. ckpt ends at the
 // "perform" event, move at "finish" (fetch, commit and B's Resume call),
 // resume when the job says "restored".
+//
+// cas-back times the move back (B → A, the job's state unchanged) after an
+// untimed A → B: with the chunk transfer, A holds the image's chunks from
+// its first send, so the state crosses as its index (nothing else); B
+// first finishes keeping the chunks it received raw.
 func BenchmarkCheckpointAgents(b *testing.B) {
-	for _, transfer := range []string{agent.ImageTransferCAS, agent.ImageTransferTar} {
+	for _, transfer := range []string{agent.ImageTransferCAS, agent.ImageTransferTar, "cas-back"} {
 		b.Run(transfer, func(b *testing.B) {
 			benchSizes(b, func(b *testing.B, size int64) { benchAgentsOnce(b, transfer, size) })
 		})
@@ -27,6 +32,10 @@ func BenchmarkCheckpointAgents(b *testing.B) {
 }
 
 func benchAgentsOnce(b *testing.B, transfer string, size int64) {
+	back := transfer == "cas-back"
+	if back {
+		transfer = agent.ImageTransferCAS
+	}
 	b.StopTimer()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -40,11 +49,19 @@ func benchAgentsOnce(b *testing.B, transfer string, size int64) {
 	}
 	waitLog(b, na.drv, "blob", "ready ")
 	plain, plainSync := baselines(b, b.TempDir(), size)
+	from, to, epoch := na, nb, uint64(1)
+	if back {
+		if _, err := na.c.Migrate(ctx, "blob", api.MigrateRequest{Epoch: 1, To: nb.addr, Mode: "checkpoint"}, nil); err != nil {
+			b.Fatal(err)
+		}
+		waitLog(b, nb.drv, "blob", "restored ")
+		from, to, epoch = nb, na, 2
+	}
 
 	b.StartTimer()
 	t0 := time.Now()
 	var t1, t2 time.Time
-	_, err := na.c.Migrate(ctx, "blob", api.MigrateRequest{Epoch: 1, To: nb.addr, Mode: "checkpoint"}, func(ev api.MigrateEvent) {
+	_, err := from.c.Migrate(ctx, "blob", api.MigrateRequest{Epoch: epoch, To: to.addr, Mode: "checkpoint"}, func(ev api.MigrateEvent) {
 		switch ev.Step {
 		case "perform":
 			t1 = time.Now()
@@ -55,7 +72,7 @@ func benchAgentsOnce(b *testing.B, transfer string, size int64) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	waitLog(b, nb.drv, "blob", "restored ")
+	waitLog(b, to.drv, "blob", "restored ")
 	t3 := time.Now()
 	b.StopTimer()
 	report(b, size, t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), plain, plainSync)
