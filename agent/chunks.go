@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/ferrycluster/ferry/cas"
 	"github.com/ferrycluster/ferry/cas/transfer"
@@ -68,22 +69,7 @@ func (a *Agent) keepReceived(rc *transfer.Receiver, id string) *transfer.Receive
 	a.waitKept(id)
 	rc.Store, rc.Keep = st, true
 	rc.PinAs = func(transfer.Header) string { return imagePin(id) }
-	rc.Background = func(f func(context.Context)) {
-		a.mu.Lock()
-		if a.closed {
-			a.mu.Unlock()
-			f(a.ctx) // cancelled: the agent is going away, nothing is kept
-			return
-		}
-		a.wg.Add(1)
-		a.mu.Unlock()
-		done := a.keeping(id)
-		go func() {
-			defer a.wg.Done()
-			defer done()
-			f(a.ctx)
-		}()
-	}
+	rc.Background = a.background(id)
 	return rc
 }
 
@@ -111,7 +97,7 @@ func (a *Agent) keepReceivedCheckpoint(rc *transfer.Receiver, id string) *transf
 // returned function is called; waitKept waits for that (or the agent's
 // end), so a transfer of the task looks them up only once they are there.
 func (a *Agent) keeping(id string) func() {
-	key := a.cfg.DataDir + "\x00" + id
+	key := a.keepKey(id)
 	done := make(chan struct{})
 	keepsInFlight.Store(key, done)
 	return func() {
@@ -121,7 +107,7 @@ func (a *Agent) keeping(id string) func() {
 }
 
 func (a *Agent) waitKept(id string) {
-	if v, ok := keepsInFlight.Load(a.cfg.DataDir + "\x00" + id); ok {
+	if v, ok := keepsInFlight.Load(a.keepKey(id)); ok {
 		select {
 		case <-v.(chan struct{}):
 		case <-a.ctx.Done():
@@ -135,10 +121,86 @@ var keepsInFlight sync.Map
 
 // keepSent makes a send add the image's chunks to the node's chunk store
 // and pin it as task id's image, so the image coming back crosses as its
-// changes.
+// changes; a directory's chunks are added on an agent goroutine after the
+// send (background).
 func (a *Agent) keepSent(opts transfer.SendOptions, id string) transfer.SendOptions {
 	if st := a.chunkStore(); st != nil {
 		opts.Keep, opts.KeepAs = st, imagePin(id)
+		opts.Background = a.background(id)
 	}
 	return opts
 }
+
+// background runs the chunk keeps of task id's transfers: on an agent
+// goroutine (Close cancels and waits for it), marked in flight for
+// waitKept, and after the task's move has settled here if it has not yet
+// (holdKeeps): keeping a gigabyte's chunks takes seconds of CPU and disk
+// that the move and the job's restart need more.
+func (a *Agent) background(id string) func(func(context.Context)) {
+	return func(f func(context.Context)) {
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			f(a.ctx) // cancelled: the agent is going away, nothing is kept
+			return
+		}
+		a.wg.Add(1)
+		a.mu.Unlock()
+		done := a.keeping(id)
+		var gate <-chan struct{}
+		if v, ok := keepGates.Load(a.keepKey(id)); ok {
+			gate = v.(*keepGate).ch
+		}
+		go func() {
+			defer a.wg.Done()
+			defer done()
+			if gate != nil {
+				t := time.NewTimer(keepGateMax)
+				select {
+				case <-gate:
+				case <-t.C:
+				case <-a.ctx.Done():
+				}
+				t.Stop()
+			}
+			f(a.ctx)
+		}()
+	}
+}
+
+// keepGateMax bounds how long a keep waits for its task's move to settle.
+const keepGateMax = cleanupTimeout
+
+type keepGate struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func (g *keepGate) open() { g.once.Do(func() { close(g.ch) }) }
+
+// keepGates: data dir + NUL + task id → the gate keeps of the task wait
+// for (holdKeeps).
+var keepGates sync.Map
+
+// holdKeeps makes the chunk keeps of task id that start from now wait
+// until the returned function or releaseKeeps(id) is called (at most
+// keepGateMax).
+func (a *Agent) holdKeeps(id string) func() {
+	g := &keepGate{ch: make(chan struct{})}
+	if old, ok := keepGates.Swap(a.keepKey(id), g); ok {
+		old.(*keepGate).open()
+	}
+	return func() {
+		g.open()
+		keepGates.CompareAndDelete(a.keepKey(id), g)
+	}
+}
+
+// releaseKeeps opens task id's gate, if one is held.
+func (a *Agent) releaseKeeps(id string) {
+	if v, ok := keepGates.LoadAndDelete(a.keepKey(id)); ok {
+		v.(*keepGate).open()
+	}
+}
+
+func (a *Agent) keepKey(id string) string { return a.cfg.DataDir + "\x00" + id }

@@ -87,14 +87,17 @@ func (a *Agent) sendImageCAS(w http.ResponseWriter, r *http.Request, rec *record
 	defer conn.Close()
 	defer a.untrack(conn)
 	// The send keeps the image's chunks here after the transfer (so the
-	// task coming back crosses as its changes); a receive of the task waits
-	// for that, and this send for the keep of the image it received.
+	// task coming back crosses as its changes), once the fetcher has
+	// released the image (handleRelease), so that work does not compete
+	// with the destination's commit and restart; a receive of the task
+	// waits for it, and this send for the keep of the image it received.
 	a.waitKept(rec.ID)
-	defer a.keeping(rec.ID)()
+	settle := a.holdKeeps(rec.ID)
 	start := time.Now()
 	res, err := transfer.SendDir(a.ctx, conn, a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
 		a.keepSent(transfer.SendOptions{ID: fmt.Sprintf("%s-e%d", rec.ID, rec.Epoch), Name: "image", Logger: a.log}, rec.ID))
 	if err != nil {
+		settle()
 		a.log.Warn("send image", "task", rec.ID, "err", err)
 		return
 	}
@@ -502,6 +505,10 @@ func (a *Agent) resumeFetched(ctx context.Context, id string, req api.ResumeRequ
 	}
 	a.mu.Unlock()
 	defer a.release(id)
+	// The received image's chunks are kept once the task runs (or the
+	// resume failed): not while the fetch, commit and restart need the
+	// machine.
+	defer a.holdKeeps(id)()
 	giveBack := func() {
 		if src.giveBack != nil {
 			src.giveBack()
@@ -592,6 +599,8 @@ func (a *Agent) handleRelease(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
+	// The fetcher is done with the image sent from here: keep its chunks.
+	a.releaseKeeps(id)
 	a.mu.Lock()
 	rec, ok := a.records[id]
 	a.mu.Unlock()

@@ -31,6 +31,10 @@ type SendOptions struct {
 	// returned: the transfer itself succeeded.
 	Keep   *cas.Store
 	KeepAs string
+	// Background, if set, runs the keep of a directory's chunks (SendDir)
+	// after the send returns: it must call f eventually, with a context
+	// that ends when the work should stop. SendResult.Kept is then 0.
+	Background func(f func(context.Context))
 }
 
 // SendResult says what crossed the wire.

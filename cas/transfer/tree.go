@@ -461,13 +461,7 @@ func sendTree(ctx context.Context, conn io.ReadWriter, dir string, t *Tree, opts
 	all.Digest = all.Root()
 	res.Index = all
 	prog.phase(PhaseComplete)
-	if opts.Keep != nil && opts.KeepAs != "" {
-		if res.Kept, err = held.keep(ctx, opts, dir, t, all); err != nil {
-			log.Warn("keeping the sent chunks", "pin", opts.KeepAs, "err", err)
-			err = nil
-		}
-		held.files = nil // closed by keep
-	}
+	res.Kept, _ = held.keepAfter(ctx, opts, dir, t, all, log)
 	log.Info("sent", "name", h.Name, "files", len(open), "size", all.Size, "chunks_sent", res.ChunksSent, "bytes_sent", res.BytesSent)
 	return res, nil
 }
@@ -571,18 +565,9 @@ func sendTreeRaw(ctx context.Context, w *frameWriter, conn io.ReadWriter, dir st
 	prog.phase(PhaseComplete)
 	res.Index = &cas.Index{Version: cas.IndexV2, Chunking: cas.CDC, Size: t.Size}
 	log.Info("sent", "name", opts.Name, "mode", "raw", "files", files, "size", t.Size, "bytes_sent", res.BytesSent)
-	if opts.Keep != nil && opts.KeepAs != "" {
-		tr := newTreeReader(dir, t, held.files)
-		held.files = nil // closed by tr
-		x, err := treeIndex(ctx, t, tr.opener())
-		if err == nil {
-			res.Index = x
-			res.Kept, err = opts.Keep.Keep(ctx, opts.KeepAs, tr, x)
-		}
-		tr.Close()
-		if err != nil {
-			log.Warn("keeping the sent chunks", "pin", opts.KeepAs, "err", err)
-		}
+	var x *cas.Index
+	if res.Kept, x = held.keepAfter(ctx, opts, dir, t, nil, log); x != nil {
+		res.Index = x
 	}
 	return *res, nil
 }
@@ -624,11 +609,37 @@ func (s *sentFiles) hold(i int, f *os.File) bool {
 	return true
 }
 
-// keep adds the chunks of x (the tree t in dir) to opts.Keep.
-func (s *sentFiles) keep(ctx context.Context, opts SendOptions, dir string, t *Tree, x *cas.Index) (int, error) {
+// keepAfter keeps the chunks of the tree t in dir (x: its index; nil after
+// a raw send: indexed here first) in opts.Keep, if set, and returns the
+// chunks added and the index. With opts.Background and the files held
+// open, it hands the work over and returns at once (0, nil).
+func (s *sentFiles) keepAfter(ctx context.Context, opts SendOptions, dir string, t *Tree, x *cas.Index, log *slog.Logger) (int, *cas.Index) {
+	if opts.Keep == nil || opts.KeepAs == "" {
+		return 0, nil
+	}
 	tr := newTreeReader(dir, t, s.files)
-	defer tr.Close()
-	return opts.Keep.Keep(ctx, opts.KeepAs, tr, x)
+	bg := opts.Background != nil && s.files != nil
+	s.files = nil // tr closes them
+	keep := func(ctx context.Context) (int, *cas.Index) {
+		defer tr.Close()
+		var err error
+		if x == nil {
+			x, err = treeIndex(ctx, t, tr.opener())
+		}
+		kept := 0
+		if err == nil {
+			kept, err = opts.Keep.Keep(ctx, opts.KeepAs, tr, x)
+		}
+		if err != nil {
+			log.Warn("keeping the sent chunks", "pin", opts.KeepAs, "err", err)
+		}
+		return kept, x
+	}
+	if bg {
+		opts.Background(func(ctx context.Context) { keep(ctx) })
+		return 0, nil
+	}
+	return keep(ctx)
 }
 
 // close closes what hold kept (after a failure).
