@@ -257,10 +257,15 @@ func (e *engine) problem(m *cluster.Model, d policy.Decision) (*plan.Problem, []
 			// A job that never ran: its use of a time-shared resource is
 			// not known, the planner reserves none of it (the policy
 			// placed it; the nodes share what it turns out to use).
+			// One copy for all of them: a copy per resource would undo
+			// the zeroing of the ones before it.
+			st := &sm.Tasks[len(sm.Tasks)-1]
+			copied := false
 			for r, soft := range e.soft {
-				if soft && t.Demand[r] != 0 {
-					st := &sm.Tasks[len(sm.Tasks)-1]
-					st.Demand = append([]int64(nil), t.Demand...)
+				if soft && st.Demand[r] != 0 {
+					if !copied {
+						st.Demand, copied = append([]int64(nil), st.Demand...), true
+					}
 					st.Demand[r] = 0
 				}
 			}

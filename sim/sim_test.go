@@ -132,3 +132,28 @@ jobs: [{name: hc, submit: 0, ngb: HC}]
 		t.Fatal("no decision after the job ran")
 	}
 }
+
+func TestNeverRunJobReservesNoneOfEverySoftResource(t *testing.T) {
+	// Three vjobs whose peak (27 cores) is far over the 10 cores: ferry
+	// admits them by memory and the planner must reserve no CPU for them,
+	// also when another resource is soft too (a per-resource copy of the
+	// demand undid the CPU zeroing: the planner found no plan, the run
+	// stalled).
+	for _, soft := range []string{"[cpu]", "[cpu, memory]"} {
+		w, err := workload.ParseScenario(strings.NewReader(`
+nodes: {count: 5, cpu: 2, memory_mib: 3584}
+soft: ` + soft + `
+jobs:
+  - {name: hc, submit: 0, ngb: HC}
+  - {name: ed, submit: 0, ngb: ED}
+  - {name: hc2, submit: 0, ngb: HC}
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := run(t, w, policy.Ferry())
+		if r.Summary.Completed != 3 || r.NoPlans != 0 {
+			t.Fatalf("soft %s: %d of 3 completed, %d decisions without a plan", soft, r.Summary.Completed, r.NoPlans)
+		}
+	}
+}
