@@ -293,3 +293,27 @@ func queue(v *View, name string, n int) {
 	}
 	v.Jobs = append(v.Jobs, q)
 }
+
+func TestFerryAdmitsTheSmallerFootprintFirstAmongEquals(t *testing.T) {
+	// One node of 4 memory, CPU time-shared; two never-run jobs of equal
+	// expansion factor: "big" (first in FIFO order, 2 VMs of 2 memory)
+	// and "small" (2 VMs of 1). Only one fits; the smaller goes first.
+	v := vmView(1, 4)
+	v.Soft = map[int]bool{0: true}
+	m := v.Model
+	for _, q := range []struct {
+		name string
+		mem  int64
+	}{{"big", 2}, {"small", 1}} {
+		j := Job{Name: q.name, Submitted: v.Now, Walltime: 600, Total: 600, Preemptible: true, Migratable: true}
+		for k := range 2 {
+			j.Tasks = append(j.Tasks, len(m.Tasks))
+			m.Tasks = append(m.Tasks, cluster.Task{Name: q.name + string(rune('0'+k)), Job: q.name, State: cluster.Ready, Node: cluster.NoNode, Demand: []int64{1, q.mem}})
+		}
+		v.Jobs = append(v.Jobs, j)
+	}
+	d := decide(t, Ferry(), v)
+	if d.Want[0] != cluster.Ready || d.Want[1] != cluster.Ready || d.Want[2] != cluster.Running || d.Want[3] != cluster.Running {
+		t.Fatalf("want small started and big waiting, got %v", d.Want)
+	}
+}
