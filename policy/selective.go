@@ -16,8 +16,9 @@ import (
 // expansion factor is at most its own divided by Factor, lowest first,
 // until it fits. With CostAware, a running job is only suspended when its
 // estimated remaining time exceeds Repay times its modelled suspend +
-// resume cost (moving it must pay), and never within MinRun seconds of a
-// start (no thrashing).
+// resume cost (moving it must pay), and never before it has done MinRun
+// seconds of work in all (the view does not say when a job last started:
+// one resumed after that may be suspended again at once).
 type Selective struct {
 	// Label is the policy's name (default "ss").
 	Label string
@@ -292,7 +293,8 @@ func unknownTasks(v *View) []bool {
 }
 
 // worthSuspending: the job's remaining estimate repays its switch cost
-// Repay times over, and it has run at least MinRun since it last started.
+// Repay times over, and it has done at least MinRun seconds of work in all
+// (not since its last start, which the view does not give).
 func (s Selective) worthSuspending(v *View, j *Job, repay float64, minRun int64) bool {
 	var cost int64
 	if v.Durations != nil {
