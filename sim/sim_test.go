@@ -139,10 +139,12 @@ func TestNeverRunJobReservesNoneOfEverySoftResource(t *testing.T) {
 	// also when another resource is soft too (a per-resource copy of the
 	// demand undid the CPU zeroing: the planner found no plan, the run
 	// stalled).
-	for _, soft := range []string{"[cpu]", "[cpu, memory]"} {
+	// Memory is never soft, so the second soft resource is a third one,
+	// "net", added here (scenarios have cpu and memory only).
+	for _, soft := range [][]string{{"cpu"}, {"cpu", "net"}} {
 		w, err := workload.ParseScenario(strings.NewReader(`
 nodes: {count: 5, cpu: 2, memory_mib: 3584}
-soft: ` + soft + `
+soft: [cpu]
 jobs:
   - {name: hc, submit: 0, ngb: HC}
   - {name: ed, submit: 0, ngb: ED}
@@ -150,6 +152,19 @@ jobs:
 `))
 		if err != nil {
 			t.Fatal(err)
+		}
+		if len(soft) > 1 {
+			w.Resources = append(w.Resources, "net")
+			for i := range w.Nodes {
+				w.Nodes[i].Capacity = append(w.Nodes[i].Capacity, 10)
+			}
+			for i := range w.Jobs {
+				w.Jobs[i].Demand = append(w.Jobs[i].Demand, 1)
+			}
+			w.Soft = soft
+			if err := w.Validate(); err != nil {
+				t.Fatal(err)
+			}
 		}
 		r := run(t, w, policy.Ferry())
 		if r.Summary.Completed != 3 || r.NoPlans != 0 {

@@ -154,6 +154,11 @@ func (w *Workload) Validate() error {
 		if index(w.Resources, s) < 0 {
 			return fmt.Errorf("%w: soft resource %q is not a resource", ErrInvalid, s)
 		}
+		if s == "memory" {
+			// Memory is never time-shared: a guest over its node's memory is
+			// swapped or killed, so the engine and the checker keep it hard.
+			return fmt.Errorf("%w: soft resource %q: memory cannot be time-shared", ErrInvalid, s)
+		}
 	}
 	return nil
 }

@@ -56,6 +56,7 @@ func TestScenarioErrorsNameTheElement(t *testing.T) {
 		"nodes: {count: 1}\nbogus: 1":                                       "bogus",
 		"nodes: {count: 1}\njobs: [{name: a, work: 5}, {name: a, work: 5}]": "repeated",
 		"nodes: {count: 1}\nsoft: [gpu]\njobs: [{name: a, work: 5}]":        `soft resource "gpu"`,
+		"nodes: {count: 1}\nsoft: [memory]\njobs: [{name: a, work: 5}]":     `memory cannot be time-shared`,
 		"nodes: {count: 1}\njobs: [{name: a, work: 5, submit: -1}]":         "negative",
 	}
 	for in, want := range cases {
