@@ -302,6 +302,7 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) error {
 		return err
 	}
 	t.setOp(opNone)
+	d.warmUpLater(t)
 	d.log.Info("started", "task", spec.ID, "pid", t.pid, "memory_mib", m.MemoryMiB, "accel", d.accel)
 	return nil
 }

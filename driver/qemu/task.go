@@ -73,6 +73,9 @@ type task struct {
 	// eventsRead is closed once every event of the QMP connection has
 	// been handled (the connection ended).
 	eventsRead chan struct{}
+	// warming is the warm-up migration in flight (nil: none); see warmUp
+	// in migrate.go.
+	warming *warmUpRun
 }
 
 // watched reports whether a MigrateOut call is polling the migration.
