@@ -339,12 +339,16 @@ func (d *Driver) terminate(ctx context.Context, t *task) {
 		case <-time.After(20 * time.Millisecond):
 		}
 		if c == nil || c.Err() != nil {
-			// Nobody to ask politely: wait a moment, then kill.
-			select {
-			case <-ctx.Done():
-			case <-time.After(2 * time.Second):
+			// Nobody to ask politely (or QMP closed as QEMU quits): give it
+			// up to 2 s to exit, then kill. (Sleeping the whole 2 s made
+			// every migration's confirm step take 2 s.)
+			grace := time.Now().Add(2 * time.Second)
+			for alive(pid, sock) && ctx.Err() == nil && time.Now().Before(grace) {
+				time.Sleep(20 * time.Millisecond)
 			}
-			syscall.Kill(pid, syscall.SIGKILL)
+			if alive(pid, sock) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
 		}
 	}
 }
