@@ -317,3 +317,54 @@ func TestFerryAdmitsTheSmallerFootprintFirstAmongEquals(t *testing.T) {
 		t.Fatalf("want small started and big waiting, got %v", d.Want)
 	}
 }
+
+// sleepingJob adds a suspended job of n VMs (1 core observed each, memory
+// mem) whose images are on node.
+func sleepingJob(v *View, name string, n, node int, mem int64) {
+	m := v.Model
+	j := Job{Name: name, Walltime: 400, Done: 100, Total: 500, Preemptible: true, Migratable: true}
+	for k := range n {
+		j.Tasks = append(j.Tasks, len(m.Tasks))
+		m.Tasks = append(m.Tasks, cluster.Task{Name: name + string(rune('0'+k)), Job: name, State: cluster.Sleeping, Node: node, Demand: []int64{1, mem}})
+	}
+	v.Jobs = append(v.Jobs, j)
+}
+
+func TestFerryResumesAJobAResumeBeforeTheEndOfTheOneUsingItsCores(t *testing.T) {
+	// Node a's two cores are used by job r; job s sleeps and needs them.
+	// Every action takes 10 s (AttrDurations): r ending within 10 s
+	// (its estimate) lets s's resume start now.
+	for _, c := range []struct {
+		name    string
+		wall    int64
+		soft    bool
+		want    cluster.TaskState
+		recheck int64
+	}{
+		{"ends within a resume", 5, true, cluster.Running, 0},
+		{"ends later", 100, true, cluster.Sleeping, 1000 + 100 - 10},
+		{"cpu not time-shared", 5, false, cluster.Sleeping, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v := vmView(1, 4, vmJob{name: "r", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: c.wall})
+			sleepingJob(v, "s", 2, 0, 1)
+			if c.soft {
+				v.Soft = map[int]bool{0: true}
+			}
+			d := decide(t, Ferry(), v)
+			for _, i := range v.Jobs[0].Tasks {
+				if d.Want[i] != cluster.Running {
+					t.Fatalf("running task %d wanted %v", i, d.Want[i])
+				}
+			}
+			for _, i := range v.Jobs[1].Tasks {
+				if d.Want[i] != c.want {
+					t.Fatalf("sleeping task %d wanted %v, want %v", i, d.Want[i], c.want)
+				}
+			}
+			if d.Recheck != c.recheck {
+				t.Fatalf("recheck %d, want %d", d.Recheck, c.recheck)
+			}
+		})
+	}
+}

@@ -53,6 +53,12 @@ type View struct {
 type Decision struct {
 	Want        []cluster.TaskState
 	Constraints []cluster.Constraint
+	// Recheck, when after View.Now, is a time at which the decision may
+	// change with nothing else happening (a running job's predicted end,
+	// from its walltime estimate): a loop that decides only on events
+	// should decide again then. The controller decides at least every few
+	// periods anyway and may ignore it.
+	Recheck int64
 }
 
 // Policy decides the wanted states.

@@ -69,6 +69,14 @@ type Selective struct {
 	// idle jobs of equal expansion factor, the smaller memory footprint
 	// goes first.
 	AdmitByMemory bool
+	// Anticipate, with Contend and only where the view marks the CPU
+	// time-shared, counts the CPU of a running job whose remaining
+	// estimate is within a (local) resume of a sleeping job as free
+	// already: the sleeping job's resume then ends about when that job
+	// ends instead of starting then (its VMs compute only once resumed).
+	// The decision asks to be rechecked when the next running job enters
+	// that window (Decision.Recheck).
+	Anticipate bool
 }
 
 // Ferry is ferry's own policy: cost-aware selective suspension, packing by
@@ -81,7 +89,7 @@ type Selective struct {
 func Ferry() Selective {
 	return Selective{Label: "ferry", Factor: 2, CostAware: true, Observe: true, Pinned: true,
 		SpreadIdle: true, PackIdle: true, Contend: true, Shed: true, Tolerance: 1,
-		ShedWidest: true, AdmitByMemory: true}
+		ShedWidest: true, AdmitByMemory: true, Anticipate: true}
 }
 
 // Name implements Policy.
@@ -156,6 +164,9 @@ func (s Selective) Decide(v *View) (Decision, error) {
 				}
 			}
 		}
+	}
+	if soft >= 0 && s.Anticipate && v.Soft[soft] {
+		d.Recheck = anticipate(v, p, soft)
 	}
 	for i := range v.Jobs {
 		j := &v.Jobs[i]
@@ -266,6 +277,47 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		pinMoved(&d, p, v, running)
 	}
 	return d, nil
+}
+
+// anticipate gives back the soft resource (charged where the tasks run)
+// of the running jobs whose remaining estimate is at most the longest
+// local resume of a sleeping job's task, and returns when the next
+// running job enters that window (0: none, or no job sleeps).
+func anticipate(v *View, p *Packer, soft int) int64 {
+	m := v.Model
+	var lead int64
+	for i := range v.Jobs {
+		j := &v.Jobs[i]
+		if JobPhase(m, j) != Asleep || v.Durations == nil {
+			continue
+		}
+		for _, t := range j.Tasks {
+			n := m.Tasks[t].Node
+			lead = max(lead, v.Durations.Duration(m, cluster.Resume, t, n, n))
+		}
+	}
+	if lead <= 0 {
+		return 0
+	}
+	var next int64
+	for i := range v.Jobs {
+		j := &v.Jobs[i]
+		if JobPhase(m, j) != Active || j.Walltime <= 0 {
+			continue
+		}
+		if j.Walltime > lead {
+			if at := v.Now + j.Walltime - lead; next == 0 || at < next {
+				next = at
+			}
+			continue
+		}
+		for _, t := range j.Tasks {
+			if n := p.Placement[t]; n >= 0 {
+				p.free[n][soft] += m.Tasks[t].Demand[soft]
+			}
+		}
+	}
+	return next
 }
 
 // unknownTasks marks the tasks of the jobs that never ran (never started,

@@ -91,6 +91,10 @@ func (e *engine) decide(ctx context.Context) error {
 	if len(d.Want) != len(m.Tasks) {
 		return fmt.Errorf("sim: policy %s returned %d wanted states for %d tasks", e.cfg.Policy.Name(), len(d.Want), len(m.Tasks))
 	}
+	if d.Recheck > e.now && (e.recheckAt <= e.now || d.Recheck < e.recheckAt) {
+		e.recheckAt = d.Recheck
+		e.push(d.Recheck, qTick, 0, 0)
+	}
 	prob, sub, err := e.problem(m, d)
 	if err != nil {
 		return err
@@ -253,10 +257,14 @@ func (e *engine) problem(m *cluster.Model, d policy.Decision) (*plan.Problem, []
 		}
 		sm.Tasks = append(sm.Tasks, *t)
 		sub = append(sub, e.sub2glob[i])
-		if e.observed && e.jobs[e.tasks[e.sub2glob[i]].job].started < 0 {
+		if e.observed && (e.jobs[e.tasks[e.sub2glob[i]].job].started < 0 || t.State == cluster.Sleeping && d.Want[i] == cluster.Running) {
 			// A job that never ran: its use of a time-shared resource is
 			// not known, the planner reserves none of it (the policy
-			// placed it; the nodes share what it turns out to use).
+			// placed it; the nodes share what it turns out to use). A
+			// task being resumed uses none until its resume ends, and the
+			// policy placed it by what it used: the planner reserves none
+			// either, so a resume may overlap the end of the job whose
+			// cores it takes (Selective.Anticipate).
 			// One copy for all of them: a copy per resource would undo
 			// the zeroing of the ones before it.
 			st := &sm.Tasks[len(sm.Tasks)-1]

@@ -165,8 +165,10 @@ type engine struct {
 	inFlight bool
 	dirty    bool
 	tickAt   int64
-	res      *Result
-	names    []string
+	// recheckAt: the pending decision a policy asked for (Decision.Recheck)
+	recheckAt int64
+	res       *Result
+	names     []string
 	// utilisation
 	busy     float64
 	lastUtil int64

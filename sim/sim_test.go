@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ferrycluster/ferry/cluster"
 	"github.com/ferrycluster/ferry/policy"
 	"github.com/ferrycluster/ferry/sim"
 	"github.com/ferrycluster/ferry/sim/check"
@@ -170,5 +171,43 @@ jobs:
 		if r.Summary.Completed != 3 || r.NoPlans != 0 {
 			t.Fatalf("soft %s: %d of 3 completed, %d decisions without a plan", soft, r.Summary.Completed, r.NoPlans)
 		}
+	}
+}
+
+func TestAResumeEndsWhenTheJobWhoseCoresItTakesEnds(t *testing.T) {
+	// Two 2-VM jobs on one 2-core node: ferry admits both, sheds b, and
+	// resumes b a resume's time before a's estimated end (asking for a
+	// decision then, Decision.Recheck): the planner reserves no CPU for a
+	// task being resumed, so b runs from a's completion on instead of
+	// starting its resume then.
+	w, err := workload.ParseScenario(strings.NewReader(`
+nodes: {count: 1, cpu: 2, memory_mib: 2048}
+durations: {disk_mbps: 100, net_mbps: 117, latency: 1, boot: 1, shutdown: 1}
+soft: [cpu]
+jobs:
+  - {name: a, submit: 0, tasks: 2, cpu: 1, memory_mib: 512, work: 300, walltime: 300}
+  - {name: b, submit: 0, tasks: 2, cpu: 1, memory_mib: 512, work: 300, walltime: 300}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, w, policy.Ferry())
+	if r.NoPlans != 0 || r.Summary.Resumes != 2 {
+		t.Fatalf("%d decisions without a plan, %d resumes", r.NoPlans, r.Summary.Resumes)
+	}
+	resumed, ended := int64(-1), int64(-1)
+	for _, ev := range r.Events {
+		switch {
+		case ev.Kind == sim.EvStart && ev.Action == cluster.Resume && resumed < 0:
+			resumed = ev.T
+		case ev.Kind == sim.EvComplete && ev.Job == 0:
+			ended = ev.T
+		}
+	}
+	if resumed < 0 || resumed >= ended {
+		t.Fatalf("b's resume started at %d, a ended at %d: want the resume under way before", resumed, ended)
+	}
+	if b := r.Jobs[1]; b.End != ended+300 {
+		t.Fatalf("b ended at %d, want %d (running from a's end)", b.End, ended+300)
 	}
 }
