@@ -17,7 +17,6 @@ import (
 	"runtime"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/ferrycluster/ferry/cas"
@@ -1216,62 +1215,19 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 }
 
 // receiveData receives the DATA frames of a tree (MODE raw) into the files
-// under root: read on this goroutine, written on another.
-func (rc *Receiver) receiveData(r *frameReader, root *os.Root, tree *Tree, res *ReceiveResult, prog *progressor) (err error) {
-	type buf struct {
-		b    []byte
-		f    *os.File
-		off  int64
-		last bool // close f after writing
-	}
-	const bufs = 4
-	free, work, werr := make(chan *buf, bufs), make(chan *buf, bufs), make(chan error, 1)
-	for range bufs {
-		free <- &buf{}
-	}
-	var failed atomic.Bool
-	go func() {
-		var err error
-		wb := writeback{off: rc.NoSync}
-		for b := range work {
-			if err == nil {
-				if _, err = b.f.WriteAt(b.b, b.off); err != nil {
-					err = fmt.Errorf("transfer: write partial: %w", err)
-					failed.Store(true)
-				} else {
-					wb.wrote(b.f, b.off, int64(len(b.b)))
-				}
-			}
-			if b.last {
-				b.f.Close()
-			}
-			free <- b
+// under root, in order, each file written sequentially from the stream
+// (as the tar-stream fetch does), with early writeback.
+func (rc *Receiver) receiveData(r *frameReader, root *os.Root, tree *Tree, res *ReceiveResult, prog *progressor) error {
+	var cur *os.File
+	defer func() {
+		if cur != nil {
+			cur.Close()
 		}
-		werr <- err
 	}()
-	var cur *os.File // open, not handed over with last
-	finished := false
-	finish := func() error {
-		if !finished {
-			finished = true
-			close(work)
-			if werr := <-werr; werr != nil {
-				err = werr
-			}
-			if cur != nil {
-				cur.Close()
-				cur = nil
-			}
-		}
-		return err
-	}
-	defer finish()
+	wb := writeback{off: rc.NoSync}
 	order := newTreeOrder(tree)
 	var hdr [segHdrLen]byte
 	for {
-		if failed.Load() {
-			return finish()
-		}
 		t, n, err := r.next("DATA", map[msgType]int{msgData: maxDataFrame, msgDone: 0})
 		if err != nil {
 			return fmt.Errorf("after %d bytes: %w", res.ReceivedBytes, err)
@@ -1295,25 +1251,24 @@ func (rc *Receiver) receiveData(r *frameReader, root *os.Root, tree *Tree, res *
 				return fmt.Errorf("transfer: open %s: %w", tree.Entries[fi].Path, err)
 			}
 		}
-		b := <-free
-		if cap(b.b) < int(m) {
-			b.b = make([]byte, maxDataLen)
+		// The file is written in order: its offset is off.
+		k, err := io.CopyN(cur, r.br, m)
+		res.ReceivedBytes += k
+		prog.add(k)
+		if k > 0 {
+			wb.wrote(cur, off, k)
 		}
-		b.b = b.b[:m]
-		if _, err := io.ReadFull(r.br, b.b); err != nil {
-			free <- b
-			return fmt.Errorf("%w: DATA frame of %d bytes: %v", ErrTruncated, n, err)
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return fmt.Errorf("%w: DATA frame of %d bytes: %v", ErrTruncated, n, err)
+			}
+			return fmt.Errorf("transfer: write %s: %w", tree.Entries[fi].Path, err)
 		}
-		b.f, b.off, b.last = cur, off, last
 		if last {
+			wb.start()
+			cur.Close()
 			cur = nil
 		}
-		work <- b
-		res.ReceivedBytes += m
-		prog.add(m)
-	}
-	if err := finish(); err != nil {
-		return err
 	}
 	return order.complete()
 }
