@@ -368,3 +368,53 @@ func TestFerryResumesAJobAResumeBeforeTheEndOfTheOneUsingItsCores(t *testing.T) 
 		})
 	}
 }
+
+func TestFerryKeepsANarrowJobsIdleVMsWhereACoreIsFree(t *testing.T) {
+	// Job c computes on one of its three VMs (on node b, which has a
+	// core left); its idle VM on node a, whose two cores job w uses, moves
+	// to node b (beside its job's other two, a core free), so it computes there
+	// without a move when it wakes. A wide job's idle VM stays; so does a
+	// narrow job's one where CPU is not time-shared, or whose remaining
+	// estimate does not repay the move (every action takes 10 s here,
+	// Repay is 4).
+	for _, c := range []struct {
+		name string
+		cpu  []int64
+		wall int64
+		soft bool
+		move bool
+	}{
+		{"narrow", []int64{0, 1, 0}, 1000, true, true},
+		{"wide", []int64{0, 1, 1}, 1000, true, false},
+		{"cpu not time-shared", []int64{0, 1, 0}, 1000, false, false},
+		{"ends before the move repays", []int64{0, 1, 0}, 30, true, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// Node c is empty: more CPU free than b, but b holds c's
+			// other two VMs.
+			v := vmView(3, 8,
+				vmJob{name: "w", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 1000},
+				vmJob{name: "c", nodes: []int{0, 1, 1}, cpu: c.cpu, mem: 1, wall: c.wall})
+			if c.soft {
+				v.Soft = map[int]bool{0: true}
+			}
+			d := decide(t, Ferry(), v)
+			for i, s := range d.Want {
+				if s != cluster.Running {
+					t.Fatalf("task %d wanted %v", i, s)
+				}
+			}
+			f := fences(t, d)
+			idle := v.Jobs[1].Tasks[0]
+			if !c.move {
+				if len(f) != 0 {
+					t.Fatalf("moves %v, want none", f)
+				}
+				return
+			}
+			if len(f) != 1 || f[idle] != 1 {
+				t.Fatalf("moves %v, want task %d to node b", f, idle)
+			}
+		})
+	}
+}

@@ -77,6 +77,16 @@ type Selective struct {
 	// The decision asks to be rechecked when the next running job enters
 	// that window (Decision.Recheck).
 	Anticipate bool
+	// Gather, with Contend and only where the view marks the CPU
+	// time-shared, keeps the idle tasks of a running job that computes on
+	// at most one task now (a chain, a pipeline's ends, a data transfer)
+	// where a core is free: an idle task on a node with no core free moves
+	// (if the job's remaining estimate repays Repay times the migration)
+	// to a node with a core free, the one holding most of its job's tasks
+	// first, then the one with most CPU free. When it wakes, it computes
+	// without a move; an idle task's move costs its job a downtime, not
+	// the sharing of a core while a computing task's memory crosses.
+	Gather bool
 }
 
 // Ferry is ferry's own policy: cost-aware selective suspension, packing by
@@ -89,7 +99,7 @@ type Selective struct {
 func Ferry() Selective {
 	return Selective{Label: "ferry", Factor: 2, CostAware: true, Observe: true, Pinned: true,
 		SpreadIdle: true, PackIdle: true, Contend: true, Shed: true, Tolerance: 1,
-		ShedWidest: true, AdmitByMemory: true, Anticipate: true}
+		ShedWidest: true, AdmitByMemory: true, Anticipate: true, Gather: true}
 }
 
 // Name implements Policy.
@@ -223,6 +233,9 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		return rank[running[a]] > rank[running[b]]
 	})
 	if soft >= 0 {
+		if s.Gather && v.Soft[soft] {
+			gather(v, p, running, soft, repay)
+		}
 		s.relieve(v, p, running, soft, &moves)
 		if s.Shed {
 			running = s.shed(v, p, &d, running, soft, repay, minRun, justSlept, &moves)
@@ -416,6 +429,54 @@ func (s Selective) relieve(v *View, p *Packer, running []int, soft int, log *[]m
 		}
 		p.put(t, k, 1)
 		p.Placement[t] = k
+	}
+}
+
+// gather: see Selective.Gather.
+func gather(v *View, p *Packer, running []int, soft int, repay float64) {
+	m := v.Model
+	for _, i := range running {
+		j := &v.Jobs[i]
+		if !j.Migratable || len(j.Tasks) < 3 {
+			continue
+		}
+		var width int64
+		here := map[int]int{} // the job's tasks per node
+		for _, t := range j.Tasks {
+			width += m.Tasks[t].Demand[soft]
+			if n := p.Placement[t]; n >= 0 {
+				here[n]++
+			}
+		}
+		if width > 1 {
+			continue
+		}
+		for _, t := range j.Tasks {
+			n := p.Placement[t]
+			if n < 0 || m.Tasks[t].Demand[soft] != 0 || p.free[n][soft] >= 1 {
+				continue
+			}
+			p.Release(t)
+			k := cluster.NoNode
+			for c := range p.free {
+				if c == n || p.drain[c] || p.free[c][soft] < 1 || !p.fits(t, c) {
+					continue
+				}
+				if k < 0 || here[c] > here[k] || here[c] == here[k] && p.free[c][soft] > p.free[k][soft] {
+					k = c
+				}
+			}
+			if k >= 0 && v.Durations != nil && float64(j.Walltime) < repay*float64(v.Durations.Duration(m, cluster.Migrate, t, n, k)) {
+				k = cluster.NoNode
+			}
+			if k < 0 {
+				k = n
+			}
+			p.put(t, k, 1)
+			p.Placement[t] = k
+			here[n]--
+			here[k]++
+		}
 	}
 }
 
