@@ -369,14 +369,13 @@ func TestFerryResumesAJobAResumeBeforeTheEndOfTheOneUsingItsCores(t *testing.T) 
 	}
 }
 
-func TestFerryKeepsANarrowJobsIdleVMsWhereACoreIsFree(t *testing.T) {
-	// Job c computes on one of its three VMs (on node b, which has a
-	// core left); its idle VM on node a, whose two cores job w uses, moves
-	// to node b (beside its job's other two, a core free), so it computes there
-	// without a move when it wakes. A wide job's idle VM stays; so does a
-	// narrow job's one where CPU is not time-shared, or whose remaining
-	// estimate does not repay the move (every action takes 10 s here,
-	// Repay is 4).
+func TestFerryMovesAWaitingJobsVMsWhereACoreIsFree(t *testing.T) {
+	// Job c computes on none of its three VMs (between two steps); the
+	// one on node a, whose two cores job w uses, moves to node b (beside
+	// its job's other two, a core free), so it computes there without a
+	// move when it wakes. It stays when a VM of c computes, where CPU is
+	// not time-shared, or when c's remaining estimate does not repay the
+	// move (every action takes 10 s here, Repay is 4).
 	for _, c := range []struct {
 		name string
 		cpu  []int64
@@ -384,10 +383,10 @@ func TestFerryKeepsANarrowJobsIdleVMsWhereACoreIsFree(t *testing.T) {
 		soft bool
 		move bool
 	}{
-		{"narrow", []int64{0, 1, 0}, 1000, true, true},
-		{"wide", []int64{0, 1, 1}, 1000, true, false},
-		{"cpu not time-shared", []int64{0, 1, 0}, 1000, false, false},
-		{"ends before the move repays", []int64{0, 1, 0}, 30, true, false},
+		{"waiting", []int64{0, 0, 0}, 1000, true, true},
+		{"computing on one", []int64{0, 1, 0}, 1000, true, false},
+		{"cpu not time-shared", []int64{0, 0, 0}, 1000, false, false},
+		{"ends before the move repays", []int64{0, 0, 0}, 30, true, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			// Node c is empty: more CPU free than b, but b holds c's

@@ -78,14 +78,15 @@ type Selective struct {
 	// that window (Decision.Recheck).
 	Anticipate bool
 	// Gather, with Contend and only where the view marks the CPU
-	// time-shared, keeps the idle tasks of a running job that computes on
-	// at most one task now (a chain, a pipeline's ends, a data transfer)
-	// where a core is free: an idle task on a node with no core free moves
-	// (if the job's remaining estimate repays Repay times the migration)
-	// to a node with a core free, the one holding most of its job's tasks
-	// first, then the one with most CPU free. When it wakes, it computes
-	// without a move; an idle task's move costs its job a downtime, not
-	// the sharing of a core while a computing task's memory crosses.
+	// time-shared, uses the moments a running job computes on none of its
+	// tasks (between two steps, every VM waiting for data) to move its
+	// tasks that sit on a node with no core free, if the job's remaining
+	// estimate repays Repay times the migration, to a node with a core
+	// free, the one holding most of its job's tasks first, then the one
+	// with most CPU free. When they wake, they compute without a move: the
+	// move of an idle task costs its job a downtime (parallel moves share
+	// it), the move of a waking one also costs every job computing on its
+	// node the sharing of a core while its memory crosses.
 	Gather bool
 }
 
@@ -448,7 +449,7 @@ func gather(v *View, p *Packer, running []int, soft int, repay float64) {
 				here[n]++
 			}
 		}
-		if width > 1 {
+		if width > 0 {
 			continue
 		}
 		for _, t := range j.Tasks {
