@@ -77,7 +77,7 @@ func TestQEMULiveMigrateAndSuspendAcrossAgents(t *testing.T) {
 	a := startNode(t, ca, "node-a", qemuDrivers(t), nil)
 	b := startNode(t, ca, "node-b", qemuDrivers(t), nil)
 	info, err := a.c.Node(ctx)
-	if err != nil || info.Accelerator == "" || info.Drivers[0] != "qemu" {
+	if err != nil || info.Accelerator == "" || info.QEMUVersion == "" || info.Drivers[0] != "qemu" {
 		t.Fatalf("node info %+v %v", info, err)
 	}
 	const id = "vm1"

@@ -114,7 +114,13 @@ func (a *Agent) Node() api.NodeInfo {
 			}
 		}
 	}
-	return api.NodeInfo{Name: a.cfg.Name, CPUs: a.cfg.CPUs, MemoryBytes: a.cfg.MemoryBytes, Accelerator: acc,
+	var qv string
+	for _, d := range a.drivers {
+		if x, ok := d.(interface{ QEMUVersion() string }); ok {
+			qv = x.QEMUVersion()
+		}
+	}
+	return api.NodeInfo{Name: a.cfg.Name, CPUs: a.cfg.CPUs, MemoryBytes: a.cfg.MemoryBytes, Accelerator: acc, QEMUVersion: qv,
 		Drivers: a.driverKinds(), UsedCPUs: cpu, UsedMemoryBytes: mem}
 }
 

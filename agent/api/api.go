@@ -228,6 +228,9 @@ type NodeInfo struct {
 	MemoryBytes int64    `json:"memory_bytes"`
 	Accelerator string   `json:"accelerator,omitempty"`
 	Drivers     []string `json:"drivers"`
+	// QEMUVersion is the node's QEMU release ("10.0.2"), when it runs the
+	// qemu driver and could read it.
+	QEMUVersion string `json:"qemu_version,omitempty"`
 	// Used is the sum of the demands of running and incoming tasks.
 	UsedCPUs        float64 `json:"used_cpus"`
 	UsedMemoryBytes int64   `json:"used_memory_bytes"`

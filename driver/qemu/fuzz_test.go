@@ -54,3 +54,20 @@ func FuzzReadImage(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseVersion: any --version output parses to a version that prints
+// back as it was read, or is an error; never a panic.
+func FuzzParseVersion(f *testing.F) {
+	for _, s := range []string{"QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\n", "10.0.2", "", "QEMU emulator version 99999.1.1", "1.2.3 (x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, err := ParseVersion(s)
+		if err != nil {
+			return
+		}
+		if v2, err := ParseVersion(v.String()); err != nil || v2 != v {
+			t.Fatalf("%q parsed as %v, which reads back as %v, %v", s, v, v2, err)
+		}
+	})
+}

@@ -19,7 +19,9 @@
 //	task.json   the machine shape the state needs (memory, cpus, kernel command line)
 //
 // The accelerator is KVM only when /dev/kvm exists and a probe guest boots
-// on it in time (nested KVM can hang at boot); TCG otherwise.
+// on it in time (nested KVM can hang at boot); TCG otherwise. Both the
+// accelerator and the QEMU version are reported with the node's
+// capabilities.
 package qemu
 
 import (
@@ -69,6 +71,8 @@ type Driver struct {
 	cfg   Config
 	log   *slog.Logger
 	accel string
+	// version is QEMU's (zero when it could not be read).
+	version Version
 
 	mu    sync.Mutex
 	tasks map[string]*task
@@ -129,6 +133,11 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if d.accel != "kvm" && d.accel != "tcg" {
 		return nil, fmt.Errorf("qemu: accelerator %q: want kvm or tcg", d.accel)
 	}
+	if d.version, err = CachedVersion(ctx, cfg.QEMU); err != nil {
+		d.log.Warn("QEMU version unknown", "err", err)
+	} else {
+		d.log.Info("QEMU version", "version", d.version)
+	}
 	d.recover(ctx)
 	return d, nil
 }
@@ -138,6 +147,15 @@ func (d *Driver) Kind() string { return Kind }
 
 // Accel is the accelerator guests run on ("kvm" or "tcg").
 func (d *Driver) Accel() string { return d.accel }
+
+// QEMUVersion is the QEMU release guests run on ("10.0.2"; "" when it
+// could not be read), reported with the node's capabilities.
+func (d *Driver) QEMUVersion() string {
+	if d.version == (Version{}) {
+		return ""
+	}
+	return d.version.String()
+}
 
 // LogPath implements driver.Driver: the guest's serial console.
 func (d *Driver) LogPath(id string) string {
