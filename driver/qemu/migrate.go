@@ -89,9 +89,9 @@ func (d *Driver) warmUp(t *task) *warmUpRun {
 		t.mu.Unlock()
 		return cur
 	}
-	if t.op != opNone || t.qmp == nil {
+	if op := t.op; op != opNone || t.qmp == nil {
 		t.mu.Unlock()
-		w.err = fmt.Errorf("%w: qemu task %q is %s", driver.ErrBusy, t.id, orIdle(t.op))
+		w.err = fmt.Errorf("%w: qemu task %q is %s", driver.ErrBusy, t.id, orIdle(op))
 		close(w.done)
 		return w
 	}
