@@ -23,6 +23,8 @@ func FuzzReadImage(f *testing.F) {
 		`{"machine":{"memory_mib":128,"tail_kib":8,"cpus":1}}`,
 		`{"machine":{"memory_mib":128,"tail_kib":-8,"cpus":1}}`,
 		`{"machine":{"memory_mib":128,"tail_kib":12,"cpus":1}}`,
+		`{"machine":{"type":"pc-i440fx-7.2","memory_mib":128,"cpus":1}}`,
+		`{"machine":{"type":"pc","memory_mib":128,"tail_kib":8,"cpus":1}}`,
 		`not json`, `{}`, `null`,
 	} {
 		f.Add([]byte(s))
@@ -49,7 +51,7 @@ func FuzzReadImage(f *testing.F) {
 			return
 		}
 		if m.MemoryMiB < 48 || m.MemoryMiB*mib > d.cfg.MaxMemoryBytes || m.CPUs < 1 || m.CPUs > d.cfg.MaxCPUs || !cmdlineRE.MatchString(m.Append) ||
-			m.TailKiB < 0 || m.TailKiB >= 1024 || m.TailKiB%8 != 0 {
+			m.TailKiB < 0 || m.TailKiB >= 1024 || m.TailKiB%8 != 0 || m.Type != machineType {
 			t.Fatalf("accepted an impossible machine %+v", m)
 		}
 	})

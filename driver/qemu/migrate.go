@@ -494,7 +494,10 @@ func (d *Driver) readImage(spec driver.Spec, m machine, dir string) (machine, st
 		return machine{}, "", fmt.Errorf("%w: qemu task %q: %s: %s records %d KiB of RAM tail (want 0-1016, a multiple of 8)",
 			driver.ErrInvalidSpec, spec.ID, dir, imageMeta, img.TailKiB)
 	}
-	m.MemoryMiB, m.TailKiB, m.CPUs = img.MemoryMiB, img.TailKiB, img.CPUs
+	if img.Type != "" && img.Type != machineType {
+		return machine{}, "", fmt.Errorf("%w: qemu task %q: %s: %s records machine type %q (want %s)", driver.ErrInvalidSpec, spec.ID, dir, imageMeta, img.Type, machineType)
+	}
+	m.MemoryMiB, m.TailKiB, m.CPUs, m.Type = img.MemoryMiB, img.TailKiB, img.CPUs, machineType
 	if img.Append != "" {
 		m.Append = img.Append
 	}
@@ -516,6 +519,9 @@ func (d *Driver) Resume(ctx context.Context, spec driver.Spec, dir string) error
 		return err
 	}
 	m, state, err := d.readImage(spec, m, dir)
+	if err == nil {
+		err = d.refuseTailless(spec.ID, m, "resume of")
+	}
 	if err != nil {
 		d.forget(t)
 		return err
@@ -596,6 +602,9 @@ func (d *Driver) PrepareIncoming(ctx context.Context, spec driver.Spec) (string,
 	}
 	if tail := spec.VM.RAMTailKiB; tail != nil {
 		m.TailKiB = *tail // shape checked it is 0 or ramTailKiB
+	}
+	if err := d.refuseTailless(spec.ID, m, "incoming migration of"); err != nil {
+		return "", err
 	}
 	t, err := d.reserve(spec.ID)
 	if err != nil {

@@ -16,12 +16,12 @@
 // A suspend image directory holds:
 //
 //	vmstate     QEMU's migration stream (written as .vmstate.tmp, fsynced, renamed)
-//	task.json   the machine shape the state needs (memory, cpus, kernel command line)
+//	task.json   the machine shape the state needs (machine type, memory and RAM tail, cpus, kernel command line)
 //
 // The accelerator is KVM only when /dev/kvm exists and a probe guest boots
-// on it in time (nested KVM can hang at boot); TCG otherwise. Both the
-// accelerator and the QEMU version are reported with the node's
-// capabilities.
+// on it in time (nested KVM can hang at boot); TCG otherwise. The QEMU
+// version decides the RAM tail (see ramTailKiB); both are reported with the
+// node's capabilities.
 package qemu
 
 import (
@@ -71,7 +71,8 @@ type Driver struct {
 	cfg   Config
 	log   *slog.Logger
 	accel string
-	// version is QEMU's (zero when it could not be read).
+	// version is QEMU's (zero when it could not be read: then the driver
+	// acts as for a QEMU older than 9.0, see needsTail).
 	version Version
 
 	mu    sync.Mutex
@@ -134,9 +135,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("qemu: accelerator %q: want kvm or tcg", d.accel)
 	}
 	if d.version, err = CachedVersion(ctx, cfg.QEMU); err != nil {
-		d.log.Warn("QEMU version unknown", "err", err)
+		d.log.Warn("QEMU version unknown: guests get the RAM tail and guests without it are refused, as for QEMU < 9.0", "err", err)
 	} else {
-		d.log.Info("QEMU version", "version", d.version)
+		d.log.Info("QEMU version", "version", d.version, "ram_tail", d.needsTail())
 	}
 	d.recover(ctx)
 	return d, nil
@@ -155,6 +156,28 @@ func (d *Driver) QEMUVersion() string {
 		return ""
 	}
 	return d.version.String()
+}
+
+// needsTail reports whether this node's QEMU has the TCG dirty-bitmap bug
+// (older than 9.0, or unknown): its new guests get the RAM tail, and it
+// refuses guests without one (see refuseTailless).
+func (d *Driver) needsTail() bool { return !d.version.AtLeast(9, 0) }
+
+// refuseTailless refuses a guest without the RAM tail arriving (incoming
+// migration, resume) on a node whose QEMU has the dirty-bitmap bug: its
+// next live migration out of this node could lose the guest's stores
+// (docs/vm.md, "Which QEMU").
+func (d *Driver) refuseTailless(id string, m machine, how string) error {
+	if m.TailKiB != 0 || !d.needsTail() {
+		return nil
+	}
+	v := d.QEMUVersion()
+	if v == "" {
+		v = "of unknown version"
+	}
+	return fmt.Errorf("%w: qemu task %q: %s a guest without the %d KiB RAM tail: this node's QEMU %s is older than 9.0, "+
+		"whose TCG dirty tracking would lose the guest's stores on its next live migration; run it on a node with QEMU 9.0 or later",
+		driver.ErrUnsupported, id, how, ramTailKiB, v)
 }
 
 // LogPath implements driver.Driver: the guest's serial console.
@@ -176,9 +199,14 @@ var (
 // machine is the shape of a guest: what a saved state needs to be loaded
 // into (recorded with every task and every suspend image).
 type machine struct {
-	MemoryMiB int64 `json:"memory_mib"`
-	// TailKiB is RAM beyond MemoryMiB (see ramTailKiB); 0 in images
-	// saved before it existed, which load with exactly MemoryMiB.
+	// Type is QEMU's -machine type (machineType); "" in records saved
+	// before it was recorded, which all come from QEMU 7.2's plain "pc",
+	// i.e. machineType.
+	Type      string `json:"type,omitempty"`
+	MemoryMiB int64  `json:"memory_mib"`
+	// TailKiB is RAM beyond MemoryMiB (see ramTailKiB); 0 for guests
+	// started on a QEMU 9.0 or later and in images saved before the tail
+	// existed, which load with exactly MemoryMiB.
 	TailKiB int64  `json:"tail_kib,omitempty"`
 	CPUs    int    `json:"cpus"`
 	Kernel  string `json:"kernel"`
@@ -186,7 +214,23 @@ type machine struct {
 	Append  string `json:"append"`
 }
 
-// ramTailKiB is added to every guest's RAM so that its size is not a
+// machineType is the -machine every guest gets: a versioned type, the same
+// on every QEMU that has it (7.2 and 10.0 both do), so a state saved by
+// one release loads on another. Plain "pc" is an alias for the newest
+// i440fx type of each release (pc-i440fx-7.2 on 7.2, pc-i440fx-10.0 on
+// 10.0): a 7.2 image did not load on 10.0 with it.
+const machineType = "pc-i440fx-7.2"
+
+// typeOf is m's machine type.
+func (m machine) typeOf() string {
+	if m.Type == "" {
+		return machineType
+	}
+	return m.Type
+}
+
+// ramTailKiB is added to a guest's RAM, on a QEMU older than 9.0 (the
+// node's version, see needsTail), so that its size is not a
 // multiple of 256 KiB (64 pages). QEMU 7.2 syncs the dirty bitmap of such a
 // RAM block a word (64 pages) at a time and, on that path, forgets to mark
 // the pages clean again in TCG's TLB: the guest's later stores through TLB
@@ -196,6 +240,8 @@ type machine struct {
 // 03bfc2188f, "physmem: Fix migration dirty bitmap coherency with TCG
 // memory access"). Any other size takes the page-at-a-time path, which
 // does reset the TLB. QEMU rounds RAM to 8 KiB, so 8 KiB is the least tail.
+// A guest keeps the tail it was started with (it is part of the saved
+// state's shape), on any node.
 const ramTailKiB = 8
 
 // shape validates spec and derives the machine for it.
@@ -216,9 +262,12 @@ func (d *Driver) shape(spec driver.Spec) (machine, error) {
 		return bad("cpus %g is negative", spec.CPUs)
 	}
 	if tail := spec.VM.RAMTailKiB; tail != nil && *tail != 0 && *tail != ramTailKiB {
-		return bad("ram_tail_kib %d: want 0 (a guest from an image saved without the tail) or %d", *tail, ramTailKiB)
+		return bad("ram_tail_kib %d: want 0 (a guest without the RAM tail) or %d", *tail, ramTailKiB)
 	}
-	m := machine{MemoryMiB: (spec.MemoryBytes + mib - 1) / mib, TailKiB: ramTailKiB, CPUs: int(spec.CPUs + 0.999)}
+	m := machine{Type: machineType, MemoryMiB: (spec.MemoryBytes + mib - 1) / mib, CPUs: int(spec.CPUs + 0.999)}
+	if d.needsTail() {
+		m.TailKiB = ramTailKiB
+	}
 	if spec.MemoryBytes == 0 {
 		m.MemoryMiB = d.cfg.DefaultMemoryBytes / mib
 	}

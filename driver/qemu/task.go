@@ -159,11 +159,10 @@ func migrateSock(taskDir string) string { return filepath.Join(sockDir(taskDir),
 
 // args builds QEMU's command line.
 func (d *Driver) args(t *task, m machine, r role) []string {
-	machineType := "pc,accel=" + d.accel
 	a := []string{
 		"-name", "ferry-" + t.id,
 		"-nodefaults", "-display", "none", "-no-user-config",
-		"-machine", machineType,
+		"-machine", m.typeOf() + ",accel=" + d.accel,
 		"-m", strconv.FormatInt(m.MemoryMiB<<10+m.TailKiB, 10) + "K",
 		"-smp", strconv.Itoa(m.CPUs),
 		"-kernel", m.Kernel,
