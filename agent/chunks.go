@@ -107,10 +107,20 @@ func (a *Agent) keeping(id string) func() {
 }
 
 func (a *Agent) waitKept(id string) {
-	if v, ok := keepsInFlight.Load(a.keepKey(id)); ok {
+	key := a.keepKey(id)
+	for {
+		v, ok := keepsInFlight.Load(key)
+		if !ok {
+			return
+		}
 		select {
 		case <-v.(chan struct{}):
 		case <-a.ctx.Done():
+			return
+		}
+		// A later keep of the task may have started meanwhile.
+		if cur, ok := keepsInFlight.Load(key); !ok || cur == v {
+			return
 		}
 	}
 }

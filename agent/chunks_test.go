@@ -58,7 +58,9 @@ func moveDir(t *testing.T, from, to *node, id, dir string) (transfer.SendResult,
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	to.agent.waitKept(id) // the receiver keeps the chunks after the commit
+	// Both sides keep the chunks after the transfer, in the background.
+	to.agent.waitKept(id)
+	from.agent.waitKept(id)
 	return sent, r.res
 }
 
@@ -134,8 +136,10 @@ func TestResumeFromPeerKeepsImageChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	// B received the image without an index (it had none of its chunks)
-	// and keeps its chunks after the commit; A keeps them after sending.
+	// and keeps its chunks after the commit; A keeps them once B released
+	// the image (before B's resume returned).
 	b.agent.waitKept("kept")
+	a.agent.waitKept("kept")
 	for _, n := range []*node{a, b} {
 		if _, err := n.agent.chunkStore().Pinned(imagePin("kept")); err != nil {
 			t.Fatalf("%s: %v", n.name, err)

@@ -92,6 +92,9 @@ func (a *Agent) sendImageCAS(w http.ResponseWriter, r *http.Request, rec *record
 	// with the destination's commit and restart; a receive of the task
 	// waits for it, and this send for the keep of the image it received.
 	a.waitKept(rec.ID)
+	// In flight from now (the keep itself registers when the send hands it
+	// over), so a waitKept after the fetch returned sees it.
+	defer a.keeping(rec.ID)()
 	settle := a.holdKeeps(rec.ID)
 	start := time.Now()
 	res, err := transfer.SendDir(a.ctx, conn, a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
