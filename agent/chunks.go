@@ -96,14 +96,20 @@ func (a *Agent) keepReceivedCheckpoint(rc *transfer.Receiver, id string) *transf
 // keeping marks task id's chunks as being added to the store until the
 // returned function is called; waitKept waits for that (or the agent's
 // end), so a transfer of the task looks them up only once they are there.
-func (a *Agent) keeping(id string) func() {
+// cancel, if not nil, abandons that keep (supersedeKeeps).
+func (a *Agent) keeping(id string, cancel context.CancelFunc) func() {
 	key := a.keepKey(id)
-	done := make(chan struct{})
-	keepsInFlight.Store(key, done)
+	run := &keepRun{done: make(chan struct{}), cancel: cancel}
+	keepsInFlight.Store(key, run)
 	return func() {
-		close(done)
-		keepsInFlight.CompareAndDelete(key, done)
+		close(run.done)
+		keepsInFlight.CompareAndDelete(key, run)
 	}
+}
+
+type keepRun struct {
+	done   chan struct{}
+	cancel context.CancelFunc
 }
 
 func (a *Agent) waitKept(id string) {
@@ -114,7 +120,7 @@ func (a *Agent) waitKept(id string) {
 			return
 		}
 		select {
-		case <-v.(chan struct{}):
+		case <-v.(*keepRun).done:
 		case <-a.ctx.Done():
 			return
 		}
@@ -125,8 +131,19 @@ func (a *Agent) waitKept(id string) {
 	}
 }
 
-// keepsInFlight: data dir + NUL + task id → a channel closed when the
-// chunks of the task's last received directory are in the store.
+// supersedeKeeps abandons the keep of task id in flight, if any, and waits
+// for it to stop: the task is leaving with a newer image, whose chunks the
+// send keeps. (Keeping the older image's chunks first would hold the move
+// up by seconds per GB.)
+func (a *Agent) supersedeKeeps(id string) {
+	if v, ok := keepsInFlight.Load(a.keepKey(id)); ok && v.(*keepRun).cancel != nil {
+		v.(*keepRun).cancel()
+	}
+	a.waitKept(id)
+}
+
+// keepsInFlight: data dir + NUL + task id → the *keepRun of the task's
+// last keep.
 var keepsInFlight sync.Map
 
 // keepSent makes a send add the image's chunks to the node's chunk store
@@ -156,7 +173,8 @@ func (a *Agent) background(id string) func(func(context.Context)) {
 		}
 		a.wg.Add(1)
 		a.mu.Unlock()
-		done := a.keeping(id)
+		ctx, cancel := context.WithCancel(a.ctx)
+		done := a.keeping(id, cancel)
 		var gate <-chan struct{}
 		if v, ok := keepGates.Load(a.keepKey(id)); ok {
 			gate = v.(*keepGate).ch
@@ -164,16 +182,17 @@ func (a *Agent) background(id string) func(func(context.Context)) {
 		go func() {
 			defer a.wg.Done()
 			defer done()
+			defer cancel()
 			if gate != nil {
 				t := time.NewTimer(keepGateMax)
 				select {
 				case <-gate:
 				case <-t.C:
-				case <-a.ctx.Done():
+				case <-ctx.Done():
 				}
 				t.Stop()
 			}
-			f(a.ctx)
+			f(ctx)
 		}()
 	}
 }

@@ -90,11 +90,12 @@ func (a *Agent) sendImageCAS(w http.ResponseWriter, r *http.Request, rec *record
 	// task coming back crosses as its changes), once the fetcher has
 	// released the image (handleRelease), so that work does not compete
 	// with the destination's commit and restart; a receive of the task
-	// waits for it, and this send for the keep of the image it received.
-	a.waitKept(rec.ID)
+	// waits for it. A keep of the image this node received for the task,
+	// still running, is abandoned: this newer image replaces it.
+	a.supersedeKeeps(rec.ID)
 	// In flight from now (the keep itself registers when the send hands it
 	// over), so a waitKept after the fetch returned sees it.
-	defer a.keeping(rec.ID)()
+	defer a.keeping(rec.ID, nil)()
 	settle := a.holdKeeps(rec.ID)
 	start := time.Now()
 	res, err := transfer.SendDir(a.ctx, conn, a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
