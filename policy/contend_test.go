@@ -389,11 +389,12 @@ func TestFerryMovesAWaitingJobsVMsWhereACoreIsFree(t *testing.T) {
 		{"ends before the move repays", []int64{0, 0, 0}, 30, true, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			// Node c is empty: more CPU free than b, but b holds c's
-			// other two VMs.
+			// Node c is empty: more CPU free than b (job x uses one of
+			// its cores), but b holds c's other two VMs.
 			v := vmView(3, 8,
 				vmJob{name: "w", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 1000},
-				vmJob{name: "c", nodes: []int{0, 1, 1}, cpu: c.cpu, mem: 1, wall: c.wall})
+				vmJob{name: "c", nodes: []int{0, 1, 1}, cpu: c.cpu, mem: 1, wall: c.wall},
+				vmJob{name: "x", nodes: []int{1}, cpu: []int64{1}, mem: 1, wall: 1000})
 			if c.soft {
 				v.Soft = map[int]bool{0: true}
 			}

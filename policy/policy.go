@@ -56,8 +56,13 @@ type Decision struct {
 	// Recheck, when after View.Now, is a time at which the decision may
 	// change with nothing else happening (a running job's predicted end,
 	// from its walltime estimate): a loop that decides only on events
-	// should decide again then. The controller decides at least every few
-	// periods anyway and may ignore it.
+	// should decide again then. Zero or not after View.Now: none. The
+	// simulator decides then (the earliest pending one; one not after the
+	// current instant is ignored, so time advances between rechecks). The
+	// controller ignores it: it re-decides when its store changes and at
+	// least every ten periods (controller.replanEvery); and Selective asks
+	// for one only where View.Soft marks the CPU time-shared, which the
+	// controller never sets.
 	Recheck int64
 }
 

@@ -78,15 +78,16 @@ type Selective struct {
 	// that window (Decision.Recheck).
 	Anticipate bool
 	// Gather, with Contend and only where the view marks the CPU
-	// time-shared, uses the moments a running job computes on none of its
-	// tasks (between two steps, every VM waiting for data) to move its
-	// tasks that sit on a node with no core free, if the job's remaining
-	// estimate repays Repay times the migration, to a node with a core
-	// free, the one holding most of its job's tasks first, then the one
-	// with most CPU free. When they wake, they compute without a move: the
-	// move of an idle task costs its job a downtime (parallel moves share
-	// it), the move of a waking one also costs every job computing on its
-	// node the sharing of a core while its memory crosses.
+	// time-shared, uses the moments a running migratable job of three
+	// tasks or more computes on none of its tasks (between two steps,
+	// every VM waiting for data) to move its tasks that sit on a node with
+	// no core free, if the job's remaining estimate repays Repay times the
+	// migration, to a node with a core free, the one holding most of its
+	// job's tasks first, then the one with most CPU free. When they wake,
+	// they compute without a move: the move of an idle task costs its job
+	// a downtime (parallel moves share it), the move of a waking one also
+	// costs every job computing on its node the sharing of a core while
+	// its memory crosses.
 	Gather bool
 }
 

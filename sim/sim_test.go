@@ -3,6 +3,7 @@ package sim_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -209,5 +210,61 @@ jobs:
 	}
 	if b := r.Jobs[1]; b.End != ended+300 {
 		t.Fatalf("b ended at %d, want %d (running from a's end)", b.End, ended+300)
+	}
+}
+
+// rechecker is FCFS asking for a recheck at recheck(now), and recording
+// when it decides. It fails the run past 1,000 decisions: a recheck at
+// the current instant must not make the engine decide forever.
+type rechecker struct {
+	policy.FCFS
+	recheck func(now int64) int64
+	at      []int64
+}
+
+func (r *rechecker) Decide(v *policy.View) (policy.Decision, error) {
+	r.at = append(r.at, v.Now)
+	if len(r.at) > 1000 {
+		return policy.Decision{}, errors.New("1,000 decisions: the engine decides again at the same instant")
+	}
+	d, err := r.FCFS.Decide(v)
+	d.Recheck = r.recheck(v.Now)
+	return d, err
+}
+
+func TestTheEngineDecidesAtTheEarliestRecheckAndIgnoresOneNotInTheFuture(t *testing.T) {
+	// a runs from 0 to about 1000 s, b arrives at 50: nothing else
+	// happens at 200 or 400. Before b, the policy asks for 400; from b
+	// on, for 200 (earlier: it must be honoured though 400 is pending);
+	// from 200 on, for the current instant or before (ignored).
+	w, err := workload.ParseScenario(strings.NewReader(`
+nodes: {count: 1, cpu: 2, memory_mib: 2048}
+durations: {disk_mbps: 100, net_mbps: 117, latency: 1, boot: 1, shutdown: 1}
+jobs:
+  - {name: a, submit: 0, tasks: 1, cpu: 1, memory_mib: 512, work: 1000, walltime: 1000}
+  - {name: b, submit: 50, tasks: 1, cpu: 1, memory_mib: 512, work: 1000, walltime: 1000}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &rechecker{recheck: func(now int64) int64 {
+		switch {
+		case now < 50:
+			return 400
+		case now < 200:
+			return 200
+		case now%2 == 0:
+			return now
+		default:
+			return now - 1
+		}
+	}}
+	run(t, w, p)
+	decided := map[int64]int{}
+	for _, at := range p.at {
+		decided[at]++
+	}
+	if decided[200] != 1 || decided[400] != 1 {
+		t.Fatalf("decisions at %v: want one at 200 (asked for after 400) and one at 400", p.at)
 	}
 }
