@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -220,7 +221,44 @@ func DecodeTree(b []byte, maxSize int64) (*Tree, error) {
 	if len(rest) != 0 {
 		return nil, fmt.Errorf("%w: TREE: %d trailing bytes", cas.ErrInvalid, len(rest))
 	}
+	for i, e := range t.Entries {
+		if e.Type == treeSymlink {
+			if err := symlinkNotThroughLinks(e.Path, e.Target, seen); err != nil {
+				return nil, fmt.Errorf("TREE entry %d: %w", i, err)
+			}
+		}
+	}
 	return t, nil
+}
+
+// symlinkNotThroughLinks refuses a symlink whose target passes through
+// another symlink of the tree before its last element: symlinkInside
+// checks each target lexically from its own directory, which a chain
+// defeats (a/up -> "..", then x -> "a/up/../../y" is "y" lexically but
+// resolves beside the tree). With every symlink inside by itself and no
+// target going through one, every target resolves inside the tree.
+func symlinkNotThroughLinks(name, target string, types map[string]byte) error {
+	var at []string
+	if d := path.Dir(name); d != "." {
+		at = strings.Split(d, "/")
+	}
+	els := strings.Split(target, "/")
+	for j, el := range els {
+		switch el {
+		case "", ".":
+		case "..":
+			if len(at) == 0 {
+				return fmt.Errorf("%w: symlink %q -> %q points outside the destination (path traversal)", cas.ErrInvalid, name, target)
+			}
+			at = at[:len(at)-1]
+		default:
+			at = append(at, el)
+			if j < len(els)-1 && types[strings.Join(at, "/")] == treeSymlink {
+				return fmt.Errorf("%w: symlink %q -> %q goes through the symlink %q (path traversal)", cas.ErrInvalid, name, target, strings.Join(at, "/"))
+			}
+		}
+	}
+	return nil
 }
 
 // walkTree lists dir: regular files, directories and symlinks with their
@@ -368,7 +406,7 @@ func sendTree(ctx context.Context, conn io.ReadWriter, dir string, t *Tree, opts
 	// Pieces are cut and hashed on their own goroutine, ahead of the stream.
 	segs := make(chan *txSeg, 2)
 	quit := make(chan struct{})
-	defer close(quit)
+	defer stopIndexing(quit, segs)
 	go indexTree(ctx, t, fileOpener(dir, t), chunking, segs, quit)
 
 	all := &cas.Index{Version: cas.IndexV2, Chunking: chunking}
@@ -662,10 +700,11 @@ func fileOpener(dir string, t *Tree) func(int) (*os.File, error) {
 func treeIndex(ctx context.Context, t *Tree, open func(int) (*os.File, error)) (*cas.Index, error) {
 	segs := make(chan *txSeg, 2)
 	quit := make(chan struct{})
-	defer close(quit)
+	defer stopIndexing(quit, segs)
 	go indexTree(ctx, t, open, cas.CDC, segs, quit)
 	all := &cas.Index{Version: cas.IndexV2, Chunking: cas.CDC}
 	var err error
+	var cur *os.File // the file of the pieces being taken
 	for s := range segs {
 		if s.err != nil {
 			err = s.err
@@ -673,9 +712,14 @@ func treeIndex(ctx context.Context, t *Tree, open func(int) (*os.File, error)) (
 		}
 		all.Entries = append(all.Entries, s.x.Entries...)
 		all.Size += s.x.Size
+		cur = s.f
 		if s.last {
 			s.f.Close()
+			cur = nil
 		}
+	}
+	if cur != nil {
+		cur.Close()
 	}
 	if err != nil {
 		return nil, err
@@ -690,6 +734,11 @@ func treeIndex(ctx context.Context, t *Tree, open func(int) (*os.File, error)) (
 func indexTree(ctx context.Context, t *Tree, open func(int) (*os.File, error), chunking cas.Chunking, segs chan<- *txSeg, quit <-chan struct{}) {
 	defer close(segs)
 	put := func(s *txSeg) bool {
+		select {
+		case <-quit:
+			return false
+		default:
+		}
 		select {
 		case segs <- s:
 			return true
@@ -739,6 +788,18 @@ func indexTree(ctx context.Context, t *Tree, open func(int) (*os.File, error), c
 				}
 				return
 			}
+		}
+	}
+}
+
+// stopIndexing ends an indexTree: it closes quit and drains segs until
+// indexTree has returned, closing the file of every first piece nobody
+// took (whoever takes a file's first piece closes the file).
+func stopIndexing(quit chan struct{}, segs <-chan *txSeg) {
+	close(quit)
+	for s := range segs {
+		if s.f != nil && s.off == 0 {
+			s.f.Close()
 		}
 	}
 }

@@ -207,6 +207,10 @@ func TestDecodeTreeRefusals(t *testing.T) {
 		{"dir size", treeBytes(TreeEntry{Path: "d", Type: treeDir, Size: 3}), "has size"},
 		{"link out", treeBytes(TreeEntry{Path: "l", Type: treeSymlink, Target: "../../etc/passwd"}), "outside"},
 		{"link abs", treeBytes(TreeEntry{Path: "l", Type: treeSymlink, Target: "/etc/passwd"}), "absolute"},
+		{"link chain", treeBytes(TreeEntry{Path: "a", Type: treeDir, Mode: 0o755}, TreeEntry{Path: "a/up", Type: treeSymlink, Target: ".."},
+			TreeEntry{Path: "x", Type: treeSymlink, Target: "a/up/../../etc/passwd"}), "goes through the symlink"},
+		{"link chain listed first", treeBytes(TreeEntry{Path: "x", Type: treeSymlink, Target: "a/up/../y"}, TreeEntry{Path: "a", Type: treeDir, Mode: 0o755},
+			TreeEntry{Path: "a/up", Type: treeSymlink, Target: ".."}), "goes through the symlink"},
 		{"target on file", treeBytes(TreeEntry{Path: "f", Type: treeFile, Target: "x"}), "only a symlink"},
 		{"device", treeBytes(TreeEntry{Path: "c", Type: 'c'}), "not accepted"},
 	} {
