@@ -4,15 +4,16 @@
 # into build/guest/. Leaves stable paths:
 #   build/guest/vmlinuz      the kernel
 #   build/guest/VERSION      the versioned package it came from
-# Also makes sure qemu-system-x86 and busybox-static are installed.
+# Also makes sure busybox-static and QEMU 9.0 or later (scripts/install-qemu.sh)
+# are installed.
 # Idempotent: a second run only checks and returns quickly. Never commit
 # anything under build/ (it is gitignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=build/guest
 
+scripts/install-qemu.sh
 need=()
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
 	echo "fetch-guest: installing ${need[*]}"
