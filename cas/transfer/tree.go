@@ -1429,6 +1429,13 @@ func makeTree(dir string, t *Tree, reuse bool) error {
 			}
 		}
 		if err != nil {
+			// The filesystem's own errors (no space, no permission) are
+			// this node's, not the sender's: they pass through as they are.
+			var pe *fs.PathError
+			var le *os.LinkError
+			if errors.As(err, &pe) || errors.As(err, &le) {
+				return fmt.Errorf("transfer: receive tree: entry %d %q: %w", i, e.Path, err)
+			}
 			return fmt.Errorf("%w: tree entry %d %q: %v", cas.ErrInvalid, i, e.Path, err)
 		}
 	}

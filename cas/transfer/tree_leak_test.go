@@ -2,14 +2,18 @@ package transfer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferrycluster/ferry/cas"
 )
 
 // openUnder lists this process's open files under dir.
@@ -54,5 +58,20 @@ func TestTreeSendClosesFilesOnError(t *testing.T) {
 		if open := openUnder(t, src); len(open) != 0 {
 			t.Fatalf("after a failed send, open: %v", open)
 		}
+	}
+}
+
+// TestMakeTreeReportsLocalFailuresAsLocal: a filesystem error while the
+// receiver lays a tree out is this node's (no space, no permission, a
+// leftover in the way), not the sender's fault, so it is not ErrInvalid.
+func TestMakeTreeReportsLocalFailuresAsLocal(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tree")
+	if err := os.MkdirAll(filepath.Join(dir, "f"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tr := &Tree{Entries: []TreeEntry{{Path: "f", Type: treeFile, Mode: 0o600, Size: 1}}}
+	err := makeTree(dir, tr, true)
+	if err == nil || errors.Is(err, cas.ErrInvalid) || !errors.Is(err, syscall.EISDIR) {
+		t.Fatalf("a directory left where a file goes: got %v, want a local EISDIR, not ErrInvalid", err)
 	}
 }
