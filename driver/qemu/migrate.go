@@ -62,11 +62,18 @@ func (mi migrateInfo) progress() driver.Progress {
 // shellQuote quotes s for /bin/sh (QEMU runs exec: URIs through it).
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// warmUpSink receives a warm-up migration: it reads the first 64 KiB of the
+// warmUpSink receives a warm-up migration: it reads the first 4 MiB of the
 // stream and exits, so QEMU's next write fails and the migration ends by
-// itself — it can never complete (even a 48 MiB guest's stream is larger),
-// so the guest is never paused, whether or not a driver is watching.
-const warmUpSink = "exec:head -c 65536 >/dev/null"
+// itself — it cannot complete (a running guest's stream is larger), so the
+// guest is never paused, whether or not a driver is watching. At
+// warmUpBandwidth that takes seconds, so the driver's migrate_cancel comes
+// first: QEMU reports "cancelled" only once it has cleaned the migration
+// up, while "failed" is reported before, and a migrate issued in between
+// would race that clean-up.
+const warmUpSink = "exec:head -c 4194304 >/dev/null"
+
+// warmUpBandwidth caps a warm-up migration after its setup (bytes/s).
+const warmUpBandwidth = 1 << 20
 
 // warmUp starts, in the background, a migration of t that ends right after
 // its setup phase. That setup is a QEMU's first dirty-bitmap sync over all
@@ -173,6 +180,10 @@ func (t *task) warm(ctx context.Context) (bool, migrateInfo, error) {
 		{"capability": "postcopy-ram", "state": false},
 	}
 	if err := t.execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+		return false, migrateInfo{}, err
+	}
+	// setMigration sets it again for a real migration.
+	if err := t.execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": warmUpBandwidth}, nil); err != nil {
 		return false, migrateInfo{}, err
 	}
 	t.mu.Lock()
@@ -395,6 +406,19 @@ func (t *task) ensureRunning(ctx context.Context) error {
 	}
 	if err := t.execute(ctx, "query-status", nil, &qs); err != nil {
 		return err
+	}
+	// QEMU 9 and later report a migration "completed" while the guest is
+	// still in finish-migrate, and refuse cont ("Migration is not finalized
+	// yet") until the migration is cleaned up: wait for that.
+	for qs.Status == "finish-migrate" {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: qemu task %q: still finishing its migration: %v", driver.ErrTimeout, t.id, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if err := t.execute(ctx, "query-status", nil, &qs); err != nil {
+			return err
+		}
 	}
 	if qs.Status == "running" {
 		return nil
