@@ -72,6 +72,10 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 // would race that clean-up.
 const warmUpSink = "exec:head -c 4194304 >/dev/null"
 
+// defaultDowntimeLimitMS is QEMU's own default downtime limit, set for a
+// migration whose options give none.
+const defaultDowntimeLimitMS = 300
+
 // warmUpBandwidth caps a warm-up migration after its setup (bytes/s).
 const warmUpBandwidth = 1 << 20
 
@@ -140,8 +144,21 @@ type warmUpRun struct {
 // only what was written since the one before).
 var warmUpAfterStart = []time.Duration{10 * time.Second, 60 * time.Second}
 
-// warmUpLater schedules t's warm-ups after a boot.
+// warmUpSoon warms t up now if its first sync would be slow: only guests
+// with the RAM tail sync page by page; without it (QEMU 9.0 and later) a
+// first sync takes a few ms (docs/vm.md "Which QEMU"), so nothing is done.
+func (d *Driver) warmUpSoon(t *task) {
+	if t.machine.TailKiB != 0 {
+		d.warmUp(t)
+	}
+}
+
+// warmUpLater schedules t's warm-ups after a boot (guests with the RAM
+// tail only, as warmUpSoon).
 func (d *Driver) warmUpLater(t *task) {
+	if t.machine.TailKiB == 0 {
+		return
+	}
 	for _, after := range warmUpAfterStart {
 		time.AfterFunc(after, func() {
 			if cur, err := d.lookup(t.id); err == nil && cur == t {
@@ -270,14 +287,14 @@ func (t *task) setMigration(ctx context.Context, opts driver.MigrationOptions) e
 	if bw <= 0 {
 		bw = unlimitedBandwidth
 	}
-	params := map[string]any{"max-bandwidth": bw}
+	// The downtime limit is always set: QEMU keeps parameters between
+	// migrations, so a move without one would inherit the last operation's
+	// (a checkpoint's 100 ms, say) instead of QEMU's default.
+	ms := int64(defaultDowntimeLimitMS)
 	if opts.MaxDowntime > 0 {
-		ms := opts.MaxDowntime.Milliseconds()
-		if ms < 1 {
-			ms = 1
-		}
-		params["downtime-limit"] = ms
+		ms = max(opts.MaxDowntime.Milliseconds(), 1)
 	}
+	params := map[string]any{"max-bandwidth": bw, "downtime-limit": ms}
 	return t.execute(ctx, "migrate-set-parameters", params, nil)
 }
 
@@ -565,7 +582,7 @@ func (d *Driver) Resume(ctx context.Context, spec driver.Spec, dir string) error
 		return fail(err)
 	}
 	t.setOp(opNone)
-	d.warmUp(t)
+	d.warmUpSoon(t)
 	d.log.Info("resumed", "task", spec.ID, "from", dir, "took", time.Since(began))
 	return nil
 }
@@ -723,7 +740,7 @@ func (d *Driver) FinishIncoming(ctx context.Context, id string) error {
 		return err
 	}
 	t.setOp(opNone)
-	d.warmUp(t)
+	d.warmUpSoon(t)
 	d.log.Info("finished incoming", "task", id)
 	return nil
 }

@@ -52,6 +52,23 @@ func TestWarmUp(t *testing.T) {
 	}
 	last = waitCounter(t, a, s.ID, 0, last)
 
+	// A move without a downtime limit gets QEMU's default, not the one the
+	// operation before it set (QEMU keeps parameters between migrations).
+	for _, o := range []struct {
+		opts driver.MigrationOptions
+		want int64
+	}{{driver.MigrationOptions{MaxDowntime: 100 * time.Millisecond}, 100}, {driver.MigrationOptions{}, defaultDowntimeLimitMS}} {
+		if err := ta.setMigration(ctx, o.opts); err != nil {
+			t.Fatal(err)
+		}
+		var p struct {
+			DowntimeLimit int64 `json:"downtime-limit"`
+		}
+		if err := ta.execute(ctx, "query-migrate-parameters", nil, &p); err != nil || p.DowntimeLimit != o.want {
+			t.Fatalf("after setMigration(%+v) downtime-limit is %d ms (err %v), want %d", o.opts, p.DowntimeLimit, err, o.want)
+		}
+	}
+
 	a.warmUp(ta) // in flight while the move starts
 	sock, err := b.PrepareIncoming(ctx, s)
 	if err != nil {
