@@ -1002,13 +1002,17 @@ func (rc *Receiver) serveTree(ctx context.Context, r *frameReader, w *frameWrite
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
-		return err
-	}
-	if err := swapDir(tmp, dest, h.ID); err != nil {
+	closeKept := func() {
 		for _, f := range keepFiles {
 			f.Close()
 		}
+	}
+	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
+		closeKept()
+		return err
+	}
+	if err := swapDir(tmp, dest, h.ID); err != nil {
+		closeKept()
 		return err
 	}
 	os.Remove(rc.treeState(h))
