@@ -50,7 +50,7 @@ func moveDir(t *testing.T, from, to *node, id, dir string) (transfer.SendResult,
 	}
 	defer c.Close()
 	from.agent.waitKept(id) // as sendImageCAS does
-	sent, err := transfer.SendDir(ctx, c, dir, t.TempDir(), from.agent.keepSent(transfer.SendOptions{ID: id + "-move", Name: "image"}, id))
+	sent, err := transfer.SendDir(ctx, c, dir, from.agent.keepSent(transfer.SendOptions{ID: id + "-move", Name: "image"}, id))
 	if err != nil {
 		t.Fatal(err)
 	}

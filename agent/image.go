@@ -98,7 +98,7 @@ func (a *Agent) sendImageCAS(w http.ResponseWriter, r *http.Request, rec *record
 	defer a.keeping(rec.ID, nil)()
 	settle := a.holdKeeps(rec.ID)
 	start := time.Now()
-	res, err := transfer.SendDir(a.ctx, conn, a.store.imageDir(rec.ID), filepath.Join(a.cfg.DataDir, "run"),
+	res, err := transfer.SendDir(a.ctx, conn, a.store.imageDir(rec.ID),
 		a.keepSent(transfer.SendOptions{ID: fmt.Sprintf("%s-e%d", rec.ID, rec.Epoch), Name: "image", Logger: a.log}, rec.ID))
 	if err != nil {
 		settle()

@@ -406,7 +406,7 @@ func (a *Agent) pushReplica(ctx context.Context, s *snapshot) (transfer.SendResu
 	defer conn.Close()
 	a.track(conn)
 	defer a.untrack(conn)
-	return transfer.SendDir(ctx, conn, s.dir, filepath.Join(a.cfg.DataDir, "run"),
+	return transfer.SendDir(ctx, conn, s.dir,
 		transfer.SendOptions{ID: "replica-" + pinName(s.meta.Task) + "-" + s.meta.dirName(), Name: s.meta.dirName(), Logger: a.log})
 }
 
@@ -772,7 +772,7 @@ func (a *Agent) handleReplicaFetch(w http.ResponseWriter, r *http.Request) {
 	// send (and its temporary copy) until the agent closes.
 	ctx, cancel := context.WithTimeout(a.ctx, pushTimeout(m.Bytes))
 	defer cancel()
-	res, err := transfer.SendDir(ctx, conn, filepath.Join(tmp, replicaDataDir), filepath.Join(a.cfg.DataDir, "run"),
+	res, err := transfer.SendDir(ctx, conn, filepath.Join(tmp, replicaDataDir),
 		transfer.SendOptions{ID: "restore-" + pinName(id) + "-" + m.dirName(), Name: "image", Logger: a.log})
 	if err != nil {
 		a.log.Warn("send replica", "task", id, "to", caller, "err", err)

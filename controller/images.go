@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -31,8 +30,6 @@ import (
 // agent fetches the image before it boots the guest.
 type ImageServer struct {
 	Images *image.Store
-	// TmpDir stages the packed image while it is sent.
-	TmpDir string
 	Logger *slog.Logger
 
 	mu   sync.Mutex
@@ -70,10 +67,6 @@ func (s *ImageServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, fmt.Errorf("%w: image %s is not on this server: %v", store.ErrNotFound, id, err))
 		return
 	}
-	if err := os.MkdirAll(s.TmpDir, 0o700); err != nil {
-		writeErr(w, err)
-		return
-	}
 	conn, err := transfer.AcceptUpgrade(w, r, transfer.GuestImageProtocol, nil)
 	if err != nil {
 		return
@@ -86,7 +79,7 @@ func (s *ImageServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer s.untrack(conn)
 	ctx, cancel := context.WithTimeout(life, 30*time.Minute)
 	defer cancel()
-	res, err := transfer.SendDir(ctx, conn, img.Dir, s.TmpDir, transfer.SendOptions{ID: "guest-image-" + id, Name: "image", Logger: s.Logger})
+	res, err := transfer.SendDir(ctx, conn, img.Dir, transfer.SendOptions{ID: "guest-image-" + id, Name: "image", Logger: s.Logger})
 	s.mu.Lock()
 	s.sent = append(s.sent, ImageSent{ID: id, Node: node, SendResult: res, Err: err})
 	s.mu.Unlock()
@@ -147,7 +140,7 @@ func (s *ImageServer) Sent() []ImageSent {
 
 // newImageServer serves DIR/images of the server's data dir.
 func newImageServer(dataDir string, lg *slog.Logger) *ImageServer {
-	return &ImageServer{Images: &image.Store{Dir: filepath.Join(dataDir, "images")}, TmpDir: filepath.Join(dataDir, "run"),
+	return &ImageServer{Images: &image.Store{Dir: filepath.Join(dataDir, "images")},
 		Logger: lg.With("component", "images")}
 }
 

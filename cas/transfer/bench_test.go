@@ -106,7 +106,7 @@ func BenchmarkLoopback(b *testing.B) {
 				}, func(c net.Conn) error {
 					start := time.Now()
 					if isDir {
-						_, err := SendDir(context.Background(), c, srcDir, "", SendOptions{ID: fmt.Sprint("b", i), Name: "out"})
+						_, err := SendDir(context.Background(), c, srcDir, SendOptions{ID: fmt.Sprint("b", i), Name: "out"})
 						return err
 					}
 					_, err := SendFile(context.Background(), c, src, SendOptions{ID: fmt.Sprint("b", i), Name: "out", Chunking: v.chunking, Index: x,

@@ -380,3 +380,16 @@ func encodeResult(err error) []byte {
 	}
 	return append([]byte{1}, msg...)
 }
+
+// decodeResult reads a RESULT payload: nil for success, else ErrRemote
+// with the receiver's reason (sanitized).
+func decodeResult(b []byte) error {
+	if len(b) > 0 && b[0] == 0 {
+		return nil
+	}
+	reason := ""
+	if len(b) > 1 {
+		reason = sanitize(string(b[1:]))
+	}
+	return fmt.Errorf("%w: receiver: %s", ErrRemote, reason)
+}

@@ -152,12 +152,8 @@ func send(ctx context.Context, conn io.ReadWriter, src *os.File, h Header, opts 
 	if b, err = r.payload(t, n, b); err != nil {
 		return res, err
 	}
-	if len(b) == 0 || b[0] != 0 {
-		reason := ""
-		if len(b) > 1 {
-			reason = sanitize(string(b[1:]))
-		}
-		return res, fmt.Errorf("%w: receiver: %s", ErrRemote, reason)
+	if err := decodeResult(b); err != nil {
+		return res, err
 	}
 	prog.phase(PhaseComplete)
 	if opts.Keep != nil && opts.KeepAs != "" {

@@ -314,7 +314,7 @@ func TestDirTransfer(t *testing.T) {
 	addr, out := listen(t, rc)
 	// An older checkpoint at the destination is replaced whole.
 	os.MkdirAll(filepath.Join(rc.DestDir, "ckpt", "old-only"), 0o755)
-	if _, err := SendDir(context.Background(), dial(t, addr), src, t.TempDir(), SendOptions{ID: "d1", Name: "ckpt"}); err != nil {
+	if _, err := SendDir(context.Background(), dial(t, addr), src, SendOptions{ID: "d1", Name: "ckpt"}); err != nil {
 		t.Fatal(err)
 	}
 	r := <-out
@@ -346,7 +346,7 @@ func TestDirTransfer(t *testing.T) {
 	f, _ := os.OpenFile(filepath.Join(src, "state.bin"), os.O_WRONLY, 0)
 	f.WriteAt([]byte("changed"), 1000)
 	f.Close()
-	res, err := SendDir(context.Background(), dial(t, addr), src, t.TempDir(), SendOptions{ID: "d2", Name: "ckpt"})
+	res, err := SendDir(context.Background(), dial(t, addr), src, SendOptions{ID: "d2", Name: "ckpt"})
 	if err != nil {
 		t.Fatal(err)
 	}

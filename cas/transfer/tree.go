@@ -311,9 +311,8 @@ func walkTree(dir string) (*Tree, error) {
 // symlinks, with their permission bits (owners and special files are not
 // carried) — as its files, piece by piece (see the comment at the top of
 // tree.go): hashing overlaps the stream, nothing is staged or packed, and
-// only the chunks the receiver lacks cross. opts.Index is not used;
-// tmpDir is not used any more (the tar it held is gone).
-func SendDir(ctx context.Context, conn io.ReadWriter, dir, tmpDir string, opts SendOptions) (SendResult, error) {
+// only the chunks the receiver lacks cross. opts.Index is not used.
+func SendDir(ctx context.Context, conn io.ReadWriter, dir string, opts SendOptions) (SendResult, error) {
 	t, err := walkTree(dir)
 	if err != nil {
 		return SendResult{}, err
@@ -512,14 +511,7 @@ func treeResult(nextAnswer func(string) (answer, error)) error {
 	if a.t != msgResult {
 		return fmt.Errorf("%w: got %s while waiting for RESULT", ErrProtocol, a.t)
 	}
-	if len(a.b) == 0 || a.b[0] != 0 {
-		reason := ""
-		if len(a.b) > 1 {
-			reason = sanitize(string(a.b[1:]))
-		}
-		return fmt.Errorf("%w: receiver: %s", ErrRemote, reason)
-	}
-	return nil
+	return decodeResult(a.b)
 }
 
 // sendTreeRaw sends t's files as DATA frames (MODE raw), then keeps their

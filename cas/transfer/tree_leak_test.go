@@ -51,7 +51,7 @@ func TestTreeSendClosesFilesOnError(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 			b.Close()
 		}()
-		if _, err := SendDir(context.Background(), a, src, "", SendOptions{ID: "x", Name: "ckpt"}); err == nil {
+		if _, err := SendDir(context.Background(), a, src, SendOptions{ID: "x", Name: "ckpt"}); err == nil {
 			t.Fatal("a send whose receiver hung up succeeded")
 		}
 		a.Close()

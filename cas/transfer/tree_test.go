@@ -74,7 +74,7 @@ func TestTreeRawThenIndexed(t *testing.T) {
 	kept := make(chan func(context.Context), 1)
 	rc.Background = func(f func(context.Context)) { kept <- f }
 	addr, out := listen(t, rc)
-	res, err := SendDir(context.Background(), dial(t, addr), src, "", SendOptions{ID: "t1", Name: "ckpt"})
+	res, err := SendDir(context.Background(), dial(t, addr), src, SendOptions{ID: "t1", Name: "ckpt"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestTreeRawThenIndexed(t *testing.T) {
 	f.WriteAt([]byte("changed"), 5<<20)
 	f.Close()
 	os.WriteFile(filepath.Join(src, "sub", "new"), []byte("new file"), 0o640)
-	res, err = SendDir(context.Background(), dial(t, addr), src, "", SendOptions{ID: "t2", Name: "ckpt"})
+	res, err = SendDir(context.Background(), dial(t, addr), src, SendOptions{ID: "t2", Name: "ckpt"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +123,7 @@ func TestTreeRawCutResumes(t *testing.T) {
 	rc.Fresh = func(Header) bool { return true }
 	addr, out := listen(t, rc)
 	c := &cutConn{Conn: dial(t, addr), budget: 6 << 20}
-	if _, err := SendDir(context.Background(), c, src, "", SendOptions{ID: "ck", Name: "ckpt"}); err == nil {
+	if _, err := SendDir(context.Background(), c, src, SendOptions{ID: "ck", Name: "ckpt"}); err == nil {
 		t.Fatal("send through a cut connection succeeded")
 	}
 	first := <-out
@@ -133,7 +133,7 @@ func TestTreeRawCutResumes(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(rc.DestDir, "ckpt")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("a partial tree was committed")
 	}
-	res, err := SendDir(context.Background(), dial(t, addr), src, "", SendOptions{ID: "ck", Name: "ckpt"})
+	res, err := SendDir(context.Background(), dial(t, addr), src, SendOptions{ID: "ck", Name: "ckpt"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestTreeManyPieces(t *testing.T) {
 		rc := newReceiver(t, nil)
 		rc.Fresh = func(Header) bool { return raw }
 		addr, out := listen(t, rc)
-		res, err := SendDir(context.Background(), dial(t, addr), src, "", SendOptions{ID: "p", Name: "ckpt"})
+		res, err := SendDir(context.Background(), dial(t, addr), src, SendOptions{ID: "p", Name: "ckpt"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -354,7 +354,7 @@ func TestTreeSenderKeepsAfterTheDirectoryGoes(t *testing.T) {
 		rc.Fresh = func(Header) bool { return raw }
 		addr, out := listen(t, rc)
 		store := openStore(t)
-		res, err := SendDir(context.Background(), dial(t, addr), src, "", SendOptions{ID: "k", Name: "ckpt", Keep: store, KeepAs: "image-k",
+		res, err := SendDir(context.Background(), dial(t, addr), src, SendOptions{ID: "k", Name: "ckpt", Keep: store, KeepAs: "image-k",
 			Progress: func(p Progress) {
 				if p.Phase == PhaseComplete {
 					os.RemoveAll(src)
