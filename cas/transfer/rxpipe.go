@@ -270,7 +270,7 @@ func (p *rxPipeline) write(bt *rxBatch) error {
 }
 
 // writeback starts the kernel writing a partial file back to disk every
-// writebackEvery bytes (asynchronously: sync_file_range on Linux), so the
+// disk.Step bytes (asynchronously: sync_file_range on Linux), so the
 // one fsync at the end of a transfer finds little left to do while the
 // network is still busy. It does not make anything durable by itself.
 type writeback struct {
@@ -280,9 +280,7 @@ type writeback struct {
 	lo, hi  int64 // the range written since the last start
 }
 
-const writebackEvery = 16 << 20
-
-// wrote notes n bytes written to f at off; every writebackEvery bytes it
+// wrote notes n bytes written to f at off; every disk.Step bytes it
 // queues the range written since the last time (only that: asking for the
 // whole file each time makes the kernel walk every page written so far).
 func (w *writeback) wrote(f *os.File, off, n int64) {
@@ -299,7 +297,7 @@ func (w *writeback) wrote(f *os.File, off, n int64) {
 		w.lo, w.hi = min(w.lo, off), max(w.hi, off+n)
 	}
 	w.pending += n
-	if w.pending >= writebackEvery {
+	if w.pending >= disk.Step {
 		w.start()
 	}
 }
