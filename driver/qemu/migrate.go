@@ -254,6 +254,17 @@ func (t *task) warm(ctx context.Context) (bool, migrateInfo, error) {
 }
 
 // waitWarm waits until no warm-up migration of t is in flight.
+// listenIncoming has a QEMU started with -incoming defer take its state
+// from uri, with MIGRATION events on so waitIncoming hears the state is in
+// without waiting for its next poll.
+func (t *task) listenIncoming(ctx context.Context, uri string) error {
+	caps := []map[string]any{{"capability": "events", "state": true}}
+	if err := t.execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+		return err
+	}
+	return t.execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil)
+}
+
 func (t *task) waitWarm(ctx context.Context) error {
 	t.mu.Lock()
 	w := t.warming
@@ -471,10 +482,12 @@ func (d *Driver) Suspend(ctx context.Context, id, dir string) (driver.Image, err
 		}
 		return driver.Image{}, err
 	}
-	if err := t.execute(ctx, "stop", nil, nil); err != nil {
+	// Settings first: they wait for a warm-up in flight, and the guest
+	// should run, not sit paused, while they do.
+	if err := t.setMigration(ctx, driver.MigrationOptions{}); err != nil {
 		return fail(err)
 	}
-	if err := t.setMigration(ctx, driver.MigrationOptions{}); err != nil {
+	if err := t.execute(ctx, "stop", nil, nil); err != nil {
 		return fail(err)
 	}
 	if _, err := t.runMigration(ctx, "exec:cat > "+shellQuote(tmp), false, nil); err != nil {
@@ -572,7 +585,7 @@ func (d *Driver) Resume(ctx context.Context, spec driver.Spec, dir string) error
 	if err := d.launch(ctx, t, spec, m, roleIncoming); err != nil {
 		return fail(err)
 	}
-	if err := t.execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(state)}, nil); err != nil {
+	if err := t.listenIncoming(ctx, "exec:cat "+shellQuote(state)); err != nil {
 		return fail(err)
 	}
 	if err := t.waitIncoming(ctx); err != nil {
@@ -662,15 +675,8 @@ func (d *Driver) PrepareIncoming(ctx context.Context, spec driver.Spec) (string,
 	if err := t.execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": cap}, nil); err != nil {
 		d.log.Debug("post-copy unavailable on destination", "task", spec.ID, "err", err)
 	}
-	// MIGRATION events tell FinishIncoming the state is in without
-	// waiting for its next poll.
-	cap = []map[string]any{{"capability": "events", "state": true}}
-	if err := t.execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": cap}, nil); err != nil {
-		d.discard(t)
-		return "", err
-	}
 	sock := migrateSock(t.dir)
-	if err := t.execute(ctx, "migrate-incoming", map[string]any{"uri": "unix:" + sock}, nil); err != nil {
+	if err := t.listenIncoming(ctx, "unix:"+sock); err != nil {
 		d.discard(t)
 		return "", err
 	}
