@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"sort"
 
 	"github.com/ferrycluster/ferry/cluster"
@@ -46,11 +47,17 @@ type Packer struct {
 	m     *cluster.Model
 	free  [][]int64
 	drain map[int]bool
-	// slot cache: how many tasks of a demand fit, invalidated on change.
-	slots map[[4]int64]int
+	// slots caches, per demand (up to maxSlotKeys of them), how many
+	// tasks of that demand fit on each node and in all; put updates the
+	// one node it changes.
+	slots []slotCount
 	// Placement: chosen node per task index of the model (-1 none).
 	Placement []int
 	order     []int
+	// uniform's answer for the last tasks slice it was asked about.
+	uniFirst *int
+	uniLen   int
+	uni      bool
 	// SpreadIdle, a resource index or -1, places tasks that use none of it
 	// now on the node with the most of it free (worst fit) instead of
 	// first fit: a waiting VM then finds CPU when it wakes up.
@@ -68,12 +75,14 @@ type Packer struct {
 
 // NewPacker starts with every online, non-draining node's whole capacity.
 func NewPacker(v *View) *Packer {
-	p := &Packer{m: v.Model, drain: v.Draining, slots: map[[4]int64]int{}, SpreadIdle: -1}
+	p := &Packer{m: v.Model, drain: v.Draining, SpreadIdle: -1}
+	nr := len(v.Model.Resources)
 	p.free = make([][]int64, len(v.Model.Nodes))
+	flat := make([]int64, len(v.Model.Nodes)*nr)
 	for i, n := range v.Model.Nodes {
-		p.free[i] = append([]int64(nil), n.Capacity...)
-		if n.State != cluster.NodeOnline || v.Draining[i] {
-			clear(p.free[i])
+		p.free[i] = flat[i*nr : (i+1)*nr : (i+1)*nr]
+		if n.State == cluster.NodeOnline && !v.Draining[i] {
+			copy(p.free[i], n.Capacity)
 		}
 	}
 	p.Placement = make([]int, len(v.Model.Tasks))
@@ -101,7 +110,42 @@ func (p *Packer) put(t, n int, sign int64) {
 	for r, d := range p.m.Tasks[t].Demand {
 		f[r] -= sign * d
 	}
-	clear(p.slots)
+	for i := range p.slots {
+		c := &p.slots[i]
+		k := nodeSlots(f, c.demand[:c.n])
+		c.total += k - c.per[n]
+		c.per[n] = k
+	}
+}
+
+// slotCount is a cached Slots answer for one demand.
+type slotCount struct {
+	demand [4]int64
+	n      int
+	total  int
+	per    []int
+}
+
+// maxSlotKeys bounds the Slots cache: each entry costs every put a
+// recount of one node.
+const maxSlotKeys = 4
+
+// nodeSlots is how many tasks of demand d fit in free capacity f.
+func nodeSlots(f, d []int64) int {
+	k := -1
+	for r, x := range d {
+		if x <= 0 {
+			continue
+		}
+		c := int(max(f[r], 0) / x)
+		if k < 0 || c < k {
+			k = c
+		}
+	}
+	if k < 0 {
+		k = 1 << 20
+	}
+	return k
 }
 
 // Keep charges a task where it runs now, even on a draining node or over
@@ -148,34 +192,33 @@ func (p *Packer) Release(t int) {
 // Slots is how many tasks of demand d fit on the free capacity now (an
 // upper bound on what Place can do for a job of identical tasks).
 func (p *Packer) Slots(d []int64) int {
-	var key [4]int64
-	if len(d) <= 4 {
-		copy(key[:], d)
-		if s, ok := p.slots[key]; ok {
-			return s
+	if len(d) > len(slotCount{}.demand) {
+		total := 0
+		for _, f := range p.free {
+			total += nodeSlots(f, d)
+		}
+		return total
+	}
+	for i := range p.slots {
+		if c := &p.slots[i]; c.n == len(d) && c.demand == demandKey(d) {
+			return c.total
 		}
 	}
-	total := 0
-	for _, f := range p.free {
-		k := -1
-		for r, x := range d {
-			if x <= 0 {
-				continue
-			}
-			c := int(max(f[r], 0) / x)
-			if k < 0 || c < k {
-				k = c
-			}
-		}
-		if k < 0 {
-			k = 1 << 20
-		}
-		total += k
+	c := slotCount{demand: demandKey(d), n: len(d), per: make([]int, len(p.free))}
+	for n, f := range p.free {
+		c.per[n] = nodeSlots(f, d)
+		c.total += c.per[n]
 	}
-	if len(d) <= 4 {
-		p.slots[key] = total
+	if len(p.slots) == maxSlotKeys {
+		p.slots = p.slots[1:]
 	}
-	return total
+	p.slots = append(p.slots, c)
+	return c.total
+}
+
+func demandKey(d []int64) (k [4]int64) {
+	copy(k[:], d)
+	return k
 }
 
 // Place puts every task of the job first-fit decreasing (by demand); with
@@ -186,20 +229,23 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 	if len(tasks) == 0 {
 		return true
 	}
-	same := uniform(p.m, tasks) && (p.Unknown == nil || !p.Unknown[tasks[0]])
+	uni := p.uniform(tasks)
+	same := uni && (p.Unknown == nil || !p.Unknown[tasks[0]])
 	if same && p.Slots(p.m.Tasks[tasks[0]].Demand) < len(tasks) {
 		return false
 	}
 	p.order = append(p.order[:0], tasks...)
-	sort.SliceStable(p.order, func(a, b int) bool {
-		da, db := p.m.Tasks[p.order[a]].Demand, p.m.Tasks[p.order[b]].Demand
-		for r := range da {
-			if da[r] != db[r] {
-				return da[r] > db[r]
+	if !uni {
+		sort.SliceStable(p.order, func(a, b int) bool {
+			da, db := p.m.Tasks[p.order[a]].Demand, p.m.Tasks[p.order[b]].Demand
+			for r := range da {
+				if da[r] != db[r] {
+					return da[r] > db[r]
+				}
 			}
-		}
-		return false
-	})
+			return false
+		})
+	}
 	placed := 0
 	cursor := 0
 	if preferCurrent {
@@ -218,20 +264,12 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 			continue
 		}
 		n := cluster.NoNode
-		if r := p.UnknownRes; p.Unknown != nil && p.Unknown[t] {
-			for k := range p.free {
-				if p.fits(t, k) && (n < 0 || p.free[k][r] > p.free[n][r]) {
-					n = k
-				}
-			}
+		if p.Unknown != nil && p.Unknown[t] {
+			n = p.where(t, p.UnknownRes, true)
 		} else if r := p.SpreadIdle; r >= 0 && p.m.Tasks[t].Demand[r] == 0 {
-			// An idle task goes where resource r is most free: room for
-			// when it wakes up.
-			for k := range p.free {
-				if p.fits(t, k) && (n < 0 || !p.PackIdle && p.free[k][r] > p.free[n][r] || p.PackIdle && p.free[k][r] < p.free[n][r]) {
-					n = k
-				}
-			}
+			// An idle task goes where resource r is most free (room for
+			// when it wakes up), or least free with PackIdle.
+			n = p.where(t, r, !p.PackIdle)
 		} else {
 			// Identical tasks: a node that did not fit the previous one
 			// will not fit this one (free capacity only shrinks here).
@@ -265,17 +303,39 @@ func (p *Packer) Place(tasks []int, preferCurrent bool) bool {
 	return true
 }
 
-func uniform(m *cluster.Model, tasks []int) bool {
-	d0 := m.Tasks[tasks[0]].Demand
-	for _, t := range tasks[1:] {
-		d := m.Tasks[t].Demand
-		for r := range d0 {
-			if d[r] != d0[r] {
-				return false
-			}
+// where is the node where task t fits with the most (most) or the least
+// of resource r free, the first on ties, skipping the nodes in skip; -1
+// when it fits nowhere.
+func (p *Packer) where(t, r int, most bool, skip ...int) int {
+	n := cluster.NoNode
+	for k := range p.free {
+		if slices.Contains(skip, k) || !p.fits(t, k) {
+			continue
+		}
+		if n < 0 || most && p.free[k][r] > p.free[n][r] || !most && p.free[k][r] < p.free[n][r] {
+			n = k
 		}
 	}
-	return true
+	return n
+}
+
+// uniform: every task has the same demand. The answer for the last slice
+// asked about is kept (a policy places the same job again after each
+// suspension it tries): neither the model nor a job's task list changes
+// while a Packer lives.
+func (p *Packer) uniform(tasks []int) bool {
+	if len(tasks) == p.uniLen && &tasks[0] == p.uniFirst {
+		return p.uni
+	}
+	d0 := p.m.Tasks[tasks[0]].Demand
+	p.uniFirst, p.uniLen, p.uni = &tasks[0], len(tasks), true
+	for _, t := range tasks[1:] {
+		if d := p.m.Tasks[t].Demand; !slices.Equal(d, d0) {
+			p.uni = false
+			break
+		}
+	}
+	return p.uni
 }
 
 // Current returns the decision that keeps every task in its state.

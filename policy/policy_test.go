@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"math/rand/v2"
 	"testing"
 
 	"github.com/ferrycluster/ferry/cluster"
@@ -148,6 +149,50 @@ func TestPackerFirstFitDecreasing(t *testing.T) {
 	}
 	if p.Place([]int{0}, false) {
 		t.Fatal("placed beyond capacity")
+	}
+}
+
+// Slots keeps its answers per demand and updates them on every placement
+// and release: they must equal a count from scratch after any sequence,
+// for more demands than it keeps at once.
+func TestSlotsFollowPlacementsAndReleases(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	m := &cluster.Model{Resources: []string{"cpu", "memory"}}
+	for i := range 7 {
+		m.Nodes = append(m.Nodes, cluster.Node{Name: string(rune('a' + i)), Capacity: []int64{4, 16}})
+	}
+	var demands [][]int64
+	for c := range int64(3) {
+		for mem := range int64(3) {
+			demands = append(demands, []int64{c, 1 + 3*mem})
+		}
+	}
+	for i := range 40 {
+		m.Tasks = append(m.Tasks, cluster.Task{Name: string(rune('A' + i)), Node: cluster.NoNode, Demand: demands[rng.IntN(len(demands))]})
+	}
+	p := NewPacker(&View{Model: m})
+	scratch := func(d []int64) int {
+		total := 0
+		for n := range m.Nodes {
+			total += nodeSlots(p.Free(n), d)
+		}
+		return total
+	}
+	placed := 0
+	for step := range 400 {
+		task := rng.IntN(len(m.Tasks))
+		if p.Placement[task] >= 0 {
+			p.Release(task)
+		} else if p.Place([]int{task}, false) {
+			placed++
+		}
+		d := demands[rng.IntN(len(demands))]
+		if got, want := p.Slots(d), scratch(d); got != want {
+			t.Fatalf("step %d: Slots(%v) = %d, counted %d", step, d, got, want)
+		}
+	}
+	if placed == 0 {
+		t.Fatal("nothing was ever placed")
 	}
 }
 

@@ -141,11 +141,15 @@ func (s Selective) Decide(v *View) (Decision, error) {
 	if minRun <= 0 {
 		minRun = 60
 	}
+	m := v.Model
+	phase := make([]Phase, len(v.Jobs))
+	for i := range v.Jobs {
+		phase[i] = JobPhase(m, &v.Jobs[i])
+	}
 	var unknown []bool
 	if s.AdmitByMemory && s.Observe {
-		unknown = unknownTasks(v)
+		unknown = unknownTasks(v, phase)
 	}
-	m := v.Model
 	d := Current(m)
 	p := NewPacker(v)
 	if unknown != nil {
@@ -168,7 +172,7 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		// waking VM's memory is already there and no one else may take it.
 		for i := range v.Jobs {
 			j := &v.Jobs[i]
-			if ph := JobPhase(m, j); ph == Active || ph == Mixed {
+			if ph := phase[i]; ph == Active || ph == Mixed {
 				for _, t := range j.Tasks {
 					if m.Tasks[t].State == cluster.Running {
 						p.KeepOver(t, soft)
@@ -178,12 +182,12 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		}
 	}
 	if soft >= 0 && s.Anticipate && v.Soft[soft] {
-		d.Recheck = anticipate(v, p, soft)
+		d.Recheck = anticipate(v, p, phase, soft)
 	}
 	for i := range v.Jobs {
 		j := &v.Jobs[i]
 		xf[i] = ExpansionFactor(v.Now, j)
-		switch JobPhase(m, j) {
+		switch phase[i] {
 		case Active, Mixed:
 			if soft >= 0 && s.charged(p, j) {
 				running = append(running, i)
@@ -251,7 +255,7 @@ func (s Selective) Decide(v *View) (Decision, error) {
 			continue
 		}
 		var released []int
-		was := map[int]int{}
+		var was map[int]int // where the released tasks were
 		ok := false
 		for _, r := range running {
 			rj := &v.Jobs[r]
@@ -260,6 +264,9 @@ func (s Selective) Decide(v *View) (Decision, error) {
 			}
 			if s.CostAware && !s.worthSuspending(v, rj, repay, minRun) {
 				continue
+			}
+			if was == nil {
+				was = map[int]int{}
 			}
 			for _, t := range rj.Tasks {
 				was[t] = p.Placement[t]
@@ -298,12 +305,12 @@ func (s Selective) Decide(v *View) (Decision, error) {
 // of the running jobs whose remaining estimate is at most the longest
 // local resume of a sleeping job's task, and returns when the next
 // running job enters that window (0: none, or no job sleeps).
-func anticipate(v *View, p *Packer, soft int) int64 {
+func anticipate(v *View, p *Packer, phase []Phase, soft int) int64 {
 	m := v.Model
 	var lead int64
 	for i := range v.Jobs {
 		j := &v.Jobs[i]
-		if JobPhase(m, j) != Asleep || v.Durations == nil {
+		if phase[i] != Asleep || v.Durations == nil {
 			continue
 		}
 		for _, t := range j.Tasks {
@@ -317,7 +324,7 @@ func anticipate(v *View, p *Packer, soft int) int64 {
 	var next int64
 	for i := range v.Jobs {
 		j := &v.Jobs[i]
-		if JobPhase(m, j) != Active || j.Walltime <= 0 {
+		if phase[i] != Active || j.Walltime <= 0 {
 			continue
 		}
 		if j.Walltime > lead {
@@ -338,7 +345,7 @@ func anticipate(v *View, p *Packer, soft int) int64 {
 // unknownTasks marks the tasks of the jobs that never ran (never started,
 // no work done) when the view marks the CPU time-shared, or returns nil:
 // their CPU use is not known until they run.
-func unknownTasks(v *View) []bool {
+func unknownTasks(v *View, phase []Phase) []bool {
 	cpu := v.Model.Resource("cpu")
 	if cpu < 0 || !v.Soft[cpu] {
 		return nil
@@ -346,7 +353,7 @@ func unknownTasks(v *View) []bool {
 	var u []bool
 	for i := range v.Jobs {
 		j := &v.Jobs[i]
-		if j.Done > 0 || JobPhase(v.Model, j) != Queued {
+		if j.Done > 0 || phase[i] != Queued {
 			continue
 		}
 		if u == nil {
@@ -417,12 +424,7 @@ func (s Selective) relieve(v *View, p *Packer, running []int, soft int, log *[]m
 			continue
 		}
 		p.Release(t)
-		k := cluster.NoNode
-		for c := range p.free {
-			if c != n && p.fits(t, c) && (k < 0 || p.free[c][soft] > p.free[k][soft]) {
-				k = c
-			}
-		}
+		k := p.where(t, soft, true, n)
 		if k < 0 {
 			k = makeRoom(p, t, n, soft, log)
 		}
@@ -443,15 +445,17 @@ func gather(v *View, p *Packer, running []int, soft int, repay float64) {
 			continue
 		}
 		var width int64
-		here := map[int]int{} // the job's tasks per node
 		for _, t := range j.Tasks {
 			width += m.Tasks[t].Demand[soft]
-			if n := p.Placement[t]; n >= 0 {
-				here[n]++
-			}
 		}
 		if width > 0 {
 			continue
+		}
+		here := map[int]int{} // the job's tasks per node
+		for _, t := range j.Tasks {
+			if n := p.Placement[t]; n >= 0 {
+				here[n]++
+			}
 		}
 		for _, t := range j.Tasks {
 			n := p.Placement[t]
@@ -521,12 +525,7 @@ func makeRoom(p *Packer, t, from, soft int, log *[]move) int {
 				continue
 			}
 			p.Release(u)
-			best := cluster.NoNode
-			for c := range p.free {
-				if c != k && c != from && p.fits(u, c) && (best < 0 || p.free[c][soft] < p.free[best][soft]) {
-					best = c
-				}
-			}
+			best := p.where(u, soft, false, k, from)
 			if best < 0 {
 				p.put(u, k, 1)
 				p.Placement[u] = k
