@@ -98,13 +98,23 @@ func (a *Agent) keepReceivedCheckpoint(rc *transfer.Receiver, id string) *transf
 // end), so a transfer of the task looks them up only once they are there.
 // cancel, if not nil, abandons that keep (supersedeKeeps).
 func (a *Agent) keeping(id string, cancel context.CancelFunc) func() {
+	done, _ := a.keepingAfter(id, cancel)
+	return done
+}
+
+// keepingAfter is keeping that also returns the run it replaced (nil if
+// none), which was still in flight or had just ended.
+func (a *Agent) keepingAfter(id string, cancel context.CancelFunc) (func(), *keepRun) {
 	key := a.keepKey(id)
 	run := &keepRun{done: make(chan struct{}), cancel: cancel}
-	keepsInFlight.Store(key, run)
+	var prev *keepRun
+	if v, ok := keepsInFlight.Swap(key, run); ok {
+		prev = v.(*keepRun)
+	}
 	return func() {
 		close(run.done)
 		keepsInFlight.CompareAndDelete(key, run)
-	}
+	}, prev
 }
 
 type keepRun struct {
@@ -161,8 +171,12 @@ func (a *Agent) keepSent(opts transfer.SendOptions, id string) transfer.SendOpti
 // background runs the chunk keeps of task id's transfers: on an agent
 // goroutine (Close cancels and waits for it), marked in flight for
 // waitKept, and after the task's move has settled here if it has not yet
-// (holdKeeps): keeping a gigabyte's chunks takes seconds of CPU and disk
-// that the move and the job's restart need more.
+// (holdKeeps): indexing a gigabyte that crossed raw takes seconds of CPU
+// that the move and the job's restart need more. One keep of a task runs
+// at a time: a keep handed over while an earlier one of the same task
+// still runs (two transfers of the task received at once, say) cancels
+// it and waits for its end, as both pin the task's image and the later
+// one holds the newer image.
 func (a *Agent) background(id string) func(func(context.Context)) {
 	return func(f func(context.Context)) {
 		a.mu.Lock()
@@ -174,7 +188,7 @@ func (a *Agent) background(id string) func(func(context.Context)) {
 		a.wg.Add(1)
 		a.mu.Unlock()
 		ctx, cancel := context.WithCancel(a.ctx)
-		done := a.keeping(id, cancel)
+		done, prev := a.keepingAfter(id, cancel)
 		var gate <-chan struct{}
 		if v, ok := keepGates.Load(a.keepKey(id)); ok {
 			gate = v.(*keepGate).ch
@@ -183,6 +197,15 @@ func (a *Agent) background(id string) func(func(context.Context)) {
 			defer a.wg.Done()
 			defer done()
 			defer cancel()
+			if prev != nil {
+				if prev.cancel != nil {
+					prev.cancel()
+				}
+				select {
+				case <-prev.done:
+				case <-ctx.Done():
+				}
+			}
 			if gate != nil {
 				t := time.NewTimer(keepGateMax)
 				select {

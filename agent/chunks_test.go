@@ -164,3 +164,38 @@ func TestImagePinNames(t *testing.T) {
 		t.Fatal("pin names collide")
 	}
 }
+
+// Two keeps of one task never run at once: the later one (the newer
+// image) cancels the earlier and starts when it has ended; waitKept waits
+// for both.
+func TestKeepsOfOneTaskDoNotOverlap(t *testing.T) {
+	t.Parallel()
+	a := startNode(t, newTestCA(t), "node-a", processDrivers(t), nil)
+	first := make(chan struct{})
+	firstEnd := make(chan error, 1)
+	a.agent.background("t1")(func(ctx context.Context) {
+		close(first)
+		<-ctx.Done()
+		time.Sleep(50 * time.Millisecond) // still running after its cancel
+		firstEnd <- ctx.Err()
+	})
+	<-first
+	second := make(chan bool, 1)
+	a.agent.background("t1")(func(ctx context.Context) {
+		select {
+		case <-firstEnd:
+			second <- ctx.Err() == nil
+		default:
+			second <- false // started while the first still ran
+		}
+	})
+	a.agent.waitKept("t1")
+	select {
+	case ok := <-second:
+		if !ok {
+			t.Fatal("the second keep overlapped the first, or was cancelled")
+		}
+	default:
+		t.Fatal("waitKept returned before the second keep ran")
+	}
+}

@@ -31,6 +31,21 @@ func countChunks(t *testing.T, s *Store) int {
 	return n
 }
 
+// blobBytes sums the sizes of the store's blobs (links and packs).
+func blobBytes(t *testing.T, s *Store) int64 {
+	ents, err := os.ReadDir(filepath.Join(s.Dir(), "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
 // Keep stores a file's chunks and pins it; past MaxBytes the oldest pins
 // go and GC frees their chunks, so the disk use stays bounded.
 func TestKeepPinsAndTrimBoundsTheStore(t *testing.T) {
@@ -61,8 +76,8 @@ func TestKeepPinsAndTrimBoundsTheStore(t *testing.T) {
 		t.Fatalf("pins %v, want the two newest", pins)
 	}
 	time.Sleep(time.Millisecond)
-	if n := countChunks(t, s); n != 4 {
-		t.Fatalf("%d chunk files on disk, want the 4 of the kept pins", n)
+	if n, b := countChunks(t, s), blobBytes(t, s); n != 0 || b != 4*4096 {
+		t.Fatalf("%d chunk files and %d bytes of blobs on disk, want the 4 chunks of the kept pins in blobs", n, b)
 	}
 	// A single pin larger than the bound is kept (the newest always is).
 	big := randomData(8*4096, 9)

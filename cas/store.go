@@ -46,8 +46,11 @@ type Options struct {
 
 // Store is a node's on-disk chunk store:
 //
-//	DIR/chunks/ab/abcdef…   one file per chunk, named by its ID in hex,
-//	                        fanned out by the first byte
+//	DIR/chunks/ab/abcdef…   one file per chunk (Put), named by its ID in
+//	                        hex, fanned out by the first byte
+//	DIR/blobs/…             links to committed files and packs of chunks
+//	                        (Keep, KeepLinked; blob.go)
+//	DIR/locs/NAME           where pin NAME's chunks lie in the blobs
 //	DIR/pins/NAME           a pinned index (EncodeIndex format)
 //	DIR/tmp/                pins being written
 //
@@ -76,6 +79,12 @@ type Store struct {
 	lens  map[ID]uint32   // length of each referenced chunk
 	pinAt map[string]time.Time
 	held  int64 // bytes of the referenced chunks (sum of lens)
+
+	// Chunks in blobs (blob.go), guarded by mu.
+	blobs   map[string]*blob
+	where   map[ID][]loc
+	tables  map[string]*locTable // of each pin
+	pending map[string]bool      // blobs written or linked, not yet pinned
 }
 
 const chunkHeaderLen = 5
@@ -83,12 +92,13 @@ const chunkHeaderLen = 5
 // Open opens (creating if needed) the store in dir and loads its pins.
 func Open(dir string, opts Options) (*Store, error) {
 	s := &Store{dir: dir, opts: opts, log: opts.Logger, refs: map[ID]int{}, pins: map[string][]ID{},
-		lens: map[ID]uint32{}, pinAt: map[string]time.Time{}}
+		lens: map[ID]uint32{}, pinAt: map[string]time.Time{},
+		blobs: map[string]*blob{}, where: map[ID][]loc{}, tables: map[string]*locTable{}, pending: map[string]bool{}}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	s.log = s.log.With("component", "cas.store")
-	for _, d := range []string{"chunks", "pins", "tmp"} {
+	for _, d := range []string{"chunks", "pins", "tmp", "blobs", "locs"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("cas: open store: %w", err)
 		}
@@ -117,6 +127,30 @@ func Open(dir string, opts Options) (*Store, error) {
 		if info, err := e.Info(); err == nil {
 			s.pinAt[e.Name()] = info.ModTime()
 		}
+		t, err := s.loadLocs(e.Name(), x)
+		if err != nil {
+			return nil, fmt.Errorf("cas: open store: locations of pin %q: %w", e.Name(), err)
+		}
+		if t != nil {
+			s.addLocsLocked(t)
+			s.tables[e.Name()] = t
+		}
+	}
+	// Tables without their pin, and blobs no table names: a keep or an
+	// unpin cut by a crash.
+	if ents, err := os.ReadDir(filepath.Join(dir, "locs")); err == nil {
+		for _, e := range ents {
+			if s.tables[e.Name()] == nil {
+				os.Remove(filepath.Join(dir, "locs", e.Name()))
+			}
+		}
+	}
+	if ents, err := os.ReadDir(filepath.Join(dir, "blobs")); err == nil {
+		for _, e := range ents {
+			if s.blobs[e.Name()] == nil {
+				os.Remove(filepath.Join(dir, "blobs", e.Name()))
+			}
+		}
 	}
 	return s, nil
 }
@@ -129,8 +163,13 @@ func (s *Store) chunkPath(id ID) string {
 	return filepath.Join(s.dir, "chunks", h[:2], h)
 }
 
-// Has reports whether the chunk's file exists (it is not read or verified).
+// Has reports whether the chunk's file exists or a blob holds it (it is
+// not read or verified).
 func (s *Store) Has(id ID) bool {
+	return s.hasFile(id) || s.located(id)
+}
+
+func (s *Store) hasFile(id ID) bool {
 	_, err := os.Lstat(s.chunkPath(id))
 	return err == nil
 }
@@ -194,10 +233,27 @@ func (s *Store) writeAtomic(path string, hdr, payload []byte, sync bool) error {
 	return err
 }
 
-// Get returns the chunk's bytes, verified against id. A chunk that fails
-// verification is removed, reported in the log, and ErrCorrupt returned; a
-// missing one gives ErrNotFound. dst is reused when large enough.
+// Get returns the chunk's bytes, verified against id, from its chunk file
+// or a blob. A chunk file that fails verification is removed, a blob
+// location that does not hold the chunk any more forgotten, both reported
+// in the log, and ErrCorrupt returned if nothing else holds it; a missing
+// one gives ErrNotFound. dst is reused when large enough.
 func (s *Store) Get(id ID, dst []byte) ([]byte, error) {
+	data, err := s.getFile(id, dst)
+	if err == nil || !(errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt)) {
+		return data, err
+	}
+	d, found, bad, _ := s.getLocated(id, dst)
+	switch {
+	case found:
+		return d, nil
+	case bad > 0 && errors.Is(err, ErrNotFound):
+		return nil, fmt.Errorf("%w: chunk %s: no blob holds it any more", ErrCorrupt, id.Short())
+	}
+	return nil, err
+}
+
+func (s *Store) getFile(id ID, dst []byte) ([]byte, error) {
 	p := s.chunkPath(id)
 	raw, err := os.ReadFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -242,6 +298,9 @@ func decodeChunkFile(raw, dst []byte) ([]byte, error) {
 // Remove deletes a chunk whatever its references (used to drop a chunk
 // found corrupt elsewhere).
 func (s *Store) Remove(id ID) error {
+	s.mu.Lock()
+	delete(s.where, id)
+	s.mu.Unlock()
 	err := os.Remove(s.chunkPath(id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -287,14 +346,67 @@ func (s *Store) Pin(name string, x *Index) error {
 	}
 	s.gc.RLock()
 	defer s.gc.RUnlock()
+	return s.pinLocked(name, x, nil)
+}
+
+// pinLocked pins x as name (s.gc held shared). t lists chunks just put in
+// blobs (nil: none); every other chunk must have a chunk file or a blob
+// location, which the pin's table then names too, so the blob stays as
+// long as the pin.
+func (s *Store) pinLocked(name string, x *Index, t *locTable) error {
+	if t == nil {
+		t = &locTable{root: x.Root()}
+	}
+	in := make(map[ID]bool, len(t.ents))
+	for _, e := range t.ents {
+		in[e.id] = true
+	}
+	bi := make(map[string]int, len(t.blobs))
+	for i, n := range t.blobs {
+		bi[n] = i
+	}
 	for i, e := range x.Entries {
-		if !e.Hole && !s.Has(e.ID) {
+		if e.Hole || in[e.ID] {
+			continue
+		}
+		in[e.ID] = true
+		if s.hasFile(e.ID) {
+			continue
+		}
+		var l loc
+		s.mu.Lock()
+		for _, c := range s.where[e.ID] {
+			if !c.b.gone {
+				l = c
+				break
+			}
+		}
+		s.mu.Unlock()
+		if l.b == nil {
 			return fmt.Errorf("%w: pin %q: entry %d: chunk %s not in store", ErrNotFound, name, i, e.ID.Short())
 		}
+		k, ok := bi[l.b.name]
+		if !ok {
+			k = len(t.blobs)
+			bi[l.b.name] = k
+			t.blobs = append(t.blobs, l.b.name)
+		}
+		t.ents = append(t.ents, locEnt{id: e.ID, b: k, off: l.off, n: l.n})
 	}
 	if err := s.Sync(); err != nil {
 		return err
 	}
+	// The table first (naming the index's root), then the pin: a crash
+	// between them leaves a table Open ignores.
+	locs := filepath.Join(s.dir, "locs", name)
+	if len(t.ents) > 0 {
+		if err := s.writeAtomic(locs, nil, encodeLocs(t), true); err != nil {
+			return fmt.Errorf("cas: pin %q: locations: %w", name, err)
+		}
+	} else if err := os.Remove(locs); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("cas: pin %q: %w", name, err)
+	}
+	syncDir(filepath.Join(s.dir, "locs"))
 	var buf bytes.Buffer
 	if err := EncodeIndex(&buf, x); err != nil {
 		return err
@@ -303,10 +415,20 @@ func (s *Store) Pin(name string, x *Index) error {
 		return fmt.Errorf("cas: pin %q: %w", name, err)
 	}
 	syncDir(filepath.Join(s.dir, "pins"))
+	now := time.Now()
 	s.mu.Lock()
-	s.dropPinLocked(name)
+	if len(t.ents) > 0 {
+		s.addLocsLocked(t)
+	}
+	s.dropPinLocked(name, now)
+	if len(t.ents) > 0 {
+		s.tables[name] = t
+	}
+	for _, n := range t.blobs {
+		delete(s.pending, n)
+	}
 	s.addPinLocked(name, x)
-	s.pinAt[name] = time.Now()
+	s.pinAt[name] = now
 	s.mu.Unlock()
 	return nil
 }
@@ -385,7 +507,8 @@ func (s *Store) Unpin(name string) error {
 	if err := os.Remove(filepath.Join(s.dir, "pins", name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	s.dropPinLocked(name)
+	os.Remove(filepath.Join(s.dir, "locs", name))
+	s.dropPinLocked(name, time.Now())
 	delete(s.pinAt, name)
 	return nil
 }
@@ -445,7 +568,8 @@ func (s *Store) addPinLocked(name string, x *Index) {
 	s.pins[name] = ids
 }
 
-func (s *Store) dropPinLocked(name string) {
+func (s *Store) dropPinLocked(name string, now time.Time) {
+	s.dropLocsLocked(name, now)
 	for _, id := range s.pins[name] {
 		if s.refs[id]--; s.refs[id] <= 0 {
 			delete(s.refs, id)
@@ -459,22 +583,27 @@ func (s *Store) dropPinLocked(name string) {
 // GCStats reports what a collection did.
 type GCStats struct {
 	Scanned, Removed, Kept int
-	RemovedBytes           int64
+	// BlobsRemoved counts the blobs (links and packs) no pin named any
+	// more; RemovedBytes includes theirs.
+	BlobsRemoved int
+	RemovedBytes int64
 }
 
-// GC removes every chunk that no pin references and whose file is older
-// than now-grace. now is an input so tests control time.
+// GC removes every chunk file that no pin references and that is older
+// than now-grace, and every blob that no pin has named since then. now is
+// an input so tests control time.
 func (s *Store) GC(ctx context.Context, now time.Time, grace time.Duration) (GCStats, error) {
 	s.gc.Lock()
 	defer s.gc.Unlock()
+	var st GCStats
+	cutoff := now.Add(-grace)
 	s.mu.Lock()
 	refs := make(map[ID]bool, len(s.refs))
 	for id := range s.refs {
 		refs[id] = true
 	}
+	st.BlobsRemoved, st.RemovedBytes = s.sweepBlobsLocked(cutoff)
 	s.mu.Unlock()
-	var st GCStats
-	cutoff := now.Add(-grace)
 	for i := 0; i < 256; i++ {
 		if err := ctx.Err(); err != nil {
 			return st, err

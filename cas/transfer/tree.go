@@ -647,17 +647,19 @@ func (s *sentFiles) keepAfter(ctx context.Context, opts SendOptions, dir string,
 		return 0, nil
 	}
 	tr := newTreeReader(dir, t, s.files)
+	ln := tr.linkInto(opts.Keep) // now: the directory may go before the keep runs
 	bg := opts.Background != nil && s.files != nil
 	s.files = nil // tr closes them
 	keep := func(ctx context.Context) (int, *cas.Index) {
 		defer tr.Close()
+		defer ln.Close()
 		var err error
 		if x == nil {
 			x, err = treeIndex(ctx, t, tr.opener())
 		}
 		kept := 0
 		if err == nil {
-			kept, err = opts.Keep.Keep(ctx, opts.KeepAs, tr, x)
+			kept, err = opts.Keep.KeepLinked(ctx, opts.KeepAs, tr, ln, x)
 		}
 		if err != nil {
 			log.Warn("keeping the sent chunks", "pin", opts.KeepAs, "err", err)
@@ -1027,16 +1029,20 @@ func (rc *Receiver) serveTree(ctx context.Context, r *frameReader, w *frameWrite
 		if name == "" {
 			name, unpin = "transfer-"+h.ID, true
 		}
+		// The files are linked into the store now (they may go before
+		// the keep runs: the agent removes an image once its task runs).
+		tr := newTreeReader(dest, tree, keepFiles)
+		ln := tr.linkInto(rc.Store)
 		keep := func(ctx context.Context) {
-			tr := newTreeReader(dest, tree, keepFiles)
 			defer tr.Close()
+			defer ln.Close()
 			x, err := all, error(nil)
 			if x == nil {
 				// Raw: index the files as a sender would have.
 				x, err = treeIndex(ctx, tree, tr.opener())
 			}
 			if err == nil {
-				_, err = rc.Store.Keep(ctx, name, tr, x)
+				_, err = rc.Store.KeepLinked(ctx, name, tr, ln, x)
 			}
 			if err != nil {
 				log.Warn("keeping the received chunks", "pin", name, "err", err)

@@ -1,0 +1,635 @@
+package cas
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Blobs: most chunks are not stored one file each but as ranges of a few
+// large files in DIR/blobs, each pin's ranges listed in DIR/locs/NAME:
+//
+//   - a link is a hard link to a file the node committed (a checkpoint's
+//     or image's file, Linked): keeping a gigabyte costs a link, not a copy;
+//   - a pack is a file the store wrote itself, the chunks Keep had to copy
+//     (from a plain reader, or a file it could not link) back to back.
+//
+// A location table (DIR/locs/NAME, written before the pin NAME and naming
+// its index's root) says where each chunk of the pin lies: blob, offset,
+// length. Every read is verified against the chunk's ID, as a chunk file's
+// is: a blob is someone else's file too (a link shares the inode with the
+// image it came from), so a range that no longer holds its chunk is a miss,
+// never wrong data. A blob goes when no pin's table names it and GCGrace
+// has passed (unpinned chunks stay readable that long, as unreferenced
+// chunk files do); blobs no table names are removed at Open (a keep cut by
+// a crash).
+
+// blob is one file in DIR/blobs.
+type blob struct {
+	name string
+	refs int       // location tables of pins naming it
+	free time.Time // when refs last dropped to 0
+	gone bool      // removed: its locations are stale
+
+	mu sync.Mutex
+	f  *os.File // opened on first read
+}
+
+// loc is where a chunk lies: n bytes at off in b.
+type loc struct {
+	b   *blob
+	off int64
+	n   uint32
+}
+
+// locEnt is one entry of a location table.
+type locEnt struct {
+	id  ID
+	b   int // index into locTable.blobs
+	off int64
+	n   uint32
+}
+
+// locTable is a pin's location table.
+type locTable struct {
+	root  ID // the pin's index root (x.Root)
+	blobs []string
+	ents  []locEnt
+}
+
+var blobName = regexp.MustCompile(`^(link|pack)-[0-9a-f]{32}$`)
+
+func newBlobName(kind string) string {
+	var b [16]byte
+	rand.Read(b[:])
+	return kind + "-" + hex.EncodeToString(b[:])
+}
+
+func (s *Store) blobPath(name string) string { return filepath.Join(s.dir, "blobs", name) }
+
+var locMagic = [8]byte{'F', 'R', 'Y', 'L', 'O', 'C', '1', '\n'}
+
+// encodeLocs: magic, root [32], blob count u32, each name (u8 length,
+// bytes), entry count u32, each ID [32], blob u32, offset u64, length u32.
+func encodeLocs(t *locTable) []byte {
+	b := make([]byte, 0, 48+len(t.blobs)*40+len(t.ents)*48)
+	b = append(b, locMagic[:]...)
+	b = append(b, t.root[:]...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(t.blobs)))
+	for _, n := range t.blobs {
+		b = append(b, byte(len(n)))
+		b = append(b, n...)
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(t.ents)))
+	for _, e := range t.ents {
+		b = append(b, e.id[:]...)
+		b = binary.BigEndian.AppendUint32(b, uint32(e.b))
+		b = binary.BigEndian.AppendUint64(b, uint64(e.off))
+		b = binary.BigEndian.AppendUint32(b, e.n)
+	}
+	return b
+}
+
+// decodeLocs parses a location table, refusing anything malformed.
+func decodeLocs(b []byte) (*locTable, error) {
+	bad := func(f string, a ...any) (*locTable, error) {
+		return nil, fmt.Errorf("%w: location table: %s", ErrCorrupt, fmt.Sprintf(f, a...))
+	}
+	if len(b) < len(locMagic)+32+4 || !bytes.Equal(b[:8], locMagic[:]) {
+		return bad("bad header")
+	}
+	t := &locTable{}
+	copy(t.root[:], b[8:40])
+	b = b[40:]
+	nb := binary.BigEndian.Uint32(b)
+	b = b[4:]
+	if uint64(nb) > uint64(len(b)) {
+		return bad("%d blobs in %d bytes", nb, len(b))
+	}
+	for i := uint32(0); i < nb; i++ {
+		if len(b) < 1 || len(b) < 1+int(b[0]) {
+			return bad("blob %d truncated", i)
+		}
+		n := string(b[1 : 1+int(b[0])])
+		if !blobName.MatchString(n) {
+			return bad("blob name %q", n)
+		}
+		t.blobs = append(t.blobs, n)
+		b = b[1+int(b[0]):]
+	}
+	if len(b) < 4 {
+		return bad("entry count truncated")
+	}
+	ne := binary.BigEndian.Uint32(b)
+	b = b[4:]
+	if uint64(ne)*48 != uint64(len(b)) {
+		return bad("%d entries in %d bytes", ne, len(b))
+	}
+	t.ents = make([]locEnt, ne)
+	for i := range t.ents {
+		e := &t.ents[i]
+		copy(e.id[:], b[:32])
+		e.b = int(binary.BigEndian.Uint32(b[32:]))
+		e.off = int64(binary.BigEndian.Uint64(b[36:]))
+		e.n = binary.BigEndian.Uint32(b[44:])
+		b = b[48:]
+		if e.b >= len(t.blobs) || e.off < 0 || e.n == 0 || e.n > MaxChunkLen {
+			return bad("entry %d: blob %d, offset %d, length %d", i, e.b, e.off, e.n)
+		}
+	}
+	return t, nil
+}
+
+// addLocsLocked registers the locations of t and its hold on its blobs
+// (s.mu held).
+func (s *Store) addLocsLocked(t *locTable) {
+	bs := make([]*blob, len(t.blobs))
+	for i, n := range t.blobs {
+		b := s.blobs[n]
+		if b == nil {
+			b = &blob{name: n}
+			s.blobs[n] = b
+		}
+		b.refs++
+		bs[i] = b
+	}
+next:
+	for _, e := range t.ents {
+		l := loc{b: bs[e.b], off: e.off, n: e.n}
+		for _, c := range s.where[e.id] {
+			if c == l {
+				continue next
+			}
+		}
+		s.where[e.id] = append(s.where[e.id], l)
+	}
+}
+
+// dropLocsLocked releases pin name's table (s.mu held): its blobs stay
+// readable until they are swept after the grace period.
+func (s *Store) dropLocsLocked(name string, now time.Time) {
+	t := s.tables[name]
+	if t == nil {
+		return
+	}
+	delete(s.tables, name)
+	for _, n := range t.blobs {
+		if b := s.blobs[n]; b != nil {
+			if b.refs--; b.refs == 0 {
+				b.free = now
+			}
+		}
+	}
+}
+
+// sweepBlobsLocked removes the blobs no pin names whose grace ended
+// before cutoff (s.mu held), and forgets the locations into them. It
+// returns the blobs and bytes removed.
+func (s *Store) sweepBlobsLocked(cutoff time.Time) (int, int64) {
+	n, bytes := 0, int64(0)
+	for name, b := range s.blobs {
+		if b.refs > 0 || s.pending[name] || b.free.After(cutoff) {
+			continue
+		}
+		if fi, err := os.Stat(s.blobPath(name)); err == nil {
+			bytes += fi.Size()
+		}
+		if err := os.Remove(s.blobPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		b.mu.Lock()
+		b.gone = true
+		if b.f != nil {
+			b.f.Close()
+			b.f = nil
+		}
+		b.mu.Unlock()
+		delete(s.blobs, name)
+		n++
+	}
+	if n == 0 {
+		return 0, 0
+	}
+	for id := range s.where {
+		s.pruneLocked(id)
+	}
+	return n, bytes
+}
+
+// pruneLocked drops id's locations into removed blobs.
+func (s *Store) pruneLocked(id ID) {
+	ls := s.where[id]
+	k := ls[:0]
+	for _, l := range ls {
+		if !l.b.gone {
+			k = append(k, l)
+		}
+	}
+	if len(k) == 0 {
+		delete(s.where, id)
+	} else {
+		s.where[id] = k
+	}
+}
+
+// located reports whether id has a location in a blob.
+func (s *Store) located(id ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.where[id] {
+		if !l.b.gone {
+			return true
+		}
+	}
+	return false
+}
+
+// getLocated reads id from a blob, verified. found is false when no
+// location holds it; bad counts the locations that no longer did (they
+// are forgotten).
+func (s *Store) getLocated(id ID, dst []byte) (data []byte, found bool, bad int, err error) {
+	s.mu.Lock()
+	ls := append([]loc(nil), s.where[id]...)
+	s.mu.Unlock()
+	for _, l := range ls {
+		if cap(dst) < int(l.n) {
+			dst = make([]byte, l.n)
+		}
+		d := dst[:l.n]
+		rerr := l.b.readAt(s, d, l.off)
+		if rerr == nil && Sum(d) == id {
+			return d, true, bad, nil
+		}
+		bad++
+		s.log.Warn("chunk location no longer holds it; forgotten", "chunk", id.String(), "blob", l.b.name, "offset", l.off, "err", rerr)
+		s.mu.Lock()
+		ls2 := s.where[id]
+		k := ls2[:0]
+		for _, m := range ls2 {
+			if m != l {
+				k = append(k, m)
+			}
+		}
+		if len(k) == 0 {
+			delete(s.where, id)
+		} else {
+			s.where[id] = k
+		}
+		s.mu.Unlock()
+	}
+	return nil, false, bad, nil
+}
+
+func (b *blob) readAt(s *Store, d []byte, off int64) error {
+	b.mu.Lock()
+	if b.gone {
+		b.mu.Unlock()
+		return fs.ErrNotExist
+	}
+	if b.f == nil {
+		f, err := os.Open(s.blobPath(b.name))
+		if err != nil {
+			b.mu.Unlock()
+			return err
+		}
+		b.f = f
+	}
+	f := b.f
+	b.mu.Unlock()
+	n, err := f.ReadAt(d, off)
+	if n == len(d) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// Linked is a stream of files hard-linked into the store (Store.Link,
+// Add), to be kept by KeepLinked: the store references their bytes
+// instead of copying them. Link the files as soon as they are committed:
+// a file already removed cannot be linked, and its chunks are then copied
+// into a pack by the keep.
+type Linked struct {
+	s     *Store
+	parts []linkPart
+	size  int64
+	done  bool
+}
+
+type linkPart struct {
+	blob  string // "" when the file could not be linked
+	start int64  // in the stream
+	size  int64
+}
+
+// Link starts a Linked stream for s.
+func (s *Store) Link() *Linked { return &Linked{s: s} }
+
+// Add appends f, of size bytes (its committed size), to the stream and
+// hard-links it into the store now. When the file cannot be linked (nil,
+// removed, on another filesystem, of another size) the part is remembered
+// as unlinked and KeepLinked copies its chunks instead; the error says
+// why.
+func (l *Linked) Add(f *os.File, size int64) error {
+	p := linkPart{start: l.size, size: size}
+	l.size += size
+	var err error
+	if f != nil {
+		err = l.link(f, size, &p)
+	}
+	l.parts = append(l.parts, p)
+	return err
+}
+
+func (l *Linked) link(f *os.File, size int64, p *linkPart) error {
+	if size == 0 {
+		return nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() != size {
+		return fmt.Errorf("cas: link %s: %d bytes, want %d", f.Name(), fi.Size(), size)
+	}
+	name := newBlobName("link")
+	l.s.mu.Lock()
+	l.s.pending[name] = true
+	l.s.mu.Unlock()
+	// linkat through /proc: the file may be open only (its path gone or
+	// moved); a removed file (no links left) is refused by the kernel.
+	err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), unix.AT_FDCWD, l.s.blobPath(name), unix.AT_SYMLINK_FOLLOW)
+	if err != nil {
+		l.s.mu.Lock()
+		delete(l.s.pending, name)
+		l.s.mu.Unlock()
+		return fmt.Errorf("cas: link %s: %w", f.Name(), err)
+	}
+	p.blob = name
+	return nil
+}
+
+// Close removes the links no pin took (after KeepLinked, or instead of it).
+func (l *Linked) Close() {
+	if l == nil || l.done {
+		return
+	}
+	l.done = true
+	l.s.mu.Lock()
+	defer l.s.mu.Unlock()
+	for _, p := range l.parts {
+		if p.blob == "" {
+			continue
+		}
+		delete(l.s.pending, p.blob)
+		if l.s.blobs[p.blob] == nil {
+			os.Remove(l.s.blobPath(p.blob))
+		}
+	}
+}
+
+// part returns the part holding stream bytes [off, off+n), or nil when
+// they do not lie in one linked file.
+func (l *Linked) part(off int64, n uint32) *linkPart {
+	if l == nil {
+		return nil
+	}
+	lo, hi := 0, len(l.parts)
+	for lo < hi {
+		m := (lo + hi) / 2
+		if l.parts[m].start+l.parts[m].size <= off {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	for i := lo; i < len(l.parts); i++ {
+		p := &l.parts[i]
+		if p.size == 0 {
+			continue
+		}
+		if p.blob != "" && off >= p.start && off+int64(n) <= p.start+p.size {
+			return p
+		}
+		return nil
+	}
+	return nil
+}
+
+// packWriter appends chunks to a new pack.
+type packWriter struct {
+	s    *Store
+	name string
+	f    *os.File
+	w    *bufio.Writer
+	off  int64
+}
+
+func (s *Store) newPack() (*packWriter, error) {
+	name := newBlobName("pack")
+	s.mu.Lock()
+	s.pending[name] = true
+	s.mu.Unlock()
+	f, err := os.OpenFile(s.blobPath(name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		s.mu.Lock()
+		delete(s.pending, name)
+		s.mu.Unlock()
+		return nil, fmt.Errorf("cas: new pack: %w", err)
+	}
+	return &packWriter{s: s, name: name, f: f, w: bufio.NewWriterSize(f, 1<<20)}, nil
+}
+
+func (p *packWriter) add(d []byte) (int64, error) {
+	off := p.off
+	if _, err := p.w.Write(d); err != nil {
+		return 0, fmt.Errorf("cas: write pack %s: %w", p.name, err)
+	}
+	p.off += int64(len(d))
+	return off, nil
+}
+
+// finish flushes and closes the pack (made durable by the syncfs before
+// its table is written).
+func (p *packWriter) finish() error {
+	err := p.w.Flush()
+	if cerr := p.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("cas: write pack %s: %w", p.name, err)
+	}
+	return nil
+}
+
+// discard removes the pack unless a pin took it.
+func (p *packWriter) discard() {
+	if p == nil {
+		return
+	}
+	p.f.Close()
+	p.s.mu.Lock()
+	defer p.s.mu.Unlock()
+	delete(p.s.pending, p.name)
+	if p.s.blobs[p.name] == nil {
+		os.Remove(p.s.blobPath(p.name))
+	}
+}
+
+// KeepLinked is Keep for a stream whose files are linked into the store
+// (l, from Link): each chunk lying in one linked file is referenced where
+// it is (not read, not hashed: reads verify it); the others are read from
+// r (the same stream: an io.ReaderAt over the original files), checked
+// against their IDs and copied into a pack unless the store holds them.
+// It pins x as name and applies MaxBytes, then closes l. It returns the
+// number of chunks the store did not hold before.
+func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *Linked, x *Index) (int, error) {
+	defer l.Close()
+	if err := ValidName(name); err != nil {
+		return 0, err
+	}
+	if err := x.Validate(); err != nil {
+		return 0, err
+	}
+	if l != nil && l.size != x.Size {
+		l.Close()
+		l = nil // not this stream: copy
+	}
+	s.gc.RLock()
+	t := &locTable{root: x.Root()}
+	bi := map[string]int{}
+	offs := x.Offsets()
+	seen := make(map[ID]bool, len(x.Entries))
+	var pack *packWriter
+	var buf []byte
+	added := 0
+	fail := func(err error) (int, error) {
+		pack.discard()
+		s.gc.RUnlock()
+		return 0, err
+	}
+	for i, e := range x.Entries {
+		if e.Hole || seen[e.ID] {
+			continue
+		}
+		seen[e.ID] = true
+		if i%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return fail(err)
+			}
+		}
+		had := s.located(e.ID) || s.hasFile(e.ID)
+		if !had {
+			added++
+		}
+		if p := l.part(offs[i], e.Length); p != nil {
+			k, ok := bi[p.blob]
+			if !ok {
+				k = len(t.blobs)
+				bi[p.blob] = k
+				t.blobs = append(t.blobs, p.blob)
+			}
+			t.ents = append(t.ents, locEnt{id: e.ID, b: k, off: offs[i] - p.start, n: e.Length})
+			continue
+		}
+		if had {
+			continue // pinWith finds it
+		}
+		if cap(buf) < int(e.Length) {
+			buf = make([]byte, e.Length)
+		}
+		b := buf[:e.Length]
+		if n, err := r.ReadAt(b, offs[i]); n < len(b) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return fail(fmt.Errorf("cas: keep %q: entry %d at %d: %w", name, i, offs[i], err))
+		}
+		if Sum(b) != e.ID {
+			return fail(fmt.Errorf("%w: keep %q: entry %d at %d: data does not hash to its id %s", ErrCorrupt, name, i, offs[i], e.ID.Short()))
+		}
+		if pack == nil {
+			var err error
+			if pack, err = s.newPack(); err != nil {
+				return fail(err)
+			}
+			bi[pack.name] = len(t.blobs)
+			t.blobs = append(t.blobs, pack.name)
+		}
+		off, err := pack.add(b)
+		if err != nil {
+			return fail(err)
+		}
+		t.ents = append(t.ents, locEnt{id: e.ID, b: bi[pack.name], off: off, n: e.Length})
+	}
+	if pack != nil {
+		if err := pack.finish(); err != nil {
+			return fail(err)
+		}
+	}
+	err := s.pinLocked(name, x, t)
+	s.gc.RUnlock()
+	pack.discard() // no-op for the pin's own pack, now registered
+	if err != nil {
+		return 0, err
+	}
+	s.sweepLoose()
+	_, err = s.Trim(ctx)
+	return added, err
+}
+
+// sweepLoose removes the blobs no pin has named for the grace period.
+func (s *Store) sweepLoose() {
+	s.gc.Lock()
+	defer s.gc.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sweepBlobsLocked(time.Now().Add(-s.grace()))
+}
+
+func (s *Store) grace() time.Duration {
+	if s.opts.GCGrace > 0 {
+		return s.opts.GCGrace
+	}
+	return 10 * time.Minute
+}
+
+// loadLocs reads the location table of pin name (x: its index), if any;
+// a table of another index (a crash between the table and the pin) is
+// ignored.
+func (s *Store) loadLocs(name string, x *Index) (*locTable, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, "locs", name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	t, err := decodeLocs(b)
+	if err != nil {
+		s.log.Warn("location table unreadable; its chunks are misses", "pin", name, "err", err)
+		return nil, nil
+	}
+	if t.root != x.Root() {
+		s.log.Warn("location table of another index; its chunks are misses", "pin", name)
+		return nil, nil
+	}
+	return t, nil
+}
