@@ -633,3 +633,25 @@ func (s *Store) loadLocs(name string, x *Index) (*locTable, error) {
 	}
 	return t, nil
 }
+
+// FileBlob returns the path of a blob of size bytes that holds chunk id at
+// off, or "" if there is none: a file kept earlier that the file being
+// rebuilt may equal (a checkpoint's state file that did not change). Nothing
+// is read or verified; a caller that uses it checks every chunk it relies
+// on.
+func (s *Store) FileBlob(id ID, off, size int64) string {
+	s.mu.Lock()
+	var cand []string
+	for _, l := range s.where[id] {
+		if !l.b.gone && l.off == off {
+			cand = append(cand, l.b.name)
+		}
+	}
+	s.mu.Unlock()
+	for _, n := range cand {
+		if fi, err := os.Stat(s.blobPath(n)); err == nil && fi.Mode().IsRegular() && fi.Size() == size {
+			return s.blobPath(n)
+		}
+	}
+	return ""
+}

@@ -359,6 +359,7 @@ func (rc *Receiver) scan(ctx context.Context, x *cas.Index, offs []int64, f *os.
 		head[e.ID] = int32(i)
 	}
 	buf := make([]byte, 0, 64<<10)
+	var sbuf []byte // chunks read from the store
 	var occ []int
 	for first, e := range x.Entries {
 		if e.Hole || head[e.ID] != int32(first) {
@@ -392,10 +393,11 @@ func (rc *Receiver) scan(ctx context.Context, x *cas.Index, offs []int64, f *os.
 			}
 		}
 		if data == nil && rc.Store != nil {
-			d, err := rc.Store.Get(e.ID, nil)
+			// Written below before the next chunk is read: sbuf is reused.
+			d, err := rc.Store.Get(e.ID, sbuf)
 			switch {
 			case err == nil:
-				data = d
+				data, sbuf = d, d
 				res.FromStore++
 			case errors.Is(err, cas.ErrCorrupt):
 				res.Refetched++

@@ -919,6 +919,7 @@ type rxFile struct {
 	f       *os.File
 	pending int  // pieces not yet all written
 	full    bool // its last piece was announced
+	linked  bool // f is a blob of the store linked in place (reuse.go)
 }
 
 // release drops one piece's hold on the file and closes it after the last.
@@ -1142,6 +1143,7 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 	}
 	defer finish()
 	all := &cas.Index{Version: cas.IndexV2, Chunking: cas.CDC}
+	var sameBuf []byte // pieces of linked files checked (reuse.go)
 	var queue []*rxSeg
 	limits := map[msgType]int{msgSeg: maxSegFrame, msgChunk: maxChunkFrame, msgRun: maxRunFrame, msgDone: 0}
 	for {
@@ -1201,11 +1203,18 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 		all.Size += x.Size
 		rf := files[fi]
 		if rf == nil {
-			f, err := root.OpenFile(filepath.FromSlash(e.Path), os.O_RDWR, 0)
-			if err != nil {
-				return nil, fmt.Errorf("transfer: open %s: %w", e.Path, err)
+			rf = &rxFile{}
+			if off == 0 && !resumed {
+				rf.f = rc.linkSame(root, e, x) // reuse.go
+				rf.linked = rf.f != nil
 			}
-			rf = &rxFile{f: f}
+			if rf.f == nil {
+				f, err := root.OpenFile(filepath.FromSlash(e.Path), os.O_RDWR, 0)
+				if err != nil {
+					return nil, fmt.Errorf("transfer: open %s: %w", e.Path, err)
+				}
+				rf.f = f
+			}
 			files[fi] = rf
 		}
 		rf.mu.Lock()
@@ -1215,6 +1224,35 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 		offs := x.Offsets()
 		for i := range offs {
 			offs[i] += off
+		}
+		if rf.linked {
+			same, err := checkSame(rf.f, x, offs, &sameBuf)
+			if err != nil {
+				return nil, fmt.Errorf("transfer: check %s: %w", e.Path, err)
+			}
+			if same {
+				for _, c := range x.Entries {
+					if !c.Hole {
+						res.FromStore++
+					}
+				}
+				if err := w.frame(msgWant, encodeWant(nil)); err != nil {
+					return nil, err
+				}
+				if err := w.Flush(); err != nil {
+					return nil, fmt.Errorf("transfer: send WANT: %w", err)
+				}
+				rf.release()
+				continue
+			}
+			// Every earlier piece of the file was found the same, so no
+			// chunk of it is in flight: nothing writes to rf.f.
+			f, err := unlinkSame(root, e, rf.f, off)
+			if err != nil {
+				return nil, err
+			}
+			rf.f.Close()
+			rf.f, rf.linked = f, false
 		}
 		want, head, next, wanted, err := rc.scan(ctx, x, offs, rf.f, resumed, res, log)
 		if err != nil {
@@ -1415,6 +1453,17 @@ func makeTree(dir string, t *Tree, reuse bool) error {
 				var fi os.FileInfo
 				if fi, err = f.Stat(); err == nil && !fi.Mode().IsRegular() {
 					err = fmt.Errorf("%s is not a regular file", e.Path)
+				}
+				if err == nil && reuse && linkedElsewhere(fi) {
+					// A blob of the store linked in place (reuse.go) by
+					// the earlier attempt: never written to, start afresh.
+					f.Close()
+					if err = root.Remove(name); err == nil {
+						f, err = root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+					}
+					if err != nil {
+						break
+					}
 				}
 				if err == nil {
 					err = f.Truncate(e.Size)

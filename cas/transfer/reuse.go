@@ -1,0 +1,136 @@
+package transfer
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/ferrycluster/ferry/cas"
+	"github.com/ferrycluster/ferry/cas/chunker"
+	"golang.org/x/sys/unix"
+)
+
+// A file of a tree that equals a file the store holds whole (a blob of the
+// same size with the file's first chunk at the same offset: say the state
+// file of a checkpoint that did not change since the task left this node)
+// is not rebuilt: the receiver links that blob in place of the staging
+// file and checks every piece against it as the pieces are announced (read
+// and hashed, as chunks from the store always are). The first piece that
+// differs undoes it: the checked prefix is copied into a new staging file
+// (copy_file_range) and the rest is received as usual. So an unchanged
+// gigabyte costs a read and a hash, not a copy and its writeback.
+
+// linkSame replaces the staging file of e (under root) with a link to a
+// blob of the store that may hold the same bytes, judging by the first
+// piece x; it returns the linked file, open read-only, or nil.
+func (rc *Receiver) linkSame(root *os.Root, e TreeEntry, x *cas.Index) *os.File {
+	if rc.Store == nil {
+		return nil
+	}
+	var off int64
+	k := 0
+	for k < len(x.Entries) && x.Entries[k].Hole {
+		off += int64(x.Entries[k].Length)
+		k++
+	}
+	if k == len(x.Entries) {
+		return nil
+	}
+	blob := rc.Store.FileBlob(x.Entries[k].ID, off, e.Size)
+	if blob == "" {
+		return nil
+	}
+	name := filepath.FromSlash(e.Path)
+	dir, err := root.Open(filepath.Dir(name))
+	if err != nil {
+		return nil
+	}
+	defer dir.Close()
+	if err := root.Remove(name); err != nil {
+		return nil
+	}
+	if err := unix.Linkat(unix.AT_FDCWD, blob, int(dir.Fd()), filepath.Base(name), 0); err != nil {
+		// Put the sparse staging file back.
+		if f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+			f.Truncate(e.Size)
+			f.Close()
+		}
+		return nil
+	}
+	f, err := root.Open(name)
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// checkSame reads piece x of a linked file (at offs) and reports whether
+// every chunk is there (and every hole zeros). buf is reused.
+func checkSame(f *os.File, x *cas.Index, offs []int64, buf *[]byte) (bool, error) {
+	if len(offs) == 0 {
+		return true, nil
+	}
+	if int64(cap(*buf)) < x.Size {
+		*buf = make([]byte, x.Size)
+	}
+	b := (*buf)[:x.Size]
+	if n, err := f.ReadAt(b, offs[0]); int64(n) < x.Size {
+		if err == io.EOF {
+			return false, nil
+		}
+		return false, err
+	}
+	var at int64
+	for _, e := range x.Entries {
+		d := b[at : at+int64(e.Length)]
+		at += int64(e.Length)
+		if e.Hole && !chunker.IsZero(d) || !e.Hole && cas.Sum(d) != e.ID {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// unlinkSame undoes linkSame for e once a piece at off differs: a new
+// staging file gets the checked prefix [0, off) of linked and takes its
+// place; it is returned open for writing.
+func unlinkSame(root *os.Root, e TreeEntry, linked *os.File, off int64) (*os.File, error) {
+	name := filepath.FromSlash(e.Path)
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := filepath.Join(filepath.Dir(name), ".ferry-unlink-"+hex.EncodeToString(rnd[:]))
+	f, err := root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("transfer: receive %s: %w", e.Path, err)
+	}
+	if off > 0 {
+		// copy_file_range underneath (a LimitedReader of a file): the
+		// kernel copies the pages.
+		if _, err = linked.Seek(0, io.SeekStart); err == nil {
+			_, err = io.Copy(f, &io.LimitedReader{R: linked, N: off})
+		}
+	}
+	if err == nil {
+		err = f.Truncate(e.Size)
+	}
+	if err == nil {
+		err = root.Rename(tmp, name)
+	}
+	if err != nil {
+		f.Close()
+		root.Remove(tmp)
+		return nil, fmt.Errorf("transfer: receive %s: %w", e.Path, err)
+	}
+	return f, nil
+}
+
+// linkedElsewhere reports whether a staging file has other links (a blob
+// linked in place by linkSame).
+func linkedElsewhere(fi os.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Nlink > 1
+}
