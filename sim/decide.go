@@ -277,14 +277,20 @@ func (e *engine) problem(m *cluster.Model, d policy.Decision) (*plan.Problem, []
 		}
 		sm.Tasks = append(sm.Tasks, *t)
 		sub = append(sub, e.sub2glob[i])
-		if e.observed && (e.jobs[e.tasks[e.sub2glob[i]].job].started < 0 || t.State == cluster.Sleeping && d.Want[i] == cluster.Running) {
+		resumed := t.State == cluster.Sleeping && d.Want[i] == cluster.Running
+		suspended := t.State == cluster.Running && d.Want[i] == cluster.Sleeping
+		if e.observed && (e.jobs[e.tasks[e.sub2glob[i]].job].started < 0 || resumed || suspended) {
 			// A job that never ran: its use of a time-shared resource is
 			// not known, the planner reserves none of it (the policy
 			// placed it; the nodes share what it turns out to use). A
 			// task being resumed uses none until its resume ends, and the
 			// policy placed it by what it used: the planner reserves none
 			// either, so a resume may overlap the end of the job whose
-			// cores it takes (Selective.Anticipate).
+			// cores it takes (Selective.Anticipate). A task being
+			// suspended uses none from its suspend's start (the engine
+			// counts no load for it then, see updateRates): the planner
+			// reserves none, so a move onto its cores need not wait for
+			// its memory to be written out, only for the memory it needs.
 			// One copy for all of them: a copy per resource would undo
 			// the zeroing of the ones before it.
 			st := &sm.Tasks[len(sm.Tasks)-1]

@@ -26,6 +26,16 @@ func run(t *testing.T, w *workload.Workload, p policy.Policy) *sim.Result {
 	return r
 }
 
+// scenario parses a scenario (sim/workload's YAML) or fails the test.
+func scenario(t *testing.T, text string) *workload.Workload {
+	t.Helper()
+	w, err := workload.ParseScenario(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 func TestVTDCEveryPolicyKeepsInvariantsAndIsDeterministic(t *testing.T) {
 	w := workload.VTDC(1)
 	for _, name := range policy.Names() {
@@ -59,14 +69,11 @@ func TestDynamicSchedulerBeatsFCFSOnVTDC(t *testing.T) {
 }
 
 func TestStalledRunIsReported(t *testing.T) {
-	w, err := workload.ParseScenario(strings.NewReader(`
+	w := scenario(t, `
 nodes: {count: 1, cpu: 1}
 jobs: [{name: a, tasks: 1, work: 10}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = sim.Run(context.Background(), sim.Config{Workload: w, Policy: never{}})
+`)
+	_, err := sim.Run(context.Background(), sim.Config{Workload: w, Policy: never{}})
 	if err == nil || !strings.Contains(err.Error(), "stalled") {
 		t.Fatalf("err = %v", err)
 	}
@@ -101,14 +108,11 @@ func TestObservedDemandIsNotKnownBeforeAJobRuns(t *testing.T) {
 	// An HC vjob computes on one VM at a time: its first step uses task
 	// 0 only. Before the job runs, the policy must see the peak (1 CPU
 	// per VM), not that future profile; once it runs, what it uses.
-	w, err := workload.ParseScenario(strings.NewReader(`
+	w := scenario(t, `
 nodes: {count: 6, cpu: 2, memory_mib: 3584}
 soft: [cpu]
 jobs: [{name: hc, submit: 0, ngb: HC}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	s := &seen{Selective: policy.Ferry()}
 	run(t, w, s)
 	if len(s.cpu) < 2 {
@@ -144,17 +148,14 @@ func TestNeverRunJobReservesNoneOfEverySoftResource(t *testing.T) {
 	// Memory is never soft, so the second soft resource is a third one,
 	// "net", added here (scenarios have cpu and memory only).
 	for _, soft := range [][]string{{"cpu"}, {"cpu", "net"}} {
-		w, err := workload.ParseScenario(strings.NewReader(`
+		w := scenario(t, `
 nodes: {count: 5, cpu: 2, memory_mib: 3584}
 soft: [cpu]
 jobs:
   - {name: hc, submit: 0, ngb: HC}
   - {name: ed, submit: 0, ngb: ED}
   - {name: hc2, submit: 0, ngb: HC}
-`))
-		if err != nil {
-			t.Fatal(err)
-		}
+`)
 		if len(soft) > 1 {
 			w.Resources = append(w.Resources, "net")
 			for i := range w.Nodes {
@@ -181,17 +182,14 @@ func TestAResumeEndsWhenTheJobWhoseCoresItTakesEnds(t *testing.T) {
 	// decision then, Decision.Recheck): the planner reserves no CPU for a
 	// task being resumed, so b runs from a's completion on instead of
 	// starting its resume then.
-	w, err := workload.ParseScenario(strings.NewReader(`
+	w := scenario(t, `
 nodes: {count: 1, cpu: 2, memory_mib: 2048}
 durations: {disk_mbps: 100, net_mbps: 117, latency: 1, boot: 1, shutdown: 1}
 soft: [cpu]
 jobs:
   - {name: a, submit: 0, tasks: 2, cpu: 1, memory_mib: 512, work: 300, walltime: 300}
   - {name: b, submit: 0, tasks: 2, cpu: 1, memory_mib: 512, work: 300, walltime: 300}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	r := run(t, w, policy.Ferry())
 	if r.NoPlans != 0 || r.Summary.Resumes != 2 {
 		t.Fatalf("%d decisions without a plan, %d resumes", r.NoPlans, r.Summary.Resumes)
@@ -237,16 +235,13 @@ func TestTheEngineDecidesAtTheEarliestRecheckAndIgnoresOneNotInTheFuture(t *test
 	// happens at 200 or 400. Before b, the policy asks for 400; from b
 	// on, for 200 (earlier: it must be honoured though 400 is pending);
 	// from 200 on, for the current instant or before (ignored).
-	w, err := workload.ParseScenario(strings.NewReader(`
+	w := scenario(t, `
 nodes: {count: 1, cpu: 2, memory_mib: 2048}
 durations: {disk_mbps: 100, net_mbps: 117, latency: 1, boot: 1, shutdown: 1}
 jobs:
   - {name: a, submit: 0, tasks: 1, cpu: 1, memory_mib: 512, work: 1000, walltime: 1000}
   - {name: b, submit: 50, tasks: 1, cpu: 1, memory_mib: 512, work: 1000, walltime: 1000}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	p := &rechecker{recheck: func(now int64) int64 {
 		switch {
 		case now < 50:
@@ -266,5 +261,85 @@ jobs:
 	}
 	if decided[200] != 1 || decided[400] != 1 {
 		t.Fatalf("decisions at %v: want one at 200 (asked for after 400) and one at 400", p.at)
+	}
+}
+
+// switcher starts a on node 0 and c on node 1, then, once both run,
+// suspends a and moves c's second task onto a's node; with c gone it
+// resumes a. It sizes tasks by observed demand (the problem's soft
+// resources are then the engine's business).
+type switcher struct{ switched bool }
+
+func (*switcher) Name() string         { return "switcher" }
+func (*switcher) ObservesDemand() bool { return true }
+func (s *switcher) Decide(v *policy.View) (policy.Decision, error) {
+	d := policy.Current(v.Model)
+	jobs := map[string]*policy.Job{}
+	for i := range v.Jobs {
+		jobs[v.Jobs[i].Name] = &v.Jobs[i]
+	}
+	a, c := jobs["a"], jobs["c"]
+	fence := func(task, node int) {
+		d.Constraints = append(d.Constraints, cluster.Fence{Tasks: []int{task}, Nodes: []int{node}})
+	}
+	want := func(j *policy.Job, st cluster.TaskState) {
+		for _, t := range j.Tasks {
+			d.Want[t] = st
+		}
+	}
+	switch {
+	case c != nil && policy.JobPhase(v.Model, a) == policy.Queued && policy.JobPhase(v.Model, c) == policy.Queued:
+		want(a, cluster.Running)
+		want(c, cluster.Running)
+		for k := range 2 {
+			fence(a.Tasks[k], 0)
+			fence(c.Tasks[k], 1)
+		}
+	case c != nil && !s.switched && policy.JobPhase(v.Model, a) == policy.Active && policy.JobPhase(v.Model, c) == policy.Active:
+		s.switched = true
+		want(a, cluster.Sleeping)
+		fence(c.Tasks[1], 0)
+	case c == nil && policy.JobPhase(v.Model, a) == policy.Asleep:
+		want(a, cluster.Running)
+	}
+	return d, nil
+}
+
+func TestAMoveOntoTheCoresOfASuspendedTaskStartsWithTheSuspend(t *testing.T) {
+	// Node 0's two cores run a's two tasks; a is suspended and c's task 1
+	// moves onto node 0, where memory has room for all three. A task
+	// being suspended computes no more from its suspend's start (the
+	// engine counts no load for it), so the planner must not hold its
+	// cores until its memory is written out: the move starts with the
+	// suspends (it waited for their end, 7 s, before).
+	w := scenario(t, `
+nodes: {count: 2, cpu: 2, memory_mib: 4096}
+durations: {disk_mbps: 100, net_mbps: 117, latency: 1, boot: 1, shutdown: 1}
+soft: [cpu]
+jobs:
+  - {name: a, submit: 0, tasks: 2, cpu: 1, memory_mib: 512, work: 100, walltime: 100}
+  - {name: c, submit: 0, tasks: 2, cpu: 1, memory_mib: 512, work: 100, walltime: 100}
+`)
+	r := run(t, w, &switcher{})
+	suspend, migrate := int64(-1), int64(-1)
+	for _, ev := range r.Events {
+		if ev.Kind != sim.EvStart {
+			continue
+		}
+		switch {
+		case ev.Action == cluster.Suspend && suspend < 0:
+			suspend = ev.T
+		case ev.Action == cluster.Migrate && migrate < 0:
+			migrate = ev.T
+		}
+	}
+	if suspend < 0 || migrate < 0 {
+		t.Fatalf("suspend at %d, migration at %d: the switch did not happen", suspend, migrate)
+	}
+	if migrate != suspend {
+		t.Fatalf("the migration onto the suspended task's cores started at %d, the suspends at %d", migrate, suspend)
+	}
+	if r.Summary.Completed != 2 {
+		t.Fatalf("%d of 2 jobs completed", r.Summary.Completed)
 	}
 }
