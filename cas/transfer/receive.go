@@ -35,8 +35,10 @@ type Receiver struct {
 	// Store, if set, is consulted for chunks before asking for them; a
 	// corrupt chunk found there is removed and asked for.
 	Store *cas.Store
-	// Keep adds every received chunk to Store (slower: one small file per
-	// chunk), so later transfers of similar files find them.
+	// Keep adds the received file's chunks to Store once it is committed,
+	// so later transfers of similar files find them: by reference (the
+	// file is hard-linked into the store, cas.Store.KeepLinked), not
+	// copied.
 	Keep bool
 	// PinAs, with Keep, names the pin under which a completed transfer's
 	// index is kept in Store (replacing an earlier pin of that name; then
@@ -243,16 +245,11 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 		}
 	}
 	advance()
-	var keeper *storeWriter
-	if rc.Keep && rc.Store != nil {
-		keeper = newStoreWriter(rc.Store, 4)
-		defer keeper.wait()
-	}
 	// Frames are read on this goroutine into batches; the pipeline hashes
 	// and writes them on two more. It finishes every batch already read
 	// before Serve returns, so a resume finds those chunks.
 	tgt := &rxTarget{x: x, offs: offs, next: next, f: part.f, done: done, onWritten: advance}
-	pl := newRxPipeline(&rxPipeline{keeper: keeper, prog: prog, wb: writeback{off: rc.NoSync}, hashers: min(2, runtime.GOMAXPROCS(0))})
+	pl := newRxPipeline(&rxPipeline{prog: prog, wb: writeback{off: rc.NoSync}, hashers: min(2, runtime.GOMAXPROCS(0))})
 	fr := &chunkReader{r: r, pl: pl, bt: pl.get()}
 	finish := func() error {
 		err := fr.finish()
@@ -304,25 +301,32 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 			return err
 		}
 	}
-	if keeper != nil {
-		if err := keeper.wait(); err != nil {
-			return err
-		}
-		if err := rc.Store.Sync(); err != nil {
-			return err
-		}
-		if name := rc.pinName(h); name != "" {
-			// Chunks found in a resumed partial are not in the store yet:
-			// Keep reads them from the (verified) partial file.
-			if _, err := rc.Store.Keep(ctx, name, part.f, x); err != nil {
-				log.Warn("keeping the received chunks", "pin", name, "err", err)
-			}
-		}
+	// With Keep the file (a tar's partial for KindDir) is linked into the
+	// store before the commit and kept by reference after it (Keep adds
+	// nothing while the chunks arrive: one file per chunk cost more than
+	// the transfer). Without a pin name the chunks stay unpinned, for the
+	// store's grace period.
+	var ln *cas.Linked
+	if rc.Keep && rc.Store != nil {
+		ln = rc.Store.Link()
+		ln.Add(part.f, x.Size) // unlinked: Keep copies
+		defer ln.Close()
 	}
 	if err := rc.commit(h, part, dest); err != nil {
 		return err
 	}
 	res.Path = dest
+	if ln != nil {
+		name, unpin := rc.pinName(h), false
+		if name == "" {
+			name, unpin = "transfer-"+h.ID, true
+		}
+		if _, err := rc.Store.KeepLinked(ctx, name, part.f, ln, x); err != nil {
+			log.Warn("keeping the received chunks", "pin", name, "err", err)
+		} else if unpin {
+			rc.Store.Unpin(name)
+		}
+	}
 	if err := w.frame(msgResult, encodeResult(nil)); err != nil {
 		return err
 	}
@@ -759,64 +763,4 @@ func (d *prefixDigest) stop() {
 		close(d.ends)
 		<-d.result
 	}
-}
-
-// storeWriter adds chunks to a store on a few goroutines: creating a small
-// file is syscall-bound, so several in flight go faster than one.
-type storeWriter struct {
-	st   *cas.Store
-	ch   chan storeItem
-	wg   sync.WaitGroup
-	mu   sync.Mutex
-	err  error
-	done bool
-}
-
-type storeItem struct {
-	id   cas.ID
-	data []byte
-}
-
-func newStoreWriter(st *cas.Store, n int) *storeWriter {
-	w := &storeWriter{st: st, ch: make(chan storeItem, 64)}
-	for range n {
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			for it := range w.ch {
-				if _, err := w.st.Put(it.id, it.data); err != nil {
-					w.mu.Lock()
-					if w.err == nil {
-						w.err = err
-					}
-					w.mu.Unlock()
-				}
-			}
-		}()
-	}
-	return w
-}
-
-// put queues a copy of data; it returns the first error of an earlier put.
-func (w *storeWriter) put(id cas.ID, data []byte) error {
-	w.mu.Lock()
-	err := w.err
-	w.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	w.ch <- storeItem{id, append([]byte(nil), data...)}
-	return nil
-}
-
-// wait finishes the queued puts (once) and returns the first error.
-func (w *storeWriter) wait() error {
-	if !w.done {
-		w.done = true
-		close(w.ch)
-		w.wg.Wait()
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.err
 }

@@ -21,7 +21,6 @@ import (
 // every chunk verified before the failure is still written, so a resume
 // finds it in the partial file.
 type rxPipeline struct {
-	keeper  *storeWriter
 	prog    *progressor
 	wb      writeback
 	hashers int // goroutines hashing one batch (1 or 2)
@@ -249,11 +248,6 @@ func (p *rxPipeline) write(bt *rxBatch) error {
 		t := c.t
 		for k := int32(c.entry); k >= 0; k = t.next[k] {
 			t.done[k] = true
-		}
-		if p.keeper != nil {
-			if err := p.keeper.put(t.x.Entries[c.entry].ID, c.data); err != nil {
-				return err
-			}
 		}
 		p.received++
 		p.receivedBytes += int64(len(c.data))

@@ -149,8 +149,9 @@ func TestOnlyMissingChunksAndCorruptRefetched(t *testing.T) {
 	if _, err := SendFile(context.Background(), dial(t, addr), srcA, SendOptions{ID: "a", Name: "a.raw"}); err != nil {
 		t.Fatal(err)
 	}
-	if r := <-out; r.err != nil {
-		t.Fatal(r.err)
+	rA := <-out
+	if rA.err != nil {
+		t.Fatal(rA.err)
 	}
 	// B = A with 5 blocks changed.
 	dataB := append([]byte(nil), dataA...)
@@ -159,16 +160,15 @@ func TestOnlyMissingChunksAndCorruptRefetched(t *testing.T) {
 	}
 	srcB := filepath.Join(t.TempDir(), "b.raw")
 	os.WriteFile(srcB, dataB, 0o600)
-	// Corrupt one chunk B shares with A in the receiver's store.
+	// Corrupt one chunk B shares with A in the receiver's store: the store
+	// holds A's chunks by a link to the received file, so in that file.
 	shared := cas.Sum(dataB[60*4096 : 61*4096])
-	hex := shared.String()
-	p := filepath.Join(store.Dir(), "chunks", hex[:2], hex)
-	raw, err := os.ReadFile(p)
+	f, err := os.OpenFile(rA.res.Path, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw[len(raw)-1] ^= 1
-	os.WriteFile(p, raw, 0o644)
+	f.WriteAt([]byte{dataA[61*4096-1] ^ 1}, 61*4096-1)
+	f.Close()
 
 	res, err := SendFile(context.Background(), dial(t, addr), srcB, SendOptions{ID: "b", Name: "b.raw"})
 	if err != nil {
