@@ -2,6 +2,10 @@ package cas
 
 import (
 	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 )
@@ -44,6 +48,68 @@ func BenchmarkStorePut4K(b *testing.B) {
 		i++
 		data[0], data[1], data[2], data[3] = byte(i), byte(i>>8), byte(i>>16), byte(i>>24)
 		if _, err := s.Put(Sum(data), data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// Keep of 64 MiB of new FastCDC chunks from a reader: one pack, written
+// in order (the index is built outside the timed part).
+func BenchmarkKeepPack(b *testing.B) {
+	data := randBytes(64<<20, 7)
+	x, err := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: CDC})
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchKeep(b, int64(len(data)), func(s *Store) error {
+		_, err := s.Keep(context.Background(), "image-b", bytes.NewReader(data), x)
+		return err
+	})
+}
+
+// KeepLinked of a 64 MiB committed file: a hard link and the location
+// table, no byte copied.
+func BenchmarkKeepLinked(b *testing.B) {
+	data := randBytes(64<<20, 8)
+	x, err := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: CDC})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := filepath.Join(b.TempDir(), "state.bin")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil { // committed files are durable
+		b.Fatal(err)
+	}
+	benchKeep(b, int64(len(data)), func(s *Store) error {
+		l := s.Link()
+		if err := l.Add(f, int64(len(data))); err != nil {
+			return err
+		}
+		_, err := s.KeepLinked(context.Background(), "image-b", f, l, x)
+		return err
+	})
+}
+
+// benchKeep times keep on a new store each time (opened untimed).
+func benchKeep(b *testing.B, size int64, keep func(*Store) error) {
+	b.SetBytes(size)
+	dir := b.TempDir()
+	defer perCPU(b, size)()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		s, err := Open(filepath.Join(dir, fmt.Sprint(i)), Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if err := keep(s); err != nil {
 			b.Fatal(err)
 		}
 	}

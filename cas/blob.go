@@ -535,11 +535,14 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 				return fail(err)
 			}
 		}
-		had := s.located(e.ID) || s.hasFile(e.ID)
+		p := l.part(offs[i], e.Length)
+		// (A linked chunk's chunk file, if any, is not looked for: the
+		// count is then one too high, and a lstat per chunk is saved.)
+		had := s.located(e.ID) || p == nil && s.hasFile(e.ID)
 		if !had {
 			added++
 		}
-		if p := l.part(offs[i], e.Length); p != nil {
+		if p != nil {
 			k, ok := bi[p.blob]
 			if !ok {
 				k = len(t.blobs)
@@ -654,4 +657,33 @@ func (s *Store) FileBlob(id ID, off, size int64) string {
 		}
 	}
 	return ""
+}
+
+// syncNewBlobs makes the blobs of t that no pin named yet durable (fsync
+// of each and of DIR/blobs; a link's file is usually clean already), so
+// the table never names a blob a crash could lose. Chunk files need a
+// syncfs instead (Sync).
+func (s *Store) syncNewBlobs(t *locTable) error {
+	s.mu.Lock()
+	var fresh []string
+	for _, n := range t.blobs {
+		if s.pending[n] {
+			fresh = append(fresh, n)
+		}
+	}
+	s.mu.Unlock()
+	for _, n := range fresh {
+		f, err := os.Open(s.blobPath(n))
+		if err == nil {
+			err = f.Sync()
+			f.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("cas: sync blob %s: %w", n, err)
+		}
+	}
+	if len(fresh) > 0 {
+		syncDir(filepath.Join(s.dir, "blobs"))
+	}
+	return nil
 }

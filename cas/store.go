@@ -365,12 +365,14 @@ func (s *Store) pinLocked(name string, x *Index, t *locTable) error {
 	for i, n := range t.blobs {
 		bi[n] = i
 	}
+	files := false // some chunk is a chunk file (not fsynced by Put)
 	for i, e := range x.Entries {
 		if e.Hole || in[e.ID] {
 			continue
 		}
 		in[e.ID] = true
 		if s.hasFile(e.ID) {
+			files = true
 			continue
 		}
 		var l loc
@@ -393,7 +395,12 @@ func (s *Store) pinLocked(name string, x *Index, t *locTable) error {
 		}
 		t.ents = append(t.ents, locEnt{id: e.ID, b: k, off: l.off, n: l.n})
 	}
-	if err := s.Sync(); err != nil {
+	if files {
+		if err := s.Sync(); err != nil {
+			return err
+		}
+	}
+	if err := s.syncNewBlobs(t); err != nil {
 		return err
 	}
 	// The table first (naming the index's root), then the pin: a crash
