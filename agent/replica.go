@@ -30,7 +30,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -44,6 +43,7 @@ import (
 	"github.com/ferrycluster/ferry/cas"
 	"github.com/ferrycluster/ferry/cas/transfer"
 	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/internal/linktree"
 	"github.com/ferrycluster/ferry/pki"
 )
 
@@ -319,7 +319,7 @@ func (a *Agent) forgetPushLocked(id string, ps *pushState) {
 // writeSnapshot links the checkpoint at src into s.dir/checkpoint and
 // writes s.dir/replica.json.
 func writeSnapshot(s *snapshot, src string) error {
-	if err := linkTree(src, filepath.Join(s.dir, replicaDataDir)); err != nil {
+	if err := linktree.Tree(src, filepath.Join(s.dir, replicaDataDir)); err != nil {
 		return err
 	}
 	b, err := json.Marshal(s.meta)
@@ -327,30 +327,6 @@ func writeSnapshot(s *snapshot, src string) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(s.dir, replicaMetaFile), b, 0o600)
-}
-
-// linkTree recreates the tree at src under dst (which must not exist) with
-// hard links to its files: no byte is copied, and the driver may delete
-// src meanwhile. Both must be on one filesystem (the driver's data dir
-// under the agent's, as `ferry agent` sets it up).
-func linkTree(src, dst string) error {
-	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, p)
-		if err != nil {
-			return err
-		}
-		to := filepath.Join(dst, rel)
-		switch {
-		case d.IsDir():
-			return os.MkdirAll(to, 0o700)
-		case !d.Type().IsRegular():
-			return nil
-		}
-		return os.Link(p, to)
-	})
 }
 
 // pushLoop sends a task's newest snapshot until none is waiting.
@@ -726,7 +702,7 @@ func (a *Agent) linkReplica(id string, epoch uint64, dir string) (replicaMeta, e
 	if err := replicaEpochIs(id, a.cfg.Name, r.meta.Epoch, epoch); err != nil {
 		return replicaMeta{}, err
 	}
-	if err := linkTree(filepath.Join(r.dir, replicaDataDir), dir); err != nil {
+	if err := linktree.Tree(filepath.Join(r.dir, replicaDataDir), dir); err != nil {
 		os.RemoveAll(dir)
 		return replicaMeta{}, fmt.Errorf("replica of %q: %w", id, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/internal/linktree"
 )
 
 // ManifestName is the file the driver adds to every committed checkpoint.
@@ -268,27 +269,9 @@ func copyFile(src, dst string, sync bool) error {
 	return err
 }
 
-// linkTree makes dst a copy of src using hard links where it can (same
+// linkTree makes dst a copy of src by hard links where it can (same
 // filesystem), so a restore directory costs no bytes; copies otherwise.
-func linkTree(src, dst string) error {
-	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		target := filepath.Join(dst, rel)
-		if d.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		if !d.Type().IsRegular() {
-			return fmt.Errorf("%s: not a regular file", rel)
-		}
-		if err := os.Link(p, target); err == nil {
-			return nil
-		}
-		return copyFile(p, target, false)
-	})
-}
+var linkTree = linktree.Tree
 
 // FreeSpace returns the bytes available to an unprivileged writer on the
 // filesystem holding path (statfs f_bavail * f_bsize).
