@@ -249,25 +249,7 @@ func copyTree(src, dst string, sync bool) error {
 	})
 }
 
-func copyFile(src, dst string, sync bool) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if err == nil && sync {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+var copyFile = linktree.CopyFile
 
 // linkTree makes dst a copy of src by hard links where it can (same
 // filesystem), so a restore directory costs no bytes; copies otherwise.

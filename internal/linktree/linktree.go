@@ -37,11 +37,13 @@ func Tree(src, dst string) error {
 		if err := os.Link(p, target); err == nil {
 			return nil
 		}
-		return copyFile(p, target)
+		return CopyFile(p, target, false)
 	})
 }
 
-func copyFile(src, dst string) error {
+// CopyFile copies the regular file src to dst (created or truncated,
+// 0o644), fsyncing it with sync.
+func CopyFile(src, dst string, sync bool) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -52,6 +54,9 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	_, err = io.Copy(out, in)
+	if err == nil && sync {
+		err = out.Sync()
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

@@ -37,12 +37,12 @@ func TestTree(t *testing.T) {
 	}
 }
 
-// Where a link is refused the file is copied.
+// CopyFile copies (what Tree does where a link is refused).
 func TestCopyFile(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "f")
 	os.WriteFile(src, []byte("bytes"), 0o600)
 	dst := filepath.Join(t.TempDir(), "g")
-	if err := copyFile(src, dst); err != nil {
+	if err := CopyFile(src, dst, true); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(dst); string(got) != "bytes" {
