@@ -174,7 +174,8 @@ func TestLinkedFileReplacedUnderAReference(t *testing.T) {
 
 // A keep cut by a crash leaves a pack no table names, or a table without
 // its pin, or (replacing a pin) a table of another index: Open removes
-// the first two and ignores the third (its chunks are misses). A pack torn
+// the first two once the grace period has passed and ignores the third
+// (its chunks are misses). A pack torn
 // under its table reads as misses, never as wrong data.
 func TestPackCrashMidWay(t *testing.T) {
 	ctx := context.Background()
@@ -194,7 +195,15 @@ func TestPackCrashMidWay(t *testing.T) {
 	os.WriteFile(orphan, data[:5000], 0o600)
 	tbl, _ := os.ReadFile(filepath.Join(dir, "locs", "image-e"))
 	os.WriteFile(filepath.Join(dir, "locs", "image-gone"), tbl, 0o600)
-	s2, err := Open(dir, Options{})
+	// Within the grace period they stay (another process using the store,
+	// as `ferry cas gc` beside an agent, must not take a keep in flight).
+	if _, err := Open(dir, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(orphan); err != nil {
+		t.Fatal("a fresh orphan pack was removed")
+	}
+	s2, err := Open(dir, Options{GCGrace: time.Nanosecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,6 +301,16 @@ func TestBlobGC(t *testing.T) {
 	l2.Close()
 	if n := len(blobNames(t, s)); n != 1 {
 		t.Fatalf("%d blobs after an abandoned link, want 1", n)
+	}
+	// A blob nobody knows (a crashed keep's, another process's): GC
+	// removes it after the grace period only.
+	orphan := filepath.Join(s.Dir(), "blobs", newBlobName("pack"))
+	os.WriteFile(orphan, data[:100], 0o600)
+	if st, _ := s.GC(ctx, time.Now(), time.Hour); st.BlobsRemoved != 0 {
+		t.Fatalf("gc removed a fresh unknown blob: %+v", st)
+	}
+	if st, _ := s.GC(ctx, time.Now().Add(2*time.Hour), time.Hour); st.BlobsRemoved != 1 || len(blobNames(t, s)) != 1 {
+		t.Fatalf("gc kept an old unknown blob: %+v", st)
 	}
 }
 

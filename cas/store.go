@@ -137,22 +137,49 @@ func Open(dir string, opts Options) (*Store, error) {
 		}
 	}
 	// Tables without their pin, and blobs no table names: a keep or an
-	// unpin cut by a crash.
-	if ents, err := os.ReadDir(filepath.Join(dir, "locs")); err == nil {
-		for _, e := range ents {
-			if s.tables[e.Name()] == nil {
-				os.Remove(filepath.Join(dir, "locs", e.Name()))
-			}
-		}
-	}
-	if ents, err := os.ReadDir(filepath.Join(dir, "blobs")); err == nil {
-		for _, e := range ents {
-			if s.blobs[e.Name()] == nil {
-				os.Remove(filepath.Join(dir, "blobs", e.Name()))
-			}
-		}
-	}
+	// unpin cut by a crash (or in flight in another process using the
+	// store, as `ferry cas gc` beside an agent: hence the grace period).
+	s.removeOrphans(time.Now().Add(-s.grace()))
 	return s, nil
+}
+
+// removeOrphans removes the location tables without a pin and the blobs no
+// table names nor a keep in flight holds whose inode changed (ctime: a
+// link or a write) before cutoff. It returns the blobs and bytes removed.
+func (s *Store) removeOrphans(cutoff time.Time) (int, int64) {
+	old := func(p string) (int64, bool) {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return 0, false
+		}
+		return st.Size, time.Unix(st.Ctim.Unix()).Before(cutoff)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ents, err := os.ReadDir(filepath.Join(s.dir, "locs")); err == nil {
+		for _, e := range ents {
+			p := filepath.Join(s.dir, "locs", e.Name())
+			if _, ok := s.pins[e.Name()]; !ok {
+				if _, o := old(p); o {
+					os.Remove(p)
+				}
+			}
+		}
+	}
+	n, bytes := 0, int64(0)
+	if ents, err := os.ReadDir(filepath.Join(s.dir, "blobs")); err == nil {
+		for _, e := range ents {
+			p := filepath.Join(s.dir, "blobs", e.Name())
+			if s.blobs[e.Name()] != nil || s.pending[e.Name()] {
+				continue
+			}
+			if size, o := old(p); o && os.Remove(p) == nil {
+				n++
+				bytes += size
+			}
+		}
+	}
+	return n, bytes
 }
 
 // Dir is the store's directory.
@@ -611,6 +638,9 @@ func (s *Store) GC(ctx context.Context, now time.Time, grace time.Duration) (GCS
 	}
 	st.BlobsRemoved, st.RemovedBytes = s.sweepBlobsLocked(cutoff)
 	s.mu.Unlock()
+	n, bytes := s.removeOrphans(cutoff)
+	st.BlobsRemoved += n
+	st.RemovedBytes += bytes
 	for i := 0; i < 256; i++ {
 		if err := ctx.Err(); err != nil {
 			return st, err
