@@ -102,6 +102,11 @@ const (
 	// hashing or extraction, several times faster for a fresh checkpoint
 	// (docs/checkpointing.md), but every byte crosses every time.
 	ImageTransferTar = "tar"
+	// ImageTransferStream is ImageTransferCAS, except that a checkpoint
+	// migration from this node of a driver that can (process) streams the
+	// checkpoint to the destination while the job writes it
+	// (api.ImageLiveProtocol; docs/checkpointing.md).
+	ImageTransferStream = "stream"
 )
 
 // Validate checks the configuration.
@@ -125,9 +130,9 @@ func (c *Config) Validate() error {
 		return errors.New("agent: negative capacity")
 	}
 	switch c.ImageTransfer {
-	case "", ImageTransferCAS, ImageTransferTar:
+	case "", ImageTransferCAS, ImageTransferTar, ImageTransferStream:
 	default:
-		return fmt.Errorf("agent: image transfer %q: want %s or %s", c.ImageTransfer, ImageTransferCAS, ImageTransferTar)
+		return fmt.Errorf("agent: image transfer %q: want %s, %s or %s", c.ImageTransfer, ImageTransferCAS, ImageTransferTar, ImageTransferStream)
 	}
 	return nil
 }
@@ -155,6 +160,7 @@ type Agent struct {
 	records  map[string]*record
 	busy     map[string]string             // task id → operation in flight
 	moves    map[string]context.CancelFunc // outbound moves, for cancel
+	liveOuts map[string]*liveOut           // streamed checkpoint moves awaiting their fetch
 	incoming map[string]*incomingSession   // by task id
 	conns    map[net.Conn]struct{}         // hijacked tunnel connections
 	stale    map[string]string             // driver task id → reason (no usable record)
@@ -205,6 +211,7 @@ func New(cfg Config) (*Agent, error) {
 		peerTLS:  cfg.Identity.ClientConfig(),
 		busy:     map[string]string{},
 		moves:    map[string]context.CancelFunc{},
+		liveOuts: map[string]*liveOut{},
 		incoming: map[string]*incomingSession{},
 		conns:    map[net.Conn]struct{}{},
 		stale:    map[string]string{},

@@ -36,10 +36,17 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, caller, _ := pki.PeerRole(r.TLS)
+	live := strings.EqualFold(r.Header.Get("Upgrade"), api.ImageLiveProtocol)
+	var slot *liveOut
 	a.mu.Lock()
 	rec, err := a.checkEpochLocked(id, epoch)
 	if err == nil {
 		switch {
+		case live:
+			// Only while migrateCheckpoint waits for it (streamSuspend).
+			if slot = a.liveOuts[id]; slot == nil || rec.Phase != api.PhaseMigratingOut || rec.Mode != "checkpoint" {
+				err = fmt.Errorf("%w: no streamed move of task %q in progress on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
+			}
 		case rec.Image == nil:
 			err = fmt.Errorf("%w: task %q has no image on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
 		case rec.Phase == api.PhaseSuspended:
@@ -62,6 +69,9 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch {
+	case live:
+		a.sendImageLive(w, r, rec, slot)
+		return
 	case strings.EqualFold(r.Header.Get("Upgrade"), api.ImageTarProtocol):
 		a.sendImageTar(w, r, rec)
 		return
@@ -106,6 +116,131 @@ func (a *Agent) sendImageCAS(w http.ResponseWriter, r *http.Request, rec *record
 		return
 	}
 	a.log.Info("image sent", "task", rec.ID, "chunks", res.ChunksSent, "bytes", res.BytesSent, "wire_bytes", res.WireBytes, "took", time.Since(start))
+}
+
+// streamDriver is a driver that can move a checkpoint while its job
+// writes it (driver/process).
+type streamDriver interface {
+	// SuspendStream suspends task id into dir here, streaming the
+	// checkpoint on conn as it is written; the image is non-zero iff the
+	// task was suspended (with an error: the stream failed).
+	SuspendStream(ctx context.Context, id, dir string, conn io.ReadWriter) (driver.Image, error)
+	// ReceiveStream commits the streamed checkpoint at dir (missing or
+	// empty), or nothing; space reports free bytes at a path.
+	ReceiveStream(ctx context.Context, conn io.ReadWriter, dir string, space func(string) (int64, error)) error
+}
+
+// liveOut hands the destination's fetch of a streamed checkpoint
+// (handleImage) to the migration waiting for it (streamSuspend).
+type liveOut struct {
+	conn chan io.ReadWriter
+	done chan struct{} // the migration is done with the connection
+}
+
+// sendImageLive answers a fetch upgraded to api.ImageLiveProtocol: the
+// record in a header, then the connection goes to the migration, which
+// suspends the task streaming its checkpoint on it.
+func (a *Agent) sendImageLive(w http.ResponseWriter, r *http.Request, rec *record, slot *liveOut) {
+	conn, err := a.upgradeRecord(w, r, api.ImageLiveProtocol, rec)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	defer a.untrack(conn)
+	select {
+	case slot.conn <- conn:
+		<-slot.done
+	case <-slot.done:
+	}
+}
+
+// streamSuspend suspends rec's task with sd while the destination (asked
+// to resume it with Stream) fetches the checkpoint as the job writes it.
+// It returns the image, kept here as after suspendLocal, and the channel
+// that delivers the destination's answer to the resume. An error means
+// the task was not suspended (it keeps running) and the destination
+// committed nothing; it has answered by then.
+func (a *Agent) streamSuspend(ctx context.Context, rec *record, sd streamDriver, req api.MigrateRequest) (driver.Image, <-chan error, error) {
+	id := rec.ID
+	dir := a.store.imageDir(id)
+	if err := os.RemoveAll(dir); err != nil {
+		return driver.Image{}, nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return driver.Image{}, nil, err
+	}
+	slot := &liveOut{conn: make(chan io.ReadWriter), done: make(chan struct{})}
+	a.mu.Lock()
+	a.liveOuts[id] = slot
+	a.mu.Unlock()
+	finished := func() {
+		a.mu.Lock()
+		delete(a.liveOuts, id)
+		a.mu.Unlock()
+		close(slot.done)
+	}
+	resumed := make(chan error, 1)
+	go func() {
+		_, err := a.peer(req.To).Resume(ctx, id, api.ResumeRequest{Epoch: rec.Epoch, From: a.cfg.Advertise, CheckpointPeer: req.CheckpointPeer, Stream: true})
+		resumed <- err
+	}()
+	var img driver.Image
+	var err error
+	select {
+	case conn := <-slot.conn:
+		img, err = sd.SuspendStream(ctx, id, dir, conn)
+		finished() // closes the connection: a receiver still reading fails
+	case rerr := <-resumed:
+		finished()
+		if rerr == nil {
+			rerr = errors.New("it answered the resume without fetching the checkpoint")
+		}
+		return driver.Image{}, nil, fmt.Errorf("destination %s: %w", req.To, rerr)
+	case <-ctx.Done():
+		finished()
+		<-resumed
+		return driver.Image{}, nil, ctx.Err()
+	}
+	if img.Dir == "" {
+		os.RemoveAll(dir)
+		<-resumed // failed too: it had no manifest
+		return driver.Image{}, nil, err
+	}
+	if err != nil {
+		// Suspended here; the destination's answer says whether its copy
+		// was committed (a DONE lost on the way) or not.
+		a.log.Warn("streamed checkpoint", "task", id, "to", req.To, "err", err)
+	}
+	if img.Bytes == 0 {
+		img.Bytes = dirSize(dir)
+	}
+	a.log.Info("checkpoint suspended, streamed as it was written", "task", id, "to", req.To, "bytes", img.Bytes, "took", img.Took)
+	return img, resumed, nil
+}
+
+// receiveImageLive fetches the checkpoint of a task that the peer is
+// suspending and streams as its job writes it (ResumeRequest.Stream) into
+// dir (which must not exist), and returns the peer's record.
+func (a *Agent) receiveImageLive(ctx context.Context, peerAddr, id string, epoch uint64, dir string) (*record, error) {
+	conn, meta, err := a.peer(peerAddr).FetchImageLive(ctx, id, epoch)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	a.track(conn)
+	defer a.untrack(conn)
+	var prec record
+	if err := json.Unmarshal(meta, &prec); err != nil {
+		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
+	}
+	sd, ok := a.drivers[prec.Driver].(streamDriver)
+	if !ok {
+		return nil, fmt.Errorf("%w: driver %q on node %s cannot receive a streamed checkpoint", driver.ErrUnsupported, prec.Driver, a.cfg.Name)
+	}
+	if err := sd.ReceiveStream(ctx, conn, dir, a.cfg.FreeSpace); err != nil {
+		return nil, err
+	}
+	return &prec, nil
 }
 
 // upgradeRecord is upgradeConn with the task's record in api.RecordHeader.
@@ -449,6 +584,9 @@ func (a *Agent) resumeFromPeer(ctx context.Context, id string, req api.ResumeReq
 		from: req.From,
 		what: "image",
 		fetch: func(ctx context.Context, dir string) (*record, error) {
+			if req.Stream {
+				return a.receiveImageLive(ctx, req.From, id, req.Epoch, dir)
+			}
 			if a.cfg.ImageTransfer == ImageTransferTar {
 				return a.receiveImageTar(ctx, req.From, id, req.Epoch, dir)
 			}
@@ -624,6 +762,9 @@ func (a *Agent) handleRelease(w http.ResponseWriter, r *http.Request) {
 		}
 	case req.Committed && req.Epoch <= rec.Epoch && rec.Phase == api.PhaseMoved:
 		// Already released.
+	case !req.Committed && req.Epoch == rec.Epoch && rec.Phase == api.PhaseMigratingOut && rec.Mode == "checkpoint":
+		// A streamed move's fetch failed: the migration in progress here
+		// learns it from the resume's answer and acts on it.
 	default:
 		writeErr(w, fmt.Errorf("%w: release of %q at epoch %d: node %s holds epoch %d (%s)", api.ErrStaleEpoch, id, req.Epoch, a.cfg.Name, rec.Epoch, rec.Phase))
 		return

@@ -300,7 +300,15 @@ func (a *Agent) migrateLive(ctx context.Context, rec *record, lm driver.LiveMigr
 func (a *Agent) migrateCheckpoint(ctx context.Context, rec *record, req api.MigrateRequest, emit func(api.MigrateEvent)) (api.MigrateEvent, error) {
 	id := rec.ID
 	newEpoch := rec.Epoch + 1
-	img, err := a.suspendLocal(ctx, rec)
+	var img driver.Image
+	var resumed <-chan error
+	var err error
+	if sd, ok := a.drivers[rec.Driver].(streamDriver); ok && a.cfg.ImageTransfer == ImageTransferStream {
+		// The destination fetches while the job writes (image.go).
+		img, resumed, err = a.streamSuspend(ctx, rec, sd, req)
+	} else {
+		img, err = a.suspendLocal(ctx, rec)
+	}
 	if err != nil {
 		a.setPhase(rec, api.PhaseRunning, rec.Epoch)
 		emit(api.MigrateEvent{Step: "abort"})
@@ -316,7 +324,11 @@ func (a *Agent) migrateCheckpoint(ctx context.Context, rec *record, req api.Migr
 	}
 	emit(api.MigrateEvent{Step: "perform", Progress: &driver.Progress{Status: "suspended", TotalBytes: img.Bytes}})
 	// The destination fetches the image, records epoch+1 and resumes.
-	_, err = a.peer(req.To).Resume(ctx, id, api.ResumeRequest{Epoch: rec.Epoch, From: a.cfg.Advertise, CheckpointPeer: req.CheckpointPeer})
+	if resumed != nil {
+		err = <-resumed
+	} else {
+		_, err = a.peer(req.To).Resume(ctx, id, api.ResumeRequest{Epoch: rec.Epoch, From: a.cfg.Advertise, CheckpointPeer: req.CheckpointPeer})
+	}
 	if err != nil {
 		cctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 		defer cancel()

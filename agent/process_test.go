@@ -6,8 +6,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -352,4 +354,74 @@ func TestResumeRefusedWithoutDiskSpace(t *testing.T) {
 			}
 		})
 	}
+}
+
+// With ImageTransferStream the source streams the checkpoint while the
+// job writes it: the move commits epoch+1 at the destination, which
+// continues the count, one live copy. Against a destination without the
+// room for the estimate the move is refused before the job is asked:
+// nothing changed on either node, the job still runs its first
+// incarnation.
+func TestProcessStreamedMigration(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ca := newTestCA(t)
+	stream := func(c *Config) { c.ImageTransfer = ImageTransferStream }
+	a := startNode(t, ca, "node-a", processDrivers(t), stream)
+	b := startNode(t, ca, "node-b", processDrivers(t), stream)
+	small := startNode(t, ca, "node-c", processDrivers(t), func(c *Config) {
+		c.FreeSpace = func(string) (int64, error) { return 1 << 20, nil }
+	})
+	if _, err := a.c.Run(ctx, api.RunRequest{Spec: counterSpec("s", nil)}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitCounter(ctx, "s", 2)
+
+	_, err := a.c.Migrate(ctx, "s", api.MigrateRequest{Epoch: 1, To: small.addr, Mode: "checkpoint"}, nil)
+	wantKind(t, "streamed move to a node without room", err, driver.ErrInsufficient)
+	if _, err := small.c.Inspect(ctx, "s"); !errors.Is(err, driver.ErrNotFound) {
+		t.Fatalf("destination after the refusal: %v", err)
+	}
+	x, err := a.c.Inspect(ctx, "s")
+	if err != nil || x.Phase != api.PhaseRunning || x.Epoch != 1 {
+		t.Fatalf("source after the refusal: %+v %v", x, err)
+	}
+	rc, err := a.c.Logs(ctx, "s", -1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, _ := io.ReadAll(rc)
+	rc.Close()
+	if strings.Contains(string(log), "restored") {
+		t.Fatalf("the refused move checkpointed the job:\n%s", log)
+	}
+
+	var steps []string
+	ev, err := a.c.Migrate(ctx, "s", api.MigrateRequest{Epoch: 1, To: b.addr, Mode: "checkpoint"}, func(e api.MigrateEvent) { steps = append(steps, e.Step) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"begin", "perform", "finish", "confirm", "done"}; ev.Epoch != 2 || !reflect.DeepEqual(steps, want) {
+		t.Fatalf("migrate returned %+v after %v", ev, steps)
+	}
+	acs := a.counters(ctx, "s")
+	cs := b.waitCounter(ctx, "s", acs[len(acs)-1])
+	if !continues(cs, acs[len(acs)-1]) {
+		t.Fatalf("counter did not continue from %d on B: %v", acs[len(acs)-1], tail(cs))
+	}
+	if n := a.live(ctx, "s") + b.live(ctx, "s"); n != 1 {
+		t.Fatalf("%d live copies after the move, want 1", n)
+	}
+	// And back, streamed again, at epoch 3.
+	if ev, err := b.c.Migrate(ctx, "s", api.MigrateRequest{Epoch: 2, To: a.addr, Mode: "checkpoint"}, nil); err != nil || ev.Epoch != 3 {
+		t.Fatalf("move back: %+v %v", ev, err)
+	}
+	bcs := b.counters(ctx, "s")
+	cs = a.waitCounter(ctx, "s", bcs[len(bcs)-1])
+	if !continues(cs, bcs[len(bcs)-1]) {
+		t.Fatalf("counter did not continue from %d on A: %v", bcs[len(bcs)-1], tail(cs))
+	}
+	_, err = b.c.Suspend(ctx, "s", 2)
+	wantKind(t, "suspend at B with the old epoch", err, api.ErrStaleEpoch)
 }

@@ -167,6 +167,10 @@ type ResumeRequest struct {
 	Replica bool `json:"replica,omitempty"`
 	// CheckpointPeer: as in RunRequest, for the resumed task.
 	CheckpointPeer string `json:"checkpoint_peer,omitempty"`
+	// Stream: From is suspending the task for a checkpoint migration
+	// and streams its checkpoint while the job writes it: fetch it with
+	// ImageLiveProtocol now (From's Config.ImageTransfer "stream").
+	Stream bool `json:"stream,omitempty"`
 }
 
 // MigrateRequest moves a running task to another agent
@@ -293,6 +297,12 @@ const (
 // No staging, no hashing: TLS protects the bytes in flight; it is how a
 // checkpoint move fetches its image.
 const ImageTarProtocol = "ferry-tar/1"
+
+// ImageLiveProtocol is the Upgrade token of the fetch of a checkpoint that
+// the holder streams while the job writes it (ResumeRequest.Stream): after
+// the 101 answer (the record in RecordHeader) the holder's driver speaks
+// its live stream (driver/process: SuspendStreaming / ReceiveStreaming).
+const ImageLiveProtocol = "ferry-live/1"
 
 // ReplicaHeader carries a replica's description (base64 JSON) with a
 // replica push (POST /v1/peer/replicas/{id}, upgraded to ImageProtocol, the

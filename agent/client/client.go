@@ -326,6 +326,13 @@ func (c *Client) FetchImageTar(ctx context.Context, id string, epoch uint64) (ne
 	return c.fetchStream(ctx, "/v1/peer/tasks/"+url.PathEscape(id)+"/image", id, epoch, api.ImageTarProtocol, api.RecordHeader)
 }
 
+// FetchImageLive opens the fetch of a checkpoint the agent streams while
+// its job writes it (api.ImageLiveProtocol, ResumeRequest.Stream); it
+// returns the connection and the holder's task record (JSON).
+func (c *Client) FetchImageLive(ctx context.Context, id string, epoch uint64) (net.Conn, []byte, error) {
+	return c.fetchStream(ctx, "/v1/peer/tasks/"+url.PathEscape(id)+"/image", id, epoch, api.ImageLiveProtocol, api.RecordHeader)
+}
+
 // FetchReplicaStream asks the agent keeping a replica of a task's periodic
 // checkpoint to send it (as FetchImageStream does an image). The replica's
 // epoch must not be ahead of epoch. It returns the connection and the

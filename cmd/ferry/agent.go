@@ -77,7 +77,7 @@ func init() {
 	f.Float64Var(&o.cpus, "cpus", 0, "CPU capacity offered (default: the machine's)")
 	f.StringVar(&memory, "memory", "", "memory capacity offered, e.g. 4G, 512M (default: the machine's)")
 	f.StringVar(&o.tlsDir, "tls-dir", "", "directory with ca.crt, NAME.crt and NAME.key")
-	f.StringVar(&imageTransfer, "image-transfer", agent.ImageTransferCAS, "how images are fetched from peers: cas (chunk store, only changed chunks cross) or tar (one stream, faster for fresh checkpoints)")
+	f.StringVar(&imageTransfer, "image-transfer", agent.ImageTransferCAS, "how images are fetched from peers: cas (chunk store, only changed chunks cross), tar (one stream, faster for fresh checkpoints) or stream (cas, and a checkpoint migration from this node sends the state while the job writes it)")
 	o.addDriverFlags(f)
 	cmd.MarkFlagRequired("data-dir")
 	cmd.MarkFlagRequired("name")

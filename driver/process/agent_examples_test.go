@@ -1,6 +1,7 @@
 package process
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,6 +38,8 @@ type agentCluster struct {
 	ctl   *pki.Identity
 	// transfer is the agents' Config.ImageTransfer.
 	transfer string
+	// freeSpace, if set, is the agents' Config.FreeSpace.
+	freeSpace func(string) (int64, error)
 }
 
 func newAgentCluster(t testing.TB) *agentCluster {
@@ -73,7 +78,7 @@ func (cl *agentCluster) start(name string) *agentNode {
 	}
 	a, err := agent.New(agent.Config{Name: name, DataDir: dir, Listen: "127.0.0.1:0", CPUs: 8, MemoryBytes: 4 << 30,
 		Identity: cl.identity(name, pki.RoleAgent), Drivers: []driver.Driver{d}, ImageTransfer: cl.transfer,
-		Logger: alog})
+		FreeSpace: cl.freeSpace, Logger: alog})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,5 +259,51 @@ func TestExampleRestartsFromReplicaAfterNodeLoss(t *testing.T) {
 	_, err = c.c.Resume(ctx, "seg", api.ResumeRequest{Epoch: 1, From: b.addr, Replica: true})
 	if !errors.Is(err, driver.ErrExists) {
 		t.Fatalf("second restart from the replica: %v, want ErrExists", err)
+	}
+}
+
+// A streamed move whose checkpoint outgrows the destination's room while
+// the job writes it (the estimate, the job's memory, fitted): the stream
+// stops, the destination commits nothing, and the source resumes the task
+// from the checkpoint it kept, at the same epoch.
+func TestStreamedMoveOutgrowingTheDestinationStaysHere(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cl := newAgentCluster(t)
+	cl.transfer = agent.ImageTransferStream
+	na := cl.start("node-a")
+	var free atomic.Int64
+	cl.freeSpace = func(string) (int64, error) { return free.Load(), nil }
+	nb := cl.start("node-b")
+	copies := filepath.Join(t.TempDir(), "copies")
+	spec := jobSpec("blob", "blob", map[string]string{"FERRY_TEST_BYTES": strconv.Itoa(16 << 20), "FERRY_TEST_COPIES": copies})
+	if _, err := na.c.Run(ctx, api.RunRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	waitLogMatch(t, na.drv, "blob", regexp.MustCompile(`ready (\d+)`), 0)
+	// Room for the job's memory (the estimate) and a little more; the
+	// job writes past it (more so under -race, which inflates its memory).
+	st, err := na.drv.Stats(ctx, "blob")
+	if err != nil || st.MemoryBytes <= 0 {
+		t.Fatalf("stats %+v %v", st, err)
+	}
+	free.Store(st.MemoryBytes + 4<<20)
+	n := (st.MemoryBytes+4<<20)/(16<<20) + 2
+	if err := os.WriteFile(copies, []byte(strconv.FormatInt(n, 10)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = na.c.Migrate(ctx, "blob", api.MigrateRequest{Epoch: 1, To: nb.addr, Mode: "checkpoint"}, nil)
+	if !errors.Is(err, driver.ErrInsufficient) {
+		t.Fatalf("move of %d MiB of state (%d MiB in memory) into %d MiB free: %v, want insufficient resources", n*16, st.MemoryBytes>>20, free.Load()>>20, err)
+	}
+	if b, _ := os.ReadFile(na.drv.LogPath("blob")); !bytes.Contains(b, []byte("wrote ")) {
+		t.Fatalf("refused before the job wrote its state (want: during):\n%s", b)
+	}
+	waitLogMatch(t, na.drv, "blob", regexp.MustCompile(`restored (\d+)`), 0)
+	if x, err := na.c.Inspect(ctx, "blob"); err != nil || x.Phase != api.PhaseRunning || x.Epoch != 1 {
+		t.Fatalf("source after the refused stream: %+v %v", x, err)
+	}
+	if _, err := nb.c.Inspect(ctx, "blob"); !errors.Is(err, driver.ErrNotFound) {
+		t.Fatalf("destination after the refused stream: %v", err)
 	}
 }

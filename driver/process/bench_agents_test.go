@@ -17,14 +17,17 @@ import (
 // through the node's chunk store, tar = one tar stream), Resume on B at the
 // next epoch — until the job on B has its state back. ckpt ends at the
 // "perform" event, move at "finish" (fetch, commit and B's Resume call),
-// resume when the job says "restored".
+// resume when the job says "restored". stream = ferry agent
+// --image-transfer=stream: the checkpoint crosses while the job writes it
+// (ImageLiveProtocol), so ckpt (until "perform") includes the move of all
+// but what the destination does after its copy is committed.
 //
 // cas-back times the move back (B → A, the job's state unchanged) after an
 // untimed A → B: with the chunk transfer, A holds the image's chunks from
 // its first send, so the state crosses as its index (nothing else); B
 // first finishes keeping the chunks it received raw.
 func BenchmarkCheckpointAgents(b *testing.B) {
-	for _, transfer := range []string{agent.ImageTransferCAS, agent.ImageTransferTar, "cas-back"} {
+	for _, transfer := range []string{agent.ImageTransferCAS, agent.ImageTransferTar, "cas-back", agent.ImageTransferStream} {
 		b.Run(transfer, func(b *testing.B) {
 			benchSizes(b, func(b *testing.B, size int64) { benchAgentsOnce(b, transfer, size) })
 		})
@@ -60,6 +63,7 @@ func benchAgentsOnce(b *testing.B, transfer string, size int64) {
 
 	b.StartTimer()
 	t0 := time.Now()
+	cpu0 := cpuTime()
 	var t1, t2 time.Time
 	_, err := from.c.Migrate(ctx, "blob", api.MigrateRequest{Epoch: epoch, To: to.addr, Mode: "checkpoint"}, func(ev api.MigrateEvent) {
 		switch ev.Step {
@@ -75,5 +79,7 @@ func benchAgentsOnce(b *testing.B, transfer string, size int64) {
 	waitLog(b, to.drv, "blob", "restored ")
 	t3 := time.Now()
 	b.StopTimer()
+	b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s")
 	report(b, size, t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), plain, plainSync)
+	reportWrite(b, from.drv)
 }

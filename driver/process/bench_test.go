@@ -10,8 +10,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferrycluster/ferry/driver"
 )
 
 // BenchmarkCheckpoint measures checkpoint + move + restart of a job holding
@@ -51,61 +54,89 @@ func sizeName(n int64) string {
 	return strconv.FormatInt(n>>20, 10) + "MB"
 }
 
-func benchOnce(b *testing.B, size int64) {
-	b.StopTimer()
+// benchRig is two driver instances (two data dirs: two nodes), a blob
+// job of size bytes started and ready on A, and the plain-copy baselines.
+type benchRig struct {
+	ctx              context.Context
+	root             string
+	a, b             *Driver
+	spec             driver.Spec
+	plain, plainSync time.Duration
+}
+
+func newBenchRig(b *testing.B, size int64) *benchRig {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	root := b.TempDir()
+	b.Cleanup(cancel)
+	r := &benchRig{ctx: ctx, root: b.TempDir()}
 	var logger *slog.Logger
 	if os.Getenv("FERRY_BENCH_DEBUG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	nodeA, err := New(Config{DataDir: filepath.Join(root, "a"), NoCgroups: true, Logger: logger})
-	if err != nil {
+	for _, n := range []struct {
+		d    **Driver
+		name string
+	}{{&r.a, "a"}, {&r.b, "b"}} {
+		d, err := New(Config{DataDir: filepath.Join(r.root, n.name), NoCgroups: true, Logger: logger})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { d.Close() })
+		*n.d = d
+	}
+	r.spec = jobSpec("blob", "blob", map[string]string{"FERRY_TEST_BYTES": strconv.FormatInt(size, 10)})
+	r.spec.Process.CheckpointTimeout = 5 * time.Minute
+	if err := r.a.Start(ctx, r.spec); err != nil {
 		b.Fatal(err)
 	}
-	defer nodeA.Close()
-	nodeB, err := New(Config{DataDir: filepath.Join(root, "b"), NoCgroups: true, Logger: logger})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nodeB.Close()
-	spec := jobSpec("blob", "blob", map[string]string{"FERRY_TEST_BYTES": strconv.FormatInt(size, 10)})
-	spec.Process.CheckpointTimeout = 5 * time.Minute
-	if err := nodeA.Start(ctx, spec); err != nil {
-		b.Fatal(err)
-	}
-	waitLog(b, nodeA, "blob", "ready ")
+	waitLog(b, r.a, "blob", "ready ")
+	r.plain, r.plainSync = baselines(b, r.root, size)
+	return r
+}
 
-	plain, plainSync := baselines(b, root, size)
+// resumeOnB resumes the job on B from dir at the next epoch and waits
+// until it has its state back.
+func (r *benchRig) resumeOnB(b *testing.B, dir string) {
+	r.spec.Epoch++
+	if err := r.b.Resume(r.ctx, r.spec, dir); err != nil {
+		b.Fatal(err)
+	}
+	waitLog(b, r.b, "blob", "restored ")
+}
+
+func benchOnce(b *testing.B, size int64) {
+	b.StopTimer()
+	r := newBenchRig(b, size)
+	ctx := r.ctx
 
 	b.StartTimer()
 	t0 := time.Now()
-	img, err := nodeA.Suspend(ctx, "blob", filepath.Join(root, "image"))
+	cpu0 := cpuTime()
+	img, err := r.a.Suspend(ctx, "blob", filepath.Join(r.root, "image"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	t1 := time.Now()
-	inbox := filepath.Join(root, "inbox")
+	inbox := filepath.Join(r.root, "inbox")
 	if err := moveOverTCP(ctx, img.Dir, inbox); err != nil {
 		b.Fatal(err)
 	}
 	t2 := time.Now()
-	spec.Epoch++
-	if err := nodeB.Resume(ctx, spec, inbox); err != nil {
-		b.Fatal(err)
-	}
-	tr := time.Now()
-	waitLog(b, nodeB, "blob", "restored ")
-	if os.Getenv("FERRY_BENCH_DEBUG") != "" {
-		log, _ := os.ReadFile(nodeA.LogPath("blob"))
-		b.Logf("Resume call %v, job ready after %v; job log:\n%s", tr.Sub(t2), time.Since(tr), log)
-	}
+	r.resumeOnB(b, inbox)
 	t3 := time.Now()
 	b.StopTimer()
-	_ = nodeB.Stop(ctx, "blob")
+	b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s")
+	_ = r.b.Stop(ctx, "blob")
 
-	report(b, size, t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), plain, plainSync)
+	report(b, size, t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), r.plain, r.plainSync)
+	reportWrite(b, r.a)
+}
+
+// cpuTime is the CPU time this process (drivers, agents, transfers; not
+// the job) has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // baselines times a plain copy of size bytes over loopback TCP without
@@ -127,9 +158,13 @@ func baselines(b *testing.B, root string, size int64) (plain, plainSync time.Dur
 }
 
 func report(b *testing.B, size int64, ckpt, move, resume, plain, plainSync time.Duration) {
-	total := ckpt + move + resume
 	b.ReportMetric(ckpt.Seconds(), "ckpt-s")
 	b.ReportMetric(move.Seconds(), "move-s")
+	reportTotals(b, size, ckpt+move+resume, resume, plain, plainSync)
+}
+
+// reportTotals reports the resume, the total and the ratios.
+func reportTotals(b *testing.B, size int64, total, resume, plain, plainSync time.Duration) {
 	b.ReportMetric(resume.Seconds(), "resume-s")
 	b.ReportMetric(total.Seconds(), "total-s")
 	b.ReportMetric(plain.Seconds(), "plain-s")
@@ -206,4 +241,66 @@ func plainCopy(b *testing.B, src, dst string, sync bool) time.Duration {
 	d := time.Since(t0)
 	os.Remove(dst)
 	return d
+}
+
+// BenchmarkCheckpointStreamed is BenchmarkCheckpoint with the checkpoint
+// streamed while the job writes it (SuspendStreaming → ReceiveStreaming
+// over loopback TCP): ckpt+move is one span, from the request until B has
+// committed its copy (A's suspend committed too); resume as before.
+// Reported besides: early/late MB (sent while the job wrote / after the
+// commit) and check-s (re-reading and checksumming the committed state,
+// sending what differs).
+func BenchmarkCheckpointStreamed(b *testing.B) {
+	benchSizes(b, benchStreamedOnce)
+}
+
+func benchStreamedOnce(b *testing.B, size int64) {
+	b.StopTimer()
+	r := newBenchRig(b, size)
+	ctx := r.ctx
+	inbox := filepath.Join(r.root, "inbox")
+
+	b.StartTimer()
+	t0 := time.Now()
+	cpu0 := cpuTime()
+	var st StreamStats
+	serr, rerr := loopback(func(c net.Conn) error {
+		_, err := ReceiveStreaming(ctx, c, inbox, ReceiveOptions{})
+		return err
+	}, func(c net.Conn) error {
+		_, err := r.a.SuspendStreaming(ctx, "blob", filepath.Join(r.root, "image"), c, &st)
+		return err
+	})
+	if serr != nil || rerr != nil {
+		b.Fatalf("send %v, receive %v", serr, rerr)
+	}
+	t1 := time.Now()
+	r.resumeOnB(b, inbox)
+	t2 := time.Now()
+	b.StopTimer()
+	b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s")
+	_ = r.b.Stop(ctx, "blob")
+	reportStreamed(b, size, t1.Sub(t0), t2.Sub(t1), r.plain, r.plainSync, st)
+	reportWrite(b, r.a)
+}
+
+func reportStreamed(b *testing.B, size int64, ckptMove, resume, plain, plainSync time.Duration, st StreamStats) {
+	b.ReportMetric(ckptMove.Seconds(), "ckpt+move-s")
+	reportTotals(b, size, ckptMove+resume, resume, plain, plainSync)
+	b.ReportMetric(float64(st.Early)/1e6, "early-MB")
+	b.ReportMetric(float64(st.Late)/1e6, "late-MB")
+	b.ReportMetric(st.Check.Seconds(), "check-s")
+}
+
+// reportWrite reports write-s: how long the job itself took to write its
+// state (its "wrote N in D" line), the part no transfer can avoid.
+func reportWrite(b *testing.B, d *Driver) {
+	body, _ := os.ReadFile(d.LogPath("blob"))
+	for _, line := range strings.Split(string(body), "\n") {
+		if _, rest, ok := strings.Cut(line, " in "); ok && strings.HasPrefix(line, "wrote ") {
+			if took, err := time.ParseDuration(rest); err == nil {
+				b.ReportMetric(took.Seconds(), "write-s")
+			}
+		}
+	}
 }

@@ -170,29 +170,11 @@ func imageStep(t *testing.T, dir string) int64 {
 
 // moveOverTCP sends a committed image to dst over a loopback connection.
 func moveOverTCP(ctx context.Context, src, dst string) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	serr, rerr := loopback(func(c net.Conn) error {
+		_, err := ReceiveImage(ctx, c, dst, ReceiveOptions{})
 		return err
-	}
-	defer ln.Close()
-	recv := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			recv <- err
-			return
-		}
-		defer c.Close()
-		_, err = ReceiveImage(ctx, c, dst, ReceiveOptions{})
-		recv <- err
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		return err
-	}
-	serr := SendImage(ctx, c, src)
-	c.Close()
-	if rerr := <-recv; rerr != nil {
+	}, func(c net.Conn) error { return SendImage(ctx, c, src) })
+	if rerr != nil {
 		return rerr
 	}
 	return serr

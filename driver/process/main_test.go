@@ -170,7 +170,80 @@ func testJob(name string) int {
 		if err := f.Close(); err != nil {
 			return 2
 		}
+		// FERRY_TEST_COPIES=file holding n: n-1 more copies (a checkpoint
+		// larger than the job's memory).
+		var copies int
+		if p := os.Getenv("FERRY_TEST_COPIES"); p != "" {
+			b, _ := os.ReadFile(p)
+			copies, _ = strconv.Atoi(string(bytes.TrimSpace(b)))
+		}
+		for i := 1; i < copies; i++ {
+			if err := os.WriteFile(filepath.Join(ckpt, "blob."+strconv.Itoa(i)), state, 0o644); err != nil {
+				return 2
+			}
+		}
 		fmt.Println("wrote", len(state), "in", time.Since(t0))
+		return 85
+	case "rewrite":
+		// Writes a checkpoint the way that defeats following it naively:
+		// a body then its header, a file that shrinks, one written aside
+		// and renamed, one that appears last, one removed; exits 85.
+		if restore != "" {
+			b, err := os.ReadFile(filepath.Join(restore, "state"))
+			if err != nil || !bytes.HasPrefix(b, []byte("HEADER")) {
+				fmt.Println("restore: bad state", err)
+				return 2
+			}
+			fmt.Println("restored", len(b))
+			<-sigs
+			return 0
+		}
+		fmt.Println("ready")
+		<-sigs
+		pattern := func(n, seed int) []byte {
+			b := make([]byte, n)
+			for i := range b {
+				b[i] = byte(i*seed + i>>12)
+			}
+			return b
+		}
+		write := func(name string, b []byte, step int) bool {
+			f, err := os.Create(filepath.Join(ckpt, name))
+			if err != nil {
+				return false
+			}
+			defer f.Close()
+			for off := 0; off < len(b); off += step {
+				if _, err := f.Write(b[off:min(off+step, len(b))]); err != nil {
+					return false
+				}
+				time.Sleep(time.Millisecond)
+			}
+			return true
+		}
+		state := pattern(6<<20+4096, 7)
+		copy(state, make([]byte, 4096)) // header written as zeros first
+		if !write("state", state, 256<<10) || !write("shrink", pattern(5<<20, 3), 512<<10) || !write("tmp", pattern(3<<20+11, 5), 512<<10) ||
+			!write("gone", pattern(2<<20, 9), 1<<20) {
+			return 2
+		}
+		time.Sleep(30 * time.Millisecond)
+		f, err := os.OpenFile(filepath.Join(ckpt, "state"), os.O_WRONLY, 0)
+		if err != nil {
+			return 2
+		}
+		hdr := bytes.Repeat([]byte("HEADER.."), 512)
+		if _, err := f.WriteAt(hdr, 0); err != nil || f.Close() != nil {
+			return 2
+		}
+		if os.Truncate(filepath.Join(ckpt, "shrink"), 2<<20+1000) != nil || os.Remove(filepath.Join(ckpt, "gone")) != nil ||
+			os.MkdirAll(filepath.Join(ckpt, "sub"), 0o755) != nil || os.Rename(filepath.Join(ckpt, "tmp"), filepath.Join(ckpt, "sub", "final")) != nil {
+			return 2
+		}
+		time.Sleep(30 * time.Millisecond)
+		if !write("late", pattern(1<<20+7, 11), 1<<20) {
+			return 2
+		}
 		return 85
 	}
 	fmt.Println("unknown test job", name)

@@ -28,7 +28,7 @@ func (d *Driver) Checkpoint(ctx context.Context, id, dir string) (driver.Image, 
 		return driver.Image{}, err
 	}
 	defer t.release()
-	return d.checkpoint(ctx, t, dir, ModeContinue)
+	return d.checkpoint(ctx, t, dir, ModeContinue, nil)
 }
 
 // Suspend implements driver.Driver: checkpoint-and-stop into dir. The job
@@ -41,11 +41,18 @@ func (d *Driver) Suspend(ctx context.Context, id, dir string) (driver.Image, err
 	if err != nil {
 		return driver.Image{}, err
 	}
+	return d.suspend(ctx, t, dir, nil)
+}
+
+// suspend is Suspend of a looked-up task; signaled (if not nil) is called
+// once the job has been asked, its staging directory fresh.
+func (d *Driver) suspend(ctx context.Context, t *task, dir string, signaled func()) (driver.Image, error) {
+	id := t.id
 	if err := t.acquire(ctx); err != nil {
 		return driver.Image{}, err
 	}
 	defer t.release()
-	img, err := d.checkpoint(ctx, t, dir, ModeStop)
+	img, err := d.checkpoint(ctx, t, dir, ModeStop, signaled)
 	if err != nil {
 		return driver.Image{}, err
 	}
@@ -81,7 +88,9 @@ const (
 )
 
 // checkpoint runs the protocol once. The caller holds the operation lock.
-func (d *Driver) checkpoint(ctx context.Context, t *task, dst, mode string) (driver.Image, error) {
+// signaled, if not nil, is called right after the job was sent the request
+// (staging/ is then fresh: what appears there is this checkpoint's).
+func (d *Driver) checkpoint(ctx context.Context, t *task, dst, mode string, signaled func()) (driver.Image, error) {
 	fail := func(err error) (driver.Image, error) {
 		return driver.Image{}, fmt.Errorf("process driver: checkpoint task %q: %w", t.id, err)
 	}
@@ -129,6 +138,9 @@ func (d *Driver) checkpoint(ctx context.Context, t *task, dst, mode string) (dri
 	if err := syscall.Kill(p.jr.PID, t.job.signal); err != nil {
 		repause()
 		return fail(fmt.Errorf("%w: signal job: %v", driver.ErrTaskFailed, err))
+	}
+	if signaled != nil {
+		signaled()
 	}
 	res, err := d.awaitAnswer(ctx, t, p.jr, staging, t0)
 	if res == answeredExit && mode == ModeContinue {
@@ -348,7 +360,7 @@ func (d *Driver) periodic(t *task) bool {
 		return true
 	}
 	dst := filepath.Join(base, seqName(seq))
-	img, err := d.checkpoint(ctx, t, dst, ModeContinue)
+	img, err := d.checkpoint(ctx, t, dst, ModeContinue, nil)
 	if err != nil {
 		t.release()
 		d.log.Warn("periodic checkpoint failed; the previous one stays", "task", t.id, "err", err)

@@ -117,12 +117,8 @@ type ReceiveOptions struct {
 // empty), after checking there is room for it. The image is written next to
 // dir, fsynced and renamed into place: dir never holds a partial image.
 func ReceiveImage(ctx context.Context, conn io.ReadWriter, dir string, opts ReceiveOptions) (Manifest, error) {
-	stopWatch := watchCtx(ctx, conn)
-	defer stopWatch()
-	refuse := func(err error) (Manifest, error) {
-		fmt.Fprintf(conn, "ERR %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
-		return Manifest{}, err
-	}
+	defer watchCtx(ctx, conn)()
+	refuse := refuser(conn)
 	h, err := readStreamHeader(conn)
 	if err != nil {
 		return refuse(err)
@@ -152,21 +148,41 @@ func ReceiveImage(ctx context.Context, conn io.ReadWriter, dir string, opts Rece
 			return refuse(fmt.Errorf("receive %s: %w", f.Path, ctxErr(ctx, err)))
 		}
 	}
-	// Sealing rewrites the manifest from what is on disk: it must agree.
-	got, err := sealStaging(tmp, m)
-	if err != nil {
-		return refuse(err)
-	}
-	if got.Bytes != m.Bytes || len(got.Files) != len(m.Files) {
-		return refuse(fmt.Errorf("received %d bytes in %d files, manifest says %d in %d", got.Bytes, len(got.Files), m.Bytes, len(m.Files)))
-	}
-	if err := commitDir(tmp, dir); err != nil {
+	if err := commitReceived(tmp, m, dir); err != nil {
 		return refuse(err)
 	}
 	if _, err := io.WriteString(conn, "DONE\n"); err != nil {
 		return m, err
 	}
 	return m, nil
+}
+
+// commitReceived seals the copy received into tmp, checks it holds the
+// files of m with their sizes, and renames it to dir.
+func commitReceived(tmp string, m Manifest, dir string) error {
+	// Sealing rewrites the manifest from what is on disk: it must agree.
+	got, err := sealStaging(tmp, m)
+	if err != nil {
+		return err
+	}
+	if got.Bytes != m.Bytes || len(got.Files) != len(m.Files) {
+		return fmt.Errorf("received %d bytes in %d files, manifest says %d in %d", got.Bytes, len(got.Files), m.Bytes, len(m.Files))
+	}
+	for i := range got.Files {
+		if got.Files[i] != m.Files[i] {
+			return fmt.Errorf("received %s of %d bytes, manifest says %s of %d", got.Files[i].Path, got.Files[i].Size, m.Files[i].Path, m.Files[i].Size)
+		}
+	}
+	return commitDir(tmp, dir)
+}
+
+// refuser returns what a receiver does with an error: answer
+// "ERR <reason>" on conn and return it.
+func refuser(conn io.Writer) func(error) (Manifest, error) {
+	return func(err error) (Manifest, error) {
+		fmt.Fprintf(conn, "ERR %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		return Manifest{}, err
+	}
 }
 
 func recvFile(r io.Reader, path string, size int64) error {
@@ -186,22 +202,32 @@ func recvFile(r io.Reader, path string, size int64) error {
 
 // readStreamHeader reads and checks the stream's header.
 func readStreamHeader(r io.Reader) (streamHeader, error) {
-	pre := make([]byte, len(streamMagic)+4)
+	b, err := readHeader(r, "image stream", streamMagic, maxHeader)
+	if err != nil {
+		return streamHeader{}, err
+	}
+	return parseStreamHeader(b)
+}
+
+// readHeader reads magic, a big-endian u32 length (1..limit) and that
+// many bytes; what names the stream in errors.
+func readHeader(r io.Reader, what, magic string, limit uint32) ([]byte, error) {
+	pre := make([]byte, len(magic)+4)
 	if _, err := io.ReadFull(r, pre); err != nil {
-		return streamHeader{}, fmt.Errorf("image stream: read header: %w", err)
+		return nil, fmt.Errorf("%s: read header: %w", what, err)
 	}
-	if string(pre[:len(streamMagic)]) != streamMagic {
-		return streamHeader{}, fmt.Errorf("image stream: bad magic %q", pre[:len(streamMagic)])
+	if string(pre[:len(magic)]) != magic {
+		return nil, fmt.Errorf("%s: bad magic %q", what, pre[:len(magic)])
 	}
-	n := binary.BigEndian.Uint32(pre[len(streamMagic):])
-	if n == 0 || n > maxHeader {
-		return streamHeader{}, fmt.Errorf("image stream: header length %d out of range 1..%d", n, maxHeader)
+	n := binary.BigEndian.Uint32(pre[len(magic):])
+	if n == 0 || n > limit {
+		return nil, fmt.Errorf("%s: header length %d out of range 1..%d", what, n, limit)
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(r, b); err != nil {
-		return streamHeader{}, fmt.Errorf("image stream: read header: %w", err)
+		return nil, fmt.Errorf("%s: read header: %w", what, err)
 	}
-	return parseStreamHeader(b)
+	return b, nil
 }
 
 func parseStreamHeader(b []byte) (streamHeader, error) {
@@ -215,25 +241,36 @@ func parseStreamHeader(b []byte) (streamHeader, error) {
 	if raw.Format != streamFormat {
 		return streamHeader{}, fmt.Errorf("image stream: format %q, want %q", raw.Format, streamFormat)
 	}
-	m, err := ParseManifest(raw.Manifest)
+	m, err := parseFileSet(raw.Manifest)
 	if err != nil {
 		return streamHeader{}, fmt.Errorf("image stream: %w", err)
+	}
+	return streamHeader{Format: raw.Format, Manifest: m}, nil
+}
+
+// parseFileSet is ParseManifest for a manifest that comes from another
+// node, whose files are then created: no file twice, none also a
+// directory of another.
+func parseFileSet(b []byte) (Manifest, error) {
+	m, err := ParseManifest(b)
+	if err != nil {
+		return Manifest{}, err
 	}
 	seen := map[string]bool{}
 	for _, f := range m.Files {
 		if seen[f.Path] {
-			return streamHeader{}, fmt.Errorf("image stream: file %s listed twice", f.Path)
+			return Manifest{}, fmt.Errorf("file %s listed twice", f.Path)
 		}
 		seen[f.Path] = true
 	}
 	for p := range seen { // a file may not also be a directory of another
 		for d := filepath.Dir(p); d != "."; d = filepath.Dir(d) {
 			if seen[d] {
-				return streamHeader{}, fmt.Errorf("image stream: %s is both a file and a directory", d)
+				return Manifest{}, fmt.Errorf("%s is both a file and a directory", d)
 			}
 		}
 	}
-	return streamHeader{Format: raw.Format, Manifest: m}, nil
+	return m, nil
 }
 
 // watchCtx unblocks I/O on conn when ctx ends (net.Conn deadlines).

@@ -40,30 +40,40 @@ func makeImage(t *testing.T, dir string, files map[string][]byte) Manifest {
 // move runs SendImage and ReceiveImage over a loopback TCP connection.
 func move(t *testing.T, src, dst string, opts ReceiveOptions) (sendErr, recvErr error) {
 	t.Helper()
+	ctx := ctxT(t, time.Minute)
+	return loopback(func(c net.Conn) error {
+		_, err := ReceiveImage(ctx, c, dst, opts)
+		return err
+	}, func(c net.Conn) error { return SendImage(ctx, c, src) })
+}
+
+// loopback runs recv on the accepted end and send on the dialled end of a
+// loopback TCP connection and returns their errors once both are done
+// (a listen or dial error is the sender's).
+func loopback(recv, send func(net.Conn) error) (sendErr, recvErr error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return err, nil
 	}
 	defer ln.Close()
-	ctx := ctxT(t, time.Minute)
-	recv := make(chan error, 1)
+	done := make(chan error, 1)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
-			recv <- err
+			done <- err
 			return
 		}
 		defer c.Close()
-		_, err = ReceiveImage(ctx, c, dst, opts)
-		recv <- err
+		done <- recv(c)
 	}()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
-		t.Fatal(err)
+		ln.Close()
+		return err, <-done
 	}
-	sendErr = SendImage(ctx, c, src)
+	sendErr = send(c)
 	c.Close()
-	return sendErr, <-recv
+	return sendErr, <-done
 }
 
 func TestImageStreamMovesAnImage(t *testing.T) {

@@ -1,0 +1,373 @@
+package process
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrycluster/ferry/driver"
+)
+
+// liveMove runs send on one end of a loopback TCP connection and
+// ReceiveStreaming into dst on the other.
+func liveMove(t *testing.T, dst string, opts ReceiveOptions, send func(conn net.Conn) error) (sendErr, recvErr error) {
+	t.Helper()
+	ctx := ctxT(t, 2*time.Minute)
+	return loopback(func(c net.Conn) error {
+		_, err := ReceiveStreaming(ctx, c, dst, opts)
+		return err
+	}, send)
+}
+
+// sameTree fails unless a and b hold the same regular files with the same
+// bytes (the manifest included).
+func sameTree(t *testing.T, a, b string) {
+	t.Helper()
+	files := func(root string) map[string][]byte {
+		m := map[string][]byte{}
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			body, err := os.ReadFile(p)
+			rel, _ := filepath.Rel(root, p)
+			m[rel] = body
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	fa, fb := files(a), files(b)
+	if len(fa) != len(fb) {
+		t.Errorf("%s has %d files, %s has %d", a, len(fa), b, len(fb))
+	}
+	for name, body := range fa {
+		if other, ok := fb[name]; !ok {
+			t.Errorf("%s missing from %s", name, b)
+		} else if !bytes.Equal(body, other) {
+			t.Errorf("%s differs (%d and %d bytes)", name, len(body), len(other))
+		}
+	}
+}
+
+func fill(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i>>10) ^ seed ^ byte(i)
+	}
+	return b
+}
+
+// The follower's rounds are driven by hand here, so what was streamed
+// before each change is known exactly.
+func TestLiveStreamResendsWhatChangedAfterItWasSent(t *testing.T) {
+	staging := t.TempDir()
+	put := func(name string, b []byte) {
+		p := filepath.Join(staging, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("state", append(make([]byte, 4096), fill(3<<20+100, 1)...)) // header last
+	put("shrink", fill(5<<20, 2))
+	put("gone", fill(2<<20, 3))
+	put("c", fill(1<<20, 4)) // becomes a directory
+	put(DoneMarker, nil)
+	src := filepath.Join(t.TempDir(), "image")
+	dst := filepath.Join(t.TempDir(), "moved")
+	var s *liveSender
+	se, re := liveMove(t, dst, ReceiveOptions{}, func(c net.Conn) error {
+		var err error
+		if s, err = startLive(c, liveHello{Format: liveFormat, Task: "x", Estimate: 1 << 20}); err != nil {
+			return err
+		}
+		defer s.close()
+		if n, err := s.pass(staging); err != nil || n != 11<<20 {
+			t.Errorf("first pass sent %d bytes (%v), want the 11 complete MiB blocks", n, err)
+		}
+		// The job rewrites, truncates, removes, replaces and adds.
+		f, err := os.OpenFile(filepath.Join(staging, "state"), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt(bytes.Repeat([]byte("HEADER.."), 512), 0); err != nil || f.Close() != nil {
+			t.Fatal(err)
+		}
+		sh, _ := os.ReadFile(filepath.Join(staging, "shrink"))
+		sh = sh[:2<<20+1000]
+		sh[1<<20+5] ^= 0xff // one byte of its second block
+		put("shrink", sh)
+		os.Remove(filepath.Join(staging, "gone"))
+		os.Remove(filepath.Join(staging, "c"))
+		put("c/d", fill(10, 5))
+		if n, err := s.pass(staging); err != nil || n != 0 {
+			t.Errorf("second pass sent %d bytes (%v), want 0 (no new complete block)", n, err)
+		}
+		put("late", fill(1<<20+7, 6))
+		os.Remove(filepath.Join(staging, DoneMarker))
+		if _, err := sealStaging(staging, Manifest{TaskID: "x", Epoch: 3, Mode: ModeStop, CreatedAt: time.Unix(5, 0).UTC()}); err != nil {
+			t.Fatal(err)
+		}
+		if err := commitDir(staging, src); err != nil {
+			t.Fatal(err)
+		}
+		return s.finish(src)
+	})
+	if se != nil || re != nil {
+		t.Fatalf("send %v, receive %v", se, re)
+	}
+	sameTree(t, src, dst)
+	if _, err := VerifyImage(dst); err != nil {
+		t.Error(err)
+	}
+	// Resent: state's first block (the header), shrink's second (one
+	// byte) and its third (1000 bytes left of a block sent whole). Sent
+	// late besides: state's tail, c/d and late, never seen complete.
+	if want := int64(2<<20 + 1000); s.resent != want {
+		t.Errorf("resent %d bytes, want %d", s.resent, want)
+	}
+	if want := int64(11<<20 + s.resent + 4096 + 100 + 10 + 1<<20 + 7); s.sent != want {
+		t.Errorf("sent %d bytes in all, want %d", s.sent, want)
+	}
+}
+
+func TestLiveStreamRoom(t *testing.T) {
+	space := func(string) (int64, error) { return 8 << 20, nil } // room: 7 MiB
+	noTrace := func(dst string) {
+		t.Helper()
+		if ents, _ := os.ReadDir(filepath.Dir(dst)); len(ents) != 0 {
+			t.Errorf("left in %s: %v", filepath.Dir(dst), ents)
+		}
+	}
+	t.Run("estimate refused before anything", func(t *testing.T) {
+		dst := filepath.Join(t.TempDir(), "moved")
+		se, re := liveMove(t, dst, ReceiveOptions{Space: space}, func(c net.Conn) error {
+			_, err := startLive(c, liveHello{Format: liveFormat, Task: "x", Estimate: 9 << 20})
+			return err
+		})
+		if !errors.Is(se, ErrRefused) || !errors.Is(se, driver.ErrInsufficient) || !errors.Is(re, driver.ErrInsufficient) {
+			t.Fatalf("send %v, receive %v; want both insufficient", se, re)
+		}
+		noTrace(dst)
+	})
+	// stream sends a staging directory holding one file of size bytes
+	// (estimate 1 MiB) with body.
+	stream := func(t *testing.T, size int, body func(s *liveSender, staging string) error) (se, re error) {
+		staging := t.TempDir()
+		if err := os.WriteFile(filepath.Join(staging, "a"), fill(size, 1), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(t.TempDir(), "moved")
+		defer noTrace(dst)
+		return liveMove(t, dst, ReceiveOptions{Space: space}, func(c net.Conn) error {
+			s, err := startLive(c, liveHello{Format: liveFormat, Task: "x", Estimate: 1 << 20})
+			if err != nil {
+				return err
+			}
+			defer s.close()
+			return body(s, staging)
+		})
+	}
+	t.Run("sender stops when it grows past the room", func(t *testing.T) {
+		se, re := stream(t, 5<<20, func(s *liveSender, staging string) error {
+			if s.room != 7<<20 {
+				t.Errorf("room %d, want %d", s.room, 7<<20)
+			}
+			if _, err := s.pass(staging); err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(staging, "b"), fill(3<<20, 2), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.pass(staging)
+			if err != nil {
+				s.abort(err.Error())
+			}
+			return err
+		})
+		if !errors.Is(se, driver.ErrInsufficient) || !errors.Is(re, driver.ErrInsufficient) || !strings.Contains(re.Error(), "aborted") {
+			t.Fatalf("send %v, receive %v; want insufficient, aborted", se, re)
+		}
+	})
+	t.Run("receiver refuses bytes past the room", func(t *testing.T) {
+		se, re := stream(t, 9<<20, func(s *liveSender, staging string) error {
+			s.room = 1 << 40 // a sender that ignores the room
+			var err error
+			for err == nil {
+				_, err = s.pass(staging)
+				if err == nil {
+					err = s.ended()
+				}
+				if err == nil {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			return err
+		})
+		if se == nil || !errors.Is(re, driver.ErrInsufficient) {
+			t.Fatalf("send %v, receive %v; want the receiver's insufficient", se, re)
+		}
+	})
+}
+
+// A real job that rewrites its header after its body, shrinks a file,
+// renames one into place, removes one and adds one last is suspended on
+// node A while its checkpoint streams to node B; B's copy equals A's byte
+// for byte and the job resumes from it.
+func TestSuspendStreamingARewritingJob(t *testing.T) {
+	a, b := newTestDriver(t, Config{}), newTestDriver(t, Config{})
+	ctx := ctxT(t, 2*time.Minute)
+	spec := jobSpec("rw", "rewrite", nil)
+	if err := a.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "ready", func() bool { return logHas(a, "rw", "ready") })
+	src := filepath.Join(t.TempDir(), "image")
+	dst := filepath.Join(t.TempDir(), "moved")
+	var st StreamStats
+	se, re := liveMove(t, dst, ReceiveOptions{}, func(c net.Conn) error {
+		_, err := a.SuspendStreaming(ctx, "rw", src, c, &st)
+		return err
+	})
+	if se != nil || re != nil {
+		t.Fatalf("send %v, receive %v", se, re)
+	}
+	t.Logf("stats %+v", st)
+	sameTree(t, src, dst)
+	if _, err := a.Inspect(ctx, "rw"); !errors.Is(err, driver.ErrNotFound) {
+		t.Errorf("source still has the task after the suspend: %v", err)
+	}
+	if st.Early+st.Late < 6<<20 || st.Estimate <= 0 || st.Room <= 0 {
+		t.Errorf("stats %+v: want at least the 6 MiB of state sent, an estimate and a room", st)
+	}
+	spec.Epoch++
+	if err := b.Resume(ctx, spec, dst); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "restored 6295552", func() bool { return logHas(b, "rw", "restored 6295552") })
+}
+
+// A job that does not answer: the stream is aborted, nothing is committed
+// on either side and the job keeps running.
+func TestSuspendStreamingTimeoutKeepsRunning(t *testing.T) {
+	a := newTestDriver(t, Config{})
+	ctx := ctxT(t, time.Minute)
+	spec := jobSpec("ig", "ignore", nil)
+	spec.Process.CheckpointTimeout = 300 * time.Millisecond
+	if err := a.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "counter 2", func() bool { return logHas(a, "ig", "counter 2") })
+	src := filepath.Join(t.TempDir(), "image")
+	dst := filepath.Join(t.TempDir(), "moved")
+	var img driver.Image
+	se, re := liveMove(t, dst, ReceiveOptions{}, func(c net.Conn) error {
+		var err error
+		img, err = a.SuspendStreaming(ctx, "ig", src, c, nil)
+		return err
+	})
+	if !errors.Is(se, driver.ErrTimeout) || re == nil || img.Dir != "" {
+		t.Fatalf("send %v (image %+v), receive %v; want a timeout and an abort", se, img, re)
+	}
+	for _, d := range []string{src, dst} {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s exists after a failed suspend", d)
+		}
+	}
+	if st, err := a.Inspect(ctx, "ig"); err != nil || st.State != "running" {
+		t.Errorf("job after the failed streamed suspend: %+v, %v; want running", st, err)
+	}
+}
+
+// The estimate (the job's resident memory here) is checked before the job
+// is asked: refused, nothing changed, the job keeps running.
+func TestSuspendStreamingRefusedBeforeTheJobIsAsked(t *testing.T) {
+	a := newTestDriver(t, Config{})
+	ctx := ctxT(t, time.Minute)
+	if err := a.Start(ctx, jobSpec("c", "counter", nil)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "counter 2", func() bool { return logHas(a, "c", "counter 2") })
+	src := filepath.Join(t.TempDir(), "image")
+	dst := filepath.Join(t.TempDir(), "moved")
+	space := func(string) (int64, error) { return 1 << 20, nil }
+	se, re := liveMove(t, dst, ReceiveOptions{Space: space}, func(c net.Conn) error {
+		_, err := a.SuspendStreaming(ctx, "c", src, c, nil)
+		return err
+	})
+	if !errors.Is(se, driver.ErrInsufficient) || !errors.Is(re, driver.ErrInsufficient) {
+		t.Fatalf("send %v, receive %v; want both insufficient", se, re)
+	}
+	for _, d := range []string{src, dst} {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s exists after a refusal", d)
+		}
+	}
+	if st, err := a.Inspect(ctx, "c"); err != nil || st.State != "running" {
+		t.Errorf("job after the refusal: %+v, %v; want running", st, err)
+	}
+	log, _ := os.ReadFile(a.LogPath("c"))
+	if strings.Contains(string(log), "restored") {
+		t.Errorf("job was checkpointed and restarted:\n%s", log)
+	}
+}
+
+func FuzzParseLiveHello(f *testing.F) {
+	f.Add([]byte(`{"format":"ferry-image-live/1","task":"x","estimate":5}`))
+	f.Add([]byte(`{"format":"ferry-image-live/1","estimate":-1}`))
+	f.Add([]byte(`{"format":"other"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := parseLiveHello(b)
+		if err == nil && (h.Format != liveFormat || h.Estimate < 0 || h.Estimate > maxLiveEstimate) {
+			t.Fatalf("accepted %+v", h)
+		}
+	})
+}
+
+// Garbage frames are refused with a reason, and nothing is committed.
+func TestLiveStreamRejectsGarbage(t *testing.T) {
+	for name, frames := range map[string][]byte{
+		"unknown frame":     []byte("Z"),
+		"end before M":      []byte("E"),
+		"escaping path":     append([]byte("D\x00\x05../ab"), make([]byte, 12)...),
+		"manifest path":     append([]byte("D\x00\x15"+ManifestName), make([]byte, 12)...),
+		"huge data":         append([]byte("D\x00\x01a"), 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 0, 0, 0),
+		"bad manifest":      []byte("M\x00\x00\x00\x02{}E"),
+		"empty data":        append([]byte("D\x00\x01a"), make([]byte, 12)...),
+		"cut in data bytes": append([]byte("D\x00\x01a"), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2),
+	} {
+		t.Run(name, func(t *testing.T) {
+			dst := filepath.Join(t.TempDir(), "moved")
+			se, re := liveMove(t, dst, ReceiveOptions{}, func(c net.Conn) error {
+				s, err := startLive(c, liveHello{Format: liveFormat, Task: "x"})
+				if err != nil {
+					return err
+				}
+				defer s.close()
+				if _, err := c.Write(frames); err != nil {
+					return err
+				}
+				c.(*net.TCPConn).CloseWrite()
+				<-s.replied
+				return s.replyErr
+			})
+			if se == nil || re == nil {
+				t.Fatalf("send %v, receive %v: want both to fail", se, re)
+			}
+			if ents, _ := os.ReadDir(filepath.Dir(dst)); len(ents) != 0 {
+				t.Errorf("left: %v", ents)
+			}
+		})
+	}
+}
