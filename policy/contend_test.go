@@ -294,27 +294,53 @@ func queue(v *View, name string, n int) {
 	v.Jobs = append(v.Jobs, q)
 }
 
+// neverRunJob adds a job submitted now that never ran: n ready VMs of 1
+// core (peak) and memory mem each, estimate wall.
+func neverRunJob(v *View, name string, n int, mem, wall int64) {
+	m := v.Model
+	j := Job{Name: name, Submitted: v.Now, Walltime: wall, Total: wall, Preemptible: true, Migratable: true}
+	for k := range n {
+		j.Tasks = append(j.Tasks, len(m.Tasks))
+		m.Tasks = append(m.Tasks, cluster.Task{Name: name + string(rune('0'+k)), Job: name, State: cluster.Ready, Node: cluster.NoNode, Demand: []int64{1, mem}})
+	}
+	v.Jobs = append(v.Jobs, j)
+}
+
 func TestFerryAdmitsTheSmallerFootprintFirstAmongEquals(t *testing.T) {
 	// One node of 4 memory, CPU time-shared; two never-run jobs of equal
 	// expansion factor: "big" (first in FIFO order, 2 VMs of 2 memory)
 	// and "small" (2 VMs of 1). Only one fits; the smaller goes first.
 	v := vmView(1, 4)
 	v.Soft = map[int]bool{0: true}
-	m := v.Model
-	for _, q := range []struct {
-		name string
-		mem  int64
-	}{{"big", 2}, {"small", 1}} {
-		j := Job{Name: q.name, Submitted: v.Now, Walltime: 600, Total: 600, Preemptible: true, Migratable: true}
-		for k := range 2 {
-			j.Tasks = append(j.Tasks, len(m.Tasks))
-			m.Tasks = append(m.Tasks, cluster.Task{Name: q.name + string(rune('0'+k)), Job: q.name, State: cluster.Ready, Node: cluster.NoNode, Demand: []int64{1, q.mem}})
-		}
-		v.Jobs = append(v.Jobs, j)
-	}
+	neverRunJob(v, "big", 2, 2, 600)
+	neverRunJob(v, "small", 2, 1, 600)
 	d := decide(t, Ferry(), v)
 	if d.Want[0] != cluster.Ready || d.Want[1] != cluster.Ready || d.Want[2] != cluster.Running || d.Want[3] != cluster.Running {
 		t.Fatalf("want small started and big waiting, got %v", d.Want)
+	}
+}
+
+func TestFerryAdmitsTheShorterEstimateFirstAmongEquals(t *testing.T) {
+	// One node of 4 memory; two never-run jobs of equal expansion factor
+	// and footprint: "long" (first in FIFO order, estimate 700) and
+	// "short" (600), 2 VMs of 2 memory each. Only one fits. Where CPU is
+	// time-shared the shorter goes first; where it is not (no footprint
+	// order), FIFO order.
+	for _, soft := range []bool{true, false} {
+		v := vmView(1, 4)
+		if soft {
+			v.Soft = map[int]bool{0: true}
+		}
+		neverRunJob(v, "long", 2, 2, 700)
+		neverRunJob(v, "short", 2, 2, 600)
+		d := decide(t, Ferry(), v)
+		long, short := cluster.Ready, cluster.Running
+		if !soft {
+			long, short = cluster.Running, cluster.Ready
+		}
+		if d.Want[0] != long || d.Want[1] != long || d.Want[2] != short || d.Want[3] != short {
+			t.Fatalf("soft CPU %v: want long %v and short %v, got %v", soft, long, short, d.Want)
+		}
 	}
 }
 

@@ -69,6 +69,14 @@ type Selective struct {
 	// idle jobs of equal expansion factor, the smaller memory footprint
 	// goes first.
 	AdmitByMemory bool
+	// ShortestFirst, with AdmitByMemory and only where the view marks the
+	// CPU time-shared, orders idle jobs of equal expansion factor and
+	// footprint by their remaining estimate, shortest first (SPT: the
+	// order that minimises the sum of completion times when the jobs
+	// compete for the same room). In the VTDC model it keeps the shorter
+	// of two equally wide jobs running and sheds the longer, and starts
+	// the shorter of the large vjobs in the first wave.
+	ShortestFirst bool
 	// Anticipate, with Contend and only where the view marks the CPU
 	// time-shared, counts the CPU of a running job whose remaining
 	// estimate is within a (local) resume of a sleeping job as free
@@ -96,12 +104,13 @@ type Selective struct {
 // free cores keep memory for the VMs that wake up), and CPU shortages of
 // running jobs met by migration, then by sharing up to one core of
 // overload, and only beyond that by suspending the widest job. Where CPU
-// is time-shared, a job that never ran is admitted by memory: its CPU use
-// is not known before it runs.
+// is time-shared, a job that never ran is admitted by memory (its CPU use
+// is not known before it runs), smaller footprint first, then shorter
+// remaining estimate, among jobs of equal expansion factor.
 func Ferry() Selective {
 	return Selective{Label: "ferry", Factor: 2, CostAware: true, Observe: true, Pinned: true,
 		SpreadIdle: true, PackIdle: true, Contend: true, Shed: true, Tolerance: 1,
-		ShedWidest: true, AdmitByMemory: true, Anticipate: true, Gather: true}
+		ShedWidest: true, AdmitByMemory: true, ShortestFirst: true, Anticipate: true, Gather: true}
 }
 
 // Name implements Policy.
@@ -229,6 +238,9 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		}
 		if footprint != nil && footprint[idle[a]] != footprint[idle[b]] {
 			return footprint[idle[a]] < footprint[idle[b]]
+		}
+		if footprint != nil && s.ShortestFirst && v.Jobs[idle[a]].Walltime != v.Jobs[idle[b]].Walltime {
+			return v.Jobs[idle[a]].Walltime < v.Jobs[idle[b]].Walltime
 		}
 		return rank[idle[a]] < rank[idle[b]]
 	})
