@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -143,6 +144,17 @@ func TestResumeFromPeerKeepsImageChunks(t *testing.T) {
 	for _, n := range []*node{a, b} {
 		if _, err := n.agent.chunkStore().Pinned(imagePin("kept")); err != nil {
 			t.Fatalf("%s: %v", n.name, err)
+		}
+		// Kept by reference: the image's files were linked into the store
+		// before the agent removed them, nothing was copied into a pack.
+		ents, err := os.ReadDir(filepath.Join(n.agent.chunkStore().Dir(), "blobs"))
+		if err != nil || len(ents) == 0 {
+			t.Fatalf("%s: no blobs (%v)", n.name, err)
+		}
+		for _, e := range ents {
+			if !strings.HasPrefix(e.Name(), "link-") {
+				t.Fatalf("%s: blob %s, want only links", n.name, e.Name())
+			}
 		}
 	}
 	if err := b.c.Stop(ctx, "kept", 2); err != nil {
