@@ -444,3 +444,50 @@ func TestFerryMovesAWaitingJobsVMsWhereACoreIsFree(t *testing.T) {
 		})
 	}
 }
+
+func TestFerryMakesRoomForAResumeBeforeItIsDue(t *testing.T) {
+	// Nodes of 2 cores and 4 memory. a: job r's two computing VMs (1
+	// memory each) and job i's idle VM (2 memory): full. b: job b's two
+	// computing VMs (1 each): no core free, 2 memory free. c: job c's two
+	// computing VMs (2 each): full; job s sleeps with one VM (1 core, 1
+	// memory) imaged on c. Every action takes 10 s, so s's resume is
+	// anticipated 10 s before r's end. With r ending within Prepare (40 s)
+	// but not within 10 s, i's idle VM moves to b (no core free there) so
+	// that s finds a's memory when r's cores free; s stays asleep now.
+	for _, c := range []struct {
+		name string
+		wall int64
+		soft bool
+		move bool
+	}{
+		{"ends within the window", 30, true, true},
+		{"ends later", 100, true, false},
+		{"cpu not time-shared", 30, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v := vmView(3, 4,
+				vmJob{name: "r", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: c.wall},
+				vmJob{name: "i", nodes: []int{0}, cpu: []int64{0}, mem: 2, wall: 500},
+				vmJob{name: "b", nodes: []int{1, 1}, cpu: []int64{1, 1}, mem: 1, wall: 500},
+				vmJob{name: "c", nodes: []int{2, 2}, cpu: []int64{1, 1}, mem: 2, wall: 500})
+			sleepingJob(v, "s", 1, 2, 1)
+			if c.soft {
+				v.Soft = map[int]bool{0: true}
+			}
+			d := decide(t, Ferry(), v)
+			if s := v.Jobs[4].Tasks[0]; d.Want[s] != cluster.Sleeping {
+				t.Fatalf("sleeping task wanted %v", d.Want[s])
+			}
+			f := fences(t, d)
+			idle := v.Jobs[1].Tasks[0]
+			if n, ok := f[idle]; c.move && (!ok || n != 1) || !c.move && ok && n != 0 {
+				t.Fatalf("idle VM fenced to %d (fenced: %v), want moved to b: %v", n, ok, c.move)
+			}
+			for tk, n := range f {
+				if tk != idle && n != v.Model.Tasks[tk].Node {
+					t.Fatalf("task %d moved to %d", tk, n)
+				}
+			}
+		})
+	}
+}

@@ -85,6 +85,18 @@ type Selective struct {
 	// The decision asks to be rechecked when the next running job enters
 	// that window (Decision.Recheck).
 	Anticipate bool
+	// Prepare (seconds; 0: off), with Anticipate, makes the memory room
+	// for an anticipated resume before it is due: while a running job's
+	// remaining estimate is within Prepare and a job sleeps, the sleeping
+	// job's tasks are placed (not started) counting that job's CPU as free
+	// already, and where one fits nowhere, idle tasks are moved off the
+	// node with the most CPU free to nodes with none free. The resume that
+	// Anticipate starts a resume before the other job's end then finds
+	// the memory it needs; without the room the memory came free only at
+	// that end (the nodes with CPU about to free hold the ending job's own
+	// memory), so the resume started then. It acts at the decisions that
+	// events bring within the window (it asks for no recheck).
+	Prepare int64
 	// Gather, with Contend and only where the view marks the CPU
 	// time-shared, uses the moments a running migratable job of three
 	// tasks or more computes on none of its tasks (between two steps,
@@ -110,7 +122,7 @@ type Selective struct {
 func Ferry() Selective {
 	return Selective{Label: "ferry", Factor: 2, CostAware: true, Observe: true, Pinned: true,
 		SpreadIdle: true, PackIdle: true, Contend: true, Shed: true, Tolerance: 1,
-		ShedWidest: true, AdmitByMemory: true, ShortestFirst: true, Anticipate: true, Gather: true}
+		ShedWidest: true, AdmitByMemory: true, ShortestFirst: true, Anticipate: true, Prepare: 40, Gather: true}
 }
 
 // Name implements Policy.
@@ -190,8 +202,9 @@ func (s Selective) Decide(v *View) (Decision, error) {
 			}
 		}
 	}
+	var lead int64 // the anticipation's lead (0: none)
 	if soft >= 0 && s.Anticipate && v.Soft[soft] {
-		d.Recheck = anticipate(v, p, phase, soft)
+		d.Recheck, lead = anticipate(v, p, phase, soft)
 	}
 	for i := range v.Jobs {
 		j := &v.Jobs[i]
@@ -259,6 +272,9 @@ func (s Selective) Decide(v *View) (Decision, error) {
 			running = s.shed(v, p, &d, running, soft, repay, minRun, justSlept, &moves)
 		}
 	}
+	if s.Prepare > 0 && lead > 0 {
+		prepare(v, p, phase, idle, running, soft, s.Prepare, lead)
+	}
 	victim := make([]bool, len(v.Jobs))
 	for _, i := range idle {
 		j := &v.Jobs[i]
@@ -315,9 +331,10 @@ func (s Selective) Decide(v *View) (Decision, error) {
 
 // anticipate gives back the soft resource (charged where the tasks run)
 // of the running jobs whose remaining estimate is at most the longest
-// local resume of a sleeping job's task, and returns when the next
-// running job enters that window (0: none, or no job sleeps).
-func anticipate(v *View, p *Packer, phase []Phase, soft int) int64 {
+// local resume of a sleeping job's task (the lead), and returns when the
+// next running job enters that window (0: none) and the lead (0: no job
+// sleeps).
+func anticipate(v *View, p *Packer, phase []Phase, soft int) (int64, int64) {
 	m := v.Model
 	var lead int64
 	for i := range v.Jobs {
@@ -331,7 +348,7 @@ func anticipate(v *View, p *Packer, phase []Phase, soft int) int64 {
 		}
 	}
 	if lead <= 0 {
-		return 0
+		return 0, 0
 	}
 	var next int64
 	for i := range v.Jobs {
@@ -351,7 +368,7 @@ func anticipate(v *View, p *Packer, phase []Phase, soft int) int64 {
 			}
 		}
 	}
-	return next
+	return next, lead
 }
 
 // unknownTasks marks the tasks of the jobs that never ran (never started,
@@ -520,39 +537,120 @@ type move struct{ task, from int }
 // task to leave; the planner could only break that cycle by suspending
 // one of them (the whole job stops for a write and a read of its memory).
 func makeRoom(p *Packer, t, from, soft int, log *[]move) int {
-	m := p.m
-	need := m.Tasks[t].Demand[soft]
+	need := p.m.Tasks[t].Demand[soft]
 	for k := range p.free {
 		if k == from || p.free[k][soft] < need || p.drain[k] {
 			continue
 		}
 		mark := len(*log)
-		for u := range m.Tasks {
-			if p.fits(t, k) {
-				break
-			}
-			// Only idle running tasks still on their own node: a task
-			// moved already in this decision keeps its new place.
-			if p.Placement[u] != k || m.Tasks[u].Node != k || m.Tasks[u].Demand[soft] != 0 || m.Tasks[u].State != cluster.Running || u == t {
-				continue
-			}
-			p.Release(u)
-			best := p.where(u, soft, false, k, from)
-			if best < 0 {
-				p.put(u, k, 1)
-				p.Placement[u] = k
-				break
-			}
-			p.put(u, best, 1)
-			p.Placement[u] = best
-			*log = append(*log, move{u, k})
-		}
-		if p.fits(t, k) {
+		if clearFor(p, t, k, soft, false, log, k, from) {
 			return k
 		}
 		undo(p, log, mark)
 	}
 	return cluster.NoNode
+}
+
+// clearFor moves idle running tasks off node k, each to the node where the
+// soft resource is least free (with busy, only to one where none of it is
+// free), never to a node in skip, until t fits on k. It reports whether t
+// fits; the moves are logged either way.
+func clearFor(p *Packer, t, k, soft int, busy bool, log *[]move, skip ...int) bool {
+	m := p.m
+	for u := range m.Tasks {
+		if p.fits(t, k) {
+			break
+		}
+		// Only idle running tasks still on their own node: a task
+		// moved already in this decision keeps its new place.
+		if p.Placement[u] != k || m.Tasks[u].Node != k || m.Tasks[u].Demand[soft] != 0 || m.Tasks[u].State != cluster.Running || u == t {
+			continue
+		}
+		p.Release(u)
+		best := p.where(u, soft, false, skip...)
+		if best >= 0 && busy && p.free[best][soft] > 0 {
+			best = cluster.NoNode
+		}
+		if best < 0 {
+			p.put(u, k, 1)
+			p.Placement[u] = k
+			break
+		}
+		p.put(u, best, 1)
+		p.Placement[u] = best
+		*log = append(*log, move{u, k})
+	}
+	return p.fits(t, k)
+}
+
+// prepare: see Selective.Prepare. It places the first sleeping job in
+// idle order with the soft resource of the running jobs whose remaining
+// estimate is within window counted as free (those within lead are so
+// already, by anticipate), keeps the moves of idle tasks that made it fit
+// and releases the job's own tasks (they stay asleep); if it fits nowhere
+// even so, nothing changes.
+func prepare(v *View, p *Packer, phase []Phase, idle, running []int, soft int, window, lead int64) {
+	m := v.Model
+	var sj *Job
+	for _, i := range idle {
+		if phase[i] == Asleep {
+			sj = &v.Jobs[i]
+			break
+		}
+	}
+	if sj == nil {
+		return
+	}
+	var back []int // the tasks whose soft demand is counted as free here
+	soon := false  // a job ends within window
+	for _, i := range running {
+		j := &v.Jobs[i]
+		if phase[i] != Active || j.Walltime <= 0 || j.Walltime > window {
+			continue
+		}
+		soon = true
+		if j.Walltime <= lead {
+			continue
+		}
+		for _, t := range j.Tasks {
+			if n := p.Placement[t]; n >= 0 && m.Tasks[t].Demand[soft] > 0 {
+				p.free[n][soft] += m.Tasks[t].Demand[soft]
+				back = append(back, t)
+			}
+		}
+	}
+	if !soon {
+		return
+	}
+	var log []move
+	var placed []int
+	for _, t := range sj.Tasks {
+		k := p.where(t, soft, true)
+		if k < 0 {
+			// make room on the node with the most of it free
+			for c := range p.free {
+				if !p.drain[c] && p.free[c][soft] >= m.Tasks[t].Demand[soft] && (k < 0 || p.free[c][soft] > p.free[k][soft]) {
+					k = c
+				}
+			}
+			if k >= 0 && !clearFor(p, t, k, soft, true, &log, k) {
+				k = cluster.NoNode
+			}
+		}
+		if k < 0 {
+			undo(p, &log, 0)
+			break
+		}
+		p.put(t, k, 1)
+		p.Placement[t] = k
+		placed = append(placed, t)
+	}
+	for _, t := range placed {
+		p.Release(t)
+	}
+	for _, t := range back {
+		p.free[p.Placement[t]][soft] -= m.Tasks[t].Demand[soft]
+	}
 }
 
 // undo reverts the moves logged after mark.
