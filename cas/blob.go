@@ -275,6 +275,12 @@ func (s *Store) getLocated(id ID, dst []byte) (data []byte, found bool, bad int,
 		if rerr == nil && Sum(d) == id {
 			return d, true, bad, nil
 		}
+		if rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && !errors.Is(rerr, io.ErrUnexpectedEOF) {
+			// This node's trouble (EMFILE, EIO, EACCES), not a range
+			// that lost its chunk: a miss now, the location kept.
+			s.log.Warn("chunk location unreadable", "chunk", id.String(), "blob", l.b.name, "err", rerr)
+			continue
+		}
 		bad++
 		s.log.Warn("chunk location no longer holds it; forgotten", "chunk", id.String(), "blob", l.b.name, "offset", l.off, "err", rerr)
 		s.mu.Lock()
@@ -519,7 +525,7 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 	seen := make(map[ID]bool, len(x.Entries))
 	var pack *packWriter
 	var buf []byte
-	added := 0
+	added, n := 0, 0
 	fail := func(err error) (int, error) {
 		pack.discard()
 		s.gc.RUnlock()
@@ -530,7 +536,7 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 			continue
 		}
 		seen[e.ID] = true
-		if i%1024 == 0 {
+		if n++; n%1024 == 0 {
 			if err := ctx.Err(); err != nil {
 				return fail(err)
 			}
@@ -600,7 +606,12 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 
 // sweepLoose removes the blobs no pin has named for the grace period.
 func (s *Store) sweepLoose() {
-	s.gc.Lock()
+	// Not at the cost of waiting: another keep (or a Put) holding gc
+	// shared may copy for long, and a writer waiting for gc would also
+	// stop every keep starting meanwhile. The next keep or GC sweeps.
+	if !s.gc.TryLock() {
+		return
+	}
 	defer s.gc.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()

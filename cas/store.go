@@ -72,7 +72,11 @@ type Store struct {
 
 	// gc is held shared by writers and pinners and exclusively by GC, so a
 	// chunk is never collected between its Put and its Pin.
-	gc    sync.RWMutex
+	gc sync.RWMutex
+	// pinMu serializes the writers of pins/ and locs/ (pinLocked, Unpin):
+	// a pin's table and index are two files, which two pins of one name
+	// at once could interleave (the table of one, the index of the other).
+	pinMu sync.Mutex
 	mu    sync.Mutex // guards refs and pins
 	refs  map[ID]int
 	pins  map[string][]ID // unique data chunk IDs of each pin
@@ -119,6 +123,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("cas: open store: %w", err)
 	}
 	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), tmpPrefix) {
+			// A pin write cut by a crash (writeAtomic's temporary).
+			os.Remove(filepath.Join(dir, "pins", e.Name()))
+			continue
+		}
 		x, err := s.readPin(e.Name())
 		if err != nil {
 			return nil, fmt.Errorf("cas: open store: pin %q: %w", e.Name(), err)
@@ -381,6 +390,8 @@ func (s *Store) Pin(name string, x *Index) error {
 // location, which the pin's table then names too, so the blob stays as
 // long as the pin.
 func (s *Store) pinLocked(name string, x *Index, t *locTable) error {
+	s.pinMu.Lock()
+	defer s.pinMu.Unlock()
 	if t == nil {
 		t = &locTable{root: x.Root()}
 	}
@@ -511,12 +522,8 @@ func (s *Store) Trim(ctx context.Context) (TrimStats, error) {
 	if len(st.Unpinned) == 0 {
 		return st, nil
 	}
-	grace := s.opts.GCGrace
-	if grace <= 0 {
-		grace = 10 * time.Minute
-	}
 	var err error
-	st.GC, err = s.GC(ctx, time.Now(), grace)
+	st.GC, err = s.GC(ctx, time.Now(), s.grace())
 	s.log.Info("trimmed", "unpinned", st.Unpinned, "removed", st.GC.Removed, "removed_bytes", st.GC.RemovedBytes, "held", st.Held, "max", s.opts.MaxBytes)
 	return st, err
 }
@@ -533,6 +540,8 @@ func (s *Store) Unpin(name string) error {
 	if err := ValidName(name); err != nil {
 		return err
 	}
+	s.pinMu.Lock()
+	defer s.pinMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.pins[name]; !ok {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -42,6 +43,13 @@ func (rc *Receiver) linkSame(root *os.Root, e TreeEntry, x *cas.Index) *os.File 
 	}
 	blob := rc.Store.FileBlob(x.Entries[k].ID, off, e.Size)
 	if blob == "" {
+		return nil
+	}
+	// The link shares the blob's inode with the file it was kept from
+	// (maybe another committed checkpoint here): finishTree's chmod must
+	// not change that file's mode, so only a blob of the announced mode
+	// is linked.
+	if fi, err := os.Stat(blob); err != nil || fi.Mode().Perm() != fs.FileMode(e.Mode) {
 		return nil
 	}
 	name := filepath.FromSlash(e.Path)

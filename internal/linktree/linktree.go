@@ -7,6 +7,7 @@
 package linktree
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -34,22 +35,26 @@ func Tree(src, dst string) error {
 		if !d.Type().IsRegular() {
 			return fmt.Errorf("%s: not a regular file", rel)
 		}
-		if err := os.Link(p, target); err == nil {
-			return nil
+		err = os.Link(p, target)
+		if err == nil || errors.Is(err, fs.ErrExist) {
+			// An existing target may be a link to p itself (or to another
+			// committed file): copying onto it would truncate that inode.
+			return err
 		}
 		return CopyFile(p, target, false)
 	})
 }
 
-// CopyFile copies the regular file src to dst (created or truncated,
-// 0o644), fsyncing it with sync.
+// CopyFile copies the regular file src to dst (created, 0o644; an
+// existing dst is an error: it may share its inode with another file),
+// fsyncing it with sync.
 func CopyFile(src, dst string, sync bool) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
