@@ -2,6 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -9,6 +12,7 @@ import (
 
 	"github.com/ferrycluster/ferry/cas"
 	"github.com/ferrycluster/ferry/cas/transfer"
+	"golang.org/x/sys/unix"
 )
 
 // The node's chunk store (DataDir/chunks): every image this agent sends or
@@ -45,6 +49,46 @@ func (a *Agent) chunkStore() *cas.Store {
 		}
 	})
 	return nc.st
+}
+
+// stagingDir is where checkpoints (images, replicas) are received before
+// their commit.
+func (a *Agent) stagingDir() string { return filepath.Join(a.cfg.DataDir, "run", "cas-staging") }
+
+// receiveCopies is how many times its size a received checkpoint needs on
+// the data dir: its files, then their chunks in the store. The keep
+// hard-links the committed files into the store (a blob takes no room of
+// its own) when the store is on the staging dir's filesystem: 1. Else, or
+// when that cannot be told, the keep copies them into packs: 2. Without a
+// store nothing is kept: 1.
+func (a *Agent) receiveCopies() int64 {
+	st := a.chunkStore()
+	if st == nil {
+		return 1
+	}
+	d1, err1 := deviceOf(st.Dir())
+	d2, err2 := deviceOf(a.stagingDir())
+	if err1 == nil && err2 == nil && d1 == d2 {
+		return 1
+	}
+	return 2
+}
+
+// deviceOf returns the filesystem (st_dev) of path, or of its nearest
+// existing parent (the staging dir is made on first use).
+func deviceOf(path string) (uint64, error) {
+	for {
+		var st unix.Stat_t
+		err := unix.Stat(path, &st)
+		if err == nil {
+			return uint64(st.Dev), nil
+		}
+		parent := filepath.Dir(path)
+		if !errors.Is(err, fs.ErrNotExist) || parent == path {
+			return 0, &os.PathError{Op: "stat", Path: path, Err: err}
+		}
+		path = parent
+	}
 }
 
 // imagePin names the pin of task id's image.

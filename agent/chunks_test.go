@@ -13,6 +13,7 @@ import (
 	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/cas"
 	"github.com/ferrycluster/ferry/cas/transfer"
+	"github.com/ferrycluster/ferry/driver"
 )
 
 // moveDir sends dir from node from to node to on a real TCP connection with
@@ -210,4 +211,30 @@ func TestKeepsOfOneTaskDoNotOverlap(t *testing.T) {
 	default:
 		t.Fatal("waitKept returned before the second keep ran")
 	}
+}
+
+// A received checkpoint's chunks are hard links to its committed files
+// when the store shares the staging dir's filesystem, so the receiver
+// needs its size free once, not twice: a replica push claiming 64 MiB is
+// taken by a node with 96 MiB free, and one claiming 128 MiB is refused.
+func TestReplicaNeedsItsSizeOnceWhenChunksAreLinked(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ca := newTestCA(t)
+	a := startNode(t, ca, "node-a", processDrivers(t), nil)
+	b := startNode(t, ca, "node-b", processDrivers(t), func(c *Config) {
+		c.FreeSpace = func(string) (int64, error) { return 96 << 20, nil }
+	})
+	if n := b.agent.receiveCopies(); n != 1 {
+		t.Fatalf("node-b's store and staging dir share a filesystem, yet it counts %d copies", n)
+	}
+	m := replicaMeta{Replica: api.Replica{Task: "once", Epoch: 1, Seq: 1, Holder: a.addr, Bytes: 64 << 20}, Driver: "process", Spec: counterSpec("once", nil)}
+	if _, err := a.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "1")); err != nil {
+		t.Fatalf("push of a 64 MiB replica to a node with 96 MiB free: %v", err)
+	}
+	waitReplica(ctx, t, b, "once", 1, 1)
+	m.Seq, m.Bytes = 2, 128<<20
+	_, err := a.agent.pushReplica(ctx, testSnapshot(t, b.addr, m, "2"))
+	wantKind(t, "push of a 128 MiB replica to a node with 96 MiB free", err, driver.ErrInsufficient)
 }

@@ -417,8 +417,8 @@ func (a *Agent) receiveDir(ctx context.Context, conn net.Conn, peerAddr, what, i
 	a.track(conn)
 	defer a.untrack(conn)
 	// The directory's files (written in place), then their chunks in the
-	// node's store: twice its size, plus a reserve.
-	if err := a.checkRoom(what, id, size, 2); err != nil {
+	// node's store unless linked there (receiveCopies), plus a reserve.
+	if err := a.checkRoom(what, id, size, a.receiveCopies()); err != nil {
 		return err
 	}
 	staging := filepath.Join(a.cfg.DataDir, "run", "cas-staging")

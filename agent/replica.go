@@ -431,7 +431,7 @@ func (a *Agent) handleReplicaPush(w http.ResponseWriter, r *http.Request) {
 		a.log.Warn("replica receive", "task", id, "err", err)
 		return
 	}
-	rc := a.keepReceivedCheckpoint(&transfer.Receiver{StagingDir: filepath.Join(a.cfg.DataDir, "run", "cas-staging"), Logger: a.log,
+	rc := a.keepReceivedCheckpoint(&transfer.Receiver{StagingDir: a.stagingDir(), Logger: a.log,
 		Dest: func(_ transfer.Header, x *cas.Index) (string, error) {
 			if err := checkPacked("replica", id, m.Bytes, x); err != nil {
 				return "", err
@@ -516,8 +516,9 @@ func (a *Agent) checkPush(r *http.Request, id string) (replicaMeta, *receiveSlot
 	if err != nil {
 		return m, nil, fmt.Errorf("%w: replica push of %q: %v", api.ErrForbidden, id, err)
 	}
-	// The replica's files and their chunks in the store.
-	if err := a.checkRoom("replica", id, m.Bytes, 2); err != nil {
+	// The replica's files, and their chunks in the store unless they are
+	// linked there (receiveCopies).
+	if err := a.checkRoom("replica", id, m.Bytes, a.receiveCopies()); err != nil {
 		return m, nil, err
 	}
 	// One push of a task at a time: a newer one waits for the previous
