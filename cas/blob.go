@@ -3,6 +3,7 @@ package cas
 import (
 	"bufio"
 	"bytes"
+	"container/list"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -15,7 +16,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -46,9 +46,18 @@ type blob struct {
 	free time.Time // when refs last dropped to 0
 	gone bool      // removed: its locations are stale
 
-	mu sync.Mutex
-	f  *os.File // opened on first read
+	// Its file open for reads (opened on first read; at most
+	// maxOpenBlobs of a store's blobs are, the least recently read closed
+	// first), the reads using it and its place in Store.open.
+	f     *os.File
+	users int
+	lru   *list.Element
 }
+
+// maxOpenBlobs bounds the blob files a store keeps open for reads (every
+// file of every kept tree is a blob: thousands of them would each hold a
+// descriptor, and keep a removed inode alive, until swept).
+const maxOpenBlobs = 64
 
 // loc is where a chunk lies: n bytes at off in b.
 type loc struct {
@@ -212,13 +221,10 @@ func (s *Store) sweepBlobsLocked(cutoff time.Time) (int, int64) {
 		if err := os.Remove(s.blobPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
-		b.mu.Lock()
 		b.gone = true
-		if b.f != nil {
-			b.f.Close()
-			b.f = nil
-		}
-		b.mu.Unlock()
+		// A read in progress on b.f completes (the descriptor is
+		// released after it); later ones find b gone.
+		s.closeBlobLocked(b)
 		delete(s.blobs, name)
 		n++
 	}
@@ -302,22 +308,12 @@ func (s *Store) getLocated(id ID, dst []byte) (data []byte, found bool, bad int,
 }
 
 func (b *blob) readAt(s *Store, d []byte, off int64) error {
-	b.mu.Lock()
-	if b.gone {
-		b.mu.Unlock()
-		return fs.ErrNotExist
+	f, err := s.openBlob(b)
+	if err != nil {
+		return err
 	}
-	if b.f == nil {
-		f, err := os.Open(s.blobPath(b.name))
-		if err != nil {
-			b.mu.Unlock()
-			return err
-		}
-		b.f = f
-	}
-	f := b.f
-	b.mu.Unlock()
 	n, err := f.ReadAt(d, off)
+	s.doneBlob(b)
 	if n == len(d) {
 		return nil
 	}
@@ -325,6 +321,74 @@ func (b *blob) readAt(s *Store, d []byte, off int64) error {
 		err = io.ErrUnexpectedEOF
 	}
 	return err
+}
+
+// openBlob returns b's file open for a read, which ends with doneBlob:
+// until then the file is not closed to make room for another.
+func (s *Store) openBlob(b *blob) (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b.gone {
+		return nil, fs.ErrNotExist
+	}
+	if s.closed {
+		return nil, os.ErrClosed
+	}
+	if b.f == nil {
+		f, err := os.Open(s.blobPath(b.name))
+		if err != nil {
+			return nil, err
+		}
+		b.f = f
+		b.lru = s.open.PushFront(b)
+	} else {
+		s.open.MoveToFront(b.lru)
+	}
+	b.users++ // before evicting: never b itself
+	s.evictLocked()
+	return b.f, nil
+}
+
+func (s *Store) doneBlob(b *blob) {
+	s.mu.Lock()
+	b.users--
+	s.evictLocked()
+	s.mu.Unlock()
+}
+
+// evictLocked closes the least recently read blob files not in use while
+// more than maxOpenBlobs are open.
+func (s *Store) evictLocked() {
+	for e := s.open.Back(); e != nil && s.open.Len() > s.maxOpen; {
+		prev := e.Prev()
+		if b := e.Value.(*blob); b.users == 0 {
+			s.closeBlobLocked(b)
+		}
+		e = prev
+	}
+}
+
+func (s *Store) closeBlobLocked(b *blob) {
+	if b.f == nil {
+		return
+	}
+	b.f.Close()
+	b.f = nil
+	s.open.Remove(b.lru)
+	b.lru = nil
+}
+
+// Close closes the blob files the store holds open for reads. Reads from
+// blobs after it are misses; the store is not to be used after Close
+// otherwise either.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for s.open.Len() > 0 {
+		s.closeBlobLocked(s.open.Front().Value.(*blob))
+	}
+	return nil
 }
 
 // Linked is a stream of files hard-linked into the store (Store.Link,

@@ -2,6 +2,7 @@ package cas
 
 import (
 	"bytes"
+	"container/list"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -89,6 +90,9 @@ type Store struct {
 	where   map[ID][]loc
 	tables  map[string]*locTable // of each pin
 	pending map[string]bool      // blobs written or linked, not yet pinned
+	open    *list.List           // blobs with their file open, most recently read first
+	maxOpen int                  // maxOpenBlobs
+	closed  bool                 // Close ran
 }
 
 const chunkHeaderLen = 5
@@ -97,7 +101,8 @@ const chunkHeaderLen = 5
 func Open(dir string, opts Options) (*Store, error) {
 	s := &Store{dir: dir, opts: opts, log: opts.Logger, refs: map[ID]int{}, pins: map[string][]ID{},
 		lens: map[ID]uint32{}, pinAt: map[string]time.Time{},
-		blobs: map[string]*blob{}, where: map[ID][]loc{}, tables: map[string]*locTable{}, pending: map[string]bool{}}
+		blobs: map[string]*blob{}, where: map[ID][]loc{}, tables: map[string]*locTable{}, pending: map[string]bool{},
+		open: list.New(), maxOpen: maxOpenBlobs}
 	if s.log == nil {
 		s.log = slog.Default()
 	}

@@ -103,6 +103,7 @@ func init() {
 			if err != nil {
 				return err
 			}
+			defer st.Close()
 			res, err := st.GC(context.Background(), time.Now(), grace)
 			if err != nil {
 				return err

@@ -124,6 +124,7 @@ func wireBytes(a, b string, k cas.Chunking) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	defer st.Close()
 	rc := &transfer.Receiver{StagingDir: filepath.Join(dir, "staging"), DestDir: filepath.Join(dir, "dest"), Store: st, Keep: true}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
