@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"time"
 
@@ -713,16 +714,20 @@ func (s *Store) loadLocs(name string, x *Index) (*locTable, error) {
 }
 
 // FileBlob returns the path of a blob of size bytes that holds chunk id at
-// off, or "" if there is none: a file kept earlier that the file being
-// rebuilt may equal (a checkpoint's state file that did not change). Nothing
-// is read or verified; a caller that uses it checks every chunk it relies
-// on.
-func (s *Store) FileBlob(id ID, off, size int64) string {
+// off and that pin's table names, or "" if there is none: a file of pin's
+// image (an earlier checkpoint of the same task) that the file being
+// rebuilt may equal (a state file that did not change). Only the pin's own
+// blobs: a caller that links one in place shares its inode with that
+// image, never with another task's. Nothing is read or verified; a caller
+// that uses it checks every chunk it relies on.
+func (s *Store) FileBlob(id ID, off, size int64, pin string) string {
 	s.mu.Lock()
 	var cand []string
-	for _, l := range s.where[id] {
-		if !l.b.gone && l.off == off {
-			cand = append(cand, l.b.name)
+	if t := s.tables[pin]; t != nil {
+		for _, l := range s.where[id] {
+			if !l.b.gone && l.off == off && slices.Contains(t.blobs, l.b.name) {
+				cand = append(cand, l.b.name)
+			}
 		}
 	}
 	s.mu.Unlock()

@@ -3,6 +3,7 @@ package transfer
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -25,12 +26,59 @@ import (
 // (copy_file_range) and the rest is received as usual. So an unchanged
 // gigabyte costs a read and a hash, not a copy and its writeback.
 
+//
+// Only a blob of the same pin is linked (the task's own earlier image,
+// cas.Store.FileBlob): a checkpoint never shares an inode with another
+// task's. The linked inode is still another file's too (that image, maybe
+// linked into a restore dir), so the file's stamp (inode, size, times) is
+// taken when it is linked and compared before the commit and before a
+// checked prefix is copied: a write through another link after a piece
+// was checked fails the transfer (its retry rebuilds the file) instead of
+// committing bytes nobody checked.
+
+// fileStamp is what shows a linked file unchanged since it was stamped:
+// any write changes its mtime (and ctime), a truncate its size.
+type fileStamp struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime syscall.Timespec
+}
+
+func stampOf(f *os.File) (fileStamp, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return fileStamp{}, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileStamp{}, fmt.Errorf("transfer: no stat of %s", f.Name())
+	}
+	return fileStamp{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}, nil
+}
+
+// errLinkedChanged is a linked file written through another of its links
+// after its pieces were checked.
+var errLinkedChanged = errors.New("the file linked in place from the chunk store changed after it was checked (written through another link of its inode); a retry rebuilds it")
+
+// checkStamp fails with errLinkedChanged unless f is as stamped.
+func checkStamp(f *os.File, want fileStamp) error {
+	got, err := stampOf(f)
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return errLinkedChanged
+	}
+	return nil
+}
+
 // linkSame replaces the staging file of e (under root) with a link to a
-// blob of the store that may hold the same bytes, judging by the first
-// piece x; it returns the linked file, open read-only, or nil.
-func (rc *Receiver) linkSame(root *os.Root, e TreeEntry, x *cas.Index) *os.File {
-	if rc.Store == nil {
-		return nil
+// blob of pin in the store that may hold the same bytes, judging by the
+// first piece x; it returns the linked file, open read-only, and its
+// stamp, or nil.
+func (rc *Receiver) linkSame(root *os.Root, e TreeEntry, x *cas.Index, pin string) (*os.File, fileStamp) {
+	if rc.Store == nil || pin == "" {
+		return nil, fileStamp{}
 	}
 	var off int64
 	k := 0
@@ -39,27 +87,27 @@ func (rc *Receiver) linkSame(root *os.Root, e TreeEntry, x *cas.Index) *os.File 
 		k++
 	}
 	if k == len(x.Entries) {
-		return nil
+		return nil, fileStamp{}
 	}
-	blob := rc.Store.FileBlob(x.Entries[k].ID, off, e.Size)
+	blob := rc.Store.FileBlob(x.Entries[k].ID, off, e.Size, pin)
 	if blob == "" {
-		return nil
+		return nil, fileStamp{}
 	}
 	// The link shares the blob's inode with the file it was kept from
 	// (maybe another committed checkpoint here): finishTree's chmod must
 	// not change that file's mode, so only a blob of the announced mode
 	// is linked.
 	if fi, err := os.Stat(blob); err != nil || fi.Mode().Perm() != fs.FileMode(e.Mode) {
-		return nil
+		return nil, fileStamp{}
 	}
 	name := filepath.FromSlash(e.Path)
 	dir, err := root.Open(filepath.Dir(name))
 	if err != nil {
-		return nil
+		return nil, fileStamp{}
 	}
 	defer dir.Close()
 	if err := root.Remove(name); err != nil {
-		return nil
+		return nil, fileStamp{}
 	}
 	if err := unix.Linkat(unix.AT_FDCWD, blob, int(dir.Fd()), filepath.Base(name), 0); err != nil {
 		// Put the sparse staging file back.
@@ -67,13 +115,18 @@ func (rc *Receiver) linkSame(root *os.Root, e TreeEntry, x *cas.Index) *os.File 
 			f.Truncate(e.Size)
 			f.Close()
 		}
-		return nil
+		return nil, fileStamp{}
 	}
 	f, err := root.Open(name)
 	if err != nil {
-		return nil
+		return nil, fileStamp{}
 	}
-	return f
+	st, err := stampOf(f)
+	if err != nil {
+		f.Close()
+		return nil, fileStamp{}
+	}
+	return f, st
 }
 
 // checkSame reads piece x of a linked file (at offs) and reports whether
@@ -104,9 +157,9 @@ func checkSame(f *os.File, x *cas.Index, offs []int64, buf *[]byte) (bool, error
 }
 
 // unlinkSame undoes linkSame for e once a piece at off differs: a new
-// staging file gets the checked prefix [0, off) of linked and takes its
-// place; it is returned open for writing.
-func unlinkSame(root *os.Root, e TreeEntry, linked *os.File, off int64) (*os.File, error) {
+// staging file gets the checked prefix [0, off) of linked (still as
+// stamped) and takes its place; it is returned open for writing.
+func unlinkSame(root *os.Root, e TreeEntry, linked *os.File, stamp fileStamp, off int64) (*os.File, error) {
 	name := filepath.FromSlash(e.Path)
 	var rnd [8]byte
 	rand.Read(rnd[:])
@@ -121,6 +174,11 @@ func unlinkSame(root *os.Root, e TreeEntry, linked *os.File, off int64) (*os.Fil
 		if _, err = linked.Seek(0, io.SeekStart); err == nil {
 			_, err = io.Copy(f, &io.LimitedReader{R: linked, N: off})
 		}
+	}
+	if err == nil {
+		// The prefix was checked before it was copied: it must not have
+		// changed in between.
+		err = checkStamp(linked, stamp)
 	}
 	if err == nil {
 		err = f.Truncate(e.Size)

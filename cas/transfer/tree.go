@@ -917,9 +917,10 @@ type rxSeg struct {
 type rxFile struct {
 	mu      sync.Mutex
 	f       *os.File
-	pending int  // pieces not yet all written
-	full    bool // its last piece was announced
-	linked  bool // f is a blob of the store linked in place (reuse.go)
+	pending int       // pieces not yet all written
+	full    bool      // its last piece was announced
+	linked  bool      // f is a blob of the store linked in place (reuse.go)
+	stamp   fileStamp // of the linked file, when it was linked
 }
 
 // release drops one piece's hold on the file and closes it after the last.
@@ -982,10 +983,11 @@ func (rc *Receiver) serveTree(ctx context.Context, r *frameReader, w *frameWrite
 	}
 	prog.phase(PhaseStream)
 	var all *cas.Index // nil: raw, not indexed yet
+	var linked map[string]fileStamp
 	if raw {
 		err = rc.receiveData(r, root, tree, res, prog)
 	} else {
-		all, err = rc.receiveSegs(ctx, r, w, root, tree, resumed, lim, res, prog, log)
+		all, linked, err = rc.receiveSegs(ctx, r, w, root, tree, resumed, rc.pinName(h), lim, res, prog, log)
 	}
 	if err != nil {
 		return err
@@ -993,7 +995,7 @@ func (rc *Receiver) serveTree(ctx context.Context, r *frameReader, w *frameWrite
 
 	// Commit: modes, one fsync per file and directory, then the swap.
 	prog.phase(PhaseVerify)
-	keepFiles, err := finishTree(root, tree, !rc.NoSync, rc.Keep && rc.Store != nil && rc.Background != nil && rc.countFiles(tree) <= keepOpenFiles)
+	keepFiles, err := finishTree(root, tree, linked, !rc.NoSync, rc.Keep && rc.Store != nil && rc.Background != nil && rc.countFiles(tree) <= keepOpenFiles)
 	if err != nil {
 		return err
 	}
@@ -1123,7 +1125,11 @@ func (o *treeOrder) complete() error {
 
 // receiveSegs receives the pieces of a tree (MODE index) into the files
 // under root and returns the index of the whole transfer.
-func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWriter, root *os.Root, tree *Tree, resumed bool, lim cas.DecodeLimits, res *ReceiveResult, prog *progressor, log *slog.Logger) (*cas.Index, error) {
+// receiveSegs receives the pieces of a tree (MODE index) into the files
+// under root; pin names the task's image in the store, whose files may be
+// linked in place (reuse.go). It returns the tree's index and the stamps
+// of the files that stayed linked.
+func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWriter, root *os.Root, tree *Tree, resumed bool, pin string, lim cas.DecodeLimits, res *ReceiveResult, prog *progressor, log *slog.Logger) (*cas.Index, map[string]fileStamp, error) {
 	files := make([]*rxFile, len(tree.Entries))
 	defer func() {
 		for _, rf := range files {
@@ -1148,24 +1154,24 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 	limits := map[msgType]int{msgSeg: maxSegFrame, msgChunk: maxChunkFrame, msgRun: maxRunFrame, msgDone: 0}
 	for {
 		if pl.failed.Load() {
-			return nil, finish()
+			return nil, nil, finish()
 		}
 		t, n, err := r.next("SEG or CHUNK", limits)
 		if err != nil {
-			return nil, fmt.Errorf("after %d chunks: %w", pl.received, err)
+			return nil, nil, fmt.Errorf("after %d chunks: %w", pl.received, err)
 		}
 		if t == msgDone {
 			break
 		}
 		if t != msgSeg {
 			if len(queue) == 0 {
-				return nil, fmt.Errorf("%w: %s with no piece waiting for chunks", ErrProtocol, t)
+				return nil, nil, fmt.Errorf("%w: %s with no piece waiting for chunks", ErrProtocol, t)
 			}
 			s := queue[0]
 			k, err := fr.frame(t, n, s.tgt, s.isWanted)
 			s.left -= k
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if s.left == 0 {
 				queue = queue[1:]
@@ -1174,29 +1180,29 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 		}
 		// SEG: a piece of the next file.
 		if len(queue) >= maxSegsAhead {
-			return nil, fmt.Errorf("%w: more than %d pieces announced ahead of their chunks", ErrProtocol, maxSegsAhead)
+			return nil, nil, fmt.Errorf("%w: more than %d pieces announced ahead of their chunks", ErrProtocol, maxSegsAhead)
 		}
 		if n < segHdrLen {
-			return nil, fmt.Errorf("%w: SEG of %d bytes is too short", cas.ErrInvalid, n)
+			return nil, nil, fmt.Errorf("%w: SEG of %d bytes is too short", cas.ErrInvalid, n)
 		}
 		var hdr [segHdrLen]byte
 		if _, err := io.ReadFull(r.br, hdr[:]); err != nil {
-			return nil, fmt.Errorf("%w: SEG frame: %v", ErrTruncated, err)
+			return nil, nil, fmt.Errorf("%w: SEG frame: %v", ErrTruncated, err)
 		}
 		fi, off := binary.BigEndian.Uint32(hdr[:]), int64(binary.BigEndian.Uint64(hdr[4:]))
 		x, err := cas.DecodeIndexLimits(&io.LimitedReader{R: r.br, N: int64(n - segHdrLen)}, cas.DecodeLimits{MaxEntries: maxSegEntries, MaxFileSize: maxSegBytes})
 		if err != nil {
-			return nil, fmt.Errorf("SEG of file %d at %d: %w", fi, off, err)
+			return nil, nil, fmt.Errorf("SEG of file %d at %d: %w", fi, off, err)
 		}
 		if !x.V2() {
-			return nil, fmt.Errorf("%w: SEG of file %d at %d: index v%d, want v2", cas.ErrInvalid, fi, off, x.Version)
+			return nil, nil, fmt.Errorf("%w: SEG of file %d at %d: index v%d, want v2", cas.ErrInvalid, fi, off, x.Version)
 		}
 		if len(all.Entries)+len(x.Entries) > lim.MaxEntries {
-			return nil, fmt.Errorf("%w: tree of more than %d index entries", cas.ErrInvalid, lim.MaxEntries)
+			return nil, nil, fmt.Errorf("%w: tree of more than %d index entries", cas.ErrInvalid, lim.MaxEntries)
 		}
 		last, err := order.take("SEG", fi, off, x.Size)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		e := tree.Entries[fi]
 		all.Entries = append(all.Entries, x.Entries...)
@@ -1205,13 +1211,13 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 		if rf == nil {
 			rf = &rxFile{}
 			if off == 0 && !resumed {
-				rf.f = rc.linkSame(root, e, x) // reuse.go
+				rf.f, rf.stamp = rc.linkSame(root, e, x, pin) // reuse.go
 				rf.linked = rf.f != nil
 			}
 			if rf.f == nil {
 				f, err := root.OpenFile(filepath.FromSlash(e.Path), os.O_RDWR, 0)
 				if err != nil {
-					return nil, fmt.Errorf("transfer: open %s: %w", e.Path, err)
+					return nil, nil, fmt.Errorf("transfer: open %s: %w", e.Path, err)
 				}
 				rf.f = f
 			}
@@ -1228,7 +1234,7 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 		if rf.linked {
 			same, err := checkSame(rf.f, x, offs, &sameBuf)
 			if err != nil {
-				return nil, fmt.Errorf("transfer: check %s: %w", e.Path, err)
+				return nil, nil, fmt.Errorf("transfer: check %s: %w", e.Path, err)
 			}
 			if same {
 				for _, c := range x.Entries {
@@ -1237,35 +1243,35 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 					}
 				}
 				if err := w.frame(msgWant, encodeWant(nil)); err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				if err := w.Flush(); err != nil {
-					return nil, fmt.Errorf("transfer: send WANT: %w", err)
+					return nil, nil, fmt.Errorf("transfer: send WANT: %w", err)
 				}
 				rf.release()
 				continue
 			}
 			// Every earlier piece of the file was found the same, so no
 			// chunk of it is in flight: nothing writes to rf.f.
-			f, err := unlinkSame(root, e, rf.f, off)
+			f, err := unlinkSame(root, e, rf.f, rf.stamp, off)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			rf.f.Close()
 			rf.f, rf.linked = f, false
 		}
 		want, head, next, wanted, err := rc.scan(ctx, x, offs, rf.f, resumed, res, log)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		prog.p.Wanted += wanted
 		prog.p.ChunksWanted += len(want)
 		res.WantedChunks += len(want)
 		if err := w.frame(msgWant, encodeWant(want)); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if err := w.Flush(); err != nil {
-			return nil, fmt.Errorf("transfer: send WANT: %w", err)
+			return nil, nil, fmt.Errorf("transfer: send WANT: %w", err)
 		}
 		if len(want) == 0 {
 			rf.release()
@@ -1297,22 +1303,28 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 		queue = append(queue, s)
 	}
 	if err := finish(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(queue) > 0 || res.Received != res.WantedChunks {
-		return nil, fmt.Errorf("%w: DONE with %d of %d chunks missing", ErrProtocol, res.WantedChunks-res.Received, res.WantedChunks)
+		return nil, nil, fmt.Errorf("%w: DONE with %d of %d chunks missing", ErrProtocol, res.WantedChunks-res.Received, res.WantedChunks)
 	}
 	if err := order.complete(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	for _, rf := range files {
+	var linked map[string]fileStamp
+	for i, rf := range files {
 		if rf != nil && rf.f != nil {
 			rf.f.Close()
 			rf.f = nil
 		}
+		if rf != nil && rf.linked {
+			if linked == nil {
+				linked = map[string]fileStamp{}
+			}
+			linked[tree.Entries[i].Path] = rf.stamp
+		}
 	}
-
-	return all, nil
+	return all, linked, nil
 }
 
 // receiveData receives the DATA frames of a tree (MODE raw) into the files
@@ -1495,8 +1507,10 @@ func makeTree(dir string, t *Tree, reuse bool) error {
 
 // finishTree gives the received files and directories their modes and,
 // with durable, fsyncs every file and then every directory (deepest
-// first). With keep it returns the files, open, in the tree's order.
-func finishTree(root *os.Root, t *Tree, durable, keep bool) ([]*os.File, error) {
+// first). With keep it returns the files, open, in the tree's order. A
+// file linked in place (linked: its stamp when linked) must be as stamped:
+// else it is removed (the retry rebuilds it) and the commit fails.
+func finishTree(root *os.Root, t *Tree, linked map[string]fileStamp, durable, keep bool) ([]*os.File, error) {
 	var kept []*os.File
 	fail := func(err error) ([]*os.File, error) {
 		for _, f := range kept {
@@ -1511,6 +1525,13 @@ func finishTree(root *os.Root, t *Tree, durable, keep bool) ([]*os.File, error) 
 		f, err := root.OpenFile(filepath.FromSlash(e.Path), os.O_RDONLY, 0)
 		if err != nil {
 			return fail(err)
+		}
+		if stamp, ok := linked[e.Path]; ok {
+			if err := checkStamp(f, stamp); err != nil {
+				f.Close()
+				root.Remove(filepath.FromSlash(e.Path))
+				return fail(fmt.Errorf("transfer: commit %s: %w", e.Path, err))
+			}
 		}
 		err = f.Chmod(fs.FileMode(e.Mode))
 		if err == nil && durable {
