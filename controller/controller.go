@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -77,7 +79,13 @@ type Controller struct {
 	done    chan struct{} // closed when Run returns
 	run     *execution
 	idle    idleRound // the last round that planned nothing
-	wg      sync.WaitGroup
+	// capsGen counts changes of what nodes report they can run (a node
+	// heard from for the first time, new drivers or QEMU version): the
+	// capability filter's input, which is not in the store.
+	capsGen uint64
+	// stranded: the tasks last reported as having nowhere to go, and why.
+	stranded map[string]string
+	wg       sync.WaitGroup
 }
 
 // replanEvery bounds, in periods, how long an unchanged store skips the
@@ -89,6 +97,7 @@ const replanEvery = 10
 type idleRound struct {
 	set     bool
 	version uint64
+	capsGen uint64
 	until   time.Time
 }
 
@@ -206,7 +215,8 @@ func (c *Controller) observe(ctx context.Context, hb Heartbeat, raw []byte, push
 		o = &observation{}
 		c.obs[hb.Node] = o
 	}
-	o.at, o.pushed, o.info, o.tasks, o.index, o.raw = now, pushed, hb.Info, hb.Tasks, index, raw
+	c.setInfo(o, hb.Info)
+	o.at, o.pushed, o.tasks, o.index, o.raw = now, pushed, hb.Tasks, index, raw
 	c.mu.Unlock()
 	return c.observed(ctx, hb)
 }
@@ -225,7 +235,8 @@ func (c *Controller) ObserveEncoded(ctx context.Context, hb Heartbeat, rawTasks 
 	}
 	c.mu.Lock()
 	if o := c.obs[hb.Node]; o != nil && o.raw != nil && bytes.Equal(o.raw, rawTasks) {
-		o.at, o.pushed, o.info = c.cfg.Now(), true, hb.Info
+		c.setInfo(o, hb.Info)
+		o.at, o.pushed = c.cfg.Now(), true
 		c.mu.Unlock()
 		return c.observed(ctx, hb)
 	}
@@ -236,6 +247,26 @@ func (c *Controller) ObserveEncoded(ctx context.Context, hb Heartbeat, rawTasks 
 	}
 	hb.Tasks = ts
 	return c.observe(ctx, hb, rawTasks, true)
+}
+
+// setInfo records a node's report in its observation (c.mu held), noting
+// when what it can run changed (or is heard for the first time).
+func (c *Controller) setInfo(o *observation, info api.NodeInfo) {
+	if o.at.IsZero() || o.info.QEMUVersion != info.QEMUVersion || !slices.Equal(o.info.Drivers, info.Drivers) {
+		c.capsGen++
+	}
+	o.info = info
+}
+
+// nodeReports returns what each node heard from reported last.
+func (c *Controller) nodeReports() NodeReports {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := make(NodeReports, len(c.obs))
+	for n, o := range c.obs {
+		r[n] = o.info
+	}
+	return r
 }
 
 // observed counts a recorded heartbeat and registers its node (or its new
@@ -282,6 +313,11 @@ func (c *Controller) AddNode(ctx context.Context, addr string, labels map[string
 		return "", err
 	}
 	c.event("node", info.Name, "registered", "addr", addr)
+	// Its first heartbeat now, not at the next poll: until the controller
+	// has heard what a node can run, it plans no VM (capability.go).
+	if tasks, err := cl.List(ctx); err == nil {
+		_ = c.Observe(ctx, Heartbeat{Node: info.Name, Info: info, Tasks: tasks}, false)
+	}
 	c.Trigger()
 	return info.Name, nil
 }
@@ -484,20 +520,33 @@ func (c *Controller) deadlinesDuringPlan(ctx context.Context) {
 func (c *Controller) makePlan(ctx context.Context) {
 	now := c.cfg.Now()
 	_, version := c.st.Changed()
-	if c.idle.set && c.idle.version == version && now.Before(c.idle.until) {
+	c.mu.Lock()
+	caps := c.capsGen
+	c.mu.Unlock()
+	if c.idle.set && c.idle.version == version && c.idle.capsGen == caps && now.Before(c.idle.until) {
 		return
 	}
 	var snap *Snapshot
 	until := now.Add(replanEvery * c.cfg.Period)
+	nodes := c.nodeReports()
 	c.st.View(func(s *store.State) {
-		snap = BuildSnapshot(s, now.Unix())
+		snap = BuildSnapshot(s, now.Unix(), nodes)
 		for _, n := range s.Nodes {
 			if d := time.Unix(0, n.DrainDeadline); n.Status == store.NodeDraining && n.DrainDeadline > 0 && d.After(now) && d.Before(until) {
 				until = d
 			}
 		}
 	})
-	c.idle = idleRound{set: true, version: version, until: until}
+	if len(snap.Unheard) > 0 {
+		// Just after the loop starts leading: wait a round for their
+		// reports (a node that never reports is marked down after
+		// HeartbeatTimeout) rather than suspend a VM that one of them
+		// could take.
+		c.log.Debug("waiting for the first reports of nodes before planning VMs", "nodes", snap.Unheard)
+		return
+	}
+	c.idle = idleRound{set: true, version: version, capsGen: caps, until: until}
+	c.reportStranded(snap)
 	if len(snap.View.Model.Tasks) == 0 {
 		return
 	}
@@ -552,7 +601,8 @@ func (c *Controller) makePlan(ctx context.Context) {
 // or executing it.
 func (c *Controller) DryRun(ctx context.Context) (*PlanView, error) {
 	var snap *Snapshot
-	c.st.View(func(s *store.State) { snap = BuildSnapshot(s, c.cfg.Now().Unix()) })
+	nodes := c.nodeReports()
+	c.st.View(func(s *store.State) { snap = BuildSnapshot(s, c.cfg.Now().Unix(), nodes) })
 	pv := &PlanView{}
 	if len(snap.View.Model.Tasks) == 0 {
 		return pv, nil
@@ -570,6 +620,25 @@ func (c *Controller) DryRun(ctx context.Context) (*PlanView, error) {
 	}
 	pv.Makespan, pv.MTTR, pv.Migrations = p.Makespan(), p.MTTR(), p.Migrations()
 	return pv, nil
+}
+
+// reportStranded says once, for each task of a job wanted running, that no
+// usable node can take it and why (and again if the reason changes).
+func (c *Controller) reportStranded(snap *Snapshot) {
+	if snap.eligible == nil {
+		return
+	}
+	names := make([]string, 0, len(snap.Stranded))
+	for n, why := range snap.Stranded {
+		if c.stranded[n] != why {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		c.event("task", n, "nowhere to go", "why", snap.Stranded[n])
+	}
+	c.stranded = snap.Stranded
 }
 
 // PlanView is a plan as the API shows it.

@@ -45,6 +45,8 @@ type ackMsg struct {
 	image  string
 	epoch  uint64
 	bytes  int64
+	// ramTail: the shape of a VM's new guest (boot)
+	ramTail store.RAMTail
 	// migration results
 	took, downtime time.Duration
 }
@@ -258,6 +260,9 @@ func (c *Controller) finishActions(ctx context.Context, acks []ackMsg) {
 		}
 		delete(run.orphans, a.action)
 		fa := &store.FinishAction{Plan: a.plan, Index: a.action, OK: a.kind == executor.Succeeded, Image: a.image, Epoch: a.epoch}
+		if fa.OK {
+			fa.RAMTail = a.ramTail
+		}
 		if a.err != nil {
 			fa.Error = a.err.Error()
 			if run.acts[a.action].Kind == "resume" && (errors.Is(a.err, driver.ErrNotFound) || errors.Is(a.err, api.ErrStaleEpoch)) {
@@ -349,8 +354,12 @@ func (c *Controller) dispatch(ctx context.Context, planID uint64, w work) {
 	case "boot":
 		ds := driverSpec(spec, &t, a.NewEpoch)
 		c.resolveGuestImage(&ds)
-		_, err = c.client(addr(a.To)).Run(ctx, api.RunRequest{Driver: t.Driver, Spec: ds, CheckpointPeer: w.peerAddr})
+		cl := c.client(addr(a.To))
+		_, err = cl.Run(ctx, api.RunRequest{Driver: t.Driver, Spec: ds, CheckpointPeer: w.peerAddr})
 		res.epoch = a.NewEpoch
+		if err == nil && t.Driver == "qemu" {
+			res.ramTail = c.bootedTail(ctx, cl, a.To)
+		}
 	case "shutdown", "kill":
 		if a.From != "" {
 			err = c.client(addr(a.From)).Stop(ctx, t.Name, t.Epoch)
@@ -419,6 +428,19 @@ func (c *Controller) dispatch(ctx context.Context, planID uint64, w work) {
 	case c.acks <- res:
 	case <-c.done:
 	}
+}
+
+// bootedTail is the RAM tail of the guest a node has just booted: the
+// node's QEMU version decides it, asked for now (it changes only when the
+// agent restarts), or else as last reported; unknown when neither answers.
+func (c *Controller) bootedTail(ctx context.Context, cl AgentAPI, node string) store.RAMTail {
+	nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := cl.Node(nctx)
+	if err != nil {
+		info = c.nodeReports()[node]
+	}
+	return bootTail(info)
 }
 
 // driverSpec builds what the agent's driver needs from the job's spec.

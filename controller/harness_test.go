@@ -36,7 +36,19 @@ type testCluster struct {
 	// guest, when set, gives every agent started from then on the qemu
 	// driver with this guest image (besides the process driver).
 	guest *image.Image
+	// reportQEMU makes the named agents report this QEMU version instead of
+	// their own (an old QEMU cannot be had on the test machine; the driver
+	// itself still runs, and accepts, as the installed QEMU).
+	reportQEMU map[string]string
 }
+
+// reportsQEMU is the qemu driver reporting another QEMU version.
+type reportsQEMU struct {
+	*qemu.Driver
+	version string
+}
+
+func (r reportsQEMU) QEMUVersion() string { return r.version }
 
 type testAgent struct {
 	name, dir, addr string
@@ -162,7 +174,11 @@ func (c *testCluster) startAgent(name, listen string, cpus float64) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		drivers = append(drivers, q)
+		if v := c.reportQEMU[name]; v != "" {
+			drivers = append(drivers, reportsQEMU{q, v})
+		} else {
+			drivers = append(drivers, q)
+		}
 	}
 	id, err := pki.Load(c.tlsDir, name)
 	if err != nil {

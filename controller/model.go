@@ -40,13 +40,25 @@ type Snapshot struct {
 	// DrainDue names the draining nodes whose deadline has passed: what
 	// cannot move off is suspended to disk now.
 	DrainDue []string
+	// Stranded names the tasks of jobs the operator wants running that no
+	// usable node can take (the capability filter, see capability.go),
+	// with why: they are not planned to run until one can.
+	Stranded map[string]string
+	// Unheard names the online nodes not heard from yet when the model
+	// holds VMs: the capability filter takes no VM there, so the loop
+	// waits for their reports before it plans.
+	Unheard []string
+	// eligible is the capability filter (nil: none).
+	eligible *eligibility
 }
 
 // BuildSnapshot turns the replicated state into the planner's vocabulary.
 // It is pure: now is in seconds. Tasks that cannot be planned for now — a
 // sleeping task whose image sits on a down node, a running task on a down
-// node not yet reported lost, a terminated task — are left out.
-func BuildSnapshot(st *store.State, now int64) *Snapshot {
+// node not yet reported lost, a terminated task — are left out. nodes is
+// what the agents report (drivers, QEMU version): a VM is planned only
+// onto nodes that can take it (capability.go); nil: no such filter.
+func BuildSnapshot(st *store.State, now int64, nodes NodeReports) *Snapshot {
 	m := &cluster.Model{Resources: []string{ResCPU, ResMemory}}
 	nodeIdx := map[string]int{}
 	draining := map[int]bool{}
@@ -73,6 +85,7 @@ func BuildSnapshot(st *store.State, now int64) *Snapshot {
 	}
 	snap := &Snapshot{Specs: map[string]*JobSpec{}, Want: map[string]store.JobWant{}, DrainGrace: grace, DrainDue: due}
 	var jobs []policy.Job
+	vms := map[int]store.RAMTail{} // qemu tasks, for the capability filter
 	for _, j := range st.SortedJobs() {
 		pj := policy.Job{Name: j.Name, Priority: j.Priority, Submitted: j.Submitted / 1e9, Preemptible: j.Preemptible, Migratable: j.Migratable}
 		for _, tn := range j.Tasks {
@@ -94,6 +107,9 @@ func BuildSnapshot(st *store.State, now int64) *Snapshot {
 					ct.State = cluster.Sleeping
 				}
 			}
+			if t.Driver == "qemu" {
+				vms[len(m.Tasks)] = t.RAMTail
+			}
 			pj.Tasks = append(pj.Tasks, len(m.Tasks))
 			m.Tasks = append(m.Tasks, ct)
 		}
@@ -111,6 +127,22 @@ func BuildSnapshot(st *store.State, now int64) *Snapshot {
 		jobs = append(jobs, pj)
 	}
 	snap.View = &policy.View{Model: m, Jobs: jobs, Draining: draining, Now: now, Durations: Durations}
+	if nodes != nil {
+		e := newEligibility(m, vms, nodes)
+		snap.eligible, snap.View.Eligible = e, e.ok
+		if len(vms) > 0 {
+			snap.Unheard = e.unheard
+		}
+		for ti, why := range e.stranded(m, draining) {
+			t := m.Tasks[ti]
+			if snap.Want[t.Job] == store.WantRun {
+				if snap.Stranded == nil {
+					snap.Stranded = map[string]string{}
+				}
+				snap.Stranded[t.Name] = why
+			}
+		}
+	}
 	return snap
 }
 
@@ -200,6 +232,26 @@ func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 			}
 		}
 	}
+	// A job with a task no usable node can take does not run (Priority
+	// knows through View.Eligible; other policies may not): it sleeps, or
+	// waits, as a job that does not fit — and on a draining node with a
+	// deadline keeps running until then, below.
+	for _, j := range s.View.Jobs {
+		stranded := false
+		for _, ti := range j.Tasks {
+			stranded = stranded || want[ti] == cluster.Running && s.Stranded[m.Tasks[ti].Name] != ""
+		}
+		if !stranded {
+			continue
+		}
+		for _, ti := range j.Tasks {
+			if st := m.Tasks[ti].State; st == cluster.Running || st == cluster.Sleeping {
+				want[ti] = cluster.Sleeping
+			} else {
+				want[ti] = cluster.Ready
+			}
+		}
+	}
 	var kept []int // tasks kept running on a draining node until its deadline
 	for _, j := range s.View.Jobs {
 		if s.Want[j.Name] != store.WantRun || len(s.DrainGrace) == 0 {
@@ -244,6 +296,9 @@ func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 		cons = append(cons, cluster.StateConstraint{State: st, Tasks: byState[st]})
 	}
 	cons = append(cons, s.jobConstraints...)
+	if s.eligible != nil {
+		cons = append(cons, s.eligible.constraints()...)
+	}
 	keep := map[int]bool{}
 	for _, ti := range kept {
 		keep[ti] = true

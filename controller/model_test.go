@@ -61,7 +61,7 @@ func TestProblemDrainDeadline(t *testing.T) {
 		{"after the deadline suspends", (now - 5) * 1e9, cluster.Sleeping, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			snap := BuildSnapshot(drainState(tc.deadline), now)
+			snap := BuildSnapshot(drainState(tc.deadline), now, nil)
 			if got := wantOf(t, snap, "b.c.0"); got != tc.want {
 				t.Fatalf("b.c.0 (no room elsewhere) wanted %v, want %v", got, tc.want)
 			}
@@ -79,7 +79,7 @@ func TestProblemDrainDeadline(t *testing.T) {
 func TestProblemDrainDeadlineOperatorSuspendWins(t *testing.T) {
 	s := drainState(2000 * 1e9)
 	s.Jobs["b"].Want = store.WantSleep
-	if got := wantOf(t, BuildSnapshot(s, 1000), "b.c.0"); got != cluster.Sleeping {
+	if got := wantOf(t, BuildSnapshot(s, 1000, nil), "b.c.0"); got != cluster.Sleeping {
 		t.Fatalf("operator-suspended b.c.0 wanted %v, want sleeping", got)
 	}
 }

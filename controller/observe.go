@@ -428,6 +428,7 @@ func (c *Controller) settleOrphans(ctx context.Context, now time.Time) {
 		c.mu.Lock()
 		var from, to *api.Task
 		var fromSeen, toSeen bool
+		var toInfo api.NodeInfo
 		for node, o := range c.obs {
 			if o.at.UnixNano() <= started || now.Sub(o.at) > 3*c.cfg.Period {
 				continue
@@ -436,7 +437,7 @@ func (c *Controller) settleOrphans(ctx context.Context, now time.Time) {
 				fromSeen = true
 			}
 			if node == a.To {
-				toSeen = true
+				toSeen, toInfo = true, o.info
 			}
 			for k := range o.tasks {
 				if o.tasks[k].ID != a.Task {
@@ -454,11 +455,15 @@ func (c *Controller) settleOrphans(ctx context.Context, now time.Time) {
 		ok, failed := false, false
 		var epoch uint64
 		var image string
+		var tail store.RAMTail
 		switch a.Kind {
 		case "boot", "resume", "migrate":
 			settled := toSeen && (to == nil || to.Phase != api.PhaseIncoming) && now.Sub(run.started) > 3*c.cfg.Period
 			if toSeen && to != nil && to.Phase == api.PhaseRunning && to.Epoch >= a.NewEpoch && !to.Stale {
 				ok, epoch = true, to.Epoch
+				if a.Kind == "boot" && to.Driver == "qemu" {
+					tail = bootTail(toInfo)
+				}
 			} else if settled && (a.Kind == "boot" || fromSeen && (from == nil || from.Phase != api.PhaseMigratingOut)) {
 				// Not at the destination and not moving: the action did
 				// not happen (or lost the task, which reconcile then
@@ -483,7 +488,7 @@ func (c *Controller) settleOrphans(ctx context.Context, now time.Time) {
 		}
 		switch {
 		case ok:
-			c.finishActions(ctx, []ackMsg{{plan: run.id, action: i, kind: executor.Succeeded, epoch: epoch, image: image}})
+			c.finishActions(ctx, []ackMsg{{plan: run.id, action: i, kind: executor.Succeeded, epoch: epoch, image: image, ramTail: tail}})
 		case failed:
 			c.finishActions(ctx, []ackMsg{{plan: run.id, action: i, kind: executor.FailedAck, err: fmt.Errorf("controller restarted before the %s completed; not carried out", a.Kind)}})
 		}

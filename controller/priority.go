@@ -17,7 +17,9 @@ import (
 // fits runs; a running or sleeping job that does not fit sleeps (it is
 // suspended for the higher-priority work, and resumed when room returns); a
 // waiting job waits. Draining and down nodes offer no room, so their tasks
-// are moved off (live or by checkpoint) when they fit elsewhere.
+// are moved off (live or by checkpoint) when they fit elsewhere. A task
+// goes only to nodes View.Eligible allows (a VM to a node whose QEMU takes
+// its guest).
 //
 // The policy package's policies (FCFS, EASY, Entropy, selective
 // suspension...) order by submission; this one is the operator's
@@ -103,7 +105,7 @@ func (Priority) Decide(v *policy.View) (policy.Decision, error) {
 				placed = true
 			}
 			for n := 0; !placed && n < len(trial); n++ {
-				if fits(t.Demand, trial[n]) {
+				if fits(t.Demand, trial[n]) && (v.Eligible == nil || v.Eligible(ti, n)) {
 					take(t.Demand, trial[n])
 					placed = true
 				}

@@ -41,23 +41,20 @@ func (c *testCluster) vmCounters(task string) []int64 {
 	return cs
 }
 
-// The operator's maintenance story with real VMs: a node runs three QEMU
-// guests; `ferry node drain` moves all three elsewhere by live migration
-// and each guest's counter carries on (no reboot), with exactly one live
-// copy of each and nothing left on the drained node.
-func TestE2EDrainThreeVMsLive(t *testing.T) {
-	guest := imagetest.Counter(t)
-	c := newTestCluster(t, 0, 4)
-	c.guest = &guest
-	addNode := func(name string) {
-		c.startAgent(name, "127.0.0.1:0", 4)
-		if _, err := c.cli.AddNode(ctx(t), c.agents[name].addr, map[string]string{"name": name}); err != nil {
-			t.Fatal(err)
-		}
+// addVMNode starts an agent with 4 CPUs (and the qemu driver when c.guest
+// is set) and registers it, labelled name=NAME.
+func (c *testCluster) addVMNode(name string) {
+	c.t.Helper()
+	c.startAgent(name, "127.0.0.1:0", 4)
+	if _, err := c.cli.AddNode(ctx(c.t), c.agents[name].addr, map[string]string{"name": name}); err != nil {
+		c.t.Fatal(err)
 	}
-	// Only n1 exists when the job lands, so all three guests boot there.
-	addNode("n1")
-	spec := `name: vms
+}
+
+// counterVMs is a job of count 128 MiB guests printing "counter N", moved
+// live.
+func counterVMs(name string, count int) string {
+	return fmt.Sprintf(`name: %s
 priority: 5
 tasks:
   - name: g
@@ -66,12 +63,24 @@ tasks:
     workload: counter
     cpus: 1
     memory: 128MiB
-    count: 3
+    count: %d
 migration:
   live: true
   max_downtime: 300ms
-`
-	if _, err := c.cli.Submit(ctx(t), []byte(spec)); err != nil {
+`, name, count)
+}
+
+// The operator's maintenance story with real VMs: a node runs three QEMU
+// guests; `ferry node drain` moves all three elsewhere by live migration
+// and each guest's counter carries on (no reboot), with exactly one live
+// copy of each and nothing left on the drained node.
+func TestE2EDrainThreeVMsLive(t *testing.T) {
+	guest := imagetest.Counter(t)
+	c := newTestCluster(t, 0, 4)
+	c.guest = &guest
+	// Only n1 exists when the job lands, so all three guests boot there.
+	c.addVMNode("n1")
+	if _, err := c.cli.Submit(ctx(t), []byte(counterVMs("vms", 3))); err != nil {
 		t.Fatal(err)
 	}
 	tasks := []string{"vms.g.0", "vms.g.1", "vms.g.2"}
@@ -99,8 +108,8 @@ migration:
 		epochs[tn] = c.task(tn).Epoch
 	}
 
-	addNode("n2")
-	addNode("n3")
+	c.addVMNode("n2")
+	c.addVMNode("n3")
 	if err := c.cli.Drain(ctx(t), "n1", true, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -140,4 +149,83 @@ migration:
 	if tasksOnN1 := c.agentTasks("n1"); len(tasksOnN1) != 0 {
 		t.Fatalf("the drained node still holds %s", fmt.Sprint(tasksOnN1))
 	}
+}
+
+// The controller never plans a move of a guest onto a node that would
+// refuse it: a guest first booted on QEMU 10 (no RAM tail) on n1, n1
+// drained while the only other node, n2, reports QEMU 7.2.22. The guest has
+// nowhere to go: an event says why, it is suspended on n1 and nothing is
+// ever planned onto n2. n3 (QEMU 10) joins and the guest resumes there, its
+// counter going on. (n2's driver is the installed QEMU 10 reporting 7.2.22:
+// no old QEMU exists here; it would accept the guest, so a move there is
+// the controller's doing alone.)
+func TestE2ETaillessGuestIsNeverPlannedOntoOldQEMU(t *testing.T) {
+	guest := imagetest.Counter(t)
+	c := newTestCluster(t, 0, 4)
+	c.guest = &guest
+	c.reportQEMU = map[string]string{"n2": "7.2.22"}
+	c.addVMNode("n1")
+	if _, err := c.cli.Submit(ctx(t), []byte(counterVMs("vm", 1))); err != nil {
+		t.Fatal(err)
+	}
+	const tn = "vm.g.0"
+	c.waitFor("the guest running on n1", 3*time.Minute, func() bool {
+		tk := c.task(tn)
+		return tk.Phase == store.TaskRunning && tk.Node == "n1"
+	})
+	if tail := c.task(tn).RAMTail; tail != store.RAMTailWithout {
+		t.Fatalf("guest booted on QEMU 10 recorded with ram tail %q, want %q", tail, store.RAMTailWithout)
+	}
+	var before int64
+	c.waitFor("the guest counting", 2*time.Minute, func() bool {
+		cs := c.vmCounters(tn)
+		if len(cs) < 3 {
+			return false
+		}
+		before = cs[len(cs)-1]
+		return true
+	})
+
+	c.addVMNode("n2")
+	if err := c.cli.Drain(ctx(t), "n1", true, 0); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("the guest suspended on n1", 2*time.Minute, func() bool {
+		tk := c.task(tn)
+		return tk.Phase == store.TaskSleeping && tk.Node == "n1"
+	})
+	var why string
+	c.waitFor("an event saying the guest has nowhere to go", time.Minute, func() bool {
+		for _, e := range c.srv.Controller.Events().Recent(0) {
+			if e.Object == tn && e.What == "nowhere to go" {
+				why = e.Fields["why"]
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(why, "no RAM tail") || !strings.Contains(why, "n2 has QEMU 7.2.22") {
+		t.Fatalf("nowhere-to-go event says %q; want the missing tail and n2's QEMU named", why)
+	}
+
+	c.addVMNode("n3")
+	c.waitFor("the guest running on n3", 3*time.Minute, func() bool {
+		tk := c.task(tn)
+		return tk.Phase == store.TaskRunning && tk.Node == "n3"
+	})
+	var cs []int64
+	c.waitFor("counters from n3", time.Minute, func() bool { cs = c.vmCounters(tn); return len(cs) >= 2 })
+	if cs[0] <= before {
+		t.Fatalf("the guest restarted on n3: counters %v, %d before the suspend", cs, before)
+	}
+	c.srv.Store.View(func(s *store.State) {
+		for _, p := range s.Plans {
+			for _, a := range p.Actions {
+				if a.To == "n2" {
+					t.Errorf("plan %d: %s of %s to n2, whose QEMU 7.2.22 refuses the guest", p.ID, a.Kind, a.Task)
+				}
+			}
+		}
+	})
+	t.Logf("nowhere to go: %s; resumed on n3 at counter %d (%d before the suspend)", why, cs[0], before)
 }

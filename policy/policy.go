@@ -45,6 +45,10 @@ type View struct {
 	Soft map[int]bool
 	// Durations is the cost model the planner will use.
 	Durations cluster.DurationModel
+	// Eligible, when set, says whether node n can take task t at all (the
+	// controller's capability filter: the node's drivers and QEMU version);
+	// the planner is given the same filter as constraints. Nil: any node.
+	Eligible func(t, n int) bool
 }
 
 // Decision is a policy's output: a wanted state per task (every task of the

@@ -98,6 +98,9 @@ type FinishAction struct {
 	// DropImage (failed resume): the image is unusable; the task waits to
 	// start afresh.
 	DropImage bool `json:"drop_image,omitempty"`
+	// RAMTail (a qemu task's successful boot): whether the new guest has
+	// the RAM tail, from its node's QEMU version (see Task.RAMTail).
+	RAMTail RAMTail `json:"ram_tail,omitempty"`
 }
 
 // CancelAction marks a pending action cancelled (a dependency failed).
@@ -316,6 +319,10 @@ func (s *State) Apply(c *Command) Result {
 			return Result{}
 		}
 		a.State = ActionDone
+		if a.Kind == "boot" {
+			// A new guest: its shape is the booting node's.
+			t.RAMTail = x.RAMTail
+		}
 		switch a.Kind {
 		case "boot", "resume", "migrate":
 			t.Phase, t.Node, t.CheckpointPeer = TaskRunning, a.To, a.Peer
@@ -543,6 +550,12 @@ func (s *State) Check(c *Command) error {
 		}
 		if a.State != ActionRunning {
 			return conflict("action %d of plan %d is %s, not running", c.FinishAction.Index, c.FinishAction.Plan, a.State)
+		}
+		switch x := c.FinishAction; {
+		case x.RAMTail != RAMTailUnknown && x.RAMTail != RAMTailWith && x.RAMTail != RAMTailWithout:
+			return invalid("action %d of plan %d: ram_tail %q: want %q, %q or empty", x.Index, x.Plan, x.RAMTail, RAMTailWith, RAMTailWithout)
+		case x.RAMTail != RAMTailUnknown && (!x.OK || a.Kind != "boot" || s.Tasks[a.Task] == nil || s.Tasks[a.Task].Driver != "qemu"):
+			return invalid("action %d of plan %d: ram_tail is set only when a qemu task's boot succeeds", x.Index, x.Plan)
 		}
 	case c.CancelAction != nil:
 		a, err := s.action(c.CancelAction.Plan, c.CancelAction.Index)

@@ -108,6 +108,12 @@ type Task struct {
 	// periodic checkpoint kept by Node (its own node was lost), not from
 	// Image, which stays the fallback.
 	Replica bool `json:"replica,omitempty"`
+	// RAMTail says whether a qemu task's guest has the 8 KiB RAM tail
+	// that nodes whose QEMU is older than 9.0 give new guests, and such
+	// nodes refuse guests without it (docs/vm.md, "Which QEMU"). A guest
+	// keeps its shape through suspends and moves; a boot (a new guest)
+	// sets it from the booting node's QEMU version.
+	RAMTail RAMTail `json:"ram_tail,omitempty"`
 	// Restarts counts restarts after failures.
 	Restarts int `json:"restarts,omitempty"`
 	// ExitCode and Message of the last end.
@@ -115,6 +121,20 @@ type Task struct {
 	Message  string `json:"message,omitempty"`
 	Changed  int64  `json:"changed"`
 }
+
+// RAMTail is whether a qemu guest has the RAM tail (Task.RAMTail).
+type RAMTail string
+
+const (
+	// RAMTailUnknown: not recorded (not a qemu task, never booted, booted
+	// before it was recorded, or its node's QEMU version was unknown).
+	RAMTailUnknown RAMTail = ""
+	// RAMTailWith: first booted on a QEMU older than 9.0; any node takes it.
+	RAMTailWith RAMTail = "with"
+	// RAMTailWithout: first booted on QEMU 9.0 or later; a node whose QEMU
+	// is older refuses it.
+	RAMTailWithout RAMTail = "without"
+)
 
 // Placement is a task's phase, node and epoch: what an action changes.
 type Placement struct {

@@ -321,3 +321,37 @@ func TestLostTaskRestartsFromReplica(t *testing.T) {
 		t.Fatalf("lost without a replica, image on n1: %+v", tk)
 	}
 }
+
+// A qemu task's boot records its guest's RAM tail; the guest keeps it
+// through a suspend and a move, and a bad or misplaced record is refused.
+func TestBootRecordsTheGuestsRAMTail(t *testing.T) {
+	s := seeded(t)
+	id := mustApply(t, s, Command{CreatePlan: &CreatePlan{Plan: Plan{Actions: []Action{
+		{Kind: "boot", Task: "j.a.1", To: "n1"},
+		{Kind: "boot", Task: "j.a.0", To: "n1"},
+		{Kind: "suspend", Task: "j.a.1", From: "n1", Deps: []int{0}},
+		{Kind: "resume", Task: "j.a.1", From: "n1", To: "n2", Deps: []int{2}},
+	}}}}).PlanID
+	mustApply(t, s, Command{StartAction: &StartAction{Plan: id, Index: 0}})
+	mustApply(t, s, Command{StartAction: &StartAction{Plan: id, Index: 1}})
+	for _, bad := range []*FinishAction{
+		{Plan: id, Index: 0, OK: true, RAMTail: "some"},
+		{Plan: id, Index: 0, RAMTail: RAMTailWithout, Error: "boom"},
+		{Plan: id, Index: 1, OK: true, RAMTail: RAMTailWith}, // a process task
+	} {
+		if r := s.Apply(&Command{FinishAction: bad}); !errors.Is(r.Err, ErrInvalid) {
+			t.Fatalf("%+v: %v, want ErrInvalid", bad, r.Err)
+		}
+	}
+	if a := s.Plans[id].Actions[0]; a.State != ActionRunning || s.Tasks["j.a.1"].RAMTail != RAMTailUnknown {
+		t.Fatalf("a refused finish changed something: %+v %+v", a, s.Tasks["j.a.1"])
+	}
+	mustApply(t, s, Command{FinishAction: &FinishAction{Plan: id, Index: 0, OK: true, RAMTail: RAMTailWithout}})
+	for i := 2; i <= 3; i++ {
+		mustApply(t, s, Command{StartAction: &StartAction{Plan: id, Index: i}})
+		mustApply(t, s, Command{FinishAction: &FinishAction{Plan: id, Index: i, OK: true, Image: "/img"}})
+	}
+	if tk := s.Tasks["j.a.1"]; tk.Phase != TaskRunning || tk.Node != "n2" || tk.RAMTail != RAMTailWithout {
+		t.Fatalf("after boot, suspend and resume elsewhere: %+v", tk)
+	}
+}

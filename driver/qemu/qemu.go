@@ -161,7 +161,20 @@ func (d *Driver) QEMUVersion() string {
 // needsTail reports whether this node's QEMU has the TCG dirty-bitmap bug
 // (older than 9.0, or unknown): its new guests get the RAM tail, and it
 // refuses guests without one (see refuseTailless).
-func (d *Driver) needsTail() bool { return !d.version.AtLeast(9, 0) }
+func (d *Driver) needsTail() bool { return oldQEMU(d.version) }
+
+// oldQEMU: releases before 9.0 have the TCG dirty-bitmap bug (the zero
+// Version, unknown, counts as old).
+func oldQEMU(v Version) bool { return !v.AtLeast(9, 0) }
+
+// NeedsRAMTail reports whether a node whose agent reports this QEMU
+// version (api.NodeInfo.QEMUVersion; "" when it could not read one) gives
+// new guests the RAM tail and refuses guests without it, as needsTail and
+// refuseTailless decide on that node. The controller places by it.
+func NeedsRAMTail(version string) bool {
+	v, err := ParseVersion(version)
+	return err != nil || oldQEMU(v)
+}
 
 // refuseTailless refuses a guest without the RAM tail arriving (incoming
 // migration, resume) on a node whose QEMU has the dirty-bitmap bug: its
