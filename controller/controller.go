@@ -58,6 +58,10 @@ type Config struct {
 	Metrics *Metrics
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// After is the timer the loop waits on to decide again when the policy
+	// asked for it (Decision.Recheck); durations are measured on Now
+	// (default time.After).
+	After func(time.Duration) <-chan time.Time
 }
 
 // Controller runs the loop on the leader.
@@ -85,7 +89,9 @@ type Controller struct {
 	capsGen uint64
 	// stranded: the tasks last reported as having nowhere to go, and why.
 	stranded map[string]string
-	wg       sync.WaitGroup
+	// recheck is when the policy asked to decide again (zero: no request).
+	recheck time.Time
+	wg      sync.WaitGroup
 }
 
 // replanEvery bounds, in periods, how long an unchanged store skips the
@@ -141,6 +147,9 @@ func New(cfg Config) *Controller {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.After == nil {
+		cfg.After = time.After
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -331,13 +340,25 @@ func (c *Controller) Run(ctx context.Context) error {
 	tick := time.NewTicker(c.cfg.Period)
 	defer tick.Stop()
 	leading := false
+	var wake <-chan time.Time // fires at armed, the policy's recheck
+	var armed time.Time
 	for {
+		if !c.recheck.Equal(armed) {
+			armed, wake = c.recheck, nil
+			if !armed.IsZero() {
+				wake = c.cfg.After(armed.Sub(c.cfg.Now()))
+			}
+		}
 		select {
 		case <-ctx.Done():
 			c.abandon()
 			return ctx.Err()
 		case <-tick.C:
 		case <-c.trigger:
+		case <-wake:
+			// The next round decides again (the idle round ends at the
+			// recheck; see makePlan).
+			c.recheck, armed, wake = time.Time{}, time.Time{}, nil
 		case a := <-c.acks:
 			// Take every ack waiting, to journal them in one commit.
 			acks := []ackMsg{a}
@@ -555,6 +576,16 @@ func (c *Controller) makePlan(ctx context.Context) {
 	if err != nil {
 		c.log.Warn("policy failed", "err", err)
 		return
+	}
+	// The policy's answer may change by itself at its recheck: decide
+	// again then, the loop waking for it (a decision without one drops
+	// an earlier request).
+	c.recheck = time.Time{}
+	if snap.Recheck != 0 {
+		c.recheck = time.Unix(snap.Recheck, 0)
+		if c.recheck.Before(c.idle.until) {
+			c.idle.until = c.recheck
+		}
 	}
 	p, err := plan.Solve(ctx, prob, plan.Options{Timeout: c.cfg.SolveTimeout, Seed: 1})
 	if err != nil {

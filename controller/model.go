@@ -50,6 +50,9 @@ type Snapshot struct {
 	Unheard []string
 	// eligible is the capability filter (nil: none).
 	eligible *eligibility
+	// Recheck is the policy's Decision.Recheck (seconds) once Problem has
+	// run, when after View.Now: the time its decision may change by itself.
+	Recheck int64
 }
 
 // BuildSnapshot turns the replicated state into the planner's vocabulary.
@@ -216,6 +219,10 @@ func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 	}
 	if len(d.Want) != len(m.Tasks) {
 		return nil, fmt.Errorf("policy %s: %d wanted states for %d tasks", p.Name(), len(d.Want), len(m.Tasks))
+	}
+	s.Recheck = 0
+	if d.Recheck > s.View.Now {
+		s.Recheck = d.Recheck
 	}
 	want := append([]cluster.TaskState(nil), d.Want...)
 	for _, j := range s.View.Jobs {

@@ -63,9 +63,9 @@ type Decision struct {
 	// should decide again then. Zero or not after View.Now: none. The
 	// simulator decides then (the earliest pending one; one not after the
 	// current instant is ignored, so time advances between rechecks). The
-	// controller ignores it: it re-decides when its store changes and at
-	// least every ten periods (controller.replanEvery); and Selective asks
-	// for one only where View.Soft marks the CPU time-shared, which the
+	// controller's loop wakes then and decides again (besides when its
+	// store changes and at least every ten periods); Selective asks for
+	// one only where View.Soft marks the CPU time-shared, which the
 	// controller never sets.
 	Recheck int64
 }
