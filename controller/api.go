@@ -2,7 +2,6 @@ package controller
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -91,35 +90,38 @@ func LoadTokens(path string) (*Tokens, error) {
 // admin, submit, read-only, every hash 64 lower-case hex digits and unique.
 // Errors wrap store.ErrInvalid and name the token.
 func ParseTokens(b []byte) ([]Token, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var list []Token
-	if err := dec.Decode(&list); err != nil {
+	if err := strictDecode(b, &list); err != nil {
 		return nil, fmt.Errorf("%w: token list: %v", store.ErrInvalid, err)
 	}
 	if list == nil {
 		return nil, fmt.Errorf("%w: token list: want a JSON array of tokens", store.ErrInvalid)
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("%w: token list: data after the list", store.ErrInvalid)
+	if err := checkTokens(list); err != nil {
+		return nil, err
 	}
+	return list, nil
+}
+
+// checkTokens checks a token list's entries (see ParseTokens).
+func checkTokens(list []Token) error {
 	names, hashes := map[string]bool{}, map[string]bool{}
 	for i, t := range list {
 		switch {
 		case t.Name == "":
-			return nil, fmt.Errorf("%w: token %d: no name", store.ErrInvalid, i)
+			return fmt.Errorf("%w: token %d: no name", store.ErrInvalid, i)
 		case names[t.Name]:
-			return nil, fmt.Errorf("%w: token %d: name %q used twice", store.ErrInvalid, i, t.Name)
+			return fmt.Errorf("%w: token %d: name %q used twice", store.ErrInvalid, i, t.Name)
 		case t.Role != RoleAdmin && t.Role != RoleSubmit && t.Role != RoleReadOnly:
-			return nil, fmt.Errorf("%w: token %q: role %q (want admin, submit or read-only)", store.ErrInvalid, t.Name, t.Role)
+			return fmt.Errorf("%w: token %q: role %q (want admin, submit or read-only)", store.ErrInvalid, t.Name, t.Role)
 		case !isSHA256Hex(t.SHA256):
-			return nil, fmt.Errorf("%w: token %q: sha256 %q is not 64 lower-case hex digits", store.ErrInvalid, t.Name, t.SHA256)
+			return fmt.Errorf("%w: token %q: sha256 %q is not 64 lower-case hex digits", store.ErrInvalid, t.Name, t.SHA256)
 		case hashes[t.SHA256]:
-			return nil, fmt.Errorf("%w: token %q: its hash is another token's too", store.ErrInvalid, t.Name)
+			return fmt.Errorf("%w: token %q: its hash is another token's too", store.ErrInvalid, t.Name)
 		}
 		names[t.Name], hashes[t.SHA256] = true, true
 	}
-	return list, nil
+	return nil
 }
 
 func isSHA256Hex(s string) bool {
@@ -143,8 +145,7 @@ func AddToken(path, name string, role Role, secret string) error {
 		}
 	}
 	list = append(list, Token{Name: name, Role: role, SHA256: HashToken(secret)})
-	b, _ := json.Marshal(list)
-	if _, err := ParseTokens(b); err != nil {
+	if err := checkTokens(list); err != nil {
 		return err
 	}
 	return writeTokens(path, list)

@@ -73,7 +73,7 @@ func TestJoinTokenFetchChecksTheListBeforeWriting(t *testing.T) {
 		{"short hash", `[{"name":"x","role":"admin","sha256":"abc"}]`, "not 64 lower-case hex"},
 		{"no name", `[{"role":"admin","sha256":"` + HashToken("x") + `"}]`, "token 0: no name"},
 		{"unknown field", `[{"name":"x","role":"admin","sha256":"` + HashToken("x") + `","secret":"s"}]`, "unknown field"},
-		{"trailing data", string(goodBody) + "[]", "data after the list"},
+		{"trailing data", string(goodBody) + "[]", "data after the value"},
 		{"same name twice", `[{"name":"x","role":"admin","sha256":"` + HashToken("x") + `"},{"name":"x","role":"admin","sha256":"` + HashToken("y") + `"}]`, "used twice"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
