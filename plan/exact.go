@@ -87,7 +87,7 @@ func (s *search) exhaustive(incumbent *candidate) (best *candidate, proved, time
 			complete = false
 			return
 		}
-		if visits%1024 == 0 && s.expired() {
+		if visits%1024 == 0 && s.stop.expired() {
 			complete, timedOut = false, true
 			return
 		}
@@ -104,7 +104,7 @@ func (s *search) exhaustive(incumbent *candidate) (best *candidate, proved, time
 				complete = false
 				return
 			}
-			if leaves%16 == 0 && s.expired() {
+			if leaves%16 == 0 && s.stop.expired() {
 				complete = false
 				timedOut = true
 				return

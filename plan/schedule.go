@@ -2,7 +2,6 @@ package plan
 
 import (
 	"container/heap"
-	"context"
 	"fmt"
 	"sort"
 
@@ -93,10 +92,8 @@ type sched struct {
 	// shuttle a task between third nodes for ever (nil until the first
 	// pivot).
 	viaThird []bool
-	// expired reports the planner's deadline or a cancelled context (ctx);
-	// nil means no bound.
-	expired func() bool
-	ctx     context.Context
+	// stop is the planner's deadline and context (nil: no bound).
+	stop *budget
 }
 
 // addAct appends an action and returns its index.
@@ -575,7 +572,7 @@ func (s *sched) run() error {
 	// change that breaks that argument.
 	maxPivots := 2*in.nT + 16
 	for iter := 1; ; iter++ {
-		if iter%scheduleCheckEvery == 0 && s.expired != nil && s.expired() {
+		if iter%scheduleCheckEvery == 0 && s.stop.expired() {
 			return s.timeoutError()
 		}
 		s.flush()
@@ -626,11 +623,8 @@ func (s *sched) unscheduled() int {
 
 // timeoutError reports a schedule cut short by the deadline or the context.
 func (s *sched) timeoutError() error {
-	e := &TimeoutError{Stage: "schedule", Detail: fmt.Sprintf("%d of %d actions unscheduled at t=%d after %d pivots", s.unscheduled(), len(s.acts), s.now, s.pivots)}
-	if s.ctx != nil {
-		e.Cause = s.ctx.Err()
-	}
-	return e
+	return &TimeoutError{Stage: "schedule", Detail: fmt.Sprintf("%d of %d actions unscheduled at t=%d after %d pivots", s.unscheduled(), len(s.acts), s.now, s.pivots),
+		Cause: s.stop.cause()}
 }
 
 // pivot breaks a wait cycle: a pending migration goes first to a third node

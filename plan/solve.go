@@ -27,15 +27,9 @@ func Solve(ctx context.Context, p *Problem, opts Options) (*Plan, error) {
 		now = time.Now
 	}
 	t0 := now()
-	var deadline time.Time
+	stop := &budget{ctx: ctx, now: now}
 	if opts.Timeout > 0 {
-		deadline = t0.Add(opts.Timeout)
-	}
-	expired := func() bool {
-		if ctx.Err() != nil {
-			return true
-		}
-		return !deadline.IsZero() && !now().Before(deadline)
+		stop.deadline = t0.Add(opts.Timeout)
 	}
 	in, err := compile(p)
 	if err != nil {
@@ -46,7 +40,7 @@ func Solve(ctx context.Context, p *Problem, opts Options) (*Plan, error) {
 		return nil, err
 	}
 	lb := in.lowerBound()
-	s := search{ctx: ctx, in: in, expired: expired, seed: opts.Seed}
+	s := search{in: in, stop: stop}
 	best, err := s.run()
 	if err != nil {
 		return nil, err
@@ -83,13 +77,36 @@ func (c *candidate) better(o *candidate, obj Objective) bool {
 	return c.migrations < o.migrations
 }
 
+// budget is how long the planner may search: until the deadline
+// (Options.Timeout, read on Options.Now; zero: none) or until the context
+// ends.
+type budget struct {
+	ctx      context.Context
+	now      func() time.Time
+	deadline time.Time
+}
+
+// expired reports whether the search must stop (a nil budget never does).
+func (b *budget) expired() bool {
+	if b == nil {
+		return false
+	}
+	return b.ctx.Err() != nil || !b.deadline.IsZero() && !b.now().Before(b.deadline)
+}
+
+// cause is the context's error when the context stopped the search.
+func (b *budget) cause() error {
+	if b == nil {
+		return nil
+	}
+	return b.ctx.Err()
+}
+
 // search drives the stages: placement, scheduling, then improvement while
 // time remains.
 type search struct {
-	ctx      context.Context
 	in       *inst
-	expired  func() bool
-	seed     int64
+	stop     *budget
 	timedOut bool
 	proved   bool
 	evals    int // schedules built by the exhaustive search
@@ -97,7 +114,7 @@ type search struct {
 
 func (s *search) evaluate(a *assign, sleep []bool) (*candidate, error) {
 	sc := newSched(s.in, a, sleep)
-	sc.ctx, sc.expired = s.ctx, s.expired
+	sc.stop = s.stop
 	if err := sc.run(); err != nil {
 		return nil, err
 	}
@@ -122,31 +139,23 @@ func (s *search) run() (*candidate, error) {
 		best, err = s.evaluate(a, nil)
 	}
 	if errors.Is(err, ErrTimeout) {
-		s.timedOut = true
+		// No first plan: nothing to improve on.
 		return nil, err
 	}
-	if err != nil {
-		// The greedy placement failed: small problems get the exhaustive
-		// search, which may still find a plan.
-		c, proved, timedOut := s.exhaustive(nil)
-		s.timedOut = timedOut
-		if c == nil {
-			return nil, err
-		}
-		s.proved = proved
-		return c, nil
-	}
-	if s.expired() {
+	if err == nil && s.stop.expired() {
 		s.timedOut = true
 		return best, nil
 	}
-	if c, proved, timedOut := s.exhaustive(best); c != nil || proved || timedOut {
-		if c != nil && c.better(best, in.p.Objective) {
-			best = c
-		}
-		s.proved = proved
-		s.timedOut = s.timedOut || timedOut
+	// Small problems get the exhaustive search: it improves on the greedy
+	// plan, or may still find one when the greedy placement failed.
+	c, proved, timedOut := s.exhaustive(best)
+	if err != nil && c == nil {
+		return nil, err
 	}
+	if c != nil && c.better(best, in.p.Objective) {
+		best = c
+	}
+	s.proved, s.timedOut = proved, timedOut
 	return best, nil
 }
 
