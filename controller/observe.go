@@ -91,9 +91,6 @@ func (c *Controller) liveness(ctx context.Context) {
 	var batch []store.Command
 	var downs, ups []string
 	var lost []lostTask
-	// lastHeard is when each node found silent was last heard from: a
-	// report after that, before the batch is applied, keeps it up.
-	lastHeard := map[string]time.Time{}
 	busy := c.inFlight()
 	c.st.View(func(s *store.State) {
 		down := map[string]bool{}
@@ -117,7 +114,6 @@ func (c *Controller) liveness(ctx context.Context) {
 			case n.Status != store.NodeDown && silent:
 				downs = append(downs, name)
 				down[name] = true
-				lastHeard[name] = last
 			case n.Status == store.NodeDown && !silent && o != nil && o.at.UnixNano() > n.Changed:
 				ups = append(ups, name)
 				batch = append(batch, store.Command{SetNode: &store.SetNode{Name: name, Status: store.NodeOnline}})
@@ -141,7 +137,7 @@ func (c *Controller) liveness(ctx context.Context) {
 	c.findReplicas(ctx, lost)
 	// Asking the peers took time (up to 5 s): a node that reported
 	// meanwhile is not down, and its tasks are not lost.
-	downs, lost = c.stillSilent(downs, lost, lastHeard)
+	downs, lost = c.stillSilent(downs, lost, now)
 	if len(batch) == 0 && len(downs) == 0 {
 		return
 	}
@@ -185,14 +181,16 @@ func (c *Controller) liveness(ctx context.Context) {
 	})
 }
 
-// stillSilent drops from downs the nodes heard from since lastHeard (the
-// same reports, under the same lock, as liveness's check) and from lost
+// stillSilent drops from downs the nodes that, counting the reports
+// recorded since, were not silent when liveness judged them at judged (the
+// same rule: a report within HeartbeatTimeout; what else made them silent,
+// the loop's start and their registration, has not changed), and from lost
 // their tasks.
-func (c *Controller) stillSilent(downs []string, lost []lostTask, lastHeard map[string]time.Time) ([]string, []lostTask) {
+func (c *Controller) stillSilent(downs []string, lost []lostTask, judged time.Time) ([]string, []lostTask) {
 	spoke := map[string]bool{}
 	c.mu.Lock()
 	for _, n := range downs {
-		if o := c.obs[n]; o != nil && o.at.After(lastHeard[n]) {
+		if o := c.obs[n]; o != nil && judged.Sub(o.at) <= c.cfg.HeartbeatTimeout {
 			spoke[n] = true
 		}
 	}
