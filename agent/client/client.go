@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/cas/transfer"
 	"github.com/ferrycluster/ferry/driver"
 )
 
@@ -369,52 +370,9 @@ func (c *Client) fetchStream(ctx context.Context, path, id string, epoch uint64,
 // upgrade sends a request (no body, extra headers h) with Upgrade: proto
 // and returns the raw connection after the agent's 101 answer.
 func (c *Client) upgrade(ctx context.Context, method, path string, q url.Values, h http.Header, proto string) (net.Conn, http.Header, error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: c.tls}
-	conn, err := d.DialContext(ctx, "tcp", c.addr)
-	if err != nil {
-		return nil, nil, fmt.Errorf("agent %s: %s: %w", c.addr, proto, err)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
 	req, _ := http.NewRequest(method, c.url(path, q), nil)
 	for k, vs := range h {
 		req.Header[k] = vs
 	}
-	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", proto)
-	if err := req.Write(conn); err != nil {
-		conn.Close()
-		return nil, nil, fmt.Errorf("agent %s: %s: %w", c.addr, proto, err)
-	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, req)
-	if err != nil {
-		conn.Close()
-		return nil, nil, fmt.Errorf("agent %s: %s: %w", c.addr, proto, err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		defer conn.Close()
-		return nil, nil, decodeError(resp)
-	}
-	conn.SetDeadline(time.Time{})
-	return &tunnelConn{Conn: conn, br: br}, resp.Header, nil
-}
-
-// tunnelConn reads through the response reader's buffer.
-type tunnelConn struct {
-	net.Conn
-	br *bufio.Reader
-}
-
-func (t *tunnelConn) Read(p []byte) (int, error) { return t.br.Read(p) }
-
-// CloseWrite half-closes the TLS connection (TLS 1.3 close_notify).
-func (t *tunnelConn) CloseWrite() error {
-	if cw, ok := t.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
+	return transfer.Upgrade(ctx, c.tls, c.addr, req, proto, decodeError)
 }

@@ -124,3 +124,11 @@ type hijackedConn struct {
 }
 
 func (c *hijackedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CloseWrite half-closes the connection when it can (TLS 1.3: close_notify).
+func (c *hijackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

@@ -57,22 +57,36 @@ func ParseGuestImageRef(s string) (addr, id string, ok bool, err error) {
 }
 
 // DialUpgrade sends GET path to addr over TLS with Upgrade: proto and
-// returns the connection after a 101 answer (reading through what the
-// response reader buffered). Any other answer is an error carrying the
-// status and the start of the body.
+// returns the connection after a 101 answer (see Upgrade). Any other answer
+// is an error carrying the status and the start of the body.
 func DialUpgrade(ctx context.Context, tc *tls.Config, addr, path, proto string) (net.Conn, http.Header, error) {
+	req, err := http.NewRequest(http.MethodGet, "https://"+addr+path, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return Upgrade(ctx, tc, addr, req, proto, func(resp *http.Response) error {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fmt.Errorf("%w: %s %s: HTTP %s: %s", ErrRemote, addr, path, resp.Status, sanitize(strings.TrimSpace(string(b))))
+	})
+}
+
+// Upgrade sends req (its method, URL and headers; no body) on a new TLS
+// connection to addr with Upgrade: proto, and returns the connection after
+// a 101 answer — reading first what the response reader buffered, and
+// half-closable (CloseWrite) — with the answer's headers. ctx bounds the
+// dial and the exchange (its deadline is the connection's until the
+// answer). Any other answer is given to refused, whose error is returned.
+func Upgrade(ctx context.Context, tc *tls.Config, addr string, req *http.Request, proto string, refused func(*http.Response) error) (net.Conn, http.Header, error) {
 	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: tc}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s %s: %w", addr, proto, err)
 	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	req, err := http.NewRequest(http.MethodGet, "https://"+addr+path, nil)
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", proto)
 	if err := req.Write(conn); err != nil {
@@ -86,10 +100,10 @@ func DialUpgrade(ctx context.Context, tc *tls.Config, addr, path, proto string) 
 		return nil, nil, fmt.Errorf("%s %s: %w", addr, proto, err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		conn.Close()
-		return nil, nil, fmt.Errorf("%w: %s %s: HTTP %s: %s", ErrRemote, addr, path, resp.Status, sanitize(strings.TrimSpace(string(b))))
+		defer conn.Close()
+		return nil, nil, refused(resp)
 	}
+	conn.SetDeadline(time.Time{})
 	return Hijacked(conn, br), resp.Header, nil
 }
 
