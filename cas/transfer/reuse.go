@@ -8,7 +8,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/ferrycluster/ferry/cas"
@@ -163,7 +165,7 @@ func unlinkSame(root *os.Root, e TreeEntry, linked *os.File, stamp fileStamp, of
 	name := filepath.FromSlash(e.Path)
 	var rnd [8]byte
 	rand.Read(rnd[:])
-	tmp := filepath.Join(filepath.Dir(name), ".ferry-unlink-"+hex.EncodeToString(rnd[:]))
+	tmp := filepath.Join(filepath.Dir(name), unlinkTmpPrefix+hex.EncodeToString(rnd[:]))
 	f, err := root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("transfer: receive %s: %w", e.Path, err)
@@ -192,6 +194,42 @@ func unlinkSame(root *os.Root, e TreeEntry, linked *os.File, stamp fileStamp, of
 		return nil, fmt.Errorf("transfer: receive %s: %w", e.Path, err)
 	}
 	return f, nil
+}
+
+// unlinkTmpPrefix starts the names of unlinkSame's temporaries.
+const unlinkTmpPrefix = ".ferry-unlink-"
+
+// removeUnlinkTemps removes from an earlier attempt's tree under root the
+// temporaries of an unlinkSame cut by a crash (named so, not listed in t):
+// the resumed transfer would commit them into the checkpoint.
+func removeUnlinkTemps(root *os.Root, t *Tree) error {
+	listed := map[string]bool{}
+	dirs := []string{"."}
+	for _, e := range t.Entries {
+		listed[e.Path] = true
+		if e.Type == treeDir {
+			dirs = append(dirs, filepath.FromSlash(e.Path))
+		}
+	}
+	for _, d := range dirs {
+		f, err := root.Open(d)
+		if err != nil {
+			return err
+		}
+		names, err := f.Readdirnames(-1)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			if strings.HasPrefix(n, unlinkTmpPrefix) && !listed[path.Join(filepath.ToSlash(d), n)] {
+				if err := root.Remove(filepath.Join(d, n)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // linkedElsewhere reports whether a staging file has other links (a blob

@@ -108,3 +108,43 @@ func TestTreeLinkedFileWrittenBeforeTheCommitIsRefused(t *testing.T) {
 		t.Fatal("the retry linked the changed file again")
 	}
 }
+
+// A temporary of unlinkSame left in the staging tree by a crash is not
+// committed by the resumed transfer; a file of the tree with such a name
+// is.
+func TestResumedTreeDropsUnlinkTemporaries(t *testing.T) {
+	src := checkpointDir(t, 39)
+	if err := os.WriteFile(filepath.Join(src, "sub", unlinkTmpPrefix+"listed"), []byte("mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc := newReceiver(t, nil)
+	addr, out := listen(t, rc)
+	c := &cutConn{Conn: dial(t, addr), budget: 4 << 20}
+	if _, err := SendDir(context.Background(), c, src, SendOptions{ID: "ut", Name: "ckpt"}); err == nil {
+		t.Fatal("send through a cut connection succeeded")
+	}
+	if first := <-out; first.err == nil {
+		t.Fatal("the cut transfer committed")
+	}
+	staging := filepath.Join(rc.StagingDir, "ut.tree")
+	for _, p := range []string{unlinkTmpPrefix + "0123456789abcdef", filepath.Join("sub", unlinkTmpPrefix+"fedcba9876543210")} {
+		if err := os.WriteFile(filepath.Join(staging, p), []byte("left by a crash"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := moveTo(context.Background(), t, addr, out, src, "ut", "ckpt"); err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(rc.DestDir, "ckpt")
+	sameTree(t, src, dest)
+	var extra []string
+	filepath.WalkDir(dest, func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), unlinkTmpPrefix) && d.Name() != unlinkTmpPrefix+"listed" {
+			extra = append(extra, p)
+		}
+		return nil
+	})
+	if len(extra) > 0 {
+		t.Fatalf("the resumed transfer committed %v", extra)
+	}
+}

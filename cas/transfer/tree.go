@@ -1502,6 +1502,9 @@ func makeTree(dir string, t *Tree, reuse bool) error {
 			return fmt.Errorf("%w: tree entry %d %q: %v", cas.ErrInvalid, i, e.Path, err)
 		}
 	}
+	if reuse {
+		return removeUnlinkTemps(root, t) // reuse.go
+	}
 	return nil
 }
 
