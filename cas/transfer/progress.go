@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"io"
+	"sync"
 	"time"
 )
 
@@ -34,23 +35,41 @@ type Progress struct {
 // ProgressFunc receives progress reports. It must not block for long.
 type ProgressFunc func(Progress)
 
+// progressor reports a transfer's Progress. Its methods may be called from
+// the receiver's pipeline goroutines as well as the transfer's own (a
+// tree's chunks are counted by the writer while SEGs are still read): they
+// serialize on mu, and so do the callback's calls. Direct uses of p are for
+// before or after the pipeline runs.
 type progressor struct {
+	mu   sync.Mutex
 	fn   ProgressFunc
 	p    Progress
 	last int64
 }
 
 func (r *progressor) phase(ph Phase) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.p.Phase = ph
 	if r.fn != nil {
 		r.fn(r.p)
 	}
 }
 
+// want counts n more bytes in chunks more chunks asked for.
+func (r *progressor) want(n int64, chunks int) {
+	r.mu.Lock()
+	r.p.Wanted += n
+	r.p.ChunksWanted += chunks
+	r.mu.Unlock()
+}
+
 func (r *progressor) add(n int64) { r.addN(n, 1) }
 
 // addN counts n bytes in chunks chunks.
 func (r *progressor) addN(n int64, chunks int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.p.Done += n
 	r.p.ChunksDone += chunks
 	if r.fn != nil && (r.p.Done-r.last >= 1<<20 || r.p.ChunksDone == r.p.ChunksWanted) {

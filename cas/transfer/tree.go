@@ -1264,8 +1264,7 @@ func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWri
 		if err != nil {
 			return nil, nil, err
 		}
-		prog.p.Wanted += wanted
-		prog.p.ChunksWanted += len(want)
+		prog.want(wanted, len(want)) // the writer counts what arrives meanwhile
 		res.WantedChunks += len(want)
 		if err := w.frame(msgWant, encodeWant(want)); err != nil {
 			return nil, nil, err
