@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/cas/transfer"
 	"github.com/ferrycluster/ferry/driver"
 )
 
@@ -63,10 +64,7 @@ func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		a.abortIncoming(s, "tunnel write failed")
 		return
 	}
-	var tc net.Conn = conn
-	if n := brw.Reader.Buffered(); n > 0 {
-		tc = &bufferedConn{Conn: conn, r: io.MultiReader(io.LimitReader(brw.Reader, int64(n)), conn)}
-	}
+	tc := transfer.Hijacked(conn, brw.Reader)
 	s.mu.Lock()
 	s.tunnelConn = conn
 	s.mu.Unlock()
@@ -83,22 +81,6 @@ func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) {
 		}
 		s.mu.Unlock()
 	}()
-}
-
-// bufferedConn reads through bytes already buffered by the HTTP server.
-type bufferedConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
-
-// CloseWrite half-closes the underlying connection when it can.
-func (b *bufferedConn) CloseWrite() error {
-	if cw, ok := b.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
 }
 
 func (a *Agent) track(c net.Conn) {
