@@ -196,7 +196,7 @@ func TestDrainedTaillessGuestIsNotSentToOldQEMU(t *testing.T) {
 	if !strings.Contains(why, "no RAM tail") || !strings.Contains(why, "n2 has QEMU 7.2.22") {
 		t.Fatalf("stranded reason %q, want it to name the missing tail and n2's QEMU", why)
 	}
-	prob, p = solveChecked(t, snap)
+	_, p = solveChecked(t, snap)
 	if len(p.Actions) != 1 || p.Actions[0].Kind != cluster.Suspend {
 		t.Fatalf("plan %v, want one suspend", p.Actions)
 	}
