@@ -31,6 +31,8 @@ import (
 //	sender → receiver   frames, in any number and order:
 //	  'D' u16(len) path u64(offset) u32(n) <n bytes>   bytes of a file
 //	  'M' u32(len) <manifest JSON>   the committed checkpoint's manifest (once)
+//	  'P' u16(len) path u32(mode)    a listed file's permission bits, when
+//	                                 not 0644 (after 'M' and its file's data)
 //	  'E'                            end (after 'M')
 //	  'A' u32(len) <reason>          abort: nothing is committed
 //	receiver → sender   "DONE\n" once committed (fsynced, renamed) | "ERR <reason>\n"
@@ -61,6 +63,12 @@ const (
 	maxLiveData = 4 << 20
 	// maxLiveEstimate bounds the estimate the receiver accepts (1 PiB).
 	maxLiveEstimate = 1 << 50
+	// liveEntryCost is what a file costs in a manifest beyond its path
+	// (len(`{"path":"","size":0},`)): the files a stream creates before
+	// its manifest must fit one (maxHeader), so a peer sending 1-byte
+	// files under 4 KiB names cannot make the receiver hold, in memory
+	// and inodes, millions of entries its room in bytes does not count.
+	liveEntryCost = 20
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -387,6 +395,20 @@ func (s *liveSender) finish(dir string) error {
 			return fmt.Errorf("send %s: %w", mf.Path, err)
 		}
 	}
+	// Modes last: a file made read-only takes no more data.
+	for _, mf := range m.Files {
+		fi, err := os.Stat(filepath.Join(dir, filepath.FromSlash(mf.Path)))
+		if err != nil {
+			return err
+		}
+		if perm := fi.Mode().Perm(); perm != liveFileMode {
+			h := binary.BigEndian.AppendUint16([]byte{'P'}, uint16(len(mf.Path)))
+			h = binary.BigEndian.AppendUint32(append(h, mf.Path...), uint32(perm))
+			if _, err := s.w.Write(h); err != nil {
+				return err
+			}
+		}
+	}
 	if err := s.w.WriteByte('E'); err != nil {
 		return err
 	}
@@ -535,6 +557,7 @@ type liveReceiver struct {
 	root  *os.Root
 	room  int64
 	total int64 // sum of the files' extents
+	names int64 // what the files' entries would take in a manifest
 	files map[string]*rxLiveFile
 	m     *Manifest
 	sizes map[string]int64 // the manifest's, once it came
@@ -564,6 +587,10 @@ func (rx *liveReceiver) run(r *bufio.Reader) (Manifest, error) {
 				return Manifest{}, fmt.Errorf("live stream: manifest: %w", err)
 			}
 			if err := rx.manifest(b); err != nil {
+				return Manifest{}, err
+			}
+		case 'P':
+			if err := rx.mode(r); err != nil {
 				return Manifest{}, err
 			}
 		case 'E':
@@ -644,6 +671,11 @@ func (rx *liveReceiver) data(r *bufio.Reader) error {
 	}
 	lf := rx.files[rel]
 	if lf == nil {
+		// Only before the manifest: after it every listed file has one.
+		if c := int64(len(rel)) + liveEntryCost; rx.names+c > maxHeader {
+			return fmt.Errorf("live stream: data for %s: the %d files sent before the manifest could not all be listed in one (names over %d bytes)", rel, len(rx.files)+1, maxHeader)
+		}
+		rx.names += int64(len(rel)) + liveEntryCost
 		lf = &rxLiveFile{}
 		rx.files[rel] = lf
 	}
@@ -676,6 +708,28 @@ func (rx *liveReceiver) data(r *bufio.Reader) error {
 	return err
 }
 
+// mode reads one 'P' frame and sets a listed file's permission bits.
+func (rx *liveReceiver) mode(r *bufio.Reader) error {
+	var lb [2]byte
+	if _, err := io.ReadFull(r, lb[:]); err != nil {
+		return fmt.Errorf("live stream: mode: %w", noEOF(err))
+	}
+	b := make([]byte, int(binary.BigEndian.Uint16(lb[:]))+4)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return fmt.Errorf("live stream: mode: %w", noEOF(err))
+	}
+	rel, perm := string(b[:len(b)-4]), binary.BigEndian.Uint32(b[len(b)-4:])
+	if _, ok := rx.sizes[rel]; !ok || perm&^0o777 != 0 {
+		return fmt.Errorf("live stream: mode %#o for %q: want permission bits of a file the manifest lists", perm, rel)
+	}
+	return rx.root.Chmod(filepath.FromSlash(rel), fs.FileMode(perm))
+}
+
+// liveFileMode is the mode the receiver creates files with; others cross
+// in 'P' frames (the image keeps its files' permission bits, as the chunk
+// transfer does).
+const liveFileMode = 0o644
+
 // open opens (creating it and its directories) a file of the copy.
 func (rx *liveReceiver) open(rel string) (*os.File, error) {
 	name := filepath.FromSlash(rel)
@@ -684,7 +738,17 @@ func (rx *liveReceiver) open(rel string) (*os.File, error) {
 			return nil, err
 		}
 	}
-	return rx.root.OpenFile(name, os.O_CREATE|os.O_WRONLY, 0o644)
+	f, err := rx.root.OpenFile(name, os.O_CREATE|os.O_WRONLY, liveFileMode)
+	if err == nil && rx.m == nil {
+		// Exactly liveFileMode whatever the umask: the sender sends
+		// only the modes that differ.
+		err = f.Chmod(liveFileMode)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return f, err
 }
 
 // manifest applies the committed checkpoint's file list: files sized as

@@ -3,7 +3,9 @@ package process
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -382,6 +384,7 @@ func FuzzLiveFrames(f *testing.F) {
 	m := `{"format":"ferry-checkpoint/1","task_id":"x","mode":"stop","bytes":3,"files":[{"path":"a","size":3}]}`
 	f.Add(append(append([]byte("D\x00\x03b/c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02hiM\x00\x00\x00"), byte(len(m))), append([]byte(m), 'E')...))
 	f.Add(append(append([]byte("M\x00\x00\x00"), byte(len(m))), append([]byte(m), "D\x00\x01a\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x02zzE"...)...))
+	f.Add(append(append([]byte("M\x00\x00\x00"), byte(len(m))), append([]byte(m), "P\x00\x01a\x00\x00\x01\xedE"...)...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		dir := t.TempDir()
 		root, err := os.OpenRoot(dir)
@@ -413,4 +416,117 @@ func FuzzLiveFrames(f *testing.F) {
 			t.Fatalf("%d bytes written, room %d", total, room)
 		}
 	})
+}
+
+// Before the manifest a peer names the files: 1-byte files under 4 KiB
+// names cost the receiver an entry and an inode each that its room, in
+// bytes, does not count. It stops once they could not all be listed in a
+// manifest it accepts (maxHeader).
+func TestLiveStreamBoundsFilesBeforeTheManifest(t *testing.T) {
+	dir := t.TempDir()
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	// A 4000-byte directory chain (components under NAME_MAX), one file
+	// per frame in it.
+	chain := strings.Repeat(strings.Repeat("d", 199)+"/", 20)
+	var b bytes.Buffer
+	limit := maxHeader / (len(chain) + 8 + liveEntryCost)
+	for i := range limit + 10 {
+		rel := fmt.Sprintf("%sf%07d", chain, i)
+		b.WriteByte('D')
+		b.Write(binary.BigEndian.AppendUint16(nil, uint16(len(rel))))
+		b.WriteString(rel)
+		b.Write(binary.BigEndian.AppendUint64(nil, 0))
+		b.Write(binary.BigEndian.AppendUint32(nil, 1))
+		b.WriteByte('x')
+	}
+	b.WriteByte('E')
+	rx := &liveReceiver{root: root, room: 1 << 40, files: map[string]*rxLiveFile{}}
+	_, err = rx.run(bufio.NewReader(&b))
+	if err == nil || !strings.Contains(err.Error(), "before the manifest") || !strings.Contains(err.Error(), "could not all be listed") {
+		t.Fatalf("run: %v, want the names bound", err)
+	}
+	ents, err := root.FS().(fs.ReadDirFS).ReadDir(filepath.ToSlash(filepath.Clean(chain)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) > limit || len(rx.files) > limit {
+		t.Fatalf("%d files created, %d entries kept, want at most %d", len(ents), len(rx.files), limit)
+	}
+}
+
+// The copy keeps its files' permission bits (an executable stays one, a
+// private file private), as the chunk transfer does, whatever the
+// receiver's umask.
+func TestLiveStreamKeepsModes(t *testing.T) {
+	staging := t.TempDir()
+	modes := map[string]fs.FileMode{"exe": 0o755, "private": 0o600, "ro": 0o444, "plain": 0o644, "d/big": 0o700}
+	for name, mode := range modes {
+		p := filepath.Join(staging, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, fill(1<<20+int(mode), byte(mode)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := filepath.Join(t.TempDir(), "image")
+	dst := filepath.Join(t.TempDir(), "moved")
+	se, re := liveMove(t, dst, ReceiveOptions{}, func(c net.Conn) error {
+		s, err := startLive(c, liveHello{Format: liveFormat, Task: "x", Estimate: 1 << 20})
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		if n, err := s.pass(staging); err != nil || n != 5<<20 {
+			t.Errorf("pass sent %d bytes (%v), want 5 blocks", n, err)
+		}
+		if _, err := sealStaging(staging, Manifest{TaskID: "x", Epoch: 1, Mode: ModeStop}); err != nil {
+			t.Fatal(err)
+		}
+		if err := commitDir(staging, src); err != nil {
+			t.Fatal(err)
+		}
+		return s.finish(src)
+	})
+	if se != nil || re != nil {
+		t.Fatalf("send %v, receive %v", se, re)
+	}
+	sameTree(t, src, dst)
+	for name, mode := range modes {
+		fi, err := os.Stat(filepath.Join(dst, name))
+		if err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %v (%v), want %v", name, fi.Mode(), err, mode)
+		}
+	}
+}
+
+// A 'P' frame names a listed file and carries permission bits only.
+func TestLiveStreamRejectsBadModes(t *testing.T) {
+	m := `{"format":"ferry-checkpoint/1","task_id":"x","mode":"stop","bytes":0,"files":[{"path":"a","size":0}]}`
+	man := append(binary.BigEndian.AppendUint32([]byte("M"), uint32(len(m))), m...)
+	for name, frames := range map[string][]byte{
+		"before the manifest": append([]byte("P\x00\x01a"), 0, 0, 1, 0xed),
+		"unlisted file":       append(append(man, "P\x00\x01b"...), 0, 0, 1, 0xed),
+		"setuid":              append(append(man, "P\x00\x01a"...), 0, 0, 0x09, 0xed),
+		"cut":                 append(append(man, "P\x00\x01a"...), 0, 0),
+	} {
+		t.Run(name, func(t *testing.T) {
+			root, err := os.OpenRoot(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer root.Close()
+			rx := &liveReceiver{root: root, room: 1 << 20, files: map[string]*rxLiveFile{}}
+			if _, err := rx.run(bufio.NewReader(bytes.NewReader(append(frames, 'E')))); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
 }
