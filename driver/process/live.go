@@ -7,7 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
+	"hash/maphash"
 	"io"
 	"io/fs"
 	"net"
@@ -70,8 +70,6 @@ const (
 	// and inodes, millions of entries its room in bytes does not count.
 	liveEntryCost = 20
 )
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type liveHello struct {
 	Format   string `json:"format"`
@@ -179,6 +177,10 @@ type liveSender struct {
 	room  int64
 	files map[string]*liveFile
 	buf   []byte
+	// seed keys the block sums: random per stream, so a job cannot write
+	// a changed block that keeps its sum on purpose (with CRC-32C four
+	// chosen bytes would do).
+	seed maphash.Seed
 	// The receiver's last line, read as soon as it comes (an early ERR
 	// stops the stream).
 	replied  chan struct{}
@@ -194,7 +196,7 @@ type liveFile struct {
 
 type blockSum struct {
 	n   uint32
-	crc uint32
+	sum uint64 // maphash under the stream's seed
 }
 
 // startLive sends the hello and reads the receiver's answer.
@@ -227,7 +229,7 @@ func startLive(conn io.ReadWriter, h liveHello) (*liveSender, error) {
 		return nil, fmt.Errorf("receiver said %q, want OK <room>", line)
 	}
 	s := &liveSender{conn: conn, w: bufio.NewWriterSize(conn, 64<<10), room: room, files: map[string]*liveFile{},
-		buf: make([]byte, liveBlock), replied: make(chan struct{})}
+		buf: make([]byte, liveBlock), seed: maphash.MakeSeed(), replied: make(chan struct{})}
 	go func() {
 		defer close(s.replied)
 		s.replyErr = readReply(br, "DONE")
@@ -342,7 +344,7 @@ func (s *liveSender) pass(staging string) (int64, error) {
 				f.Close()
 				return sent, err
 			}
-			lf.sums = append(lf.sums, blockSum{n: liveBlock, crc: crc32.Checksum(s.buf, castagnoli)})
+			lf.sums = append(lf.sums, blockSum{n: liveBlock, sum: maphash.Bytes(s.seed, s.buf)})
 			sent += liveBlock
 		}
 		f.Close()
@@ -436,7 +438,7 @@ func (s *liveSender) check(dir string, mf ManifestFile) error {
 		}
 		k := off / liveBlock
 		if lf != nil && k < int64(len(lf.sums)) {
-			if lf.sums[k] == (blockSum{n: uint32(n), crc: crc32.Checksum(b, castagnoli)}) {
+			if lf.sums[k] == (blockSum{n: uint32(n), sum: maphash.Bytes(s.seed, b)}) {
 				continue
 			}
 			s.resent += n
