@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -46,6 +47,8 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 			// Only while migrateCheckpoint waits for it (streamSuspend).
 			if slot = a.liveOuts[id]; slot == nil || rec.Phase != api.PhaseMigratingOut || rec.Mode != "checkpoint" {
 				err = fmt.Errorf("%w: no streamed move of task %q in progress on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
+			} else {
+				err = a.mayFetchLocked(rec, caller)
 			}
 		case rec.Image == nil:
 			err = fmt.Errorf("%w: task %q has no image on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
@@ -59,6 +62,7 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 			err = a.putLocked(&n)
 			rec = &n
 		case rec.Phase == api.PhaseMigratingOut && rec.Mode == "checkpoint":
+			err = a.mayFetchLocked(rec, caller)
 		default:
 			err = fmt.Errorf("%w: task %q is %s on %s", driver.ErrBusy, id, rec.Phase, a.cfg.Name)
 		}
@@ -84,6 +88,36 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 	if err := writeImageTar(w, rec, a.store.imageDir(id)); err != nil {
 		a.log.Warn("send image", "task", id, "err", err)
 	}
+}
+
+// mayFetchLocked admits the fetch of the image of rec, in a checkpoint
+// move, only by the destination: the agent whose certificate name
+// migrateCheckpoint found at the move's address. Caller holds mu.
+func (a *Agent) mayFetchLocked(rec *record, caller string) error {
+	if rec.PeerName == "" || rec.PeerName != caller {
+		return fmt.Errorf("%w: task %q on %s is moving to node %q (%s); node %q may not fetch its image", api.ErrForbidden, rec.ID, a.cfg.Name, rec.PeerName, rec.Peer, caller)
+	}
+	return nil
+}
+
+// peerName is the name in the certificate of the agent at addr, as a
+// call to addr verifies it (pki.PeerRole on the client side).
+func (a *Agent) peerName(ctx context.Context, addr string) (string, error) {
+	d := tls.Dialer{Config: a.peerTLS}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	cs := c.(*tls.Conn).ConnectionState()
+	role, name, err := pki.PeerRole(&cs)
+	if err != nil {
+		return "", err
+	}
+	if role != pki.RoleAgent {
+		return "", fmt.Errorf("%w: %s presents a %s certificate (%q), not an agent's", api.ErrForbidden, addr, role, name)
+	}
+	return name, nil
 }
 
 // sendImageCAS answers an image fetch upgraded to api.ImageProtocol: the

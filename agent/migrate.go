@@ -140,10 +140,10 @@ func (a *Agent) setPhase(rec *record, phase api.Phase, epoch uint64) error {
 	n := *rec
 	n.Phase, n.Epoch = phase, epoch
 	if phase == api.PhaseRunning {
-		n.Peer, n.Mode, n.Image = "", "", nil
+		n.Peer, n.Mode, n.PeerName, n.Image = "", "", "", nil
 	}
 	if phase == api.PhaseSuspended {
-		n.Peer, n.Mode = "", ""
+		n.Peer, n.Mode, n.PeerName = "", "", ""
 	}
 	if phase == api.PhaseMoved {
 		n.Image, n.Prev = nil, nil
@@ -300,9 +300,23 @@ func (a *Agent) migrateLive(ctx context.Context, rec *record, lm driver.LiveMigr
 func (a *Agent) migrateCheckpoint(ctx context.Context, rec *record, req api.MigrateRequest, emit func(api.MigrateEvent)) (api.MigrateEvent, error) {
 	id := rec.ID
 	newEpoch := rec.Epoch + 1
+	// Only the node at req.To may fetch the image (handleImage).
+	to, err := a.peerName(ctx, req.To)
+	if err == nil {
+		bound := *rec
+		bound.PeerName = to
+		a.mu.Lock()
+		err = a.putLocked(&bound)
+		a.mu.Unlock()
+		rec = &bound
+	}
+	if err != nil {
+		a.setPhase(rec, api.PhaseRunning, rec.Epoch)
+		emit(api.MigrateEvent{Step: "abort"})
+		return api.MigrateEvent{}, fmt.Errorf("move %q: destination %s: %w", id, req.To, err)
+	}
 	var img driver.Image
 	var resumed <-chan error
-	var err error
 	if sd, ok := a.drivers[rec.Driver].(streamDriver); ok && a.cfg.ImageTransfer == ImageTransferStream {
 		// The destination fetches while the job writes (image.go).
 		img, resumed, err = a.streamSuspend(ctx, rec, sd, req)

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -424,4 +426,85 @@ func TestProcessStreamedMigration(t *testing.T) {
 	}
 	_, err = b.c.Suspend(ctx, "s", 2)
 	wantKind(t, "suspend at B with the old epoch", err, api.ErrStaleEpoch)
+}
+
+// A checkpoint move's image, plain or streamed, goes only to the agent
+// whose certificate the move's address presents: another agent that knows
+// the task and epoch is refused, and nothing changes (review finding 4).
+func TestImageFetchOnlyByTheDestination(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ca := newTestCA(t)
+	a := startNode(t, ca, "node-a", processDrivers(t), nil)
+	b := startNode(t, ca, "node-b", processDrivers(t), nil)
+	name, err := a.agent.peerName(ctx, b.addr)
+	if err != nil || name != "node-b" {
+		t.Fatalf("name at %s: %q %v, want node-b", b.addr, name, err)
+	}
+	fetcher := func(who string) *client.Client {
+		c := client.New(a.addr, ca.identity(who, pki.RoleAgent).ClientConfig())
+		t.Cleanup(c.Close)
+		return c
+	}
+	dir := a.agent.store.imageDir("x")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state"), []byte("memory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rec := &record{ID: "x", Driver: "process", Epoch: 1, Phase: api.PhaseMigratingOut, Mode: "checkpoint",
+		Peer: b.addr, PeerName: "node-b", Spec: counterSpec("x", nil), Image: &driver.Image{Dir: dir, Bytes: 6}}
+	a.agent.mu.Lock()
+	err = a.agent.putLocked(rec)
+	a.agent.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unchanged := func(what string) {
+		t.Helper()
+		a.agent.mu.Lock()
+		got := *a.agent.records["x"]
+		a.agent.mu.Unlock()
+		if got.Phase != rec.Phase || got.Mode != rec.Mode || got.PeerName != rec.PeerName || got.Epoch != rec.Epoch {
+			t.Fatalf("%s changed the record: %+v", what, got)
+		}
+	}
+
+	_, err = fetcher("node-c").FetchImage(ctx, "x", 1)
+	wantKind(t, "plain fetch by another agent", err, api.ErrForbidden)
+	if !strings.Contains(err.Error(), `node "node-c" may not fetch`) {
+		t.Fatalf("the refusal does not name the caller: %v", err)
+	}
+	unchanged("a refused plain fetch")
+	rc, err := fetcher("node-b").FetchImage(ctx, "x", 1)
+	if err != nil {
+		t.Fatalf("plain fetch by the destination: %v", err)
+	}
+	io.Copy(io.Discard, rc)
+	rc.Close()
+
+	// Streamed: the slot the migration waits on is left to the destination.
+	slot := &liveOut{conn: make(chan io.ReadWriter, 1), done: make(chan struct{})}
+	a.agent.mu.Lock()
+	a.agent.liveOuts["x"] = slot
+	a.agent.mu.Unlock()
+	_, _, err = fetcher("node-c").FetchImageLive(ctx, "x", 1)
+	wantKind(t, "streamed fetch by another agent", err, api.ErrForbidden)
+	if len(slot.conn) != 0 {
+		t.Fatal("a refused streamed fetch was handed to the migration")
+	}
+	unchanged("a refused streamed fetch")
+	conn, _, err := fetcher("node-b").FetchImageLive(ctx, "x", 1)
+	if err != nil {
+		t.Fatalf("streamed fetch by the destination: %v", err)
+	}
+	defer conn.Close()
+	select {
+	case <-slot.conn:
+	case <-ctx.Done():
+		t.Fatal("the destination's streamed fetch did not reach the migration")
+	}
+	close(slot.done)
 }

@@ -28,6 +28,9 @@ type record struct {
 	Peer string `json:"peer,omitempty"`
 	// Mode of an outbound move in flight ("live" or "checkpoint").
 	Mode string `json:"mode,omitempty"`
+	// PeerName is the certificate name of the agent at Peer during an
+	// outbound checkpoint move: the only caller that may fetch the image.
+	PeerName string `json:"peer_name,omitempty"`
 	// Prev is the record an incoming copy replaced (a tombstone of an
 	// earlier stay), restored if the incoming move aborts.
 	Prev *record `json:"prev,omitempty"`
