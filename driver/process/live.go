@@ -27,15 +27,18 @@ import (
 // job's write instead of following it:
 //
 //	sender → receiver   "FERRYLIV" u32(len) {"format":..,"task":..,"estimate":N}
-//	receiver → sender   "OK <room>\n" | "ERR <reason>\n"   (nothing signalled yet)
+//	receiver → sender   "OK <room>\n" | "ERR <kind> <reason>\n"   (nothing signalled yet)
 //	sender → receiver   frames, in any number and order:
 //	  'D' u16(len) path u64(offset) u32(n) <n bytes>   bytes of a file
 //	  'M' u32(len) <manifest JSON>   the committed checkpoint's manifest (once)
 //	  'P' u16(len) path u32(mode)    a listed file's permission bits, when
 //	                                 not 0644 (after 'M' and its file's data)
 //	  'E'                            end (after 'M')
-//	  'A' u32(len) <reason>          abort: nothing is committed
-//	receiver → sender   "DONE\n" once committed (fsynced, renamed) | "ERR <reason>\n"
+//	  'A' u32(len) <kind> <reason>   abort: nothing is committed
+//	receiver → sender   "DONE\n" once committed (fsynced, renamed) | "ERR <kind> <reason>\n"
+//
+// <kind> is one token naming the error's kind, so that the other side
+// maps it back: "insufficient" (driver.ErrInsufficient) or "-".
 //
 // While the job writes, the sender follows the files growing in staging/
 // and sends each complete block (liveBlock bytes, aligned) once, keeping
@@ -142,7 +145,7 @@ func (d *Driver) SuspendStreaming(ctx context.Context, id, dir string, conn io.R
 		if err != nil {
 			// At once: the receiver drops its partial copy while the job
 			// still writes (the suspend goes on here).
-			s.abort(err.Error())
+			s.abort(err)
 		}
 		followed <- err
 	}()
@@ -151,11 +154,11 @@ func (d *Driver) SuspendStreaming(ctx context.Context, id, dir string, conn io.R
 	ferr := <-followed
 	st.Early = s.sent
 	if serr != nil {
-		s.abort("the checkpoint failed at the source: " + serr.Error())
+		s.abort(fmt.Errorf("the checkpoint failed at the source: %w", serr))
 		return driver.Image{}, serr
 	}
 	if ferr != nil {
-		s.abort(ferr.Error())
+		s.abort(ferr)
 		return img, fmt.Errorf("process driver: task %q suspended at %s; streaming it failed: %w", id, img.Dir, ctxErr(ctx, ferr))
 	}
 	t0 := time.Now()
@@ -163,7 +166,7 @@ func (d *Driver) SuspendStreaming(ctx context.Context, id, dir string, conn io.R
 	st.Check = time.Since(t0)
 	st.Late, st.Resent = s.sent-st.Early, s.resent
 	if err != nil {
-		s.abort(err.Error())
+		s.abort(err)
 		return img, fmt.Errorf("process driver: task %q suspended at %s; streaming it failed: %w", id, img.Dir, ctxErr(ctx, err))
 	}
 	d.log.Info("checkpoint streamed", "task", id, "bytes", img.Bytes, "early", st.Early, "late", st.Late, "resent", st.Resent, "check", st.Check)
@@ -212,16 +215,9 @@ func startLive(conn io.ReadWriter, h liveHello) (*liveSender, error) {
 		return nil, fmt.Errorf("send live stream header: %w", err)
 	}
 	br := bufio.NewReader(conn)
-	line, err := br.ReadString('\n')
+	line, err := liveReply(br)
 	if err != nil {
-		return nil, fmt.Errorf("read receiver reply: %w", err)
-	}
-	line = strings.TrimSuffix(line, "\n")
-	if msg, ok := strings.CutPrefix(line, "ERR "); ok {
-		if kind := driver.ErrInsufficient.Error(); strings.Contains(msg, kind) {
-			return nil, fmt.Errorf("%w: %w: %s", ErrRefused, driver.ErrInsufficient, strings.Replace(msg, kind+": ", "", 1))
-		}
-		return nil, fmt.Errorf("%w: %s", ErrRefused, msg)
+		return nil, err
 	}
 	rs, ok := strings.CutPrefix(line, "OK ")
 	room, err := strconv.ParseInt(rs, 10, 64)
@@ -232,9 +228,56 @@ func startLive(conn io.ReadWriter, h liveHello) (*liveSender, error) {
 		buf: make([]byte, liveBlock), seed: maphash.MakeSeed(), replied: make(chan struct{})}
 	go func() {
 		defer close(s.replied)
-		s.replyErr = readReply(br, "DONE")
+		line, err := liveReply(br)
+		if err == nil && line != "DONE" {
+			err = fmt.Errorf("receiver said %q, want %q", line, "DONE")
+		}
+		s.replyErr = err
 	}()
 	return s, nil
+}
+
+// liveReply reads the receiver's next line: its text, or the error its
+// "ERR <kind> <reason>" names (ErrRefused, and the kind: liveErr).
+func liveReply(br *bufio.Reader) (string, error) {
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("read receiver reply: %w", err)
+	}
+	line = strings.TrimSuffix(line, "\n")
+	if msg, ok := strings.CutPrefix(line, "ERR "); ok {
+		return "", fmt.Errorf("%w: %w", ErrRefused, liveErr(msg))
+	}
+	return line, nil
+}
+
+// Kinds of error a live stream's refusal or abort names.
+const (
+	liveKindInsufficient = "insufficient"
+	liveKindOther        = "-"
+)
+
+// liveReason is err as a refusal or abort carries it: its kind, a space,
+// its text on one line.
+func liveReason(err error) string {
+	kind := liveKindOther
+	if errors.Is(err, driver.ErrInsufficient) {
+		kind = liveKindInsufficient
+	}
+	return kind + " " + strings.ReplaceAll(err.Error(), "\n", " ")
+}
+
+// liveErr is the error a peer's liveReason names: driver.ErrInsufficient
+// when its kind token says so (not its free text).
+func liveErr(msg string) error {
+	kind, reason, ok := strings.Cut(msg, " ")
+	switch {
+	case ok && kind == liveKindInsufficient:
+		return fmt.Errorf("%w: %s", driver.ErrInsufficient, strings.TrimPrefix(reason, driver.ErrInsufficient.Error()+": "))
+	case ok && kind == liveKindOther:
+		return errors.New(reason)
+	}
+	return errors.New(msg)
 }
 
 // ended reports the receiver's early answer, if any.
@@ -451,11 +494,12 @@ func (s *liveSender) check(dir string, mf ManifestFile) error {
 }
 
 // abort tells the receiver to drop the stream (best effort).
-func (s *liveSender) abort(reason string) {
+func (s *liveSender) abort(err error) {
 	if s.aborted {
 		return
 	}
 	s.aborted = true
+	reason := liveReason(err)
 	if len(reason) > 4096 {
 		reason = reason[:4096]
 	}
@@ -484,7 +528,10 @@ func (s *liveSender) close() {
 // dir, fsynced and renamed into place.
 func ReceiveStreaming(ctx context.Context, conn io.ReadWriter, dir string, opts ReceiveOptions) (Manifest, error) {
 	defer watchCtx(ctx, conn)()
-	refuse := refuser(conn)
+	refuse := func(err error) (Manifest, error) {
+		fmt.Fprintf(conn, "ERR %s\n", liveReason(err))
+		return Manifest{}, err
+	}
 	h, err := readLiveHello(conn)
 	if err != nil {
 		return refuse(err)
@@ -605,10 +652,7 @@ func (rx *liveReceiver) run(r *bufio.Reader) (Manifest, error) {
 			if err != nil {
 				return Manifest{}, fmt.Errorf("live stream: abort: %w", err)
 			}
-			if kind := driver.ErrInsufficient.Error(); strings.Contains(string(b), kind) {
-				return Manifest{}, fmt.Errorf("live stream aborted by the sender: %w: %s", driver.ErrInsufficient, strings.Replace(string(b), kind+": ", "", 1))
-			}
-			return Manifest{}, fmt.Errorf("live stream aborted by the sender: %s", b)
+			return Manifest{}, fmt.Errorf("live stream aborted by the sender: %w", liveErr(string(b)))
 		default:
 			return Manifest{}, fmt.Errorf("live stream: unknown frame type %#x", typ)
 		}

@@ -195,7 +195,7 @@ func TestLiveStreamRoom(t *testing.T) {
 			}
 			_, err := s.pass(staging)
 			if err != nil {
-				s.abort(err.Error())
+				s.abort(err)
 			}
 			return err
 		})
@@ -216,10 +216,13 @@ func TestLiveStreamRoom(t *testing.T) {
 					time.Sleep(time.Millisecond)
 				}
 			}
-			return err
+			// A write can fail before the refusal is read: its answer
+			// is the error SuspendStreaming reports (ended).
+			<-s.replied
+			return s.ended()
 		})
-		if se == nil || !errors.Is(re, driver.ErrInsufficient) {
-			t.Fatalf("send %v, receive %v; want the receiver's insufficient", se, re)
+		if !errors.Is(se, ErrRefused) || !errors.Is(se, driver.ErrInsufficient) || !errors.Is(re, driver.ErrInsufficient) {
+			t.Fatalf("send %v, receive %v; want the receiver's insufficient on both sides", se, re)
 		}
 	})
 }
@@ -385,6 +388,7 @@ func FuzzLiveFrames(f *testing.F) {
 	f.Add(append(append([]byte("D\x00\x03b/c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02hiM\x00\x00\x00"), byte(len(m))), append([]byte(m), 'E')...))
 	f.Add(append(append([]byte("M\x00\x00\x00"), byte(len(m))), append([]byte(m), "D\x00\x01a\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x02zzE"...)...))
 	f.Add(append(append([]byte("M\x00\x00\x00"), byte(len(m))), append([]byte(m), "P\x00\x01a\x00\x00\x01\xedE"...)...))
+	f.Add([]byte("A\x00\x00\x00\x0einsufficient x"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		dir := t.TempDir()
 		root, err := os.OpenRoot(dir)
@@ -528,5 +532,30 @@ func TestLiveStreamRejectsBadModes(t *testing.T) {
 				t.Fatal("accepted")
 			}
 		})
+	}
+}
+
+// A refusal or abort names its kind in a token: "insufficient" maps to
+// driver.ErrInsufficient, free text that merely says so does not.
+func TestLiveErrorKinds(t *testing.T) {
+	full := fmt.Errorf("%w: the checkpoint grew past the 7 bytes there is room for here", driver.ErrInsufficient)
+	for _, c := range []struct {
+		err  error
+		kind bool
+		text string
+	}{
+		{full, true, "insufficient resources: the checkpoint grew past the 7 bytes there is room for here"},
+		{fmt.Errorf("the checkpoint failed at the source: %w", full), true, "insufficient resources: the checkpoint failed at the source: insufficient resources: the checkpoint grew"},
+		{errors.New("insufficient resources: made up by the job's own message"), false, "insufficient resources: made up"},
+		{errors.New("a\nb"), false, "a b"},
+	} {
+		got := liveErr(liveReason(c.err))
+		if errors.Is(got, driver.ErrInsufficient) != c.kind || !strings.HasPrefix(got.Error(), c.text) {
+			t.Errorf("%q: got %q (insufficient %v), want %q (insufficient %v)", c.err, got, errors.Is(got, driver.ErrInsufficient), c.text, c.kind)
+		}
+	}
+	// From an older or unknown peer: the whole line is the reason.
+	if got := liveErr("insufficient"); errors.Is(got, driver.ErrInsufficient) || got.Error() != "insufficient" {
+		t.Errorf("no token: %v", got)
 	}
 }
