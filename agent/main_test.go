@@ -42,7 +42,8 @@ func TestMain(m *testing.M) {
 
 // counterJob prints "counter N" every 50 ms and checkpoints N (exiting
 // with the checkpoint code) on SIGUSR2; it continues from a checkpoint.
-// FERRY_AGENT_TEST_SLOW delays its checkpoint answer.
+// FERRY_AGENT_TEST_SLOW delays its checkpoint answer;
+// FERRY_AGENT_TEST_BALLAST adds a file of that many bytes to it.
 func counterJob() int {
 	var n int64
 	if os.Getenv(process.EnvRestore) == "1" {
@@ -64,6 +65,11 @@ func counterJob() int {
 		case <-sigs:
 			if d, err := time.ParseDuration(os.Getenv("FERRY_AGENT_TEST_SLOW")); err == nil {
 				time.Sleep(d)
+			}
+			if b, err := strconv.Atoi(os.Getenv("FERRY_AGENT_TEST_BALLAST")); err == nil {
+				if err := os.WriteFile(filepath.Join(os.Getenv(process.EnvCheckpointDir), "ballast"), make([]byte, b), 0o644); err != nil {
+					return 2
+				}
 			}
 			if err := os.WriteFile(filepath.Join(os.Getenv(process.EnvCheckpointDir), "counter"), []byte(strconv.FormatInt(n, 10)), 0o644); err != nil {
 				return 2

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -507,4 +508,56 @@ func TestImageFetchOnlyByTheDestination(t *testing.T) {
 		t.Fatal("the destination's streamed fetch did not reach the migration")
 	}
 	close(slot.done)
+}
+
+// A streamed move that fails after the job was asked: the checkpoint
+// grows past the room the destination answered (the estimate fitted). The
+// source, suspended by then, learns that the destination committed
+// nothing and resumes the task from its own checkpoint at the same epoch:
+// nothing at the destination, one live copy (review finding 7).
+func TestProcessStreamedMoveFailsAfterTheJobWasAsked(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ca := newTestCA(t)
+	a := startNode(t, ca, "node-a", processDrivers(t), func(c *Config) { c.ImageTransfer = ImageTransferStream })
+	// Room for the job's resident memory (the estimate), not for its
+	// 96 MiB checkpoint.
+	b := startNode(t, ca, "node-b", processDrivers(t), func(c *Config) {
+		c.FreeSpace = func(string) (int64, error) { return 64 << 20, nil }
+	})
+	if _, err := a.c.Run(ctx, api.RunRequest{Spec: counterSpec("s", map[string]string{"FERRY_AGENT_TEST_BALLAST": strconv.Itoa(96 << 20)})}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitCounter(ctx, "s", 2)
+
+	_, err := a.c.Migrate(ctx, "s", api.MigrateRequest{Epoch: 1, To: b.addr, Mode: "checkpoint"}, nil)
+	wantKind(t, "streamed move past the destination's room", err, driver.ErrInsufficient)
+	if !strings.Contains(err.Error(), "resumed here") {
+		t.Fatalf("the move failed before the job was asked, or the source did not resume: %v", err)
+	}
+	x, err := a.c.Inspect(ctx, "s")
+	if err != nil || x.Phase != api.PhaseRunning || x.Epoch != 1 {
+		t.Fatalf("source after the failed move: %+v %v", x, err)
+	}
+	if _, err := b.c.Inspect(ctx, "s"); !errors.Is(err, driver.ErrNotFound) {
+		t.Fatalf("destination after the failed move: %v", err)
+	}
+	if ents, err := os.ReadDir(b.agent.store.taskDir("s")); err == nil && len(ents) != 0 {
+		t.Fatalf("the destination kept %v", ents)
+	}
+	// Resumed from its checkpoint: the counter goes on, not from zero.
+	acs := a.counters(ctx, "s")
+	cs := a.waitCounter(ctx, "s", acs[len(acs)-1]+2)
+	if !continues(cs, acs[len(acs)-1]) {
+		t.Fatalf("counter did not continue from %d on A: %v", acs[len(acs)-1], tail(cs))
+	}
+	if n := a.live(ctx, "s") + b.live(ctx, "s"); n != 1 {
+		t.Fatalf("%d live copies after the failed move, want 1", n)
+	}
+	// And the task still moves where there is room.
+	c := startNode(t, ca, "node-c", processDrivers(t), nil)
+	if ev, err := a.c.Migrate(ctx, "s", api.MigrateRequest{Epoch: 1, To: c.addr, Mode: "checkpoint"}, nil); err != nil || ev.Epoch != 2 {
+		t.Fatalf("move to a node with room: %+v %v", ev, err)
+	}
 }
