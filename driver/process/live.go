@@ -30,6 +30,8 @@ import (
 //	receiver → sender   "OK <room>\n" | "ERR <kind> <reason>\n"   (nothing signalled yet)
 //	sender → receiver   frames, in any number and order:
 //	  'D' u16(len) path u64(offset) u32(n) <n bytes>   bytes of a file
+//	  'R' u16(len) path              a file sent before is gone: drop it
+//	                                 (before 'M' only)
 //	  'M' u32(len) <manifest JSON>   the committed checkpoint's manifest (once)
 //	  'P' u16(len) path u32(mode)    a listed file's permission bits, when
 //	                                 not 0644 (after 'M' and its file's data)
@@ -56,7 +58,10 @@ import (
 // size or the job's resident memory, whichever is larger) before the job is
 // asked, answers the bytes it can take, and both sides stop when the
 // checkpoint grows past them (the sender aborts as soon as the files in
-// staging/ add up to more; the receiver refuses a frame that would).
+// staging/ add up to more; the receiver refuses a frame that would). Both
+// count a file at the larger of its size and the bytes sent of it (the
+// receiver has only the latter), and a file the job removed or renamed
+// away not at all: the sender sends 'R' for it and the receiver drops it.
 const (
 	liveMagic  = "FERRYLIV"
 	liveFormat = "ferry-image-live/1"
@@ -197,6 +202,17 @@ type liveFile struct {
 	sums []blockSum // of the blocks sent, by index; n == 0: not sent
 }
 
+// extent is the bytes the receiver has of the file before the manifest
+// (pass sends whole blocks only).
+func (lf *liveFile) extent() int64 { return int64(len(lf.sums)) * liveBlock }
+
+// grown is a file pass found in staging.
+type grown struct {
+	rel  string
+	path string
+	size int64
+}
+
 type blockSum struct {
 	n   uint32
 	sum uint64 // maphash under the stream's seed
@@ -327,11 +343,6 @@ func (s *liveSender) follow(staging string, stop <-chan struct{}) error {
 // was not sent yet, and returns the bytes sent. A file that goes away or
 // shrinks meanwhile is skipped: the final check sends what is committed.
 func (s *liveSender) pass(staging string) (int64, error) {
-	type grown struct {
-		rel  string
-		path string
-		size int64
-	}
 	var files []grown
 	var total int64
 	err := filepath.WalkDir(staging, func(p string, de fs.DirEntry, err error) error {
@@ -350,11 +361,18 @@ func (s *liveSender) pass(staging string) (int64, error) {
 		if ierr != nil {
 			return nil
 		}
-		total += fi.Size()
+		size := fi.Size()
+		if lf := s.files[rel]; lf != nil {
+			size = max(size, lf.extent())
+		}
+		total += size
 		files = append(files, grown{rel, p, fi.Size()})
 		return nil
 	})
 	if err != nil {
+		return 0, err
+	}
+	if err := s.dropGone(files); err != nil {
 		return 0, err
 	}
 	if total > s.room {
@@ -396,6 +414,33 @@ func (s *liveSender) pass(staging string) (int64, error) {
 		return sent, err
 	}
 	return sent, nil
+}
+
+// dropGone sends 'R' for the files sent before that are not in staging
+// now (removed, renamed away), so that the receiver drops them and their
+// room, and forgets what it sent of them.
+func (s *liveSender) dropGone(now []grown) error {
+	seen := make(map[string]bool, len(now))
+	for _, g := range now {
+		seen[g.rel] = true
+	}
+	var gone []string
+	for rel, lf := range s.files {
+		if !seen[rel] {
+			if len(lf.sums) > 0 {
+				gone = append(gone, rel)
+			}
+			delete(s.files, rel)
+		}
+	}
+	sort.Strings(gone)
+	for _, rel := range gone {
+		h := binary.BigEndian.AppendUint16([]byte{'R'}, uint16(len(rel)))
+		if _, err := s.w.Write(append(h, rel...)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // data writes one 'D' frame.
@@ -638,6 +683,10 @@ func (rx *liveReceiver) run(r *bufio.Reader) (Manifest, error) {
 			if err := rx.manifest(b); err != nil {
 				return Manifest{}, err
 			}
+		case 'R':
+			if err := rx.remove(r); err != nil {
+				return Manifest{}, err
+			}
 		case 'P':
 			if err := rx.mode(r); err != nil {
 				return Manifest{}, err
@@ -754,6 +803,46 @@ func (rx *liveReceiver) data(r *bufio.Reader) error {
 	return err
 }
 
+// remove reads one 'R' frame: a file sent before the manifest is gone at
+// the sender; it is dropped here with its room and its entry.
+func (rx *liveReceiver) remove(r *bufio.Reader) error {
+	var lb [2]byte
+	if _, err := io.ReadFull(r, lb[:]); err != nil {
+		return fmt.Errorf("live stream: removal: %w", noEOF(err))
+	}
+	pb := make([]byte, binary.BigEndian.Uint16(lb[:]))
+	if _, err := io.ReadFull(r, pb); err != nil {
+		return fmt.Errorf("live stream: removal: %w", noEOF(err))
+	}
+	rel := string(pb)
+	lf := rx.files[rel]
+	if rx.m != nil || lf == nil {
+		return fmt.Errorf("live stream: removal of %q: want a file sent before the manifest", rel)
+	}
+	if err := rx.drop(rel); err != nil {
+		return err
+	}
+	rx.total -= lf.extent
+	rx.names -= int64(len(rel)) + liveEntryCost
+	return nil
+}
+
+// drop removes a file of the copy and its directories once empty (a
+// file may take a directory's name later), and forgets it.
+func (rx *liveReceiver) drop(rel string) error {
+	name := filepath.FromSlash(rel)
+	if err := rx.root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	delete(rx.files, rel)
+	for d := filepath.Dir(name); d != "."; d = filepath.Dir(d) {
+		if rx.root.Remove(d) != nil {
+			break
+		}
+	}
+	return nil
+}
+
 // mode reads one 'P' frame and sets a listed file's permission bits.
 func (rx *liveReceiver) mode(r *bufio.Reader) error {
 	var lb [2]byte
@@ -822,17 +911,8 @@ func (rx *liveReceiver) manifest(b []byte) error {
 	}
 	sort.Strings(stale)
 	for _, rel := range stale {
-		name := filepath.FromSlash(rel)
-		if err := rx.root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := rx.drop(rel); err != nil {
 			return err
-		}
-		delete(rx.files, rel)
-		// Its directories too, once empty: a listed file may take a
-		// directory's name.
-		for d := filepath.Dir(name); d != "."; d = filepath.Dir(d) {
-			if rx.root.Remove(d) != nil {
-				break
-			}
 		}
 	}
 	for _, mf := range m.Files {

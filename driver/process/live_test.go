@@ -203,6 +203,28 @@ func TestLiveStreamRoom(t *testing.T) {
 			t.Fatalf("send %v, receive %v; want insufficient, aborted", se, re)
 		}
 	})
+	t.Run("a file shrunk after it was sent still counts at the sender", func(t *testing.T) {
+		se, re := stream(t, 5<<20, func(s *liveSender, staging string) error {
+			if _, err := s.pass(staging); err != nil {
+				return err
+			}
+			// The receiver still has a's 5 MiB: 3 more do not fit.
+			if err := os.Truncate(filepath.Join(staging, "a"), 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(staging, "b"), fill(3<<20, 2), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.pass(staging)
+			if err != nil {
+				s.abort(err)
+			}
+			return err
+		})
+		if !errors.Is(se, driver.ErrInsufficient) || !errors.Is(re, driver.ErrInsufficient) || !strings.Contains(re.Error(), "aborted") {
+			t.Fatalf("send %v, receive %v; want the sender to stop first (insufficient, aborted)", se, re)
+		}
+	})
 	t.Run("receiver refuses bytes past the room", func(t *testing.T) {
 		se, re := stream(t, 9<<20, func(s *liveSender, staging string) error {
 			s.room = 1 << 40 // a sender that ignores the room
@@ -225,6 +247,71 @@ func TestLiveStreamRoom(t *testing.T) {
 			t.Fatalf("send %v, receive %v; want the receiver's insufficient on both sides", se, re)
 		}
 	})
+}
+
+// A job that writes its state aside and renames it into place, or writes
+// a temporary file and removes it, takes the room of what is left, at
+// both ends: 5 MiB renamed and 5 MiB more fit a room of 7 MiB.
+func TestLiveStreamRoomCountsOnlyWhatIsLeft(t *testing.T) {
+	staging := t.TempDir()
+	put := func(name string, b []byte) {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(staging, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(staging, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("d/state.tmp", fill(5<<20, 1))
+	src := filepath.Join(t.TempDir(), "image")
+	dst := filepath.Join(t.TempDir(), "moved")
+	space := func(string) (int64, error) { return 8 << 20, nil } // room: 7 MiB
+	se, re := liveMove(t, dst, ReceiveOptions{Space: space}, func(c net.Conn) error {
+		s, err := startLive(c, liveHello{Format: liveFormat, Task: "x", Estimate: 1 << 20})
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		if _, err := s.pass(staging); err != nil {
+			return err
+		}
+		// Renamed into place (its directory goes, a file takes its
+		// name), then a temporary written and removed.
+		if err := os.Rename(filepath.Join(staging, "d/state.tmp"), filepath.Join(staging, "state")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(staging, "d")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.pass(staging); err != nil {
+			return err
+		}
+		put("scratch", fill(2<<20, 2))
+		if _, err := s.pass(staging); err != nil {
+			return err
+		}
+		if err := os.Remove(filepath.Join(staging, "scratch")); err != nil {
+			t.Fatal(err)
+		}
+		put("d", fill(2<<20, 3))
+		if _, err := s.pass(staging); err != nil {
+			return err
+		}
+		if err := s.ended(); err != nil {
+			return err
+		}
+		if _, err := sealStaging(staging, Manifest{TaskID: "x", Epoch: 3, Mode: ModeStop, CreatedAt: time.Unix(5, 0).UTC()}); err != nil {
+			t.Fatal(err)
+		}
+		if err := commitDir(staging, src); err != nil {
+			t.Fatal(err)
+		}
+		return s.finish(src)
+	})
+	if se != nil || re != nil {
+		t.Fatalf("send %v, receive %v", se, re)
+	}
+	sameTree(t, src, dst)
 }
 
 // A real job that rewrites its header after its body, shrinks a file,
@@ -389,6 +476,8 @@ func FuzzLiveFrames(f *testing.F) {
 	f.Add(append(append([]byte("M\x00\x00\x00"), byte(len(m))), append([]byte(m), "D\x00\x01a\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x02zzE"...)...))
 	f.Add(append(append([]byte("M\x00\x00\x00"), byte(len(m))), append([]byte(m), "P\x00\x01a\x00\x00\x01\xedE"...)...))
 	f.Add([]byte("A\x00\x00\x00\x0einsufficient x"))
+	f.Add(append(append([]byte("D\x00\x03b/c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02hiR\x00\x03b/cM\x00\x00\x00"), byte(len(m))), append([]byte(m), 'E')...))
+	f.Add([]byte("R\x00\x01a"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		dir := t.TempDir()
 		root, err := os.OpenRoot(dir)
