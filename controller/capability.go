@@ -68,6 +68,62 @@ type eligibility struct {
 	// old: online nodes with the qemu driver and a QEMU older than 9.0,
 	// with their version, for the events.
 	old []string
+	// spec[t], when set, is the nodes task t's job constraints allow
+	// (pinned, fence, ban; see restrict); nil: any.
+	spec [][]bool
+}
+
+// restrict narrows the filtered (VM) tasks to the nodes their jobs'
+// constraints allow (pinned, fence, ban): a guest pinned to a node that
+// would refuse it has nowhere to go, like one no node can take, rather
+// than be wanted running where the planner may not put it (which fails
+// the whole plan).
+func (e *eligibility) restrict(cons []cluster.Constraint, nN int) {
+	row := func(t int) []bool {
+		if e.spec == nil {
+			e.spec = make([][]bool, len(e.class))
+		}
+		if e.spec[t] == nil {
+			e.spec[t] = make([]bool, nN)
+			for n := range e.spec[t] {
+				e.spec[t][n] = true
+			}
+		}
+		return e.spec[t]
+	}
+	for _, c := range cons {
+		switch c := c.(type) {
+		case cluster.Fence:
+			in := make([]bool, nN)
+			for _, n := range c.Nodes {
+				in[n] = true
+			}
+			for _, t := range c.Tasks {
+				if e.class[t] == anyNode {
+					continue
+				}
+				r := row(t)
+				for n := range r {
+					r[n] = r[n] && in[n]
+				}
+			}
+		case cluster.Ban:
+			for _, t := range c.Tasks {
+				if e.class[t] == anyNode {
+					continue
+				}
+				r := row(t)
+				for _, n := range c.Nodes {
+					r[n] = false
+				}
+			}
+		}
+	}
+}
+
+// allowed reports whether task t's job constraints allow node n.
+func (e *eligibility) allowed(t, n int) bool {
+	return e.spec == nil || e.spec[t] == nil || e.spec[t][n]
 }
 
 // newEligibility computes the filter for a snapshot's model; vms are its
@@ -133,7 +189,7 @@ func newEligibility(m *cluster.Model, vms map[int]store.RAMTail, nodes NodeRepor
 // ok reports whether node n can take task t.
 func (e *eligibility) ok(t, n int) bool {
 	c := e.class[t]
-	return c == anyNode || e.nodes[c][n] || e.own[t] == n
+	return c == anyNode || e.nodes[c][n] && e.allowed(t, n) || e.own[t] == n
 }
 
 // constraints are continuous fences holding each filtered task to the
@@ -180,13 +236,24 @@ func (e *eligibility) stranded(m *cluster.Model, draining map[int]bool) map[int]
 	}
 	var out map[int]string
 	for t, c := range e.class {
-		if c == anyNode || room[c] || usable(e.own[t]) {
+		if c == anyNode || usable(e.own[t]) {
 			continue
+		}
+		why := e.why(c)
+		if room[c] {
+			fits := false
+			for n := range m.Nodes {
+				fits = fits || usable(n) && e.nodes[c][n] && e.allowed(t, n)
+			}
+			if fits {
+				continue
+			}
+			why = "its job's constraints (pinned, fence, ban) allow no online node that is not draining and can take it" + e.heard()
 		}
 		if out == nil {
 			out = map[int]string{}
 		}
-		out[t] = e.why(c)
+		out[t] = why
 	}
 	return out
 }
@@ -203,8 +270,13 @@ func (e *eligibility) why(c int) string {
 			s += " (" + strings.Join(e.old, ", ") + ")"
 		}
 	}
+	return s + e.heard()
+}
+
+// heard names the online nodes not heard from yet, for the reasons.
+func (e *eligibility) heard() string {
 	if len(e.unheard) > 0 {
-		s += fmt.Sprintf("; not heard from yet: %s", strings.Join(e.unheard, ", "))
+		return fmt.Sprintf("; not heard from yet: %s", strings.Join(e.unheard, ", "))
 	}
-	return s
+	return ""
 }

@@ -71,6 +71,7 @@ type Controller struct {
 	st      *store.Store
 	events  *Events
 	metrics *Metrics
+	// started is when the loop last started leading (written under mu).
 	started time.Time
 
 	mu      sync.Mutex
@@ -261,19 +262,24 @@ func (c *Controller) ObserveEncoded(ctx context.Context, hb Heartbeat, rawTasks 
 // setInfo records a node's report in its observation (c.mu held), noting
 // when what it can run changed (or is heard for the first time).
 func (c *Controller) setInfo(o *observation, info api.NodeInfo) {
-	if o.at.IsZero() || o.info.QEMUVersion != info.QEMUVersion || !slices.Equal(o.info.Drivers, info.Drivers) {
+	if o.at.Before(c.started) || o.info.QEMUVersion != info.QEMUVersion || !slices.Equal(o.info.Drivers, info.Drivers) {
 		c.capsGen++
 	}
 	o.info = info
 }
 
-// nodeReports returns what each node heard from reported last.
+// nodeReports returns what each node heard from since the loop started
+// leading reported last. A report from before (an earlier leadership, or
+// pushed to this server while it followed) does not count: the node may
+// have been upgraded, downgraded or lost meanwhile.
 func (c *Controller) nodeReports() NodeReports {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := make(NodeReports, len(c.obs))
 	for n, o := range c.obs {
-		r[n] = o.info
+		if !o.at.Before(c.started) {
+			r[n] = o.info
+		}
 	}
 	return r
 }
@@ -386,7 +392,12 @@ func (c *Controller) Run(ctx context.Context) error {
 		if !leading {
 			c.log.Info("leading: the loop runs")
 			leading = true
+			c.mu.Lock()
 			c.started = c.cfg.Now()
+			// Reports from before count no longer (nodeReports): an idle
+			// round decided on them is over.
+			c.capsGen++
+			c.mu.Unlock()
 		}
 		c.step(ctx)
 	}

@@ -132,6 +132,7 @@ func BuildSnapshot(st *store.State, now int64, nodes NodeReports) *Snapshot {
 	snap.View = &policy.View{Model: m, Jobs: jobs, Draining: draining, Now: now, Durations: Durations}
 	if nodes != nil {
 		e := newEligibility(m, vms, nodes)
+		e.restrict(snap.jobConstraints, len(m.Nodes))
 		snap.eligible, snap.View.Eligible = e, e.ok
 		if len(vms) > 0 {
 			snap.Unheard = e.unheard
