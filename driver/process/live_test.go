@@ -71,10 +71,11 @@ func fill(n int, seed byte) []byte {
 
 // The follower's rounds are driven by hand here, so what was streamed
 // before each change is known exactly.
-func TestLiveStreamResendsWhatChangedAfterItWasSent(t *testing.T) {
-	staging := t.TempDir()
-	put := func(name string, b []byte) {
-		p := filepath.Join(staging, name)
+// putter writes files into dir, with their directories, as a job does.
+func putter(t *testing.T, dir string) func(name string, b []byte) {
+	return func(name string, b []byte) {
+		t.Helper()
+		p := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -82,6 +83,24 @@ func TestLiveStreamResendsWhatChangedAfterItWasSent(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// commitFinish seals staging and commits it at src, as the driver does
+// once the job is done, and sends the rest with s.finish.
+func commitFinish(t *testing.T, s *liveSender, staging, src string) error {
+	t.Helper()
+	if _, err := sealStaging(staging, Manifest{TaskID: "x", Epoch: 3, Mode: ModeStop, CreatedAt: time.Unix(5, 0).UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := commitDir(staging, src); err != nil {
+		t.Fatal(err)
+	}
+	return s.finish(src)
+}
+
+func TestLiveStreamResendsWhatChangedAfterItWasSent(t *testing.T) {
+	staging := t.TempDir()
+	put := putter(t, staging)
 	put("state", append(make([]byte, 4096), fill(3<<20+100, 1)...)) // header last
 	put("shrink", fill(5<<20, 2))
 	put("gone", fill(2<<20, 3))
@@ -119,13 +138,7 @@ func TestLiveStreamResendsWhatChangedAfterItWasSent(t *testing.T) {
 		}
 		put("late", fill(1<<20+7, 6))
 		os.Remove(filepath.Join(staging, DoneMarker))
-		if _, err := sealStaging(staging, Manifest{TaskID: "x", Epoch: 3, Mode: ModeStop, CreatedAt: time.Unix(5, 0).UTC()}); err != nil {
-			t.Fatal(err)
-		}
-		if err := commitDir(staging, src); err != nil {
-			t.Fatal(err)
-		}
-		return s.finish(src)
+		return commitFinish(t, s, staging, src)
 	})
 	if se != nil || re != nil {
 		t.Fatalf("send %v, receive %v", se, re)
@@ -254,14 +267,7 @@ func TestLiveStreamRoom(t *testing.T) {
 // both ends: 5 MiB renamed and 5 MiB more fit a room of 7 MiB.
 func TestLiveStreamRoomCountsOnlyWhatIsLeft(t *testing.T) {
 	staging := t.TempDir()
-	put := func(name string, b []byte) {
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(staging, name)), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(staging, name), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put := putter(t, staging)
 	put("d/state.tmp", fill(5<<20, 1))
 	src := filepath.Join(t.TempDir(), "image")
 	dst := filepath.Join(t.TempDir(), "moved")
@@ -300,13 +306,7 @@ func TestLiveStreamRoomCountsOnlyWhatIsLeft(t *testing.T) {
 		if err := s.ended(); err != nil {
 			return err
 		}
-		if _, err := sealStaging(staging, Manifest{TaskID: "x", Epoch: 3, Mode: ModeStop, CreatedAt: time.Unix(5, 0).UTC()}); err != nil {
-			t.Fatal(err)
-		}
-		if err := commitDir(staging, src); err != nil {
-			t.Fatal(err)
-		}
-		return s.finish(src)
+		return commitFinish(t, s, staging, src)
 	})
 	if se != nil || re != nil {
 		t.Fatalf("send %v, receive %v", se, re)
