@@ -103,6 +103,11 @@ func Upgrade(ctx context.Context, tc *tls.Config, addr string, req *http.Request
 		defer conn.Close()
 		return nil, nil, refused(resp)
 	}
+	// The connection is the caller's only if ctx did not close it first.
+	if !stop() {
+		conn.Close()
+		return nil, nil, fmt.Errorf("%s %s: %w", addr, proto, ctx.Err())
+	}
 	conn.SetDeadline(time.Time{})
 	return Hijacked(conn, br), resp.Header, nil
 }
