@@ -44,7 +44,8 @@ import (
 //
 // While the job writes, the sender follows the files growing in staging/
 // and sends each complete block (liveBlock bytes, aligned) once, keeping
-// the block's length and CRC-32C (of the bytes it read and sent). A job may
+// the block's length and 64-bit sum (maphash under the stream's random
+// seed) of the bytes it read and sent. A job may
 // rewrite, truncate, remove or rename what it wrote, so once the driver has
 // committed the checkpoint the sender sends its manifest and re-reads every
 // committed file (the page cache), block by block: a block whose length
