@@ -228,27 +228,23 @@ func (e *eligibility) constraints() []cluster.Constraint {
 // and not draining), why; a task running on a usable node is not stranded.
 func (e *eligibility) stranded(m *cluster.Model, draining map[int]bool) map[int]string {
 	usable := func(n int) bool { return n >= 0 && m.Nodes[n].State == cluster.NodeOnline && !draining[n] }
-	var room [2]bool // some usable node takes the class
-	for n := range m.Nodes {
-		for c := range room {
-			room[c] = room[c] || usable(n) && e.nodes[c][n]
-		}
-	}
 	var out map[int]string
 	for t, c := range e.class {
 		if c == anyNode || usable(e.own[t]) {
 			continue
 		}
+		room, fits := false, false // some usable node takes the class; one the job allows
+		for n := range m.Nodes {
+			if usable(n) && e.nodes[c][n] {
+				room, fits = true, fits || e.allowed(t, n)
+			}
+		}
+		if fits {
+			continue
+		}
 		why := e.why(c)
-		if room[c] {
-			fits := false
-			for n := range m.Nodes {
-				fits = fits || usable(n) && e.nodes[c][n] && e.allowed(t, n)
-			}
-			if fits {
-				continue
-			}
-			why = "its job's constraints (pinned, fence, ban) allow no online node that is not draining and can take it" + e.heard()
+		if room {
+			why = "its job's constraints (pinned, fence, ban) allow no online node that is not draining and can take it" + e.notHeard()
 		}
 		if out == nil {
 			out = map[int]string{}
@@ -270,11 +266,11 @@ func (e *eligibility) why(c int) string {
 			s += " (" + strings.Join(e.old, ", ") + ")"
 		}
 	}
-	return s + e.heard()
+	return s + e.notHeard()
 }
 
-// heard names the online nodes not heard from yet, for the reasons.
-func (e *eligibility) heard() string {
+// notHeard names the online nodes not heard from yet, for the reasons.
+func (e *eligibility) notHeard() string {
 	if len(e.unheard) > 0 {
 		return fmt.Sprintf("; not heard from yet: %s", strings.Join(e.unheard, ", "))
 	}

@@ -1,8 +1,6 @@
 package controller
 
 import (
-	"context"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -16,16 +14,7 @@ import (
 // Until it reports again it is not heard from (so the loop waits for it
 // before planning VMs, and no VM goes to it on its old QEMU version).
 func TestReportsFromBeforeLeadingAreNotHeard(t *testing.T) {
-	st, err := store.Open(store.Config{ID: "s1", DataDir: filepath.Join(t.TempDir(), "s1"), RaftAddr: "127.0.0.1:0", Bootstrap: true, Fast: true, Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	cx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := st.WaitLeader(cx); err != nil {
-		t.Fatal(err)
-	}
+	st, cx := leaderStore(t)
 	if r, err := st.Apply(cx, store.Command{RegisterNode: &store.RegisterNode{Name: "n1", Capacity: store.Resources{CPUMilli: 4000, MemoryBytes: 8 << 30}}}); err != nil || r.Err != nil {
 		t.Fatal(err, r.Err)
 	}

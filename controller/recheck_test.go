@@ -11,6 +11,23 @@ import (
 	"github.com/ferrycluster/ferry/store"
 )
 
+// leaderStore opens a one-server store in a temporary directory and waits
+// until it leads; the context (30 s) ends and the store closes with the test.
+func leaderStore(t *testing.T) (*store.Store, context.Context) {
+	t.Helper()
+	st, err := store.Open(store.Config{ID: "s1", DataDir: filepath.Join(t.TempDir(), "s1"), RaftAddr: "127.0.0.1:0", Bootstrap: true, Fast: true, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := st.WaitLeader(cx); err != nil {
+		t.Fatal(err)
+	}
+	return st, cx
+}
+
 // recheckPolicy keeps every task as it is and, at its first decision, asks
 // to decide again `after` seconds later; it reports the View.Now of each
 // decision.
@@ -65,16 +82,7 @@ func (f *fakeClock) advance(d time.Duration) {
 // though nothing else happens: no store change, no event, and a period far
 // longer than the test.
 func TestLoopWakesAtThePolicysRecheck(t *testing.T) {
-	st, err := store.Open(store.Config{ID: "s1", DataDir: filepath.Join(t.TempDir(), "s1"), RaftAddr: "127.0.0.1:0", Bootstrap: true, Fast: true, Logger: quietLog()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	cx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := st.WaitLeader(cx); err != nil {
-		t.Fatal(err)
-	}
+	st, cx := leaderStore(t)
 	for _, c := range []store.Command{
 		{RegisterNode: &store.RegisterNode{Name: "n1", Capacity: store.Resources{CPUMilli: 1000, MemoryBytes: 1 << 30}}},
 		{SubmitJob: &store.SubmitJob{Job: store.Job{Name: "j"}, Tasks: []store.Task{{Name: "j.t.0", Driver: "process", Demand: store.Resources{CPUMilli: 500}}}}},

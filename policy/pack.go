@@ -110,9 +110,22 @@ func (p *Packer) put(t, n int, sign int64) {
 	for r, d := range p.m.Tasks[t].Demand {
 		f[r] -= sign * d
 	}
+	p.recount(n)
+}
+
+// lend adds x of resource r to node n's free capacity (x < 0 takes it
+// back) without a task: a policy counting a running task's share as free
+// ahead of its end. The Slots cache follows.
+func (p *Packer) lend(n, r int, x int64) {
+	p.free[n][r] += x
+	p.recount(n)
+}
+
+// recount updates the Slots cache after node n's free capacity changed.
+func (p *Packer) recount(n int) {
 	for i := range p.slots {
 		c := &p.slots[i]
-		k := nodeSlots(f, c.demand[:c.n])
+		k := nodeSlots(p.free[n], c.demand[:c.n])
 		c.total += k - c.per[n]
 		c.per[n] = k
 	}

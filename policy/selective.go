@@ -364,7 +364,7 @@ func anticipate(v *View, p *Packer, phase []Phase, soft int) (int64, int64) {
 		}
 		for _, t := range j.Tasks {
 			if n := p.Placement[t]; n >= 0 {
-				p.free[n][soft] += m.Tasks[t].Demand[soft]
+				p.lend(n, soft, m.Tasks[t].Demand[soft])
 			}
 		}
 	}
@@ -614,7 +614,7 @@ func prepare(v *View, p *Packer, phase []Phase, idle, running []int, soft int, w
 		}
 		for _, t := range j.Tasks {
 			if n := p.Placement[t]; n >= 0 && m.Tasks[t].Demand[soft] > 0 {
-				p.free[n][soft] += m.Tasks[t].Demand[soft]
+				p.lend(n, soft, m.Tasks[t].Demand[soft])
 				back = append(back, t)
 			}
 		}
@@ -649,7 +649,7 @@ func prepare(v *View, p *Packer, phase []Phase, idle, running []int, soft int, w
 		p.Release(t)
 	}
 	for _, t := range back {
-		p.free[p.Placement[t]][soft] -= m.Tasks[t].Demand[soft]
+		p.lend(p.Placement[t], soft, -m.Tasks[t].Demand[soft])
 	}
 }
 
