@@ -45,13 +45,15 @@ type Problem struct {
 	Durations cluster.DurationModel
 }
 
-// Options control a Solve call. Time and randomness are inputs: the same
-// problem, options and seed give the same plan unless the Timeout cut the
-// search short (then the best plan found so far is returned).
+// Options control a Solve call. Time is an input: the same problem and
+// options give the same plan unless the Timeout cut the search short (then
+// the best plan found so far is returned).
 type Options struct {
 	// Timeout bounds the search; 0 means no bound.
 	Timeout time.Duration
-	// Seed for any randomised choice.
+	// Seed is reserved for randomised choices; today's search makes none,
+	// so it has no effect (kept so that callers and `ferry plan --seed`
+	// need not change when one is added).
 	Seed int64
 	// Now reads the clock to enforce Timeout; nil means time.Now. Tests and
 	// the simulator pass a virtual clock.

@@ -62,7 +62,7 @@ plan breaks a rule (each violation is printed).`,
 	}
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 30*time.Second, "bound on the search; the best plan found by then is returned")
 	cmd.Flags().StringVar(&f.objective, "objective", "", "mttr or migrations (default: the instance's objective, else mttr)")
-	cmd.Flags().Int64Var(&f.seed, "seed", 0, "seed for the planner's randomised choices")
+	cmd.Flags().Int64Var(&f.seed, "seed", 0, "reserved: the planner makes no randomised choice today, so the seed has no effect")
 	cmd.Flags().StringVarP(&f.output, "output", "o", "", "write the plan to this file (atomically) instead of stdout")
 	cmd.Flags().BoolVar(&f.explain, "explain", false, "print a readable summary of the plan")
 	cmd.Flags().StringVar(&f.check, "check", "", "verify this ReconfigurationPlan against the instance instead of solving")
