@@ -268,8 +268,8 @@ func (s *Store) located(id ID) bool {
 
 // getLocated reads id from a blob, verified. found is false when no
 // location holds it; bad counts the locations that no longer did (they
-// are forgotten).
-func (s *Store) getLocated(id ID, dst []byte) (data []byte, found bool, bad int, err error) {
+// are forgotten). An unreadable location is a miss, logged.
+func (s *Store) getLocated(id ID, dst []byte) (data []byte, found bool, bad int) {
 	s.mu.Lock()
 	ls := append([]loc(nil), s.where[id]...)
 	s.mu.Unlock()
@@ -280,7 +280,7 @@ func (s *Store) getLocated(id ID, dst []byte) (data []byte, found bool, bad int,
 		d := dst[:l.n]
 		rerr := l.b.readAt(s, d, l.off)
 		if rerr == nil && Sum(d) == id {
-			return d, true, bad, nil
+			return d, true, bad
 		}
 		if rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && !errors.Is(rerr, io.ErrUnexpectedEOF) {
 			// This node's trouble (EMFILE, EIO, EACCES), not a range
@@ -305,7 +305,7 @@ func (s *Store) getLocated(id ID, dst []byte) (data []byte, found bool, bad int,
 		}
 		s.mu.Unlock()
 	}
-	return nil, false, bad, nil
+	return nil, false, bad
 }
 
 func (b *blob) readAt(s *Store, d []byte, off int64) error {
@@ -537,8 +537,8 @@ func (p *packWriter) add(d []byte) (int64, error) {
 	return off, nil
 }
 
-// finish flushes and closes the pack (made durable by the syncfs before
-// its table is written).
+// finish flushes and closes the pack (pinLocked's syncNewBlobs fsyncs it
+// before its table is written).
 func (p *packWriter) finish() error {
 	err := p.w.Flush()
 	if cerr := p.f.Close(); err == nil {
@@ -624,7 +624,7 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 			continue
 		}
 		if had {
-			continue // pinWith finds it
+			continue // pinLocked finds it
 		}
 		if cap(buf) < int(e.Length) {
 			buf = make([]byte, e.Length)

@@ -284,7 +284,7 @@ func (s *Store) Get(id ID, dst []byte) ([]byte, error) {
 	if err == nil || !(errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt)) {
 		return data, err
 	}
-	d, found, bad, _ := s.getLocated(id, dst)
+	d, found, bad := s.getLocated(id, dst)
 	switch {
 	case found:
 		return d, nil

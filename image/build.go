@@ -38,6 +38,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/ferrycluster/ferry/internal/linktree"
 )
 
 // BuilderVersion is part of every image's identity: bump it when the
@@ -208,7 +210,7 @@ func (s *Store) Build(ctx context.Context, spec Spec, base string) (Image, error
 	}
 	defer os.RemoveAll(tmp)
 
-	if err := copyFile(n.Kernel, filepath.Join(tmp, "vmlinuz")); err != nil {
+	if err := linktree.CopyFile(n.Kernel, filepath.Join(tmp, "vmlinuz"), true); err != nil {
 		return Image{}, fmt.Errorf("image: copy kernel: %w", err)
 	}
 	initrd, err := buildInitramfs(ctx, n, inputs[1:])
@@ -348,27 +350,6 @@ func busyboxApplets(ctx context.Context, bin string) ([]string, error) {
 	}
 	sort.Strings(applets)
 	return applets, nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func writeSync(p string, data []byte) error {

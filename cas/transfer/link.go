@@ -20,7 +20,7 @@ func (r *treeReader) linkInto(st *cas.Store) *cas.Linked {
 	for k, i := range r.idx {
 		e := r.t.Entries[i]
 		if r.files != nil {
-			l.Add(r.files[k], e.Size) // unlinked: copied by the keep
+			l.Add(r.files[k], e.Size) // by descriptor; a removed file is copied by the keep
 			continue
 		}
 		var f *os.File

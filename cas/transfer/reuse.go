@@ -27,7 +27,6 @@ import (
 // differs undoes it: the checked prefix is copied into a new staging file
 // (copy_file_range) and the rest is received as usual. So an unchanged
 // gigabyte costs a read and a hash, not a copy and its writeback.
-
 //
 // Only a blob of the same pin is linked (the task's own earlier image,
 // cas.Store.FileBlob): a checkpoint never shares an inode with another

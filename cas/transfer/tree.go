@@ -1124,8 +1124,6 @@ func (o *treeOrder) complete() error {
 }
 
 // receiveSegs receives the pieces of a tree (MODE index) into the files
-// under root and returns the index of the whole transfer.
-// receiveSegs receives the pieces of a tree (MODE index) into the files
 // under root; pin names the task's image in the store, whose files may be
 // linked in place (reuse.go). It returns the tree's index and the stamps
 // of the files that stayed linked.

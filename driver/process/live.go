@@ -732,21 +732,29 @@ func readLen32(r io.Reader, limit uint32) ([]byte, error) {
 	return b, nil
 }
 
-// data reads one 'D' frame and writes its bytes in place.
-func (rx *liveReceiver) data(r *bufio.Reader) error {
+// readPath16 reads the u16(len) path that starts a 'D', 'R' or 'P' frame.
+func readPath16(r io.Reader) (string, error) {
 	var lb [2]byte
 	if _, err := io.ReadFull(r, lb[:]); err != nil {
-		return fmt.Errorf("live stream: data: %w", noEOF(err))
+		return "", err
 	}
 	pb := make([]byte, binary.BigEndian.Uint16(lb[:]))
-	var hb [12]byte
 	if _, err := io.ReadFull(r, pb); err != nil {
+		return "", err
+	}
+	return string(pb), nil
+}
+
+// data reads one 'D' frame and writes its bytes in place.
+func (rx *liveReceiver) data(r *bufio.Reader) error {
+	rel, err := readPath16(r)
+	var hb [12]byte
+	if err == nil {
+		_, err = io.ReadFull(r, hb[:])
+	}
+	if err != nil {
 		return fmt.Errorf("live stream: data: %w", noEOF(err))
 	}
-	if _, err := io.ReadFull(r, hb[:]); err != nil {
-		return fmt.Errorf("live stream: data: %w", noEOF(err))
-	}
-	rel := string(pb)
 	off := binary.BigEndian.Uint64(hb[:8])
 	n := int64(binary.BigEndian.Uint32(hb[8:]))
 	if err := checkRelPath(rel); err != nil {
@@ -768,10 +776,11 @@ func (rx *liveReceiver) data(r *bufio.Reader) error {
 	lf := rx.files[rel]
 	if lf == nil {
 		// Only before the manifest: after it every listed file has one.
-		if c := int64(len(rel)) + liveEntryCost; rx.names+c > maxHeader {
+		c := int64(len(rel)) + liveEntryCost
+		if rx.names+c > maxHeader {
 			return fmt.Errorf("live stream: data for %s: the %d files sent before the manifest could not all be listed in one (names over %d bytes)", rel, len(rx.files)+1, maxHeader)
 		}
-		rx.names += int64(len(rel)) + liveEntryCost
+		rx.names += c
 		lf = &rxLiveFile{}
 		rx.files[rel] = lf
 	}
@@ -807,15 +816,10 @@ func (rx *liveReceiver) data(r *bufio.Reader) error {
 // remove reads one 'R' frame: a file sent before the manifest is gone at
 // the sender; it is dropped here with its room and its entry.
 func (rx *liveReceiver) remove(r *bufio.Reader) error {
-	var lb [2]byte
-	if _, err := io.ReadFull(r, lb[:]); err != nil {
+	rel, err := readPath16(r)
+	if err != nil {
 		return fmt.Errorf("live stream: removal: %w", noEOF(err))
 	}
-	pb := make([]byte, binary.BigEndian.Uint16(lb[:]))
-	if _, err := io.ReadFull(r, pb); err != nil {
-		return fmt.Errorf("live stream: removal: %w", noEOF(err))
-	}
-	rel := string(pb)
 	lf := rx.files[rel]
 	if rx.m != nil || lf == nil {
 		return fmt.Errorf("live stream: removal of %q: want a file sent before the manifest", rel)
@@ -846,15 +850,15 @@ func (rx *liveReceiver) drop(rel string) error {
 
 // mode reads one 'P' frame and sets a listed file's permission bits.
 func (rx *liveReceiver) mode(r *bufio.Reader) error {
-	var lb [2]byte
-	if _, err := io.ReadFull(r, lb[:]); err != nil {
+	rel, err := readPath16(r)
+	var pb [4]byte
+	if err == nil {
+		_, err = io.ReadFull(r, pb[:])
+	}
+	if err != nil {
 		return fmt.Errorf("live stream: mode: %w", noEOF(err))
 	}
-	b := make([]byte, int(binary.BigEndian.Uint16(lb[:]))+4)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return fmt.Errorf("live stream: mode: %w", noEOF(err))
-	}
-	rel, perm := string(b[:len(b)-4]), binary.BigEndian.Uint32(b[len(b)-4:])
+	perm := binary.BigEndian.Uint32(pb[:])
 	if _, ok := rx.sizes[rel]; !ok || perm&^0o777 != 0 {
 		return fmt.Errorf("live stream: mode %#o for %q: want permission bits of a file the manifest lists", perm, rel)
 	}

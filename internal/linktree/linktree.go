@@ -3,7 +3,7 @@
 // on one filesystem (the agent's and its drivers' data directories, as
 // `ferry agent` sets them up), and the source may be removed meanwhile.
 // Shared by the process driver (restore directories) and the agent
-// (replica snapshots).
+// (replica snapshots); CopyFile also by the image builder.
 package linktree
 
 import (
