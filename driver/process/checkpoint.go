@@ -245,11 +245,9 @@ func copyTree(src, dst string, sync bool) error {
 		if !d.Type().IsRegular() {
 			return fmt.Errorf("%s: not a regular file", rel)
 		}
-		return copyFile(p, target, sync)
+		return linktree.CopyFile(p, target, sync)
 	})
 }
-
-var copyFile = linktree.CopyFile
 
 // linkTree makes dst a copy of src by hard links where it can (same
 // filesystem), so a restore directory costs no bytes; copies otherwise.
