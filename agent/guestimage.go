@@ -147,7 +147,7 @@ func (a *Agent) fetchGuestImage(ctx context.Context, addr, id, dir string) error
 	defer conn.Close()
 	a.track(conn)
 	defer a.untrack(conn)
-	staging := filepath.Join(a.cfg.DataDir, "run", "cas-staging")
+	staging := a.stagingDir()
 	if err := os.MkdirAll(staging, 0o700); err != nil {
 		return err
 	}

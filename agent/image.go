@@ -455,7 +455,7 @@ func (a *Agent) receiveDir(ctx context.Context, conn net.Conn, peerAddr, what, i
 	if err := a.checkRoom(what, id, size, a.receiveCopies()); err != nil {
 		return err
 	}
-	staging := filepath.Join(a.cfg.DataDir, "run", "cas-staging")
+	staging := a.stagingDir()
 	if err := os.MkdirAll(staging, 0o700); err != nil {
 		return err
 	}

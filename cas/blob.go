@@ -240,10 +240,15 @@ func (s *Store) sweepBlobsLocked(cutoff time.Time) (int, int64) {
 
 // pruneLocked drops id's locations into removed blobs.
 func (s *Store) pruneLocked(id ID) {
+	s.keepLocsLocked(id, func(l loc) bool { return !l.b.gone })
+}
+
+// keepLocsLocked keeps only id's locations that keep accepts (s.mu held).
+func (s *Store) keepLocsLocked(id ID, keep func(loc) bool) {
 	ls := s.where[id]
 	k := ls[:0]
 	for _, l := range ls {
-		if !l.b.gone {
+		if keep(l) {
 			k = append(k, l)
 		}
 	}
@@ -258,12 +263,19 @@ func (s *Store) pruneLocked(id ID) {
 func (s *Store) located(id ID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	_, ok := s.liveLocLocked(id)
+	return ok
+}
+
+// liveLocLocked returns id's first location in a blob not removed (s.mu
+// held); ok is false when there is none.
+func (s *Store) liveLocLocked(id ID) (loc, bool) {
 	for _, l := range s.where[id] {
 		if !l.b.gone {
-			return true
+			return l, true
 		}
 	}
-	return false
+	return loc{}, false
 }
 
 // getLocated reads id from a blob, verified. found is false when no
@@ -291,18 +303,7 @@ func (s *Store) getLocated(id ID, dst []byte) (data []byte, found bool, bad int)
 		bad++
 		s.log.Warn("chunk location no longer holds it; forgotten", "chunk", id.String(), "blob", l.b.name, "offset", l.off, "err", rerr)
 		s.mu.Lock()
-		ls2 := s.where[id]
-		k := ls2[:0]
-		for _, m := range ls2 {
-			if m != l {
-				k = append(k, m)
-			}
-		}
-		if len(k) == 0 {
-			delete(s.where, id)
-		} else {
-			s.where[id] = k
-		}
+		s.keepLocsLocked(id, func(m loc) bool { return m != l })
 		s.mu.Unlock()
 	}
 	return nil, false, bad

@@ -418,16 +418,10 @@ func (s *Store) pinLocked(name string, x *Index, t *locTable) error {
 			files = true
 			continue
 		}
-		var l loc
 		s.mu.Lock()
-		for _, c := range s.where[e.ID] {
-			if !c.b.gone {
-				l = c
-				break
-			}
-		}
+		l, ok := s.liveLocLocked(e.ID)
 		s.mu.Unlock()
-		if l.b == nil {
+		if !ok {
 			return fmt.Errorf("%w: pin %q: entry %d: chunk %s not in store", ErrNotFound, name, i, e.ID.Short())
 		}
 		k, ok := bi[l.b.name]

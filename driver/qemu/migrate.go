@@ -191,12 +191,7 @@ func (d *Driver) WarmUp(ctx context.Context, id string) error {
 // migration got past its setup (QEMU announced "active": the sync is done)
 // and QEMU's last answer about it.
 func (t *task) warm(ctx context.Context) (bool, migrateInfo, error) {
-	caps := []map[string]any{
-		{"capability": "events", "state": true},
-		{"capability": "auto-converge", "state": false},
-		{"capability": "postcopy-ram", "state": false},
-	}
-	if err := t.execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+	if err := t.setCapabilities(ctx, driver.MigrationOptions{}); err != nil {
 		return false, migrateInfo{}, err
 	}
 	// setMigration sets it again for a real migration.
@@ -253,7 +248,6 @@ func (t *task) warm(ctx context.Context) (bool, migrateInfo, error) {
 	}
 }
 
-// waitWarm waits until no warm-up migration of t is in flight.
 // listenIncoming has a QEMU started with -incoming defer take its state
 // from uri, with MIGRATION events on so waitIncoming hears the state is in
 // without waiting for its next poll.
@@ -265,6 +259,7 @@ func (t *task) listenIncoming(ctx context.Context, uri string) error {
 	return t.execute(ctx, "migrate-incoming", map[string]any{"uri": uri}, nil)
 }
 
+// waitWarm waits until no warm-up migration of t is in flight.
 func (t *task) waitWarm(ctx context.Context) error {
 	t.mu.Lock()
 	w := t.warming
@@ -286,12 +281,7 @@ func (t *task) setMigration(ctx context.Context, opts driver.MigrationOptions) e
 	if err := t.waitWarm(ctx); err != nil {
 		return err
 	}
-	caps := []map[string]any{
-		{"capability": "events", "state": true},
-		{"capability": "auto-converge", "state": opts.AutoConverge},
-		{"capability": "postcopy-ram", "state": opts.PostCopy},
-	}
-	if err := t.execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+	if err := t.setCapabilities(ctx, opts); err != nil {
 		return err
 	}
 	bw := opts.Bandwidth
@@ -307,6 +297,18 @@ func (t *task) setMigration(ctx context.Context, opts driver.MigrationOptions) e
 	}
 	params := map[string]any{"max-bandwidth": bw, "downtime-limit": ms}
 	return t.execute(ctx, "migrate-set-parameters", params, nil)
+}
+
+// setCapabilities sets the capabilities of an outgoing migration (a warm-up
+// runs with opts' zero value): MIGRATION events on, and opts'
+// auto-converge and post-copy.
+func (t *task) setCapabilities(ctx context.Context, opts driver.MigrationOptions) error {
+	caps := []map[string]any{
+		{"capability": "events", "state": true},
+		{"capability": "auto-converge", "state": opts.AutoConverge},
+		{"capability": "postcopy-ram", "state": opts.PostCopy},
+	}
+	return t.execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": caps}, nil)
 }
 
 // runMigration starts a migration to uri and polls it until it ends. On
