@@ -1,12 +1,9 @@
 package controller
 
 import (
-	"context"
 	"strings"
 	"testing"
 
-	"github.com/ferrycluster/ferry/plan"
-	"github.com/ferrycluster/ferry/plan/verify"
 	"github.com/ferrycluster/ferry/store"
 )
 
@@ -31,17 +28,7 @@ func TestGuestPinnedToANodeThatRefusesItIsStranded(t *testing.T) {
 			t.Errorf("vm.t.0 eligible on %s", m.Nodes[n].Name)
 		}
 	}
-	prob, err := snap.Problem(Priority{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := plan.Solve(context.Background(), prob, plan.Options{Seed: 1})
-	if err != nil {
-		t.Fatalf("solve: %v (one pinned guest failed the whole plan)", err)
-	}
-	if err := verify.Check(prob, p); err != nil {
-		t.Fatal(err)
-	}
+	prob, p := solveChecked(t, snap) // one pinned guest must not fail the whole plan
 	if got := where(prob, p, "vm.t.0"); got != "" {
 		t.Errorf("vm.t.0 ends running on %s", got)
 	}

@@ -69,7 +69,13 @@ func capState(tasks map[string]capTask) (*store.State, NodeReports) {
 // verifies the plan.
 func solveChecked(t *testing.T, snap *Snapshot) (*plan.Problem, *plan.Plan) {
 	t.Helper()
-	prob, err := snap.Problem(Priority{})
+	return solveWith(t, snap, Priority{})
+}
+
+// solveWith solves the snapshot's problem with pol and verifies the plan.
+func solveWith(t *testing.T, snap *Snapshot, pol policy.Policy) (*plan.Problem, *plan.Plan) {
+	t.Helper()
+	prob, err := snap.Problem(pol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,17 +278,7 @@ func TestStrandedJobSleepsWhateverThePolicy(t *testing.T) {
 	if _, ok := snap.Stranded["vm.t.0"]; !ok || len(snap.Stranded) != 1 {
 		t.Fatalf("stranded %v, want vm.t.0 only (new boots on n2)", snap.Stranded)
 	}
-	prob, err := snap.Problem(runAll{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := plan.Solve(context.Background(), prob, plan.Options{Seed: 1})
-	if err != nil {
-		t.Fatalf("solve: %v", err)
-	}
-	if err := verify.Check(prob, p); err != nil {
-		t.Fatal(err)
-	}
+	prob, p := solveWith(t, snap, runAll{})
 	for task, node := range map[string]string{"vm.t.0": "", "new.t.0": "n2", "proc.t.0": "?"} {
 		got := where(prob, p, task)
 		if node == "?" && got == "" || node != "?" && got != node {

@@ -362,13 +362,19 @@ func anticipate(v *View, p *Packer, phase []Phase, soft int) (int64, int64) {
 			}
 			continue
 		}
-		for _, t := range j.Tasks {
-			if n := p.Placement[t]; n >= 0 {
-				p.lend(n, soft, m.Tasks[t].Demand[soft])
-			}
-		}
+		lendJob(p, j, soft, 1)
 	}
 	return next, lead
+}
+
+// lendJob lends (sign 1) the soft resource of job j's placed tasks to the
+// nodes they are placed on, or takes it back (sign -1).
+func lendJob(p *Packer, j *Job, soft int, sign int64) {
+	for _, t := range j.Tasks {
+		if n, d := p.Placement[t], p.m.Tasks[t].Demand[soft]; n >= 0 && d > 0 {
+			p.lend(n, soft, sign*d)
+		}
+	}
 }
 
 // unknownTasks marks the tasks of the jobs that never ran (never started,
@@ -601,8 +607,8 @@ func prepare(v *View, p *Packer, phase []Phase, idle, running []int, soft int, w
 	if sj == nil {
 		return
 	}
-	var back []int // the tasks whose soft demand is counted as free here
-	soon := false  // a job ends within window
+	var back []*Job // the jobs whose soft demand is counted as free here
+	soon := false   // a job ends within window
 	for _, i := range running {
 		j := &v.Jobs[i]
 		if phase[i] != Active || j.Walltime <= 0 || j.Walltime > window {
@@ -612,12 +618,8 @@ func prepare(v *View, p *Packer, phase []Phase, idle, running []int, soft int, w
 		if j.Walltime <= lead {
 			continue
 		}
-		for _, t := range j.Tasks {
-			if n := p.Placement[t]; n >= 0 && m.Tasks[t].Demand[soft] > 0 {
-				p.lend(n, soft, m.Tasks[t].Demand[soft])
-				back = append(back, t)
-			}
-		}
+		lendJob(p, j, soft, 1)
+		back = append(back, j)
 	}
 	if !soon {
 		return
@@ -648,8 +650,8 @@ func prepare(v *View, p *Packer, phase []Phase, idle, running []int, soft int, w
 	for _, t := range placed {
 		p.Release(t)
 	}
-	for _, t := range back {
-		p.lend(p.Placement[t], soft, -m.Tasks[t].Demand[soft])
+	for _, j := range back {
+		lendJob(p, j, soft, -1)
 	}
 }
 

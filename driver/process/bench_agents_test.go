@@ -78,8 +78,7 @@ func benchAgentsOnce(b *testing.B, transfer string, size int64) {
 	}
 	waitLog(b, to.drv, "blob", "restored ")
 	t3 := time.Now()
-	b.StopTimer()
-	b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s")
+	stopBench(b, cpu0)
 	report(b, size, t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), plain, plainSync)
 	reportWrite(b, from.drv)
 }

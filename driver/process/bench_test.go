@@ -123,12 +123,17 @@ func benchOnce(b *testing.B, size int64) {
 	t2 := time.Now()
 	r.resumeOnB(b, inbox)
 	t3 := time.Now()
-	b.StopTimer()
-	b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s")
+	stopBench(b, cpu0)
 	_ = r.b.Stop(ctx, "blob")
 
 	report(b, size, t1.Sub(t0), t2.Sub(t1), t3.Sub(t2), r.plain, r.plainSync)
 	reportWrite(b, r.a)
+}
+
+// stopBench stops the timer and reports cpu-s: cpuTime since cpu0.
+func stopBench(b *testing.B, cpu0 time.Duration) {
+	b.StopTimer()
+	b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s")
 }
 
 // cpuTime is the CPU time this process (drivers, agents, transfers; not
@@ -277,8 +282,7 @@ func benchStreamedOnce(b *testing.B, size int64) {
 	t1 := time.Now()
 	r.resumeOnB(b, inbox)
 	t2 := time.Now()
-	b.StopTimer()
-	b.ReportMetric((cpuTime() - cpu0).Seconds(), "cpu-s")
+	stopBench(b, cpu0)
 	_ = r.b.Stop(ctx, "blob")
 	reportStreamed(b, size, t1.Sub(t0), t2.Sub(t1), r.plain, r.plainSync, st)
 	reportWrite(b, r.a)

@@ -249,10 +249,6 @@ func copyTree(src, dst string, sync bool) error {
 	})
 }
 
-// linkTree makes dst a copy of src by hard links where it can (same
-// filesystem), so a restore directory costs no bytes; copies otherwise.
-var linkTree = linktree.Tree
-
 // FreeSpace returns the bytes available to an unprivileged writer on the
 // filesystem holding path (statfs f_bavail * f_bsize).
 func FreeSpace(path string) (int64, error) {

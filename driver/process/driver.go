@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/internal/linktree"
 )
 
 // Kind is the driver kind this package implements.
@@ -373,7 +374,7 @@ func (d *Driver) create(ctx context.Context, spec driver.Spec, from string) erro
 		if m.TaskID != spec.ID {
 			return fail(fmt.Errorf("process driver: resume task %q: %w: %s holds a checkpoint of task %q", spec.ID, ErrBadImage, from, m.TaskID))
 		}
-		if err := linkTree(from, filepath.Join(dir, restoreDir)); err != nil {
+		if err := linktree.Tree(from, filepath.Join(dir, restoreDir)); err != nil {
 			return fail(fmt.Errorf("process driver: resume task %q: take checkpoint %s: %w", spec.ID, from, err))
 		}
 		t.mu.Lock()

@@ -195,6 +195,18 @@ func TestLiveStreamRoom(t *testing.T) {
 			return body(s, staging)
 		})
 	}
+	// growAndPass adds a 3 MiB file b to staging and sends a pass, aborting
+	// the stream when the pass fails.
+	growAndPass := func(t *testing.T, s *liveSender, staging string) error {
+		if err := os.WriteFile(filepath.Join(staging, "b"), fill(3<<20, 2), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := s.pass(staging)
+		if err != nil {
+			s.abort(err)
+		}
+		return err
+	}
 	t.Run("sender stops when it grows past the room", func(t *testing.T) {
 		se, re := stream(t, 5<<20, func(s *liveSender, staging string) error {
 			if s.room != 7<<20 {
@@ -203,14 +215,7 @@ func TestLiveStreamRoom(t *testing.T) {
 			if _, err := s.pass(staging); err != nil {
 				return err
 			}
-			if err := os.WriteFile(filepath.Join(staging, "b"), fill(3<<20, 2), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			_, err := s.pass(staging)
-			if err != nil {
-				s.abort(err)
-			}
-			return err
+			return growAndPass(t, s, staging)
 		})
 		if !errors.Is(se, driver.ErrInsufficient) || !errors.Is(re, driver.ErrInsufficient) || !strings.Contains(re.Error(), "aborted") {
 			t.Fatalf("send %v, receive %v; want insufficient, aborted", se, re)
@@ -225,14 +230,7 @@ func TestLiveStreamRoom(t *testing.T) {
 			if err := os.Truncate(filepath.Join(staging, "a"), 0); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(filepath.Join(staging, "b"), fill(3<<20, 2), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			_, err := s.pass(staging)
-			if err != nil {
-				s.abort(err)
-			}
-			return err
+			return growAndPass(t, s, staging)
 		})
 		if !errors.Is(se, driver.ErrInsufficient) || !errors.Is(re, driver.ErrInsufficient) || !strings.Contains(re.Error(), "aborted") {
 			t.Fatalf("send %v, receive %v; want the sender to stop first (insufficient, aborted)", se, re)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/internal/linktree"
 )
 
 // startMonitor watches the task's supervisor and handles a job that exits
@@ -109,7 +110,7 @@ func (d *Driver) selfCheckpoint(t *task, inc int) (driver.Image, bool) {
 	rd := filepath.Join(t.dir, restoreDir)
 	err = os.RemoveAll(rd)
 	if err == nil {
-		err = linkTree(dst, rd)
+		err = linktree.Tree(dst, rd)
 	}
 	if err == nil {
 		ctx, cancel := contextUntil(d.done)

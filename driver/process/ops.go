@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferrycluster/ferry/driver"
+	"github.com/ferrycluster/ferry/internal/linktree"
 )
 
 // Checkpoint implements driver.Checkpointer: checkpoint-and-continue into
@@ -201,7 +202,7 @@ func (d *Driver) checkpoint(ctx context.Context, t *task, dst, mode string, sign
 			rd := filepath.Join(t.dir, restoreDir)
 			err := os.RemoveAll(rd)
 			if err == nil {
-				err = linkTree(dst, rd)
+				err = linktree.Tree(dst, rd)
 			}
 			if err == nil {
 				err = d.spawn(ctx, t, true)
