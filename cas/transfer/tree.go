@@ -987,7 +987,8 @@ func (rc *Receiver) serveTree(ctx context.Context, r *frameReader, w *frameWrite
 	if raw {
 		err = rc.receiveData(r, root, tree, res, prog)
 	} else {
-		all, linked, err = rc.receiveSegs(ctx, r, w, root, tree, resumed, rc.pinName(h), lim, res, prog, log)
+		sr := &segReceiver{rc: rc, r: r, w: w, root: root, tree: tree, resumed: resumed, pin: rc.pinName(h), lim: lim, res: res, prog: prog, log: log}
+		all, linked, err = sr.receive(ctx)
 	}
 	if err != nil {
 		return err
@@ -1123,205 +1124,296 @@ func (o *treeOrder) complete() error {
 	return nil
 }
 
-// receiveSegs receives the pieces of a tree (MODE index) into the files
-// under root; pin names the task's image in the store, whose files may be
-// linked in place (reuse.go). It returns the tree's index and the stamps
-// of the files that stayed linked.
-func (rc *Receiver) receiveSegs(ctx context.Context, r *frameReader, w *frameWriter, root *os.Root, tree *Tree, resumed bool, pin string, lim cas.DecodeLimits, res *ReceiveResult, prog *progressor, log *slog.Logger) (*cas.Index, map[string]fileStamp, error) {
-	files := make([]*rxFile, len(tree.Entries))
-	defer func() {
-		for _, rf := range files {
-			if rf != nil && rf.f != nil {
-				rf.f.Close()
-			}
-		}
-	}()
-	order := newTreeOrder(tree)
+// segReceiver receives the pieces of a tree (MODE index) into the files
+// under root. Each SEG announces a piece of the next file (seg); the
+// file is opened at its first piece, or a file of the task's image in the
+// store linked in its place (open, reuse.go); a piece of a linked file is
+// checked against it, and the first piece that differs copies the checked
+// prefix out (reuse); the chunks the receiver lacks are asked for (want)
+// and, as RUN and CHUNK frames bring them (chunks), verified and written
+// by the pipeline; DONE ends it (commit).
+type segReceiver struct {
+	rc      *Receiver
+	r       *frameReader
+	w       *frameWriter
+	root    *os.Root
+	tree    *Tree
+	resumed bool
+	pin     string // the task's image in the store, whose files may be linked in place
+	lim     cas.DecodeLimits
+	res     *ReceiveResult
+	prog    *progressor
+	log     *slog.Logger
 
-	pl := newRxPipeline(&rxPipeline{prog: prog, wb: writeback{off: rc.NoSync}, hashers: min(2, runtime.GOMAXPROCS(0))})
-	fr := &chunkReader{r: r, pl: pl, bt: pl.get()}
-	finish := func() error {
-		err := fr.finish()
-		res.Received, res.ReceivedBytes = pl.received, pl.receivedBytes
-		return err
-	}
-	defer finish()
-	all := &cas.Index{Version: cas.IndexV2, Chunking: cas.CDC}
-	var sameBuf []byte // pieces of linked files checked (reuse.go)
-	var queue []*rxSeg
+	files   []*rxFile // by tree entry, from its first piece
+	order   *treeOrder
+	pl      *rxPipeline
+	fr      *chunkReader
+	all     *cas.Index // the tree's index, piece by piece
+	sameBuf []byte     // pieces of linked files checked (reuse.go)
+	queue   []*rxSeg   // pieces waiting for chunks, in order
+}
+
+// receive runs the transfer's pieces to DONE. It returns the tree's index
+// and the stamps of the files that stayed linked.
+func (sr *segReceiver) receive(ctx context.Context) (*cas.Index, map[string]fileStamp, error) {
+	sr.files = make([]*rxFile, len(sr.tree.Entries))
+	defer sr.closeFiles()
+	sr.order = newTreeOrder(sr.tree)
+	sr.pl = newRxPipeline(&rxPipeline{prog: sr.prog, wb: writeback{off: sr.rc.NoSync}, hashers: min(2, runtime.GOMAXPROCS(0))})
+	sr.fr = &chunkReader{r: sr.r, pl: sr.pl, bt: sr.pl.get()}
+	defer sr.finish() // drains the pipeline before the files close
+	sr.all = &cas.Index{Version: cas.IndexV2, Chunking: cas.CDC}
 	limits := map[msgType]int{msgSeg: maxSegFrame, msgChunk: maxChunkFrame, msgRun: maxRunFrame, msgDone: 0}
 	for {
-		if pl.failed.Load() {
-			return nil, nil, finish()
+		if sr.pl.failed.Load() {
+			return nil, nil, sr.finish()
 		}
-		t, n, err := r.next("SEG or CHUNK", limits)
+		t, n, err := sr.r.next("SEG or CHUNK", limits)
 		if err != nil {
-			return nil, nil, fmt.Errorf("after %d chunks: %w", pl.received, err)
+			return nil, nil, fmt.Errorf("after %d chunks: %w", sr.pl.received, err)
 		}
-		if t == msgDone {
-			break
+		switch t {
+		case msgDone:
+			return sr.commit()
+		case msgSeg:
+			err = sr.seg(ctx, n)
+		default:
+			err = sr.chunks(t, n)
 		}
-		if t != msgSeg {
-			if len(queue) == 0 {
-				return nil, nil, fmt.Errorf("%w: %s with no piece waiting for chunks", ErrProtocol, t)
-			}
-			s := queue[0]
-			k, err := fr.frame(t, n, s.tgt, s.isWanted)
-			s.left -= k
-			if err != nil {
-				return nil, nil, err
-			}
-			if s.left == 0 {
-				queue = queue[1:]
-			}
-			continue
-		}
-		// SEG: a piece of the next file.
-		if len(queue) >= maxSegsAhead {
-			return nil, nil, fmt.Errorf("%w: more than %d pieces announced ahead of their chunks", ErrProtocol, maxSegsAhead)
-		}
-		if n < segHdrLen {
-			return nil, nil, fmt.Errorf("%w: SEG of %d bytes is too short", cas.ErrInvalid, n)
-		}
-		var hdr [segHdrLen]byte
-		if _, err := io.ReadFull(r.br, hdr[:]); err != nil {
-			return nil, nil, fmt.Errorf("%w: SEG frame: %v", ErrTruncated, err)
-		}
-		fi, off := binary.BigEndian.Uint32(hdr[:]), int64(binary.BigEndian.Uint64(hdr[4:]))
-		x, err := cas.DecodeIndexLimits(&io.LimitedReader{R: r.br, N: int64(n - segHdrLen)}, cas.DecodeLimits{MaxEntries: maxSegEntries, MaxFileSize: maxSegBytes})
-		if err != nil {
-			return nil, nil, fmt.Errorf("SEG of file %d at %d: %w", fi, off, err)
-		}
-		if !x.V2() {
-			return nil, nil, fmt.Errorf("%w: SEG of file %d at %d: index v%d, want v2", cas.ErrInvalid, fi, off, x.Version)
-		}
-		if len(all.Entries)+len(x.Entries) > lim.MaxEntries {
-			return nil, nil, fmt.Errorf("%w: tree of more than %d index entries", cas.ErrInvalid, lim.MaxEntries)
-		}
-		last, err := order.take("SEG", fi, off, x.Size)
 		if err != nil {
 			return nil, nil, err
 		}
-		e := tree.Entries[fi]
-		all.Entries = append(all.Entries, x.Entries...)
-		all.Size += x.Size
-		rf := files[fi]
-		if rf == nil {
-			rf = &rxFile{}
-			if off == 0 && !resumed {
-				rf.f, rf.stamp = rc.linkSame(root, e, x, pin) // reuse.go
-				rf.linked = rf.f != nil
-			}
-			if rf.f == nil {
-				f, err := root.OpenFile(filepath.FromSlash(e.Path), os.O_RDWR, 0)
-				if err != nil {
-					return nil, nil, fmt.Errorf("transfer: open %s: %w", e.Path, err)
-				}
-				rf.f = f
-			}
-			files[fi] = rf
-		}
-		rf.mu.Lock()
-		rf.pending++
-		rf.full = last
-		rf.mu.Unlock()
-		offs := x.Offsets()
-		for i := range offs {
-			offs[i] += off
-		}
-		if rf.linked {
-			same, err := checkSame(rf.f, x, offs, &sameBuf)
-			if err != nil {
-				return nil, nil, fmt.Errorf("transfer: check %s: %w", e.Path, err)
-			}
-			if same {
-				for _, c := range x.Entries {
-					if !c.Hole {
-						res.FromStore++
-					}
-				}
-				if err := w.frame(msgWant, encodeWant(nil)); err != nil {
-					return nil, nil, err
-				}
-				if err := w.Flush(); err != nil {
-					return nil, nil, fmt.Errorf("transfer: send WANT: %w", err)
-				}
-				rf.release()
-				continue
-			}
-			// Every earlier piece of the file was found the same, so no
-			// chunk of it is in flight: nothing writes to rf.f.
-			f, err := unlinkSame(root, e, rf.f, rf.stamp, off)
-			if err != nil {
-				return nil, nil, err
-			}
-			rf.f.Close()
-			rf.f, rf.linked = f, false
-		}
-		want, head, next, wanted, err := rc.scan(ctx, x, offs, rf.f, resumed, res, log)
-		if err != nil {
-			return nil, nil, err
-		}
-		prog.want(wanted, len(want)) // the writer counts what arrives meanwhile
-		res.WantedChunks += len(want)
-		if err := w.frame(msgWant, encodeWant(want)); err != nil {
-			return nil, nil, err
-		}
-		if err := w.Flush(); err != nil {
-			return nil, nil, fmt.Errorf("transfer: send WANT: %w", err)
-		}
-		if len(want) == 0 {
-			rf.release()
-			continue
-		}
-		s := &rxSeg{isWanted: make([]bool, len(x.Entries)), left: len(want)}
-		for _, i := range want {
-			s.isWanted[i] = true
-		}
-		done := make([]bool, len(x.Entries))
-		for i, e := range x.Entries {
-			done[i] = e.Hole || !s.isWanted[head[e.ID]]
-		}
-		left := len(want)
-		s.tgt = &rxTarget{x: x, offs: offs, next: next, f: rf.f, done: done}
-		s.tgt.onWritten = func() {
-			// On the writer goroutine: count this piece's written chunks.
-			k := 0
-			for _, i := range want {
-				if done[i] {
-					k++
-				}
-			}
-			if k == len(want) && left > 0 {
-				left = 0
-				rf.release()
-			}
-		}
-		queue = append(queue, s)
 	}
-	if err := finish(); err != nil {
-		return nil, nil, err
-	}
-	if len(queue) > 0 || res.Received != res.WantedChunks {
-		return nil, nil, fmt.Errorf("%w: DONE with %d of %d chunks missing", ErrProtocol, res.WantedChunks-res.Received, res.WantedChunks)
-	}
-	if err := order.complete(); err != nil {
-		return nil, nil, err
-	}
-	var linked map[string]fileStamp
-	for i, rf := range files {
+}
+
+// finish drains the pipeline (once) and counts what it wrote.
+func (sr *segReceiver) finish() error {
+	err := sr.fr.finish()
+	sr.res.Received, sr.res.ReceivedBytes = sr.pl.received, sr.pl.receivedBytes
+	return err
+}
+
+func (sr *segReceiver) closeFiles() {
+	for _, rf := range sr.files {
 		if rf != nil && rf.f != nil {
 			rf.f.Close()
 			rf.f = nil
 		}
+	}
+}
+
+// chunks hands a RUN or CHUNK frame of n bytes to the piece at the head
+// of the queue.
+func (sr *segReceiver) chunks(t msgType, n int) error {
+	if len(sr.queue) == 0 {
+		return fmt.Errorf("%w: %s with no piece waiting for chunks", ErrProtocol, t)
+	}
+	s := sr.queue[0]
+	k, err := sr.fr.frame(t, n, s.tgt, s.isWanted)
+	s.left -= k
+	if err != nil {
+		return err
+	}
+	if s.left == 0 {
+		sr.queue = sr.queue[1:]
+	}
+	return nil
+}
+
+// seg receives a SEG frame of n bytes: a piece of the next file, which is
+// reused from a linked file or asked for.
+func (sr *segReceiver) seg(ctx context.Context, n int) error {
+	if len(sr.queue) >= maxSegsAhead {
+		return fmt.Errorf("%w: more than %d pieces announced ahead of their chunks", ErrProtocol, maxSegsAhead)
+	}
+	fi, off, x, err := sr.readSeg(n)
+	if err != nil {
+		return err
+	}
+	last, err := sr.order.take("SEG", fi, off, x.Size)
+	if err != nil {
+		return err
+	}
+	e := sr.tree.Entries[fi]
+	sr.all.Entries = append(sr.all.Entries, x.Entries...)
+	sr.all.Size += x.Size
+	rf, err := sr.open(fi, e, x, off)
+	if err != nil {
+		return err
+	}
+	rf.mu.Lock()
+	rf.pending++
+	rf.full = last
+	rf.mu.Unlock()
+	offs := x.Offsets()
+	for i := range offs {
+		offs[i] += off
+	}
+	if rf.linked {
+		reused, err := sr.reuse(rf, e, x, offs, off)
+		if err != nil || reused {
+			return err
+		}
+	}
+	return sr.want(ctx, rf, x, offs)
+}
+
+// readSeg parses a SEG frame's payload of n bytes: file, offset and the
+// piece's index.
+func (sr *segReceiver) readSeg(n int) (uint32, int64, *cas.Index, error) {
+	if n < segHdrLen {
+		return 0, 0, nil, fmt.Errorf("%w: SEG of %d bytes is too short", cas.ErrInvalid, n)
+	}
+	var hdr [segHdrLen]byte
+	if _, err := io.ReadFull(sr.r.br, hdr[:]); err != nil {
+		return 0, 0, nil, fmt.Errorf("%w: SEG frame: %v", ErrTruncated, err)
+	}
+	fi, off := binary.BigEndian.Uint32(hdr[:]), int64(binary.BigEndian.Uint64(hdr[4:]))
+	x, err := cas.DecodeIndexLimits(&io.LimitedReader{R: sr.r.br, N: int64(n - segHdrLen)}, cas.DecodeLimits{MaxEntries: maxSegEntries, MaxFileSize: maxSegBytes})
+	if err != nil {
+		return 0, 0, nil, fmt.Errorf("SEG of file %d at %d: %w", fi, off, err)
+	}
+	if !x.V2() {
+		return 0, 0, nil, fmt.Errorf("%w: SEG of file %d at %d: index v%d, want v2", cas.ErrInvalid, fi, off, x.Version)
+	}
+	if len(sr.all.Entries)+len(x.Entries) > sr.lim.MaxEntries {
+		return 0, 0, nil, fmt.Errorf("%w: tree of more than %d index entries", cas.ErrInvalid, sr.lim.MaxEntries)
+	}
+	return fi, off, x, nil
+}
+
+// open returns file fi's rxFile, opening the file at its first piece: a
+// blob of the task's image linked in place when one may equal it (a first
+// piece of a fresh tree, reuse.go), else the staging file.
+func (sr *segReceiver) open(fi uint32, e TreeEntry, x *cas.Index, off int64) (*rxFile, error) {
+	if rf := sr.files[fi]; rf != nil {
+		return rf, nil
+	}
+	rf := &rxFile{}
+	if off == 0 && !sr.resumed {
+		rf.f, rf.stamp = sr.rc.linkSame(sr.root, e, x, sr.pin)
+		rf.linked = rf.f != nil
+	}
+	if rf.f == nil {
+		f, err := sr.root.OpenFile(filepath.FromSlash(e.Path), os.O_RDWR, 0)
+		if err != nil {
+			return nil, fmt.Errorf("transfer: open %s: %w", e.Path, err)
+		}
+		rf.f = f
+	}
+	sr.files[fi] = rf
+	return rf, nil
+}
+
+// reuse checks a piece of a linked file against it: when it is the same,
+// it asks for nothing and reports true; else it replaces the link by a
+// staging file holding the checked prefix, to receive the rest into.
+func (sr *segReceiver) reuse(rf *rxFile, e TreeEntry, x *cas.Index, offs []int64, off int64) (bool, error) {
+	same, err := checkSame(rf.f, x, offs, &sr.sameBuf)
+	if err != nil {
+		return false, fmt.Errorf("transfer: check %s: %w", e.Path, err)
+	}
+	if same {
+		for _, c := range x.Entries {
+			if !c.Hole {
+				sr.res.FromStore++
+			}
+		}
+		if err := sr.sendWant(nil); err != nil {
+			return false, err
+		}
+		rf.release()
+		return true, nil
+	}
+	// Every earlier piece of the file was found the same, so no chunk of
+	// it is in flight: nothing writes to rf.f.
+	f, err := unlinkSame(sr.root, e, rf.f, rf.stamp, off)
+	if err != nil {
+		return false, err
+	}
+	rf.f.Close()
+	rf.f, rf.linked = f, false
+	return false, nil
+}
+
+// want asks for the chunks of a piece that neither the store nor the
+// partial file holds, and queues the piece for them.
+func (sr *segReceiver) want(ctx context.Context, rf *rxFile, x *cas.Index, offs []int64) error {
+	want, head, next, wanted, err := sr.rc.scan(ctx, x, offs, rf.f, sr.resumed, sr.res, sr.log)
+	if err != nil {
+		return err
+	}
+	sr.prog.want(wanted, len(want)) // the writer counts what arrives meanwhile
+	sr.res.WantedChunks += len(want)
+	if err := sr.sendWant(want); err != nil {
+		return err
+	}
+	if len(want) == 0 {
+		rf.release()
+		return nil
+	}
+	s := &rxSeg{isWanted: make([]bool, len(x.Entries)), left: len(want)}
+	for _, i := range want {
+		s.isWanted[i] = true
+	}
+	done := make([]bool, len(x.Entries))
+	for i, e := range x.Entries {
+		done[i] = e.Hole || !s.isWanted[head[e.ID]]
+	}
+	left := len(want)
+	s.tgt = &rxTarget{x: x, offs: offs, next: next, f: rf.f, done: done}
+	s.tgt.onWritten = func() {
+		// On the writer goroutine: count this piece's written chunks.
+		k := 0
+		for _, i := range want {
+			if done[i] {
+				k++
+			}
+		}
+		if k == len(want) && left > 0 {
+			left = 0
+			rf.release()
+		}
+	}
+	sr.queue = append(sr.queue, s)
+	return nil
+}
+
+func (sr *segReceiver) sendWant(want []uint32) error {
+	if err := sr.w.frame(msgWant, encodeWant(want)); err != nil {
+		return err
+	}
+	if err := sr.w.Flush(); err != nil {
+		return fmt.Errorf("transfer: send WANT: %w", err)
+	}
+	return nil
+}
+
+// commit ends the pieces at DONE: every chunk asked for arrived and was
+// written, every file's bytes were announced. It closes the files and
+// returns the tree's index and the stamps of the files still linked.
+func (sr *segReceiver) commit() (*cas.Index, map[string]fileStamp, error) {
+	if err := sr.finish(); err != nil {
+		return nil, nil, err
+	}
+	if len(sr.queue) > 0 || sr.res.Received != sr.res.WantedChunks {
+		return nil, nil, fmt.Errorf("%w: DONE with %d of %d chunks missing", ErrProtocol, sr.res.WantedChunks-sr.res.Received, sr.res.WantedChunks)
+	}
+	if err := sr.order.complete(); err != nil {
+		return nil, nil, err
+	}
+	sr.closeFiles()
+	var linked map[string]fileStamp
+	for i, rf := range sr.files {
 		if rf != nil && rf.linked {
 			if linked == nil {
 				linked = map[string]fileStamp{}
 			}
-			linked[tree.Entries[i].Path] = rf.stamp
+			linked[sr.tree.Entries[i].Path] = rf.stamp
 		}
 	}
-	return all, linked, nil
+	return sr.all, linked, nil
 }
 
 // receiveData receives the DATA frames of a tree (MODE raw) into the files
