@@ -393,6 +393,28 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// reserveBlob names a new blob of kind "link" or "pack" and marks it
+// pending (a keep in flight: GC and Open's orphan sweep leave it alone)
+// until a pin names it or releaseBlob.
+func (s *Store) reserveBlob(kind string) string {
+	name := newBlobName(kind)
+	s.mu.Lock()
+	s.pending[name] = true
+	s.mu.Unlock()
+	return name
+}
+
+// releaseBlob ends a reservation: the blob is removed unless a pin took
+// it (or it was never made).
+func (s *Store) releaseBlob(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.pending, name)
+	if s.blobs[name] == nil {
+		os.Remove(s.blobPath(name))
+	}
+}
+
 // Linked is a stream of files hard-linked into the store (Store.Link,
 // Add), to be kept by KeepLinked: the store references their bytes
 // instead of copying them. Link the files as soon as they are committed:
@@ -441,17 +463,12 @@ func (l *Linked) link(f *os.File, size int64, p *linkPart) error {
 	if !fi.Mode().IsRegular() || fi.Size() != size {
 		return fmt.Errorf("cas: link %s: %d bytes, want %d", f.Name(), fi.Size(), size)
 	}
-	name := newBlobName("link")
-	l.s.mu.Lock()
-	l.s.pending[name] = true
-	l.s.mu.Unlock()
+	name := l.s.reserveBlob("link")
 	// linkat through /proc: the file may be open only (its path gone or
 	// moved); a removed file (no links left) is refused by the kernel.
 	err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), unix.AT_FDCWD, l.s.blobPath(name), unix.AT_SYMLINK_FOLLOW)
 	if err != nil {
-		l.s.mu.Lock()
-		delete(l.s.pending, name)
-		l.s.mu.Unlock()
+		l.s.releaseBlob(name)
 		return fmt.Errorf("cas: link %s: %w", f.Name(), err)
 	}
 	p.blob = name
@@ -464,15 +481,9 @@ func (l *Linked) Close() {
 		return
 	}
 	l.done = true
-	l.s.mu.Lock()
-	defer l.s.mu.Unlock()
 	for _, p := range l.parts {
-		if p.blob == "" {
-			continue
-		}
-		delete(l.s.pending, p.blob)
-		if l.s.blobs[p.blob] == nil {
-			os.Remove(l.s.blobPath(p.blob))
+		if p.blob != "" {
+			l.s.releaseBlob(p.blob)
 		}
 	}
 }
@@ -515,15 +526,10 @@ type packWriter struct {
 }
 
 func (s *Store) newPack() (*packWriter, error) {
-	name := newBlobName("pack")
-	s.mu.Lock()
-	s.pending[name] = true
-	s.mu.Unlock()
+	name := s.reserveBlob("pack")
 	f, err := os.OpenFile(s.blobPath(name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		s.mu.Lock()
-		delete(s.pending, name)
-		s.mu.Unlock()
+		s.releaseBlob(name)
 		return nil, fmt.Errorf("cas: new pack: %w", err)
 	}
 	return &packWriter{s: s, name: name, f: f, w: bufio.NewWriterSize(f, 1<<20)}, nil
@@ -557,12 +563,7 @@ func (p *packWriter) discard() {
 		return
 	}
 	p.f.Close()
-	p.s.mu.Lock()
-	defer p.s.mu.Unlock()
-	delete(p.s.pending, p.name)
-	if p.s.blobs[p.name] == nil {
-		os.Remove(p.s.blobPath(p.name))
-	}
+	p.s.releaseBlob(p.name)
 }
 
 // KeepLinked is Keep for a stream whose files are linked into the store
