@@ -586,10 +586,8 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 		l = nil // not this stream: copy
 	}
 	s.gc.RLock()
-	t := &locTable{root: x.Root()}
-	bi := map[string]int{}
+	tb := newTableBuilder(x)
 	offs := x.Offsets()
-	seen := make(map[ID]bool, len(x.Entries))
 	var pack *packWriter
 	var buf []byte
 	added, n := 0, 0
@@ -599,35 +597,27 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 		return 0, err
 	}
 	for i, e := range x.Entries {
-		if e.Hole || seen[e.ID] {
+		if e.Hole || tb.in[e.ID] {
 			continue
 		}
-		seen[e.ID] = true
 		if n++; n%1024 == 0 {
 			if err := ctx.Err(); err != nil {
 				return fail(err)
 			}
 		}
-		p := l.part(offs[i], e.Length)
-		// (A linked chunk's chunk file, if any, is not looked for: the
-		// count is then one too high, and a lstat per chunk is saved.)
-		had := s.located(e.ID) || p == nil && s.hasFile(e.ID)
-		if !had {
-			added++
-		}
-		if p != nil {
-			k, ok := bi[p.blob]
-			if !ok {
-				k = len(t.blobs)
-				bi[p.blob] = k
-				t.blobs = append(t.blobs, p.blob)
+		if p := l.part(offs[i], e.Length); p != nil {
+			// (A linked chunk's chunk file, if any, is not looked for: the
+			// count is then one too high, and a lstat per chunk is saved.)
+			if !s.located(e.ID) {
+				added++
 			}
-			t.ents = append(t.ents, locEnt{id: e.ID, b: k, off: offs[i] - p.start, n: e.Length})
+			tb.add(e.ID, p.blob, offs[i]-p.start, e.Length)
 			continue
 		}
-		if had {
-			continue // pinLocked finds it
+		if s.holdStored(tb, e.ID) {
+			continue
 		}
+		added++
 		if cap(buf) < int(e.Length) {
 			buf = make([]byte, e.Length)
 		}
@@ -646,21 +636,19 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 			if pack, err = s.newPack(); err != nil {
 				return fail(err)
 			}
-			bi[pack.name] = len(t.blobs)
-			t.blobs = append(t.blobs, pack.name)
 		}
 		off, err := pack.add(b)
 		if err != nil {
 			return fail(err)
 		}
-		t.ents = append(t.ents, locEnt{id: e.ID, b: bi[pack.name], off: off, n: e.Length})
+		tb.add(e.ID, pack.name, off, e.Length)
 	}
 	if pack != nil {
 		if err := pack.finish(); err != nil {
 			return fail(err)
 		}
 	}
-	err := s.pinLocked(name, x, t)
+	err := s.pinLocked(name, x, tb)
 	s.gc.RUnlock()
 	pack.discard() // no-op for the pin's own pack, now registered
 	if err != nil {

@@ -142,3 +142,44 @@ func TestHeldSurvivesReopen(t *testing.T) {
 		t.Fatalf("trim: %+v %v", st, err)
 	}
 }
+
+// A keep takes the chunks the store already holds where they are: a chunk
+// file (Put) stays a file the pin references, a chunk in another pin's
+// pack is named by the new pin's table, so both outlive that pin.
+func TestKeepHoldsStoredChunksWhereTheyAre(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := [][]byte{randomData(4096, 20), randomData(4096, 21), randomData(4096, 22), randomData(4096, 23)}
+	if _, err := s.Put(Sum(c[0]), c[0]); err != nil {
+		t.Fatal(err)
+	}
+	a := bytes.Join([][]byte{c[0], c[1], c[2]}, nil)
+	xa, _ := BuildIndex(bytes.NewReader(a), IndexOptions{Chunking: Fixed})
+	if added, err := s.Keep(ctx, "a", bytes.NewReader(a), xa); err != nil || added != 2 {
+		t.Fatalf("keep a: added %d, %v; want the 2 chunks not in a file", added, err)
+	}
+	b := bytes.Join([][]byte{c[0], c[1], c[3]}, nil)
+	xb, _ := BuildIndex(bytes.NewReader(b), IndexOptions{Chunking: Fixed})
+	if added, err := s.Keep(ctx, "b", bytes.NewReader(b), xb); err != nil || added != 1 {
+		t.Fatalf("keep b: added %d, %v; want 1", added, err)
+	}
+	if err := s.Unpin("a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(ctx, time.Now().Add(time.Hour), 0); err != nil {
+		t.Fatal(err)
+	}
+	checkChunks(t, s, xb, b)
+	if n := countChunks(t, s); n != 1 {
+		t.Fatalf("%d chunk files, want c[0]'s", n)
+	}
+	s2, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkChunks(t, s2, xb, b)
+}

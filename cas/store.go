@@ -390,48 +390,26 @@ func (s *Store) Pin(name string, x *Index) error {
 	return s.pinLocked(name, x, nil)
 }
 
-// pinLocked pins x as name (s.gc held shared). t lists chunks just put in
-// blobs (nil: none); every other chunk must have a chunk file or a blob
-// location, which the pin's table then names too, so the blob stays as
-// long as the pin.
-func (s *Store) pinLocked(name string, x *Index, t *locTable) error {
+// pinLocked pins x as name (s.gc held shared). tb holds the table of the
+// chunks a keep just linked or packed, and of those it found stored
+// (nil: none); every other chunk must have a blob location or a chunk
+// file, which the pin's table then names too, so the blob stays as long
+// as the pin.
+func (s *Store) pinLocked(name string, x *Index, tb *tableBuilder) error {
 	s.pinMu.Lock()
 	defer s.pinMu.Unlock()
-	if t == nil {
-		t = &locTable{root: x.Root()}
+	if tb == nil {
+		tb = newTableBuilder(x)
 	}
-	in := make(map[ID]bool, len(t.ents))
-	for _, e := range t.ents {
-		in[e.id] = true
-	}
-	bi := make(map[string]int, len(t.blobs))
-	for i, n := range t.blobs {
-		bi[n] = i
-	}
-	files := false // some chunk is a chunk file (not fsynced by Put)
 	for i, e := range x.Entries {
-		if e.Hole || in[e.ID] {
+		if e.Hole || tb.in[e.ID] {
 			continue
 		}
-		in[e.ID] = true
-		if s.hasFile(e.ID) {
-			files = true
-			continue
-		}
-		s.mu.Lock()
-		l, ok := s.liveLocLocked(e.ID)
-		s.mu.Unlock()
-		if !ok {
+		if !s.holdStored(tb, e.ID) {
 			return fmt.Errorf("%w: pin %q: entry %d: chunk %s not in store", ErrNotFound, name, i, e.ID.Short())
 		}
-		k, ok := bi[l.b.name]
-		if !ok {
-			k = len(t.blobs)
-			bi[l.b.name] = k
-			t.blobs = append(t.blobs, l.b.name)
-		}
-		t.ents = append(t.ents, locEnt{id: e.ID, b: k, off: l.off, n: l.n})
 	}
+	t, files := tb.t, tb.files
 	if files {
 		if err := s.Sync(); err != nil {
 			return err
@@ -475,6 +453,49 @@ func (s *Store) pinLocked(name string, x *Index, t *locTable) error {
 	s.pinAt[name] = now
 	s.mu.Unlock()
 	return nil
+}
+
+// tableBuilder collects a pin's location table as its chunks are found.
+type tableBuilder struct {
+	t     *locTable
+	bi    map[string]int // blob name → index in t.blobs
+	in    map[ID]bool    // chunks held: in t, or a chunk file
+	files bool           // some chunk is a chunk file (not fsynced by Put)
+}
+
+func newTableBuilder(x *Index) *tableBuilder {
+	return &tableBuilder{t: &locTable{root: x.Root()}, bi: map[string]int{}, in: make(map[ID]bool, len(x.Entries))}
+}
+
+// add records that chunk id lies at off in blob.
+func (tb *tableBuilder) add(id ID, blob string, off int64, n uint32) {
+	k, ok := tb.bi[blob]
+	if !ok {
+		k = len(tb.t.blobs)
+		tb.bi[blob] = k
+		tb.t.blobs = append(tb.t.blobs, blob)
+	}
+	tb.t.ents = append(tb.t.ents, locEnt{id: id, b: k, off: off, n: n})
+	tb.in[id] = true
+}
+
+// holdStored records where the store already holds id: a location in a
+// blob (tb names it) or else a chunk file (one lstat). It reports false
+// when the store holds neither.
+func (s *Store) holdStored(tb *tableBuilder, id ID) bool {
+	s.mu.Lock()
+	l, ok := s.liveLocLocked(id)
+	s.mu.Unlock()
+	switch {
+	case ok:
+		tb.add(id, l.b.name, l.off, l.n)
+	case s.hasFile(id):
+		tb.in[id] = true
+		tb.files = true
+	default:
+		return false
+	}
+	return true
 }
 
 // TrimStats reports what a trim did.
