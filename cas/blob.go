@@ -46,6 +46,9 @@ type blob struct {
 	refs int       // location tables of pins naming it
 	free time.Time // when refs last dropped to 0
 	gone bool      // removed: its locations are stale
+	// dirty: kept unpinned (KeepLinked without a name), not fsynced; the
+	// first pin to name it fsyncs it (syncNewBlobs).
+	dirty bool
 
 	// Its file open for reads (opened on first read; at most
 	// maxOpenBlobs of a store's blobs are, the least recently read closed
@@ -165,9 +168,9 @@ func decodeLocs(b []byte) (*locTable, error) {
 	return t, nil
 }
 
-// addLocsLocked registers the locations of t and its hold on its blobs
-// (s.mu held).
-func (s *Store) addLocsLocked(t *locTable) {
+// addLocsLocked registers the locations of t and, when hold is set (t is
+// a pin's table), its hold on its blobs (s.mu held).
+func (s *Store) addLocsLocked(t *locTable, hold bool) {
 	bs := make([]*blob, len(t.blobs))
 	for i, n := range t.blobs {
 		b := s.blobs[n]
@@ -175,7 +178,9 @@ func (s *Store) addLocsLocked(t *locTable) {
 			b = &blob{name: n}
 			s.blobs[n] = b
 		}
-		b.refs++
+		if hold {
+			b.refs++
+		}
 		bs[i] = b
 	}
 next:
@@ -573,10 +578,17 @@ func (p *packWriter) discard() {
 // against their IDs and copied into a pack unless the store holds them.
 // It pins x as name and applies MaxBytes, then closes l. It returns the
 // number of chunks the store did not hold before.
+//
+// With no name (""), nothing is pinned: the chunks are kept unreferenced,
+// readable for GCGrace (the blobs holding them start their grace period
+// again), as an unpinned chunk file is; no table or pin is written, and
+// the new blobs are not fsynced until a pin names them.
 func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *Linked, x *Index) (int, error) {
 	defer l.Close()
-	if err := ValidName(name); err != nil {
-		return 0, err
+	if name != "" {
+		if err := ValidName(name); err != nil {
+			return 0, err
+		}
 	}
 	if err := x.Validate(); err != nil {
 		return 0, err
@@ -648,7 +660,12 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 			return fail(err)
 		}
 	}
-	err := s.pinLocked(name, x, tb)
+	var err error
+	if name == "" {
+		s.keepUnpinned(tb.t)
+	} else {
+		err = s.pinLocked(name, x, tb)
+	}
 	s.gc.RUnlock()
 	pack.discard() // no-op for the pin's own pack, now registered
 	if err != nil {
@@ -657,6 +674,29 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 	s.sweepLoose()
 	_, err = s.Trim(ctx)
 	return added, err
+}
+
+// keepUnpinned registers the locations of t, a keep's table that no pin
+// takes (s.gc held shared): its blobs, new or not, are unreferenced from
+// now and stay readable for the grace period. A crash forgets them: they
+// are orphans, removed at Open or by GC once their grace has passed (their
+// ctime is the link or the pack's last write).
+func (s *Store) keepUnpinned(t *locTable) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range t.blobs {
+		b := s.blobs[n]
+		if b == nil {
+			b = &blob{name: n, dirty: true}
+			s.blobs[n] = b
+		}
+		if b.refs == 0 {
+			b.free = now
+		}
+		delete(s.pending, n)
+	}
+	s.addLocsLocked(t, false)
 }
 
 // sweepLoose removes the blobs no pin has named for the grace period.
@@ -731,13 +771,18 @@ func (s *Store) FileBlob(id ID, off, size int64, pin string) string {
 
 // syncNewBlobs makes the blobs of t that no pin named yet durable (fsync
 // of each and of DIR/blobs; a link's file is usually clean already), so
-// the table never names a blob a crash could lose. Chunk files need a
+// the table never names a blob a crash could lose: the pending ones (this
+// keep's) and those an unpinned keep left dirty. Chunk files need a
 // syncfs instead (Sync).
 func (s *Store) syncNewBlobs(t *locTable) error {
 	s.mu.Lock()
 	var fresh []string
+	var dirty []*blob
 	for _, n := range t.blobs {
-		if s.pending[n] {
+		if b := s.blobs[n]; b != nil && b.dirty {
+			dirty = append(dirty, b)
+			fresh = append(fresh, n)
+		} else if s.pending[n] {
 			fresh = append(fresh, n)
 		}
 	}
@@ -755,5 +800,10 @@ func (s *Store) syncNewBlobs(t *locTable) error {
 	if len(fresh) > 0 {
 		syncDir(filepath.Join(s.dir, "blobs"))
 	}
+	s.mu.Lock()
+	for _, b := range dirty {
+		b.dirty = false
+	}
+	s.mu.Unlock()
 	return nil
 }

@@ -345,3 +345,76 @@ func FuzzDecodeLocs(f *testing.F) {
 		}
 	})
 }
+
+// KeepLinked without a name pins nothing and writes no table: the chunks
+// stay readable, unreferenced, for the grace period (a later pin naming
+// them keeps their blob), then GC removes them; after a restart the blob
+// is an orphan, kept on disk for the grace period too.
+func TestKeepLinkedUnpinned(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	grace := time.Hour
+	s, err := Open(dir, Options{GCGrace: grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randomData(1<<20, 40)
+	f, x := linkedFile(t, data)
+	keepUnnamed := func(s *Store) {
+		t.Helper()
+		l := s.Link()
+		if err := l.Add(f, x.Size); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.KeepLinked(ctx, "", f, l, x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keepUnnamed(s)
+	for _, d := range []string{"pins", "locs"} {
+		if ents, _ := os.ReadDir(filepath.Join(dir, d)); len(ents) != 0 {
+			t.Fatalf("%s/ holds %d files after a keep without a name", d, len(ents))
+		}
+	}
+	if len(s.Pins()) != 0 || s.Held() != 0 || len(blobNames(t, s)) != 1 {
+		t.Fatalf("pins %v, held %d, blobs %v", s.Pins(), s.Held(), blobNames(t, s))
+	}
+	if st, err := s.GC(ctx, time.Now(), grace); err != nil || st.BlobsRemoved != 0 {
+		t.Fatalf("GC within the grace period: %+v %v", st, err)
+	}
+	checkChunks(t, s, x, data)
+
+	// A pin of the same file takes the blob (nothing added), and after a
+	// restart reads it through its table.
+	if added, err := s.Keep(ctx, "p", bytes.NewReader(data), x); err != nil || added != 0 {
+		t.Fatalf("keep p: added %d, %v", added, err)
+	}
+	if n := blobNames(t, s); len(n) != 1 {
+		t.Fatalf("blobs %v, want the one link", n)
+	}
+	s2, err := Open(dir, Options{GCGrace: grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkChunks(t, s2, x, data)
+	if err := s2.Unpin("p"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s2.GC(ctx, time.Now().Add(2*grace), grace); err != nil || st.BlobsRemoved != 1 || s2.Has(x.Entries[0].ID) {
+		t.Fatalf("GC after the grace period: %+v %v, chunk still there: %v", st, err, s2.Has(x.Entries[0].ID))
+	}
+
+	// A restart after an unnamed keep: an orphan, kept for the grace
+	// period, then collected.
+	keepUnnamed(s2)
+	s3, err := Open(dir, Options{GCGrace: grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := blobNames(t, s3); len(n) != 1 {
+		t.Fatalf("blobs after restart %v, want the unnamed keep's link", n)
+	}
+	if st, err := s3.GC(ctx, time.Now().Add(2*grace), grace); err != nil || st.BlobsRemoved != 1 || len(blobNames(t, s3)) != 0 {
+		t.Fatalf("GC of the orphan: %+v %v, left %v", st, err, blobNames(t, s3))
+	}
+}

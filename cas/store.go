@@ -146,7 +146,7 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("cas: open store: locations of pin %q: %w", e.Name(), err)
 		}
 		if t != nil {
-			s.addLocsLocked(t)
+			s.addLocsLocked(t, true)
 			s.tables[e.Name()] = t
 		}
 	}
@@ -440,7 +440,7 @@ func (s *Store) pinLocked(name string, x *Index, tb *tableBuilder) error {
 	now := time.Now()
 	s.mu.Lock()
 	if len(t.ents) > 0 {
-		s.addLocsLocked(t)
+		s.addLocsLocked(t, true)
 	}
 	s.dropPinLocked(name, now)
 	if len(t.ents) > 0 {

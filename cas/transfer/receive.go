@@ -317,14 +317,9 @@ func (rc *Receiver) serve(ctx context.Context, r *frameReader, w *frameWriter, r
 	}
 	res.Path = dest
 	if ln != nil {
-		name, unpin := rc.pinName(h), false
-		if name == "" {
-			name, unpin = "transfer-"+h.ID, true
-		}
+		name := rc.pinName(h) // "": kept unpinned (cas.Store.KeepLinked)
 		if _, err := rc.Store.KeepLinked(ctx, name, part.f, ln, x); err != nil {
 			log.Warn("keeping the received chunks", "pin", name, "err", err)
-		} else if unpin {
-			rc.Store.Unpin(name)
 		}
 	}
 	if err := w.frame(msgResult, encodeResult(nil)); err != nil {

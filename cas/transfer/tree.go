@@ -1029,10 +1029,7 @@ func (rc *Receiver) serveTree(ctx context.Context, r *frameReader, w *frameWrite
 		// transfer's path when the caller runs it in the background.
 		// Without a pin name they are kept unpinned (GC may collect them
 		// after its grace period), as a file transfer's are.
-		name, unpin := rc.pinName(h), false
-		if name == "" {
-			name, unpin = "transfer-"+h.ID, true
-		}
+		name := rc.pinName(h)
 		// The files are linked into the store now (they may go before
 		// the keep runs: the agent removes an image once its task runs).
 		tr := newTreeReader(dest, tree, keepFiles)
@@ -1050,9 +1047,6 @@ func (rc *Receiver) serveTree(ctx context.Context, r *frameReader, w *frameWrite
 			}
 			if err != nil {
 				log.Warn("keeping the received chunks", "pin", name, "err", err)
-			}
-			if unpin {
-				rc.Store.Unpin(name)
 			}
 		}
 		if rc.Background != nil && keepFiles != nil {
