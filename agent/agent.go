@@ -406,6 +406,21 @@ func (a *Agent) checkEpochLocked(id string, epoch uint64) (*record, error) {
 	return r, nil
 }
 
+// mayActLocked admits caller, the name in an agent's certificate, to act
+// on the image of rec (act: "fetch its image", "release it"): only the
+// agent the record binds (record.PeerName) may — the destination of a
+// checkpoint move, the fetcher of a suspended image. A record that binds no
+// agent admits none. Caller holds mu.
+func (a *Agent) mayActLocked(rec *record, caller, act string) error {
+	if rec.PeerName == "" {
+		return fmt.Errorf("%w: task %q on %s is %s and bound to no peer; node %q may not %s", api.ErrForbidden, rec.ID, a.cfg.Name, rec.Phase, caller, act)
+	}
+	if caller != rec.PeerName {
+		return fmt.Errorf("%w: task %q on %s (%s) is bound to node %q; node %q may not %s", api.ErrForbidden, rec.ID, a.cfg.Name, rec.Phase, rec.PeerName, caller, act)
+	}
+	return nil
+}
+
 // put persists r and installs it in the map. Caller holds mu.
 func (a *Agent) putLocked(r *record) error {
 	if err := a.store.put(r); err != nil {

@@ -27,8 +27,12 @@ import (
 	"github.com/ferrycluster/ferry/pki"
 )
 
-// The task is locked against local resume (phase migrating-out) until the
-// fetcher releases it.
+// handleImage sends a task's image to the agent that may fetch it: the
+// destination of a checkpoint move (bound by migrateCheckpoint), or, for a
+// suspended image, the first agent to ask, whose certificate name the
+// record binds from then on (record.PeerName): the task is locked against
+// local resume and other fetchers (phase migrating-out, mode fetch) until
+// that agent releases it (handleRelease).
 func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	epoch, err := strconv.ParseUint(r.URL.Query().Get("epoch"), 10, 64)
@@ -48,7 +52,7 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 			if slot = a.liveOuts[id]; slot == nil || rec.Phase != api.PhaseMigratingOut || rec.Mode != "checkpoint" {
 				err = fmt.Errorf("%w: no streamed move of task %q in progress on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
 			} else {
-				err = a.mayFetchLocked(rec, caller)
+				err = a.mayActLocked(rec, caller, "fetch its image")
 			}
 		case rec.Image == nil:
 			err = fmt.Errorf("%w: task %q has no image on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
@@ -58,11 +62,15 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 			n := *rec
-			n.Phase, n.Peer, n.Mode = api.PhaseMigratingOut, caller, "fetch"
+			n.Phase, n.Peer, n.Mode, n.PeerName = api.PhaseMigratingOut, caller, "fetch", caller
 			err = a.putLocked(&n)
 			rec = &n
 		case rec.Phase == api.PhaseMigratingOut && rec.Mode == "checkpoint":
-			err = a.mayFetchLocked(rec, caller)
+			err = a.mayActLocked(rec, caller, "fetch its image")
+		case rec.Phase == api.PhaseMigratingOut && rec.Mode == "fetch":
+			if err = a.mayActLocked(rec, caller, "fetch its image"); err == nil {
+				err = fmt.Errorf("%w: task %q on %s is already being fetched by node %q", driver.ErrBusy, id, a.cfg.Name, caller)
+			}
 		default:
 			err = fmt.Errorf("%w: task %q is %s on %s", driver.ErrBusy, id, rec.Phase, a.cfg.Name)
 		}
@@ -88,16 +96,6 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 	if err := writeImageTar(w, rec, a.store.imageDir(id)); err != nil {
 		a.log.Warn("send image", "task", id, "err", err)
 	}
-}
-
-// mayFetchLocked admits the fetch of the image of rec, in a checkpoint
-// move, only by the destination: the agent whose certificate name
-// migrateCheckpoint found at the move's address. Caller holds mu.
-func (a *Agent) mayFetchLocked(rec *record, caller string) error {
-	if rec.PeerName == "" || rec.PeerName != caller {
-		return fmt.Errorf("%w: task %q on %s is moving to node %q (%s); node %q may not fetch its image", api.ErrForbidden, rec.ID, a.cfg.Name, rec.PeerName, rec.Peer, caller)
-	}
-	return nil
 }
 
 // peerName is the name in the certificate of the agent at addr, as a
@@ -764,6 +762,11 @@ func (a *Agent) resumeFetched(ctx context.Context, id string, req api.ResumeRequ
 	return a.Inspect(ctx, id)
 }
 
+// handleRelease ends the fetch of a task's image: the fetcher committed
+// the task at the next epoch (the image here becomes a tombstone) or gave
+// the image back. Only the agent the record binds may (mayActLocked: any
+// other agent could otherwise make this node drop a task it still owns);
+// another is refused with api.ErrForbidden and nothing changes.
 func (a *Agent) handleRelease(w http.ResponseWriter, r *http.Request) {
 	var req api.ReleaseRequest
 	if err := decode(r, &req); err != nil {
@@ -775,32 +778,44 @@ func (a *Agent) handleRelease(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	// The fetcher is done with the image sent from here: keep its chunks.
-	a.releaseKeeps(id)
+	_, caller, _ := pki.PeerRole(r.TLS)
 	a.mu.Lock()
 	rec, ok := a.records[id]
+	var err error
+	if !ok {
+		err = fmt.Errorf("%w: task %q on %s", driver.ErrNotFound, id, a.cfg.Name)
+	} else {
+		err = a.mayActLocked(rec, caller, "release it")
+	}
 	a.mu.Unlock()
-	switch {
-	case !ok:
-		writeErr(w, fmt.Errorf("%w: task %q on %s", driver.ErrNotFound, id, a.cfg.Name))
+	if err != nil {
+		writeErr(w, err)
 		return
-	case req.Committed && req.Epoch > rec.Epoch:
-		if err := a.markMoved(rec, req.Peer, req.Epoch); err != nil {
-			writeErr(w, err)
-			return
-		}
-	case !req.Committed && req.Epoch == rec.Epoch && rec.Phase == api.PhaseMigratingOut && rec.Mode == "fetch":
-		if err := a.setPhase(rec, api.PhaseSuspended, rec.Epoch); err != nil {
-			writeErr(w, err)
-			return
-		}
+	}
+	// The fetcher is done with the image sent from here: keep its chunks.
+	a.releaseKeeps(id)
+	moving := rec.Phase == api.PhaseMigratingOut
+	switch {
+	case req.Committed && req.Epoch == rec.Epoch+1 && (moving || rec.Phase == api.PhaseSuspended):
+		// Suspended: the fetch was cut by a restart of this agent
+		// (recover), after the fetcher had the whole image.
+		err = a.markMoved(rec, req.Peer, req.Epoch)
+	case !req.Committed && req.Epoch == rec.Epoch && moving && rec.Mode == "fetch":
+		err = a.setPhase(rec, api.PhaseSuspended, rec.Epoch)
 	case req.Committed && req.Epoch <= rec.Epoch && rec.Phase == api.PhaseMoved:
 		// Already released.
-	case !req.Committed && req.Epoch == rec.Epoch && rec.Phase == api.PhaseMigratingOut && rec.Mode == "checkpoint":
+	case !req.Committed && req.Epoch == rec.Epoch && moving && rec.Mode == "checkpoint":
 		// A streamed move's fetch failed: the migration in progress here
 		// learns it from the resume's answer and acts on it.
+	case !req.Committed && req.Epoch == rec.Epoch && rec.Phase == api.PhaseSuspended:
+		// Given back already by a restart of this agent (recover); the
+		// fetcher is done with it.
+		err = a.setPhase(rec, api.PhaseSuspended, rec.Epoch)
 	default:
-		writeErr(w, fmt.Errorf("%w: release of %q at epoch %d: node %s holds epoch %d (%s)", api.ErrStaleEpoch, id, req.Epoch, a.cfg.Name, rec.Epoch, rec.Phase))
+		err = fmt.Errorf("%w: release of %q at epoch %d (committed %t): node %s holds epoch %d (%s)", api.ErrStaleEpoch, id, req.Epoch, req.Committed, a.cfg.Name, rec.Epoch, rec.Phase)
+	}
+	if err != nil {
+		writeErr(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, struct{}{})

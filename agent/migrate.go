@@ -151,7 +151,9 @@ func (a *Agent) setPhase(rec *record, phase api.Phase, epoch uint64) error {
 	return a.putLocked(&n)
 }
 
-// markMoved records the committed move: a tombstone with the new epoch.
+// markMoved records the committed move: a tombstone with the new epoch,
+// still bound to the agent that fetched the image (a release it repeats is
+// answered, another agent's refused).
 func (a *Agent) markMoved(rec *record, peer string, epoch uint64) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -159,7 +161,7 @@ func (a *Agent) markMoved(rec *record, peer string, epoch uint64) error {
 		return nil
 	}
 	os.RemoveAll(a.store.imageDir(rec.ID))
-	n := record{ID: rec.ID, Driver: rec.Driver, Epoch: epoch, Phase: api.PhaseMoved, Spec: rec.Spec, Peer: peer}
+	n := record{ID: rec.ID, Driver: rec.Driver, Epoch: epoch, Phase: api.PhaseMoved, Spec: rec.Spec, Peer: peer, PeerName: rec.PeerName}
 	delete(a.stale, rec.ID)
 	return a.putLocked(&n)
 }

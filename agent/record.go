@@ -28,8 +28,13 @@ type record struct {
 	Peer string `json:"peer,omitempty"`
 	// Mode of an outbound move in flight ("live" or "checkpoint").
 	Mode string `json:"mode,omitempty"`
-	// PeerName is the certificate name of the agent at Peer during an
-	// outbound checkpoint move: the only caller that may fetch the image.
+	// PeerName is the certificate name of the only agent that may fetch
+	// the image and release it (mayActLocked): the destination of an
+	// outbound checkpoint move (the agent at Peer), or the first agent to
+	// fetch a suspended image (phase migrating-out, mode fetch). It stays
+	// on a suspended image whose fetch a restart of this agent cut (the
+	// fetcher may still commit the task and release it), and on the
+	// tombstone of the move.
 	PeerName string `json:"peer_name,omitempty"`
 	// Prev is the record an incoming copy replaced (a tombstone of an
 	// earlier stay), restored if the incoming move aborts.

@@ -53,9 +53,19 @@ func (a *Agent) recover() {
 			a.log.Info("recover: dropped unfinished incoming copy", "task", r.ID)
 		case api.PhaseMigratingOut:
 			if r.Mode == "fetch" {
-				// A peer was fetching the image; if it resumed the task its
-				// epoch is ahead and this image is merely stale.
-				a.setPhase(r, api.PhaseSuspended, r.Epoch)
+				// A peer was fetching the image; the fetch died with the
+				// agent and the image is suspended again. The fetcher may
+				// have had all of it and commit the task still: the binding
+				// to its certificate name stays, so that its release makes
+				// this image a tombstone and no other agent's may
+				// (handleRelease). A later fetch binds its own fetcher.
+				n := *r
+				n.Phase, n.Peer, n.Mode = api.PhaseSuspended, "", ""
+				a.mu.Lock()
+				if err := a.putLocked(&n); err != nil {
+					a.log.Error("recover: record the cut fetch", "task", r.ID, "err", err)
+				}
+				a.mu.Unlock()
 				continue
 			}
 			a.mu.Lock()

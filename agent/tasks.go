@@ -193,6 +193,9 @@ func (a *Agent) viewLocked(r *record, st driver.Status, running bool) api.Task {
 		case r.Phase == api.PhaseSuspended:
 			t.Stale, t.StaleReason = true, "record says suspended but a copy runs"
 		}
+		if r.Phase == api.PhaseRunning {
+			t.RAMTailKiB = a.ramTailLocked(r)
+		}
 	} else if r.Phase == api.PhaseRunning {
 		t.Phase = api.PhaseLost
 	}
@@ -200,6 +203,22 @@ func (a *Agent) viewLocked(r *record, st driver.Status, running bool) api.Task {
 		t.Stale, t.StaleReason = true, reason
 	}
 	return t
+}
+
+// ramTailLocked is the RAM tail (KiB) of the guest r's driver runs, as it
+// launched it (driver.IncomingSpecer, the shape a live migration's
+// destination must match); nil when the driver does not say. Caller holds
+// mu.
+func (a *Agent) ramTailLocked(r *record) *int64 {
+	is, ok := a.drivers[r.Driver].(driver.IncomingSpecer)
+	if !ok || r.Spec.VM == nil {
+		return nil
+	}
+	s, err := is.IncomingSpec(r.ID, r.Spec)
+	if err != nil || s.VM == nil {
+		return nil
+	}
+	return s.VM.RAMTailKiB
 }
 
 func (a *Agent) handleList(w http.ResponseWriter, r *http.Request) {
@@ -614,6 +633,7 @@ func (a *Agent) Resume(ctx context.Context, id string, req api.ResumeRequest) (a
 	a.mu.Lock()
 	n := *rec
 	n.Phase, n.Image, n.CheckpointPeer = api.PhaseRunning, nil, req.CheckpointPeer
+	n.PeerName = "" // the image's last fetcher (recover) may release nothing now
 	err = a.putLocked(&n)
 	a.mu.Unlock()
 	if err != nil {

@@ -1,0 +1,246 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrycluster/ferry/agent/api"
+	"github.com/ferrycluster/ferry/agent/client"
+)
+
+// Tests of who may fetch and release a task's image (mayActLocked): a
+// third agent with a valid cluster certificate is refused and changes
+// nothing, and the real destination still completes.
+
+// threeNodes starts process agents A, B and C of one cluster, with the
+// counter task "job" (env added to its job's) running on A at epoch 1.
+func threeNodes(t *testing.T, env map[string]string) (context.Context, *node, *node, *node) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	ca := newTestCA(t)
+	a := startNode(t, ca, "node-a", processDrivers(t), nil)
+	b := startNode(t, ca, "node-b", processDrivers(t), nil)
+	c := startNode(t, ca, "node-c", processDrivers(t), nil)
+	if _, err := a.c.Run(ctx, api.RunRequest{Spec: counterSpec("job", env)}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitCounter(ctx, "job", 3)
+	return ctx, a, b, c
+}
+
+// suspendJob suspends "job" on n at epoch 1 and returns its last counter.
+func (n *node) suspendJob(ctx context.Context) int64 {
+	n.t.Helper()
+	if _, err := n.c.Suspend(ctx, "job", 1); err != nil {
+		n.t.Fatal(err)
+	}
+	cs := n.counters(ctx, "job")
+	return cs[len(cs)-1]
+}
+
+// rec is a copy of n's record of task id (zero: none).
+func (n *node) rec(id string) record {
+	n.agent.mu.Lock()
+	defer n.agent.mu.Unlock()
+	if r, ok := n.agent.records[id]; ok {
+		return *r
+	}
+	return record{}
+}
+
+// peerOf is a client of the agent at addr with n's certificate, as n's
+// own calls to its peers have.
+func (n *node) peerOf(addr string) *client.Client {
+	c := n.agent.peer(addr)
+	n.t.Cleanup(c.Close)
+	return c
+}
+
+// refused checks that err is the refusal of caller, naming the node the
+// image is bound to (bound; "" none).
+func refused(t *testing.T, what string, err error, caller, bound string) {
+	t.Helper()
+	wantKind(t, what, err, api.ErrForbidden)
+	want := fmt.Sprintf("node %q may not", caller)
+	if bound != "" {
+		want = fmt.Sprintf("bound to node %q; %s", bound, want)
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Fatalf("%s: the refusal %q does not say %q", what, err, want)
+	}
+}
+
+// sameRecord fails unless got is want (its last write included).
+func sameRecord(t *testing.T, what string, got, want record) {
+	t.Helper()
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+		t.Fatalf("%s changed the record:\n got %+v\nwant %+v", what, got, want)
+	}
+}
+
+// A task suspended on A and resumed on B from A's image: the image is
+// bound to B, its first fetcher; a third agent C can neither release it
+// (committed or given back) nor fetch it, before, during or after B's
+// fetch, and nothing changes; B gives the image back, then resumes the
+// task and A keeps a tombstone bound to B.
+func TestReleaseOnlyByTheImagesFetcher(t *testing.T) {
+	t.Parallel()
+	ctx, a, b, c := threeNodes(t, nil)
+	rogue, fetcher := c.peerOf(a.addr), b.peerOf(a.addr)
+	forged := api.ReleaseRequest{Epoch: 2, Peer: c.addr, Committed: true}
+	before := a.rec("job")
+	refused(t, "release of a running task", rogue.Release(ctx, "job", forged), "node-c", "")
+	sameRecord(t, "a refused release of a running task", a.rec("job"), before)
+	if n := a.live(ctx, "job"); n != 1 {
+		t.Fatalf("A runs %d copies after a refused release, want 1", n)
+	}
+
+	last := a.suspendJob(ctx)
+	before = a.rec("job")
+	refused(t, "release of a suspended image", rogue.Release(ctx, "job", forged), "node-c", "")
+	sameRecord(t, "a refused release of a suspended image", a.rec("job"), before)
+
+	// B begins a fetch: the image is B's until B releases it.
+	conn, _, err := fetcher.FetchImageTar(ctx, "job", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before = a.rec("job")
+	if before.Phase != api.PhaseMigratingOut || before.Mode != "fetch" || before.PeerName != "node-b" {
+		t.Fatalf("during B's fetch A's record is %+v, want migrating-out, fetch, bound to node-b", before)
+	}
+	refused(t, "committed release during B's fetch", rogue.Release(ctx, "job", forged), "node-c", "node-b")
+	refused(t, "release during B's fetch", rogue.Release(ctx, "job", api.ReleaseRequest{Epoch: 1, Peer: c.addr}), "node-c", "node-b")
+	_, err = rogue.FetchImage(ctx, "job", 1)
+	refused(t, "plain fetch during B's fetch", err, "node-c", "node-b")
+	_, _, err = rogue.FetchImageStream(ctx, "job", 1)
+	refused(t, "chunk fetch during B's fetch", err, "node-c", "node-b")
+	sameRecord(t, "refused releases and fetches", a.rec("job"), before)
+	if _, err := os.Stat(a.agent.store.imageDir("job")); err != nil {
+		t.Fatalf("A's image after refused releases: %v", err)
+	}
+
+	// B gives the image back; then the controller's resume on B completes.
+	fmt.Fprintf(conn, "ERR the test gives it back\n")
+	conn.Close()
+	if err := fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 1, Peer: b.addr}); err != nil {
+		t.Fatalf("B gives the image back: %v", err)
+	}
+	if r := a.rec("job"); r.Phase != api.PhaseSuspended || r.PeerName != "" {
+		t.Fatalf("after B gave it back A's record is %+v, want suspended and bound to nobody", r)
+	}
+	res, err := b.c.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: a.addr})
+	if err != nil || res.Epoch != 2 {
+		t.Fatalf("resume on B from A: %+v %v", res, err)
+	}
+	if cs := b.waitCounter(ctx, "job", last); cs[0] != last+1 {
+		t.Fatalf("on B the counter starts at %d, want %d", cs[0], last+1)
+	}
+	tomb := a.rec("job")
+	if tomb.Phase != api.PhaseMoved || tomb.Epoch != 2 || tomb.Peer != b.addr || tomb.PeerName != "node-b" {
+		t.Fatalf("A's record after the resume on B is %+v, want a tombstone at epoch 2 bound to node-b", tomb)
+	}
+	if n := a.live(ctx, "job") + b.live(ctx, "job"); n != 1 {
+		t.Fatalf("%d live copies, want 1", n)
+	}
+	// The tombstone: B repeating its release is answered, C is refused.
+	if err := fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 2, Peer: b.addr, Committed: true}); err != nil {
+		t.Fatalf("B's repeated release: %v", err)
+	}
+	refused(t, "release of the tombstone", rogue.Release(ctx, "job", api.ReleaseRequest{Epoch: 3, Peer: c.addr, Committed: true}), "node-c", "node-b")
+	sameRecord(t, "releases of the tombstone", a.rec("job"), tomb)
+}
+
+// A checkpoint move A → B: while A suspends the task (slowly), C's forged
+// releases are refused and change nothing; the move then commits at B.
+func TestCheckpointMoveReleasedOnlyByItsDestination(t *testing.T) {
+	t.Parallel()
+	ctx, a, b, c := threeNodes(t, map[string]string{"FERRY_AGENT_TEST_SLOW": "2s"})
+	rogue := c.peerOf(a.addr)
+	moved := make(chan error, 1)
+	var ev api.MigrateEvent
+	go func() {
+		var err error
+		ev, err = a.c.Migrate(ctx, "job", api.MigrateRequest{Epoch: 1, To: b.addr, Mode: "checkpoint"}, nil)
+		moved <- err
+	}()
+	for r := a.rec("job"); r.PeerName != "node-b"; r = a.rec("job") {
+		select {
+		case err := <-moved:
+			t.Fatalf("the move ended (%v) before A bound it to node-b", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	for _, req := range []api.ReleaseRequest{{Epoch: 2, Peer: c.addr, Committed: true}, {Epoch: 1, Peer: c.addr}} {
+		refused(t, fmt.Sprintf("release %+v during the move", req), rogue.Release(ctx, "job", req), "node-c", "node-b")
+		// Normally still suspending; a slow machine may have let the move
+		// commit meanwhile, but never to C.
+		if r := a.rec("job"); r.Peer != b.addr || r.PeerName != "node-b" || r.Phase != api.PhaseMigratingOut && r.Phase != api.PhaseMoved {
+			t.Fatalf("after a refused release A's record is %+v", r)
+		}
+	}
+	if err := <-moved; err != nil || ev.Epoch != 2 {
+		t.Fatalf("the move: %+v %v", ev, err)
+	}
+	cs := a.counters(ctx, "job")
+	if bcs := b.waitCounter(ctx, "job", cs[len(cs)-1]); bcs[0] != cs[len(cs)-1]+1 {
+		t.Fatalf("on B the counter starts at %d, want %d", bcs[0], cs[len(cs)-1]+1)
+	}
+	if r := a.rec("job"); r.Phase != api.PhaseMoved || r.Epoch != 2 || r.Peer != b.addr {
+		t.Fatalf("A's record after the move is %+v, want a tombstone at epoch 2 pointing to B", r)
+	}
+	if n := a.live(ctx, "job") + b.live(ctx, "job"); n != 1 {
+		t.Fatalf("%d live copies, want 1", n)
+	}
+}
+
+// A restarts after B fetched the whole image and before B committed the
+// task: the binding is in A's record, so C's release is still refused and
+// B's committed release still makes A's image a tombstone — one copy, B's.
+func TestFetchBindingSurvivesHolderRestart(t *testing.T) {
+	t.Parallel()
+	ctx, a, b, c := threeNodes(t, nil)
+	rogue, fetcher := c.peerOf(a.addr), b.peerOf(a.addr)
+	last := a.suspendJob(ctx)
+	var released error
+	res, err := b.agent.resumeFetched(ctx, "job", api.ResumeRequest{Epoch: 1, From: a.addr}, imageSource{
+		from: a.addr, what: "image",
+		fetch: func(ctx context.Context, dir string) (*record, error) {
+			prec, err := b.agent.receiveImageTar(ctx, a.addr, "job", 1, dir)
+			if err != nil {
+				return nil, err
+			}
+			a.restart()
+			r := a.rec("job")
+			if r.Phase != api.PhaseSuspended || r.Epoch != 1 || r.PeerName != "node-b" {
+				t.Fatalf("after the restart A's record is %+v, want suspended at epoch 1, bound to node-b", r)
+			}
+			refused(t, "C's release after the restart", rogue.Release(ctx, "job", api.ReleaseRequest{Epoch: 2, Peer: c.addr, Committed: true}), "node-c", "node-b")
+			sameRecord(t, "C's release after the restart", a.rec("job"), r)
+			return prec, nil
+		},
+		check: func(*record) error { return nil },
+		committed: func(epoch uint64) {
+			released = fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: epoch, Peer: b.addr, Committed: true})
+		},
+	})
+	if err != nil || res.Epoch != 2 || released != nil {
+		t.Fatalf("resume on B: %+v %v; release at A: %v", res, err, released)
+	}
+	if cs := b.waitCounter(ctx, "job", last); cs[0] != last+1 {
+		t.Fatalf("on B the counter starts at %d, want %d", cs[0], last+1)
+	}
+	if r := a.rec("job"); r.Phase != api.PhaseMoved || r.Epoch != 2 || r.PeerName != "node-b" {
+		t.Fatalf("A's record after B's release is %+v, want a tombstone at epoch 2 bound to node-b", r)
+	}
+	if _, err := os.Stat(a.agent.store.imageDir("job")); !os.IsNotExist(err) {
+		t.Fatalf("A's image after the move: %v, want gone", err)
+	}
+	if n := a.live(ctx, "job") + b.live(ctx, "job"); n != 1 {
+		t.Fatalf("%d live copies, want 1", n)
+	}
+}
