@@ -61,6 +61,21 @@ func decide(t *testing.T, p Policy, v *View) Decision {
 	return d
 }
 
+// wantFirst: the decision wants the first n tasks in state st, the others
+// running.
+func wantFirst(t *testing.T, d Decision, n int, st cluster.TaskState) {
+	t.Helper()
+	for i, s := range d.Want {
+		want := cluster.Running
+		if i < n {
+			want = st
+		}
+		if s != want {
+			t.Fatalf("task %d wanted %v, want %v (all: %v)", i, s, want, d.Want)
+		}
+	}
+}
+
 func TestFerryMovesAWakingVMToAFreeCoreInsteadOfSuspending(t *testing.T) {
 	// Three computing VMs on node a (2 cores), node b empty.
 	v := vmView(2, 4, vmJob{name: "j", nodes: []int{0, 0, 0}, cpu: []int64{1, 1, 1}, mem: 1, wall: 1000})
@@ -219,21 +234,12 @@ func TestFerryShedsTheWidestJob(t *testing.T) {
 		vmJob{name: "wide", nodes: []int{0, 0, 1, 1}, cpu: []int64{1, 1, 1, 1}, mem: 1, wall: 600},
 		vmJob{name: "narrow", nodes: []int{0, 1}, cpu: []int64{1, 1}, mem: 1, wall: 5000},
 	)
-	d := decide(t, Ferry(), v)
-	for i, s := range d.Want {
-		want := cluster.Running
-		if i < 4 {
-			want = cluster.Sleeping
-		}
-		if s != want {
-			t.Fatalf("task %d wanted %v, want %v (all: %v)", i, s, want, d.Want)
-		}
-	}
+	wantFirst(t, decide(t, Ferry(), v), 4, cluster.Sleeping)
 	// The former rule (most remaining work first) suspends the narrow one
 	// and still leaves a core of overload, within tolerance.
 	old := Ferry()
 	old.ShedWidest = false
-	d = decide(t, old, v)
+	d := decide(t, old, v)
 	if d.Want[0] != cluster.Running || d.Want[4] != cluster.Sleeping {
 		t.Fatalf("most-remaining rule: %v", d.Want)
 	}
@@ -356,24 +362,51 @@ func sleepingJob(v *View, name string, n, node int, mem int64) {
 	v.Jobs = append(v.Jobs, j)
 }
 
+// stoppedJob adds a job stopped after it ran (Selective.Restart): n ready
+// VMs seen using 1 core each, no work kept.
+func stoppedJob(v *View, name string, n int, mem int64) {
+	m := v.Model
+	j := Job{Name: name, Walltime: 500, Total: 500, Preemptible: true, Migratable: true, Ran: true}
+	for k := range n {
+		j.Tasks = append(j.Tasks, len(m.Tasks))
+		m.Tasks = append(m.Tasks, cluster.Task{Name: name + string(rune('0'+k)), Job: name, State: cluster.Ready, Node: cluster.NoNode, Demand: []int64{1, mem}})
+	}
+	v.Jobs = append(v.Jobs, j)
+}
+
 func TestFerryResumesAJobAResumeBeforeTheEndOfTheOneUsingItsCores(t *testing.T) {
-	// Node a's two cores are used by job r; job s sleeps and needs them.
-	// Every action takes 10 s (AttrDurations): r ending within 10 s
-	// (its estimate) lets s's resume start now.
+	// Node a's two cores are used by job r; job s sleeps (or was stopped,
+	// see Selective.Restart) and needs them. Every action takes 10 s
+	// (AttrDurations): r ending within 10 s (its estimate) lets s's
+	// resume (or boot) start now.
 	for _, c := range []struct {
 		name    string
 		wall    int64
 		soft    bool
-		want    cluster.TaskState
+		stopped bool
+		back    bool
 		recheck int64
 	}{
-		{"ends within a resume", 5, true, cluster.Running, 0},
-		{"ends later", 100, true, cluster.Sleeping, 1000 + 100 - 10},
-		{"cpu not time-shared", 5, false, cluster.Sleeping, 0},
+		{"ends within a resume", 5, true, false, true, 0},
+		{"ends later", 100, true, false, false, 1000 + 100 - 10},
+		{"cpu not time-shared", 5, false, false, false, 0},
+		{"stopped, ends within a boot", 5, true, true, true, 0},
+		{"stopped, ends later", 100, true, true, false, 1000 + 100 - 10},
+		{"stopped, cpu not time-shared", 5, false, true, false, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			v := vmView(1, 4, vmJob{name: "r", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: c.wall})
-			sleepingJob(v, "s", 2, 0, 1)
+			waiting := cluster.Sleeping
+			if c.stopped {
+				stoppedJob(v, "s", 2, 1)
+				waiting = cluster.Ready
+			} else {
+				sleepingJob(v, "s", 2, 0, 1)
+			}
+			want := waiting
+			if c.back {
+				want = cluster.Running
+			}
 			if c.soft {
 				v.Soft = map[int]bool{0: true}
 			}
@@ -384,14 +417,71 @@ func TestFerryResumesAJobAResumeBeforeTheEndOfTheOneUsingItsCores(t *testing.T) 
 				}
 			}
 			for _, i := range v.Jobs[1].Tasks {
-				if d.Want[i] != c.want {
-					t.Fatalf("sleeping task %d wanted %v, want %v", i, d.Want[i], c.want)
+				if d.Want[i] != want {
+					t.Fatalf("waiting task %d wanted %v, want %v", i, d.Want[i], want)
 				}
 			}
 			if d.Recheck != c.recheck {
 				t.Fatalf("recheck %d, want %d", d.Recheck, c.recheck)
 			}
 		})
+	}
+}
+
+func TestFerryStopsAShedJobWhenARestartCostsLess(t *testing.T) {
+	// Two nodes of 2 cores: a job computing on 4 VMs of 512 MiB and one on
+	// 2; the wide one is shed (TestFerryShedsTheWidestJob). With the VTDC
+	// costs a suspend and a resume take 13 s each, a shutdown 5 s and a
+	// boot 15 s: a job with less than 6 s of work done is stopped (its
+	// work is lost), one with more is suspended; without Restart, always
+	// suspended.
+	const mib = int64(1) << 20
+	for _, c := range []struct {
+		name    string
+		done    int64
+		restart bool
+		want    cluster.TaskState
+	}{
+		{"no work done", 0, true, cluster.Ready},
+		{"5 s done", 5, true, cluster.Ready},
+		{"6 s done", 6, true, cluster.Sleeping},
+		{"no work done, Restart off", 0, false, cluster.Sleeping},
+		{"progress unknown", -1, true, cluster.Sleeping},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v := vmView(2, 8192*mib,
+				vmJob{name: "wide", nodes: []int{0, 0, 1, 1}, cpu: []int64{1, 1, 1, 1}, mem: 512 * mib, wall: 600},
+				vmJob{name: "narrow", nodes: []int{0, 1}, cpu: []int64{1, 1}, mem: 512 * mib, wall: 5000},
+			)
+			v.Durations = cluster.BandwidthDurations{Memory: "memory", NetBandwidth: 110_000_000, DiskBandwidth: 50_000_000,
+				BootTask: 15, ShutdownTask: 5, Latency: 2}
+			v.Jobs[0].Done, v.Jobs[0].Total = c.done, c.done+600
+			if c.done < 0 { // a controller's view: no progress reported
+				v.Jobs[0].Done, v.Jobs[0].Total = 0, 0
+			}
+			f := Ferry()
+			f.Restart = c.restart
+			wantFirst(t, decide(t, f, v), 4, c.want)
+		})
+	}
+}
+
+func TestFerryPlacesAStoppedJobByTheDemandItWasSeenUsing(t *testing.T) {
+	// One node of 2 cores, both busy, CPU time-shared: a job that never
+	// ran is admitted by memory (its use is unknown), one stopped after
+	// it ran is not (it was seen using a core per VM).
+	for _, ran := range []bool{false, true} {
+		v := vmView(1, 8, vmJob{name: "run", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 1, wall: 600})
+		v.Soft = map[int]bool{0: true}
+		queue(v, "new", 2)
+		v.Jobs[1].Ran = ran
+		want := cluster.Running
+		if ran {
+			want = cluster.Ready
+		}
+		if d := decide(t, Ferry(), v); d.Want[2] != want || d.Want[3] != want {
+			t.Fatalf("ran %v: %v, want the queued job's tasks %v", ran, d.Want, want)
+		}
 	}
 }
 

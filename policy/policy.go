@@ -28,6 +28,10 @@ type Job struct {
 	Preemptible bool
 	// Migratable jobs may be live-migrated.
 	Migratable bool
+	// Ran: the job has run before (all its tasks at once). A job stopped
+	// after it ran is queued again with the demand its tasks were last
+	// seen using; one that never ran shows its peak.
+	Ran bool
 }
 
 // View is what a policy sees: the configuration, the jobs (queued, running

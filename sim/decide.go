@@ -75,7 +75,7 @@ func (e *engine) decide(ctx context.Context) error {
 		jobs = append(jobs, policy.Job{
 			Name: j.spec.Name, Priority: j.spec.Priority, Submitted: j.spec.Submit,
 			Tasks: e.idx[start:len(tasks):len(tasks)], Walltime: max(est-done, 1), Done: done, Total: est,
-			Preemptible: j.spec.Preemptible, Migratable: j.spec.Migratable,
+			Preemptible: j.spec.Preemptible, Migratable: j.spec.Migratable, Ran: j.started >= 0,
 		})
 	}
 	// e.idx may have grown: re-slice every job's tasks onto the final array.
@@ -175,6 +175,15 @@ func (e *engine) account(a plan.Action) {
 	case cluster.Migrate:
 		c.Migrations++
 		c.MigrationTime += d
+	case cluster.Shutdown:
+		// Only a restart shuts a task down (Selective.Restart): its
+		// shutdown and its boot again are the restart's cost.
+		c.Restarts++
+		c.RestartTime += d
+	case cluster.Boot:
+		if e.jobs[e.tasks[a.Task].job].started >= 0 {
+			c.RestartTime += d
+		}
 	}
 	if a.Kind == cluster.Suspend || a.Kind == cluster.Resume || a.Kind == cluster.Migrate {
 		if r := e.w.Durations.Memory; r != "" {
@@ -277,20 +286,22 @@ func (e *engine) problem(m *cluster.Model, d policy.Decision) (*plan.Problem, []
 		}
 		sm.Tasks = append(sm.Tasks, *t)
 		sub = append(sub, e.sub2glob[i])
-		resumed := t.State == cluster.Sleeping && d.Want[i] == cluster.Running
-		suspended := t.State == cluster.Running && d.Want[i] == cluster.Sleeping
+		resumed := t.State != cluster.Running && d.Want[i] == cluster.Running
+		suspended := t.State == cluster.Running && d.Want[i] != cluster.Running
 		if e.observed && (e.jobs[e.tasks[e.sub2glob[i]].job].started < 0 || resumed || suspended) {
 			// A job that never ran: its use of a time-shared resource is
 			// not known, the planner reserves none of it (the policy
 			// placed it; the nodes share what it turns out to use). A
-			// task being resumed uses none until its resume ends, and the
-			// policy placed it by what it used: the planner reserves none
-			// either, so a resume may overlap the end of the job whose
-			// cores it takes (Selective.Anticipate). A task being
-			// suspended uses none from its suspend's start (the engine
-			// counts no load for it then, see updateRates): the planner
-			// reserves none, so a move onto its cores need not wait for
-			// its memory to be written out, only for the memory it needs.
+			// task being resumed (or booted again after its job was
+			// stopped, see Selective.Restart) uses none until its action
+			// ends, and the policy placed it by what it used: the planner
+			// reserves none either, so a resume may overlap the end of
+			// the job whose cores it takes (Selective.Anticipate). A task
+			// being suspended or shut down uses none from its action's
+			// start (the engine counts no load for it then, see
+			// updateRates): the planner reserves none, so a move onto its
+			// cores need not wait for its memory to be written out or
+			// freed, only for the memory it needs.
 			// One copy for all of them: a copy per resource would undo
 			// the zeroing of the ones before it.
 			st := &sm.Tasks[len(sm.Tasks)-1]

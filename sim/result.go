@@ -69,6 +69,11 @@ type Summary struct {
 	ResumeTime          int64   `json:"resume_time_s"`
 	MigrationTime       int64   `json:"migration_time_s"`
 	BytesMoved          int64   `json:"bytes_moved"`
+	// Restarts counts tasks shut down after their job ran, to be booted
+	// again (the job's work is lost); RestartTime is those shutdowns and
+	// boots again.
+	Restarts    int   `json:"restarts"`
+	RestartTime int64 `json:"restart_time_s"`
 }
 
 // Result is a run's outcome.
@@ -121,12 +126,12 @@ func (r *Result) summarize(w *workload.Workload, area, totalCPU float64) {
 // Table writes results side by side as aligned text.
 func Table(w io.Writer, rs []*Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "policy\tjobs\tmakespan\tcumulated\tmean wait\tmean bsd\tutil\tsusp\tres\tmigr\taction time\tplans\t")
+	fmt.Fprintln(tw, "policy\tjobs\tmakespan\tcumulated\tmean wait\tmean bsd\tutil\tsusp\tres\trestart\tmigr\taction time\tplans\t")
 	for _, r := range rs {
 		s := r.Summary
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%.2f\t%.1f%%\t%d\t%d\t%d\t%s\t%d\t\n", r.Policy, s.Completed,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%.2f\t%.1f%%\t%d\t%d\t%d\t%d\t%s\t%d\t\n", r.Policy, s.Completed,
 			dur(s.Makespan), dur(s.CumulatedCompletion), dur(int64(s.MeanWait)), s.MeanBSD, 100*s.Utilization,
-			s.Suspends, s.Resumes, s.Migrations, dur(s.SuspendTime+s.ResumeTime+s.MigrationTime), r.PlannerCalls)
+			s.Suspends, s.Resumes, s.Restarts, s.Migrations, dur(s.SuspendTime+s.ResumeTime+s.MigrationTime+s.RestartTime), r.PlannerCalls)
 	}
 	return tw.Flush()
 }
@@ -145,12 +150,12 @@ func dur(s int64) string {
 // CSV writes one row per result.
 func CSV(w io.Writer, rs []*Result) error {
 	var b strings.Builder
-	b.WriteString("workload,policy,seed,jobs,completed,makespan_s,cumulated_completion_s,mean_wait_s,mean_response_s,mean_bounded_slowdown,max_bounded_slowdown,utilization,suspends,resumes,remote_resumes,migrations,suspend_time_s,resume_time_s,migration_time_s,bytes_moved,planner_calls\n")
+	b.WriteString("workload,policy,seed,jobs,completed,makespan_s,cumulated_completion_s,mean_wait_s,mean_response_s,mean_bounded_slowdown,max_bounded_slowdown,utilization,suspends,resumes,remote_resumes,migrations,suspend_time_s,resume_time_s,migration_time_s,bytes_moved,planner_calls,restarts,restart_time_s\n")
 	for _, r := range rs {
 		s := r.Summary
-		fmt.Fprintf(&b, "%s,%s,%d,%d,%d,%d,%d,%.3f,%.3f,%.4f,%.4f,%.4f,%d,%d,%d,%d,%d,%d,%d,%d,%d\n", r.Workload, r.Policy, r.Seed,
+		fmt.Fprintf(&b, "%s,%s,%d,%d,%d,%d,%d,%.3f,%.3f,%.4f,%.4f,%.4f,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d\n", r.Workload, r.Policy, r.Seed,
 			s.Jobs, s.Completed, s.Makespan, s.CumulatedCompletion, s.MeanWait, s.MeanResponse, s.MeanBSD, s.MaxBSD, s.Utilization,
-			s.Suspends, s.Resumes, s.RemoteResumes, s.Migrations, s.SuspendTime, s.ResumeTime, s.MigrationTime, s.BytesMoved, r.PlannerCalls)
+			s.Suspends, s.Resumes, s.RemoteResumes, s.Migrations, s.SuspendTime, s.ResumeTime, s.MigrationTime, s.BytesMoved, r.PlannerCalls, s.Restarts, s.RestartTime)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

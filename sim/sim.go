@@ -10,8 +10,9 @@
 // changes or that a constraint names; the others are folded into the
 // nodes' capacities), solves it and schedules the plan's actions. A job's
 // work progresses only while all its tasks run; suspended jobs keep their
-// progress and pay suspend and resume time; a migration pays a short
-// downtime at its end. The run is deterministic for a workload, policy and
+// progress and pay suspend and resume time; a job whose tasks are all
+// shut down loses it (it runs again from the start once booted); a
+// migration pays a short downtime at its end. The run is deterministic for a workload, policy and
 // seed; Result.Events is its event log.
 package sim
 
@@ -90,6 +91,10 @@ type jobRun struct {
 	lostTime  int64
 	// startedTasks: some task left the ready state.
 	startedTasks bool
+	// restarted: every task was shut down after the job ran; its work is
+	// lost and it starts from its first segment once booted again (until
+	// then the policy sees the demand its tasks last used).
+	restarted bool
 }
 
 type taskRun struct {
@@ -610,6 +615,9 @@ func (e *engine) startAction(i int) {
 	tk.action = int32(i)
 	switch a.Kind {
 	case cluster.Boot, cluster.Resume, cluster.Migrate:
+		if j := &e.jobs[tk.job]; j.restarted {
+			j.restarted, j.seg = false, 0
+		}
 		e.jobs[tk.job].startedTasks = true
 		tk.resTo = int32(a.To)
 		e.reserve(int32(a.To), int32(a.Task), 1)
@@ -659,10 +667,29 @@ func (e *engine) endAction(i int) {
 	case cluster.Shutdown:
 		e.reserve(int32(a.From), int32(a.Task), -1)
 		tk.state, tk.node, tk.leaving = cluster.Ready, -1, false
+		e.restart(int(tk.job))
 	case cluster.Kill:
 		e.err = fmt.Errorf("sim: policy %s killed task %d of job %s: the simulator never kills", e.cfg.Policy.Name(), tk.k, j.spec.Name)
 	}
 	e.log(Event{T: e.now, Kind: EvEnd, Action: a.Kind, Job: tk.job, Task: int32(a.Task), From: int32(a.From), To: int32(a.To)})
+}
+
+// restart: once every task of a job that ran is shut down (none running,
+// sleeping or in an action), its work is lost: a stopped VM keeps nothing
+// of its computation. The job starts again from no progress when booted.
+func (e *engine) restart(ji int) {
+	j := &e.jobs[ji]
+	if j.started < 0 {
+		return
+	}
+	for t := j.firstTask; t < j.firstTask+int32(j.spec.Tasks); t++ {
+		if tk := &e.tasks[t]; tk.state != cluster.Ready || tk.action >= 0 {
+			return
+		}
+	}
+	e.fold(ji)
+	j.progress, j.restarted = 0, true
+	j.gen++ // no pending boundary of the lost run applies
 }
 
 // checkCapacity is the engine's own guard on hard resources (the

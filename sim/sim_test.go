@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -178,10 +179,13 @@ jobs:
 
 func TestAResumeEndsWhenTheJobWhoseCoresItTakesEnds(t *testing.T) {
 	// Two 2-VM jobs on one 2-core node: ferry admits both, sheds b, and
-	// resumes b a resume's time before a's estimated end (asking for a
-	// decision then, Decision.Recheck): the planner reserves no CPU for a
-	// task being resumed, so b runs from a's completion on instead of
-	// starting its resume then.
+	// brings b back a resume's (or, stopped, a boot's) time before a's
+	// estimated end (asking for a decision then, Decision.Recheck): the
+	// planner reserves no CPU for a task being resumed or booted again,
+	// so b runs from a's completion on instead of starting its return
+	// then. Here a restart (1 s shutdown, 1 s boot) costs less than a
+	// suspend and a resume (7 s each): ferry stops b, which has done no
+	// work yet; without Restart it suspends b.
 	w := scenario(t, `
 nodes: {count: 1, cpu: 2, memory_mib: 2048}
 durations: {disk_mbps: 100, net_mbps: 117, latency: 1, boot: 1, shutdown: 1}
@@ -190,24 +194,39 @@ jobs:
   - {name: a, submit: 0, tasks: 2, cpu: 1, memory_mib: 512, work: 300, walltime: 300}
   - {name: b, submit: 0, tasks: 2, cpu: 1, memory_mib: 512, work: 300, walltime: 300}
 `)
-	r := run(t, w, policy.Ferry())
-	if r.NoPlans != 0 || r.Summary.Resumes != 2 {
-		t.Fatalf("%d decisions without a plan, %d resumes", r.NoPlans, r.Summary.Resumes)
-	}
-	resumed, ended := int64(-1), int64(-1)
-	for _, ev := range r.Events {
-		switch {
-		case ev.Kind == sim.EvStart && ev.Action == cluster.Resume && resumed < 0:
-			resumed = ev.T
-		case ev.Kind == sim.EvComplete && ev.Job == 0:
-			ended = ev.T
-		}
-	}
-	if resumed < 0 || resumed >= ended {
-		t.Fatalf("b's resume started at %d, a ended at %d: want the resume under way before", resumed, ended)
-	}
-	if b := r.Jobs[1]; b.End != ended+300 {
-		t.Fatalf("b ended at %d, want %d (running from a's end)", b.End, ended+300)
+	suspending := policy.Ferry()
+	suspending.Restart = false
+	for _, c := range []struct {
+		name     string
+		p        policy.Selective
+		back     cluster.ActionKind
+		restarts int
+	}{
+		{"suspended", suspending, cluster.Resume, 0},
+		{"stopped", policy.Ferry(), cluster.Boot, 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := run(t, w, c.p)
+			s := r.Summary
+			if r.NoPlans != 0 || s.Restarts != c.restarts || s.Suspends != 2-c.restarts || s.Resumes != 2-c.restarts {
+				t.Fatalf("%d decisions without a plan, %d restarts, %d suspends, %d resumes", r.NoPlans, s.Restarts, s.Suspends, s.Resumes)
+			}
+			back, ended := int64(-1), int64(-1)
+			for _, ev := range r.Events {
+				switch {
+				case ev.Kind == sim.EvStart && ev.Action == c.back && ev.Job == 1 && ev.T > 0 && back < 0:
+					back = ev.T
+				case ev.Kind == sim.EvComplete && ev.Job == 0:
+					ended = ev.T
+				}
+			}
+			if back < 0 || back >= ended {
+				t.Fatalf("b's %s started at %d, a ended at %d: want it under way before", c.back, back, ended)
+			}
+			if b := r.Jobs[1]; b.End != ended+300 {
+				t.Fatalf("b ended at %d, want %d (running from a's end)", b.End, ended+300)
+			}
+		})
 	}
 }
 
@@ -341,5 +360,81 @@ jobs:
 	}
 	if r.Summary.Completed != 2 {
 		t.Fatalf("%d of 2 jobs completed", r.Summary.Completed)
+	}
+}
+
+// restarter boots job a, stops it (shutdown) at its first decision from
+// t=100 on, then boots it again, recording what it sees meanwhile.
+type restarter struct {
+	stopped, rebooted bool
+	seen              []string
+}
+
+func (*restarter) Name() string         { return "restarter" }
+func (*restarter) ObservesDemand() bool { return true }
+func (r *restarter) Decide(v *policy.View) (policy.Decision, error) {
+	d := policy.Current(v.Model)
+	a := &v.Jobs[0]
+	want := func(st cluster.TaskState) {
+		for _, t := range a.Tasks {
+			d.Want[t] = st
+		}
+	}
+	busy := func() string { // which tasks the view shows computing
+		var b []byte
+		for _, t := range a.Tasks {
+			b = append(b, byte('0'+v.Model.Tasks[t].Demand[0]))
+		}
+		return string(b)
+	}
+	switch ph := policy.JobPhase(v.Model, a); {
+	case ph == policy.Queued && !r.stopped:
+		want(cluster.Running)
+	case ph == policy.Active && !r.stopped && v.Now < 100:
+		d.Recheck = 100
+	case ph == policy.Active && !r.stopped:
+		r.stopped = true
+		r.seen = append(r.seen, fmt.Sprintf("stop at %d: done %d, busy %s", v.Now, a.Done, busy()))
+		want(cluster.Ready)
+	case ph == policy.Queued:
+		r.seen = append(r.seen, fmt.Sprintf("stopped at %d: ran %v, done %d, busy %s", v.Now, a.Ran, a.Done, busy()))
+		r.rebooted = true
+		want(cluster.Running)
+	case ph == policy.Active && r.rebooted:
+		r.seen = append(r.seen, fmt.Sprintf("again at %d: done %d, busy %s", v.Now, a.Done, busy()))
+		r.rebooted = false
+	}
+	return d, nil
+}
+
+func TestAStoppedJobLosesItsWorkAndStartsAgainFromItsFirstStep(t *testing.T) {
+	// An HC vjob (9 steps of about 70 s, 10 s transfers between them, one
+	// VM computing at a time) boots (15 s), is shut down (5 s) after 85 s
+	// of progress, in its second step, and booted again (15 s): it runs
+	// its whole work again from its first step. While stopped the policy sees
+	// the demand its VMs last used (the second VM computing) and no work
+	// done; once it runs again, the first VM computes.
+	w := scenario(t, `
+nodes: {count: 5, cpu: 2, memory_mib: 3584}
+durations: {disk_mbps: 50, net_mbps: 110, latency: 2, boot: 15, shutdown: 5}
+soft: [cpu]
+jobs:
+  - {name: a, submit: 0, ngb: HC}
+`)
+	p := &restarter{}
+	r := run(t, w, p)
+	want := []string{
+		"stop at 100: done 85, busy 010000000",
+		"stopped at 105: ran true, done 0, busy 010000000",
+		"again at 120: done 0, busy 100000000",
+	}
+	if strings.Join(p.seen, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("the policy saw:\n%s\nwant:\n%s", strings.Join(p.seen, "\n"), strings.Join(want, "\n"))
+	}
+	if a := r.Jobs[0]; a.Start != 15 || a.End != 120+a.Work {
+		t.Fatalf("a ran from %d to %d, want 15 to %d", a.Start, a.End, 120+a.Work)
+	}
+	if s := r.Summary; s.Restarts != 9 || s.RestartTime != 9*5+9*15 || s.Suspends != 0 {
+		t.Fatalf("%d restarts, %d s of restart, %d suspends", s.Restarts, s.RestartTime, s.Suspends)
 	}
 }

@@ -66,6 +66,18 @@ func TestCheckerCatchesBrokenLogs(t *testing.T) {
 		"work lost": {func(r *sim.Result) {
 			r.Events[len(r.Events)-1].T += 50
 		}, "work lost"},
+		"work kept across a restart": {func(r *sim.Result) {
+			// long's suspend and resume made a shutdown and a boot: its
+			// 299 s before are lost, and it does not run 2,000 s after.
+			for i, e := range r.Events {
+				switch {
+				case (e.Kind == sim.EvStart || e.Kind == sim.EvEnd) && e.Action == cluster.Suspend:
+					r.Events[i].Action = cluster.Shutdown
+				case (e.Kind == sim.EvStart || e.Kind == sim.EvEnd) && e.Action == cluster.Resume:
+					r.Events[i].Action = cluster.Boot
+				}
+			}
+		}, "work created"},
 		"resume of a running task": {func(r *sim.Result) {
 			i := find(r, sim.EvStart, cluster.Suspend)
 			r.Events[i].Action = cluster.Resume
