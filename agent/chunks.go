@@ -20,14 +20,16 @@ import (
 // image ("image-TASK", one pin per task, replaced by the next image of the
 // same task), so the next move of a similar image between nodes that have
 // seen it sends only the chunks that changed. Disk use is bounded:
-// chunkStoreMaxBytes of pinned chunks (the least recently pinned images go
-// first, then GC frees their chunks), plus the chunks of transfers in
-// flight.
+// chunkStoreMaxBytes on disk held by the pins (whole blobs, cas.Store.Held;
+// the least recently pinned images go first, then GC frees their blobs),
+// plus the chunks of transfers in flight and of unpinned images in their
+// grace period.
 //
 // The store is opened on first use, once per data directory; a store that
 // cannot be opened makes transfers run without it (logged), never fail.
 
-// chunkStoreMaxBytes bounds the pinned chunks of one node's store.
+// chunkStoreMaxBytes bounds the bytes the pins of one node's store hold
+// on disk (cas.Options.MaxBytes).
 var chunkStoreMaxBytes int64 = 8 << 30
 
 type nodeChunks struct {

@@ -49,6 +49,10 @@ type blob struct {
 	// dirty: kept unpinned (KeepLinked without a name), not fsynced; the
 	// first pin to name it fsyncs it (syncNewBlobs).
 	dirty bool
+	// size is its bytes on disk and inode, read (sized) before a pin first
+	// names it; the pins hold it (Held) while refs > 0.
+	size  blobSize
+	sized bool
 
 	// Its file open for reads (opened on first read; at most
 	// maxOpenBlobs of a store's blobs are, the least recently read closed
@@ -56,6 +60,98 @@ type blob struct {
 	f     *os.File
 	users int
 	lru   *list.Element
+}
+
+// blobSize is a blob's bytes on disk (allocated blocks: a link to a
+// sparse image holds its data, not its holes) and its inode, which other
+// blobs may share (a checkpoint file linked in place of the task's earlier
+// one, then into the store again).
+type blobSize struct {
+	bytes int64
+	ino   inodeKey
+}
+
+type inodeKey struct{ dev, ino uint64 }
+
+// inodeHold counts the held blobs of one inode.
+type inodeHold struct {
+	blobs int
+	bytes int64
+}
+
+func sizeOf(st *unix.Stat_t) blobSize {
+	return blobSize{bytes: st.Blocks * 512, ino: inodeKey{uint64(st.Dev), st.Ino}}
+}
+
+// statBlobs returns the size of each blob of t not sized yet, taken from
+// known (the blobs syncNewBlobs fstat'ed) or read now. A blob that cannot
+// be read counts nothing (its reads are misses).
+func (s *Store) statBlobs(t *locTable, known map[string]blobSize) map[string]blobSize {
+	s.mu.Lock()
+	var todo []string
+	for _, n := range t.blobs {
+		if b := s.blobs[n]; b != nil && b.sized {
+			continue
+		}
+		if _, ok := known[n]; !ok {
+			todo = append(todo, n)
+		}
+	}
+	s.mu.Unlock()
+	if len(todo) == 0 {
+		return known
+	}
+	out := make(map[string]blobSize, len(known)+len(todo))
+	for n, z := range known {
+		out[n] = z
+	}
+	for _, n := range todo {
+		var st unix.Stat_t
+		if err := unix.Stat(s.blobPath(n), &st); err == nil {
+			out[n] = sizeOf(&st)
+		} else {
+			out[n] = blobSize{}
+		}
+	}
+	return out
+}
+
+// sizeBlobsLocked records the sizes of blobs not sized yet (s.mu held).
+func (s *Store) sizeBlobsLocked(sizes map[string]blobSize) {
+	for n, z := range sizes {
+		if b := s.blobOf(n); !b.sized {
+			b.size, b.sized = z, true
+		}
+	}
+}
+
+// blobOf returns blob name's entry, made if new (s.mu held).
+func (s *Store) blobOf(name string) *blob {
+	b := s.blobs[name]
+	if b == nil {
+		b = &blob{name: name}
+		s.blobs[name] = b
+	}
+	return b
+}
+
+// holdInodeLocked counts b's inode as held by the pins (d = 1) or no
+// longer by b (d = -1), adjusting Held when the inode's first blob comes
+// or its last goes (s.mu held).
+func (s *Store) holdInodeLocked(b *blob, d int) {
+	h := s.inodes[b.size.ino]
+	if h == nil {
+		h = &inodeHold{bytes: b.size.bytes}
+		s.inodes[b.size.ino] = h
+	}
+	h.blobs += d
+	switch {
+	case d > 0 && h.blobs == 1:
+		s.held += h.bytes
+	case h.blobs <= 0:
+		s.held -= h.bytes
+		delete(s.inodes, b.size.ino)
+	}
 }
 
 // maxOpenBlobs bounds the blob files a store keeps open for reads (every
@@ -173,13 +269,11 @@ func decodeLocs(b []byte) (*locTable, error) {
 func (s *Store) addLocsLocked(t *locTable, hold bool) {
 	bs := make([]*blob, len(t.blobs))
 	for i, n := range t.blobs {
-		b := s.blobs[n]
-		if b == nil {
-			b = &blob{name: n}
-			s.blobs[n] = b
-		}
+		b := s.blobOf(n)
 		if hold {
-			b.refs++
+			if b.refs++; b.refs == 1 {
+				s.holdInodeLocked(b, 1)
+			}
 		}
 		bs[i] = b
 	}
@@ -207,6 +301,7 @@ func (s *Store) dropLocsLocked(name string, now time.Time) {
 		if b := s.blobs[n]; b != nil {
 			if b.refs--; b.refs == 0 {
 				b.free = now
+				s.holdInodeLocked(b, -1)
 			}
 		}
 	}
@@ -221,12 +316,11 @@ func (s *Store) sweepBlobsLocked(cutoff time.Time) (int, int64) {
 		if b.refs > 0 || s.pending[name] || b.free.After(cutoff) {
 			continue
 		}
-		if fi, err := os.Stat(s.blobPath(name)); err == nil {
-			bytes += fi.Size()
-		}
+		freed := freedBy(s.blobPath(name))
 		if err := os.Remove(s.blobPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
+		bytes += freed
 		b.gone = true
 		// A read in progress on b.f completes (the descriptor is
 		// released after it); later ones find b gone.
@@ -241,6 +335,17 @@ func (s *Store) sweepBlobsLocked(cutoff time.Time) (int, int64) {
 		s.pruneLocked(id)
 	}
 	return n, bytes
+}
+
+// freedBy is what removing the blob at p frees on disk: its allocated
+// bytes when p is its inode's last link, else nothing (a link blob whose
+// image, or another blob, still links the inode).
+func freedBy(p string) int64 {
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil || st.Nlink > 1 {
+		return 0
+	}
+	return st.Blocks * 512
 }
 
 // pruneLocked drops id's locations into removed blobs.
@@ -626,7 +731,7 @@ func (s *Store) KeepLinked(ctx context.Context, name string, r io.ReaderAt, l *L
 			tb.add(e.ID, p.blob, offs[i]-p.start, e.Length)
 			continue
 		}
-		if s.holdStored(tb, e.ID) {
+		if s.holdStored(tb, e) {
 			continue
 		}
 		added++
@@ -688,8 +793,8 @@ func (s *Store) keepUnpinned(t *locTable) {
 	for _, n := range t.blobs {
 		b := s.blobs[n]
 		if b == nil {
-			b = &blob{name: n, dirty: true}
-			s.blobs[n] = b
+			b = s.blobOf(n)
+			b.dirty = true
 		}
 		if b.refs == 0 {
 			b.free = now
@@ -774,7 +879,9 @@ func (s *Store) FileBlob(id ID, off, size int64, pin string) string {
 // the table never names a blob a crash could lose: the pending ones (this
 // keep's) and those an unpinned keep left dirty. Chunk files need a
 // syncfs instead (Sync).
-func (s *Store) syncNewBlobs(t *locTable) error {
+//
+// It returns the size of each blob it synced (fstat after the fsync).
+func (s *Store) syncNewBlobs(t *locTable) (map[string]blobSize, error) {
 	s.mu.Lock()
 	var fresh []string
 	var dirty []*blob
@@ -787,14 +894,19 @@ func (s *Store) syncNewBlobs(t *locTable) error {
 		}
 	}
 	s.mu.Unlock()
+	sizes := make(map[string]blobSize, len(fresh))
 	for _, n := range fresh {
 		f, err := os.Open(s.blobPath(n))
 		if err == nil {
 			err = f.Sync()
+			var st unix.Stat_t
+			if err == nil && unix.Fstat(int(f.Fd()), &st) == nil {
+				sizes[n] = sizeOf(&st)
+			}
 			f.Close()
 		}
 		if err != nil {
-			return fmt.Errorf("cas: sync blob %s: %w", n, err)
+			return nil, fmt.Errorf("cas: sync blob %s: %w", n, err)
 		}
 	}
 	if len(fresh) > 0 {
@@ -805,5 +917,5 @@ func (s *Store) syncNewBlobs(t *locTable) error {
 		b.dirty = false
 	}
 	s.mu.Unlock()
-	return nil
+	return sizes, nil
 }

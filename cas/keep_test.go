@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -17,6 +18,15 @@ func randomData(n int, seed uint64) []byte {
 	b := make([]byte, n)
 	rand.NewChaCha8(s).Read(b)
 	return b
+}
+
+// randomBlocks returns n blocks of 4 KiB of randomData, seeds seed, seed+1…
+func randomBlocks(n int, seed uint64) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = randomData(4096, seed+uint64(i))
+	}
+	return out
 }
 
 // countChunks counts the chunk files in the store's directory.
@@ -148,12 +158,9 @@ func TestHeldSurvivesReopen(t *testing.T) {
 // pack is named by the new pin's table, so both outlive that pin.
 func TestKeepHoldsStoredChunksWhereTheyAre(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	s, err := Open(dir, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := [][]byte{randomData(4096, 20), randomData(4096, 21), randomData(4096, 22), randomData(4096, 23)}
+	s := openStore(t, Options{})
+	dir := s.Dir()
+	c := randomBlocks(4, 20)
 	if _, err := s.Put(Sum(c[0]), c[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -182,4 +189,106 @@ func TestKeepHoldsStoredChunksWhereTheyAre(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkChunks(t, s2, xb, b)
+}
+
+// allocated is the bytes on disk of the file at p (its blocks).
+func allocated(t *testing.T, p string) int64 {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Blocks * 512
+}
+
+// Held counts what the pins keep on disk: a pack whole while any pin
+// names one of its chunks, an inode once however many blobs link it, a
+// chunk file at its length; the same after a reopen.
+func TestHeldCountsBlobsOnDisk(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, Options{})
+	dir := s.Dir()
+	c := randomBlocks(5, 50)
+	keep := func(name string, parts ...[]byte) *Index {
+		t.Helper()
+		data := bytes.Join(parts, nil)
+		x, _ := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: Fixed})
+		if _, err := s.Keep(ctx, name, bytes.NewReader(data), x); err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	keep("a", c[0], c[1], c[2], c[3])
+	packA := filepath.Join(dir, "blobs", blobNames(t, s)[0])
+	want := allocated(t, packA)
+	if h := s.Held(); h != want || want < 4*4096 {
+		t.Fatalf("held %d, want pack a's %d", h, want)
+	}
+	keep("b", c[0], c[4]) // names a's pack for c[0], a new pack for c[4]
+	if err := s.Unpin("a"); err != nil {
+		t.Fatal(err)
+	}
+	var packB string
+	for _, n := range blobNames(t, s) {
+		if p := filepath.Join(dir, "blobs", n); p != packA {
+			packB = p
+		}
+	}
+	want = allocated(t, packA) + allocated(t, packB)
+	if h := s.Held(); h != want {
+		t.Fatalf("held %d after a went, want both packs' %d (b names one chunk of a's)", h, want)
+	}
+
+	// One file linked twice (two blobs, one inode) counts once.
+	data := randomData(256<<10, 55)
+	f, x := linkedFile(t, data)
+	for _, name := range []string{"c", "d"} {
+		l := s.Link()
+		if err := l.Add(f, x.Size); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.KeepLinked(ctx, name, f, l, x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want += allocated(t, f.Name())
+	if h := s.Held(); h != want {
+		t.Fatalf("held %d with the file linked twice, want %d", h, want)
+	}
+
+	// A chunk file counts its length.
+	if _, err := s.Put(Sum(c[3][:1000]), c[3][:1000]); err != nil {
+		t.Fatal(err)
+	}
+	xe, _ := BuildIndex(bytes.NewReader(c[3][:1000]), IndexOptions{Chunking: Fixed})
+	if err := s.Pin("e", xe); err != nil {
+		t.Fatal(err)
+	}
+	want += 1000
+	if h := s.Held(); h != want {
+		t.Fatalf("held %d with a chunk file pinned, want %d", h, want)
+	}
+	s2, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := s2.Held(); h != want {
+		t.Fatalf("held %d after reopen, want %d", h, want)
+	}
+
+	// Unpinning one of the two links frees nothing; the other, the file's
+	// blocks from Held; GC then frees nothing on disk (the file is still
+	// linked where it came from).
+	for _, name := range []string{"c", "d"} {
+		if err := s2.Unpin(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h, w := s2.Held(), want-allocated(t, f.Name()); h != w {
+		t.Fatalf("held %d after the links' pins went, want %d", h, w)
+	}
+	st, err := s2.GC(ctx, time.Now().Add(time.Hour), 0)
+	if err != nil || st.BlobsRemoved != 2 || st.RemovedBytes != 0 {
+		t.Fatalf("GC of two links to a file still linked elsewhere: %+v %v; want 2 blobs, 0 bytes freed", st, err)
+	}
 }

@@ -31,12 +31,14 @@ type Options struct {
 	// crash before Sync is caught by the verification on read and fetched
 	// again.
 	SyncEachChunk bool
-	// MaxBytes, if positive, bounds the chunk bytes the pins hold: Trim
+	// MaxBytes, if positive, bounds the bytes on disk the pins hold (see
+	// Held: whole blobs, not the chunks of them the pins name): Trim
 	// (which Keep calls after pinning) drops the oldest other pins (by the
 	// time they were last pinned) until they fit, and GC frees the chunks
-	// nothing references any more. The newest pin is always kept, even if
-	// it alone is larger. Chunks not yet pinned (a transfer in flight) are
-	// not counted and are kept for GCGrace.
+	// and blobs nothing references any more. The newest pin is always
+	// kept, even if it alone is larger. Chunks not yet pinned (a transfer
+	// in flight, an unnamed keep) and blobs no pin names any more are not
+	// counted and are kept for GCGrace.
 	MaxBytes int64
 	// GCGrace is how old an unreferenced chunk must be before the GC that
 	// follows a trim removes it (default 10 minutes).
@@ -81,9 +83,13 @@ type Store struct {
 	mu    sync.Mutex // guards refs and pins
 	refs  map[ID]int
 	pins  map[string][]ID // unique data chunk IDs of each pin
-	lens  map[ID]uint32   // length of each referenced chunk
 	pinAt map[string]time.Time
-	held  int64 // bytes of the referenced chunks (sum of lens)
+	// The bytes on disk the pins hold (Held): the blobs their tables name,
+	// each inode once, and the chunks they hold as chunk files.
+	held     int64
+	inodes   map[inodeKey]*inodeHold // of the blobs pins name
+	files    map[string][]Entry      // chunks each pin holds as chunk files
+	fileRefs map[ID]int              // pins holding a chunk as a chunk file
 
 	// Chunks in blobs (blob.go), guarded by mu.
 	blobs   map[string]*blob
@@ -100,7 +106,7 @@ const chunkHeaderLen = 5
 // Open opens (creating if needed) the store in dir and loads its pins.
 func Open(dir string, opts Options) (*Store, error) {
 	s := &Store{dir: dir, opts: opts, log: opts.Logger, refs: map[ID]int{}, pins: map[string][]ID{},
-		lens: map[ID]uint32{}, pinAt: map[string]time.Time{},
+		pinAt: map[string]time.Time{}, inodes: map[inodeKey]*inodeHold{}, files: map[string][]Entry{}, fileRefs: map[ID]int{},
 		blobs: map[string]*blob{}, where: map[ID][]loc{}, tables: map[string]*locTable{}, pending: map[string]bool{},
 		open: list.New(), maxOpen: maxOpenBlobs}
 	if s.log == nil {
@@ -137,7 +143,6 @@ func Open(dir string, opts Options) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cas: open store: pin %q: %w", e.Name(), err)
 		}
-		s.addPinLocked(e.Name(), x)
 		if info, err := e.Info(); err == nil {
 			s.pinAt[e.Name()] = info.ModTime()
 		}
@@ -146,9 +151,11 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("cas: open store: locations of pin %q: %w", e.Name(), err)
 		}
 		if t != nil {
+			s.sizeBlobsLocked(s.statBlobs(t, nil))
 			s.addLocsLocked(t, true)
 			s.tables[e.Name()] = t
 		}
+		s.addPinLocked(e.Name(), x, filesOf(x, t))
 	}
 	// Tables without their pin, and blobs no table names: a keep or an
 	// unpin cut by a crash (or in flight in another process using the
@@ -166,7 +173,10 @@ func (s *Store) removeOrphans(cutoff time.Time) (int, int64) {
 		if err := unix.Lstat(p, &st); err != nil {
 			return 0, false
 		}
-		return st.Size, time.Unix(st.Ctim.Unix()).Before(cutoff)
+		if st.Nlink > 1 {
+			st.Blocks = 0 // removing this link frees nothing
+		}
+		return st.Blocks * 512, time.Unix(st.Ctim.Unix()).Before(cutoff)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -405,19 +415,21 @@ func (s *Store) pinLocked(name string, x *Index, tb *tableBuilder) error {
 		if e.Hole || tb.in[e.ID] {
 			continue
 		}
-		if !s.holdStored(tb, e.ID) {
+		if !s.holdStored(tb, e) {
 			return fmt.Errorf("%w: pin %q: entry %d: chunk %s not in store", ErrNotFound, name, i, e.ID.Short())
 		}
 	}
-	t, files := tb.t, tb.files
-	if files {
+	t := tb.t
+	if len(tb.files) > 0 {
 		if err := s.Sync(); err != nil {
 			return err
 		}
 	}
-	if err := s.syncNewBlobs(t); err != nil {
+	synced, err := s.syncNewBlobs(t)
+	if err != nil {
 		return err
 	}
+	sizes := s.statBlobs(t, synced)
 	// The table first (naming the index's root), then the pin: a crash
 	// between them leaves a table Open ignores.
 	locs := filepath.Join(s.dir, "locs", name)
@@ -439,6 +451,7 @@ func (s *Store) pinLocked(name string, x *Index, tb *tableBuilder) error {
 	syncDir(filepath.Join(s.dir, "pins"))
 	now := time.Now()
 	s.mu.Lock()
+	s.sizeBlobsLocked(sizes)
 	if len(t.ents) > 0 {
 		s.addLocsLocked(t, true)
 	}
@@ -449,7 +462,7 @@ func (s *Store) pinLocked(name string, x *Index, tb *tableBuilder) error {
 	for _, n := range t.blobs {
 		delete(s.pending, n)
 	}
-	s.addPinLocked(name, x)
+	s.addPinLocked(name, x, tb.files)
 	s.pinAt[name] = now
 	s.mu.Unlock()
 	return nil
@@ -460,7 +473,7 @@ type tableBuilder struct {
 	t     *locTable
 	bi    map[string]int // blob name → index in t.blobs
 	in    map[ID]bool    // chunks held: in t, or a chunk file
-	files bool           // some chunk is a chunk file (not fsynced by Put)
+	files []Entry        // the chunks held as chunk files (not fsynced by Put)
 }
 
 func newTableBuilder(x *Index) *tableBuilder {
@@ -479,19 +492,19 @@ func (tb *tableBuilder) add(id ID, blob string, off int64, n uint32) {
 	tb.in[id] = true
 }
 
-// holdStored records where the store already holds id: a location in a
-// blob (tb names it) or else a chunk file (one lstat). It reports false
-// when the store holds neither.
-func (s *Store) holdStored(tb *tableBuilder, id ID) bool {
+// holdStored records where the store already holds chunk e: a location
+// in a blob (tb names it) or else a chunk file (one lstat). It reports
+// false when the store holds neither.
+func (s *Store) holdStored(tb *tableBuilder, e Entry) bool {
 	s.mu.Lock()
-	l, ok := s.liveLocLocked(id)
+	l, ok := s.liveLocLocked(e.ID)
 	s.mu.Unlock()
 	switch {
 	case ok:
-		tb.add(id, l.b.name, l.off, l.n)
-	case s.hasFile(id):
-		tb.in[id] = true
-		tb.files = true
+		tb.add(e.ID, l.b.name, l.off, l.n)
+	case s.hasFile(e.ID):
+		tb.in[e.ID] = true
+		tb.files = append(tb.files, e)
 	default:
 		return false
 	}
@@ -502,12 +515,12 @@ func (s *Store) holdStored(tb *tableBuilder, id ID) bool {
 type TrimStats struct {
 	Unpinned []string
 	GC       GCStats
-	// Held is the chunk bytes the remaining pins hold.
+	// Held is the bytes the remaining pins hold (Store.Held).
 	Held int64
 }
 
 // Trim applies Options.MaxBytes: it unpins the oldest pins but the newest
-// until the pins hold at most MaxBytes of chunks, then, if it unpinned
+// until the pins hold at most MaxBytes (Held), then, if it unpinned
 // anything, collects the unreferenced chunks older than GCGrace. Pin does
 // not call it (a caller may pin several indexes at once); callers that
 // want the bound call Trim after pinning.
@@ -548,7 +561,15 @@ func (s *Store) Trim(ctx context.Context) (TrimStats, error) {
 	return st, err
 }
 
-// Held is the number of chunk bytes the pins reference (each chunk once).
+// Held is the number of bytes on disk the pins hold: every blob a pin's
+// table names, whole (its allocated blocks, even where no pin names its
+// chunks any more; each inode once, however many blobs link it), read
+// when the blob was first named, plus the length of each chunk a pin
+// holds as a chunk file (not its file's blocks). A link blob shares its
+// inode with the file it was linked from: it is counted although that
+// file may still hold the same blocks, since the store keeps them once
+// the file is gone. Blobs no pin names (in their grace period) are not
+// counted.
 func (s *Store) Held() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -615,20 +636,27 @@ func (s *Store) readPin(name string) (*Index, error) {
 	return DecodeIndex(f)
 }
 
-func (s *Store) addPinLocked(name string, x *Index) {
+// addPinLocked counts pin name's references to the chunks of x; files
+// are those it holds as chunk files (its table names the others).
+func (s *Store) addPinLocked(name string, x *Index, files []Entry) {
 	seen := map[ID]bool{}
 	var ids []ID
 	for _, e := range x.Entries {
 		if !e.Hole && !seen[e.ID] {
 			seen[e.ID] = true
 			ids = append(ids, e.ID)
-			if s.refs[e.ID]++; s.refs[e.ID] == 1 {
-				s.lens[e.ID] = e.Length
-				s.held += int64(e.Length)
-			}
+			s.refs[e.ID]++
 		}
 	}
 	s.pins[name] = ids
+	for _, e := range files {
+		if s.fileRefs[e.ID]++; s.fileRefs[e.ID] == 1 {
+			s.held += int64(e.Length)
+		}
+	}
+	if len(files) > 0 {
+		s.files[name] = files
+	}
 }
 
 func (s *Store) dropPinLocked(name string, now time.Time) {
@@ -636,18 +664,44 @@ func (s *Store) dropPinLocked(name string, now time.Time) {
 	for _, id := range s.pins[name] {
 		if s.refs[id]--; s.refs[id] <= 0 {
 			delete(s.refs, id)
-			s.held -= int64(s.lens[id])
-			delete(s.lens, id)
 		}
 	}
+	for _, e := range s.files[name] {
+		if s.fileRefs[e.ID]--; s.fileRefs[e.ID] <= 0 {
+			delete(s.fileRefs, e.ID)
+			s.held -= int64(e.Length)
+		}
+	}
+	delete(s.files, name)
 	delete(s.pins, name)
+}
+
+// filesOf lists the chunks of x that table t (nil: none) does not name,
+// each once: those its pin holds as chunk files.
+func filesOf(x *Index, t *locTable) []Entry {
+	in := map[ID]bool{}
+	if t != nil {
+		in = make(map[ID]bool, len(t.ents))
+		for _, e := range t.ents {
+			in[e.id] = true
+		}
+	}
+	var out []Entry
+	for _, e := range x.Entries {
+		if !e.Hole && !in[e.ID] {
+			in[e.ID] = true
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // GCStats reports what a collection did.
 type GCStats struct {
 	Scanned, Removed, Kept int
 	// BlobsRemoved counts the blobs (links and packs) no pin named any
-	// more; RemovedBytes includes theirs.
+	// more; RemovedBytes includes what removing them freed (a link whose
+	// inode is linked elsewhere too frees nothing).
 	BlobsRemoved int
 	RemovedBytes int64
 }
