@@ -355,6 +355,9 @@ func (c *Controller) reconcile(ctx context.Context) {
 							code = -1
 						}
 						events = append(events, store.Command{TaskEvent: &store.TaskEvent{Task: id, Epoch: t.Epoch, Kind: store.TaskExited, ExitCode: code, Message: st.Message}})
+					} else if tail := reportedTail(t, cp); tail != store.RAMTailUnknown {
+						events = append(events, store.Command{TaskEvent: &store.TaskEvent{Task: id, Epoch: t.Epoch, Kind: store.TaskShaped, RAMTail: tail,
+							Message: "reported by " + r.node}})
 					}
 				default:
 					why = fmt.Sprintf("stale copy: store has %s on %q at epoch %d", t.Phase, t.Node, t.Epoch)
@@ -381,8 +384,13 @@ func (c *Controller) reconcile(ctx context.Context) {
 	if len(events) > 0 {
 		if r, err := c.apply(ctx, store.Command{Batch: events}); err == nil {
 			for k, e := range events {
-				if r.Batch[k].Err == nil {
-					c.event("task", e.TaskEvent.Task, string(e.TaskEvent.Kind), "exit_code", e.TaskEvent.ExitCode, "message", e.TaskEvent.Message)
+				switch te := e.TaskEvent; {
+				case r.Batch[k].Err != nil:
+					c.log.Debug("cannot record a task event", "task", te.Task, "kind", te.Kind, "err", r.Batch[k].Err)
+				case te.Kind == store.TaskShaped:
+					c.event("task", te.Task, "shape learned", "ram_tail", string(te.RAMTail), "from", te.Message)
+				default:
+					c.event("task", te.Task, string(te.Kind), "exit_code", te.ExitCode, "message", te.Message)
 				}
 			}
 			c.Trigger()
@@ -411,6 +419,21 @@ func (c *Controller) reconcile(ctx context.Context) {
 			}
 		}(s)
 	}
+}
+
+// reportedTail is the shape of t's guest as cp, a report of its running
+// copy (its node, its epoch), gives it when the store does not know it
+// yet (booted before shapes were recorded, or on a node whose version was
+// unknown): the agent reports how its driver launched the guest.
+// RAMTailUnknown when there is nothing to learn.
+func reportedTail(t *store.Task, cp *api.Task) store.RAMTail {
+	if t.Driver != "qemu" || t.RAMTail != store.RAMTailUnknown || cp.RAMTailKiB == nil || cp.Phase != api.PhaseRunning || cp.Stale {
+		return store.RAMTailUnknown
+	}
+	if *cp.RAMTailKiB == 0 {
+		return store.RAMTailWithout
+	}
+	return store.RAMTailWith
 }
 
 // settleOrphans decides the outcome of actions a previous controller left

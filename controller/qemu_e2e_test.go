@@ -176,6 +176,19 @@ func TestE2ETaillessGuestIsNeverPlannedOntoOldQEMU(t *testing.T) {
 	if tail := c.task(tn).RAMTail; tail != store.RAMTailWithout {
 		t.Fatalf("guest booted on QEMU 10 recorded with ram tail %q, want %q", tail, store.RAMTailWithout)
 	}
+	// Its agent reports how it launched the guest (no tail): what the
+	// loop learns a guest's shape from when none was recorded.
+	reportedTail := func(node string) string {
+		for _, cp := range c.agentTasks(node) {
+			if cp.ID == tn && cp.RAMTailKiB != nil {
+				return strconv.FormatInt(*cp.RAMTailKiB, 10)
+			}
+		}
+		return "none"
+	}
+	if got := reportedTail("n1"); got != "0" {
+		t.Fatalf("n1 reports the guest's ram_tail_kib as %s, want 0", got)
+	}
 	var before int64
 	c.waitFor("the guest counting", 2*time.Minute, func() bool {
 		cs := c.vmCounters(tn)
@@ -217,6 +230,9 @@ func TestE2ETaillessGuestIsNeverPlannedOntoOldQEMU(t *testing.T) {
 	c.waitFor("counters from n3", time.Minute, func() bool { cs = c.vmCounters(tn); return len(cs) >= 2 })
 	if cs[0] <= before {
 		t.Fatalf("the guest restarted on n3: counters %v, %d before the suspend", cs, before)
+	}
+	if got := reportedTail("n3"); got != "0" {
+		t.Fatalf("n3 reports the resumed guest's ram_tail_kib as %s, want 0 (a guest keeps its shape)", got)
 	}
 	c.srv.Store.View(func(s *store.State) {
 		for _, p := range s.Plans {

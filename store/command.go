@@ -138,6 +138,11 @@ const (
 	TaskLost TaskEventKind = "lost"
 	// TaskCheckpointed: a periodic checkpoint was committed at Image.
 	TaskCheckpointed TaskEventKind = "checkpointed"
+	// TaskShaped: the agent running a qemu task whose shape was not
+	// recorded (RAMTailUnknown: booted before it was, or on a node whose
+	// version was unknown) reported it (RAMTail); a known shape never
+	// changes.
+	TaskShaped TaskEventKind = "shaped"
 )
 
 // TaskEvent reports a change the agents observed. It applies only when Epoch
@@ -154,6 +159,8 @@ type TaskEvent struct {
 	// periodic checkpoint, as its agent listed it; the task restarts from
 	// it when that node is online.
 	Replica string `json:"replica,omitempty"`
+	// RAMTail (shaped): the running guest's shape, as its agent reported.
+	RAMTail RAMTail `json:"ram_tail,omitempty"`
 }
 
 // RemoveServer removes a raft member from the directory.
@@ -376,6 +383,11 @@ func (s *State) Apply(c *Command) Result {
 func (s *State) applyTaskEvent(e *TaskEvent, at int64) {
 	t := s.Tasks[e.Task]
 	switch e.Kind {
+	case TaskShaped:
+		// A fact about the guest, not a change of its placement: Changed
+		// stays (reports taken since still count).
+		t.RAMTail = e.RAMTail
+		return
 	case TaskCheckpointed:
 		t.Image, t.ImageNode, t.ImageEpoch = e.Image, e.Node, e.Epoch
 	case TaskExited:
@@ -587,6 +599,9 @@ func (s *State) Check(c *Command) error {
 		if e.Epoch != t.Epoch {
 			return conflict("task %q: event for epoch %d, current is %d", e.Task, e.Epoch, t.Epoch)
 		}
+		if e.RAMTail != RAMTailUnknown && e.Kind != TaskShaped {
+			return invalid("task %q: %s event carries ram_tail %q (only a shaped event does)", e.Task, e.Kind, e.RAMTail)
+		}
 		switch e.Kind {
 		case TaskExited, TaskLost:
 			if t.Phase != TaskRunning {
@@ -598,6 +613,17 @@ func (s *State) Check(c *Command) error {
 		case TaskCheckpointed:
 			if e.Image == "" || s.Nodes[e.Node] == nil {
 				return invalid("task %q: checkpoint needs an image and a known node", e.Task)
+			}
+		case TaskShaped:
+			switch {
+			case e.RAMTail != RAMTailWith && e.RAMTail != RAMTailWithout:
+				return invalid("task %q: shaped event: ram_tail %q: want %q or %q", e.Task, e.RAMTail, RAMTailWith, RAMTailWithout)
+			case t.Driver != "qemu":
+				return invalid("task %q: shaped event for a %s task (only a qemu guest has a shape)", e.Task, t.Driver)
+			case t.Phase != TaskRunning:
+				return conflict("task %q is %s, not running (a shape is learned from a running guest)", e.Task, t.Phase)
+			case t.RAMTail != RAMTailUnknown && t.RAMTail != e.RAMTail:
+				return conflict("task %q: ram_tail is %q, a report says %q (a guest's shape never changes)", e.Task, t.RAMTail, e.RAMTail)
 			}
 		default:
 			return invalid("task %q: unknown event %q", e.Task, e.Kind)

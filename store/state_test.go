@@ -355,3 +355,58 @@ func TestBootRecordsTheGuestsRAMTail(t *testing.T) {
 		t.Fatalf("after boot, suspend and resume elsewhere: %+v", tk)
 	}
 }
+
+// A running guest of unknown shape learns it from its agent's report (a
+// shaped event): a bad, misplaced or contradicting one is refused and
+// changes nothing, and the event does not count as a change of the task
+// (Changed stays).
+func TestShapedEventRecordsAnUnknownShapeOnce(t *testing.T) {
+	s := seeded(t)
+	id := mustApply(t, s, Command{CreatePlan: &CreatePlan{Plan: Plan{Actions: []Action{
+		{Kind: "boot", Task: "j.a.1", To: "n1"},
+		{Kind: "boot", Task: "j.a.0", To: "n1"},
+	}}}}).PlanID
+	for i := range 2 {
+		mustApply(t, s, Command{At: 5, StartAction: &StartAction{Plan: id, Index: i}})
+		mustApply(t, s, Command{At: 6, FinishAction: &FinishAction{Plan: id, Index: i, OK: true}}) // shape not recorded
+	}
+	vm := s.Tasks["j.a.1"]
+	if vm.RAMTail != RAMTailUnknown || vm.Phase != TaskRunning {
+		t.Fatalf("booted without a shape: %+v", vm)
+	}
+	for _, bad := range []struct {
+		e    TaskEvent
+		kind error
+	}{
+		{TaskEvent{Task: "j.a.1", Epoch: 1, Kind: TaskShaped}, ErrInvalid},                        // no shape
+		{TaskEvent{Task: "j.a.1", Epoch: 1, Kind: TaskShaped, RAMTail: "some"}, ErrInvalid},       // not a shape
+		{TaskEvent{Task: "j.a.0", Epoch: 1, Kind: TaskShaped, RAMTail: RAMTailWith}, ErrInvalid},  // a process
+		{TaskEvent{Task: "j.a.1", Epoch: 2, Kind: TaskShaped, RAMTail: RAMTailWith}, ErrConflict}, // another epoch's copy
+		{TaskEvent{Task: "j.a.1", Epoch: 1, Kind: TaskLost, RAMTail: RAMTailWith}, ErrInvalid},    // on another kind
+		{TaskEvent{Task: "j.a.9", Epoch: 1, Kind: TaskShaped, RAMTail: RAMTailWith}, ErrNotFound}, // no such task
+	} {
+		if r := s.Apply(&Command{At: 7, TaskEvent: &bad.e}); !errors.Is(r.Err, bad.kind) {
+			t.Fatalf("%+v: %v, want %v", bad.e, r.Err, bad.kind)
+		}
+	}
+	if vm.RAMTail != RAMTailUnknown || vm.Phase != TaskRunning || vm.Changed != 6 {
+		t.Fatalf("a refused event changed the task: %+v", vm)
+	}
+	mustApply(t, s, Command{At: 8, TaskEvent: &TaskEvent{Task: "j.a.1", Epoch: 1, Kind: TaskShaped, RAMTail: RAMTailWithout}})
+	if vm.RAMTail != RAMTailWithout || vm.Phase != TaskRunning || vm.Node != "n1" || vm.Changed != 6 {
+		t.Fatalf("after the shaped event: %+v, want without, still running on n1, changed at 6", vm)
+	}
+	// The same shape again changes nothing; another is a contradiction.
+	mustApply(t, s, Command{At: 9, TaskEvent: &TaskEvent{Task: "j.a.1", Epoch: 1, Kind: TaskShaped, RAMTail: RAMTailWithout}})
+	if r := s.Apply(&Command{At: 9, TaskEvent: &TaskEvent{Task: "j.a.1", Epoch: 1, Kind: TaskShaped, RAMTail: RAMTailWith}}); !errors.Is(r.Err, ErrConflict) || vm.RAMTail != RAMTailWithout {
+		t.Fatalf("a contradicting shape: %v, tail %q", r.Err, vm.RAMTail)
+	}
+	// A sleeping guest's shape is not learned (no running guest reported it).
+	mustApply(t, s, Command{FinishPlan: &FinishPlan{Plan: id}})
+	id = mustApply(t, s, Command{CreatePlan: &CreatePlan{Plan: Plan{Actions: []Action{{Kind: "suspend", Task: "j.a.1", From: "n1"}}}}}).PlanID
+	mustApply(t, s, Command{At: 10, StartAction: &StartAction{Plan: id, Index: 0}})
+	mustApply(t, s, Command{At: 11, FinishAction: &FinishAction{Plan: id, Index: 0, OK: true, Image: "/img"}})
+	if r := s.Apply(&Command{At: 12, TaskEvent: &TaskEvent{Task: "j.a.1", Epoch: 1, Kind: TaskShaped, RAMTail: RAMTailWithout}}); !errors.Is(r.Err, ErrConflict) {
+		t.Fatalf("a shaped event for a sleeping guest: %v, want ErrConflict", r.Err)
+	}
+}

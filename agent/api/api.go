@@ -131,6 +131,12 @@ type Task struct {
 	// CheckpointPeer is the agent (host:port) to which the task's committed
 	// periodic checkpoints are copied; empty: none.
 	CheckpointPeer string `json:"checkpoint_peer,omitempty"`
+	// RAMTailKiB is a running guest's RAM tail as its driver launched it
+	// (0: none, a guest first booted on QEMU 9.0 or later; else the tail
+	// older QEMUs give; see driver.VMSpec.RAMTailKiB), so the controller
+	// learns the shape of a guest it did not see boot. Nil: not a running
+	// guest, or its driver does not say.
+	RAMTailKiB *int64 `json:"ram_tail_kib,omitempty"`
 }
 
 // RunRequest starts a new task (POST /v1/tasks).
