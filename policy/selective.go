@@ -161,90 +161,148 @@ func ExpansionFactor(now int64, j *Job) float64 {
 	return (wait + e) / e
 }
 
-// Decide implements Policy.
+// Decide implements Policy: running tasks are charged where they are,
+// running jobs that no longer fit are evicted, CPU contention is met by
+// gathering, relief and shedding, room is made ahead of a return, and idle
+// jobs are admitted by decreasing expansion factor, suspending (or
+// stopping) running jobs for them when allowed.
 func (s Selective) Decide(v *View) (Decision, error) {
-	factor := s.Factor
-	if factor <= 0 {
-		factor = 2
+	c := s.begin(v)
+	c.chargeRunning()
+	var lead int64 // the anticipation's lead (0: none)
+	if c.soft >= 0 && s.Anticipate && v.Soft[c.soft] {
+		c.d.Recheck, lead = anticipate(v, c.p, c.phase, c.soft)
 	}
-	repay := s.Repay
-	if repay <= 0 {
-		repay = 4
+	c.split()
+	c.order()
+	c.contend()
+	if s.Prepare > 0 && lead > 0 {
+		prepare(v, c.p, c.phase, c.idle, c.running, c.soft, s.Prepare, lead)
 	}
-	minRun := s.MinRun
-	if minRun <= 0 {
-		minRun = 60
+	c.admit()
+	if c.soft >= 0 {
+		pinMoved(&c.d, c.p, v, c.running)
+	}
+	return c.d, nil
+}
+
+// turn is one decision's working state.
+type turn struct {
+	s       Selective
+	v       *View
+	m       *cluster.Model
+	p       *Packer
+	d       Decision
+	phase   []Phase
+	unknown []bool // tasks of jobs that never ran (nil: none, or not admitting by memory)
+	xf      []float64
+	rank    []int // FIFO rank
+	// running: jobs kept running, by increasing expansion factor; idle:
+	// jobs waiting (queued, asleep, stopped), in admission order.
+	running, idle []int
+	evicted       []bool // jobs evicted by this decision
+	moves         []move
+	soft          int // the CPU's index where Contend, else -1
+	factor, repay float64
+	minRun        int64
+}
+
+// begin fills in the defaults and sets up the packer.
+func (s Selective) begin(v *View) *turn {
+	c := &turn{s: s, v: v, m: v.Model, factor: s.Factor, repay: s.Repay, minRun: s.MinRun, soft: -1}
+	if c.factor <= 0 {
+		c.factor = 2
+	}
+	if c.repay <= 0 {
+		c.repay = 4
+	}
+	if c.minRun <= 0 {
+		c.minRun = 60
 	}
 	m := v.Model
-	phase := make([]Phase, len(v.Jobs))
+	c.phase = make([]Phase, len(v.Jobs))
 	for i := range v.Jobs {
-		phase[i] = JobPhase(m, &v.Jobs[i])
+		c.phase[i] = JobPhase(m, &v.Jobs[i])
 	}
-	var unknown []bool
 	if s.AdmitByMemory && s.Observe {
-		unknown = unknownTasks(v, phase)
+		c.unknown = unknownTasks(v, c.phase)
 	}
-	d := Current(m)
-	p := NewPacker(v)
-	if unknown != nil {
-		p.Unknown, p.UnknownRes = unknown, m.Resource("cpu")
+	c.d = Current(m)
+	c.p = NewPacker(v)
+	if c.unknown != nil {
+		c.p.Unknown, c.p.UnknownRes = c.unknown, m.Resource("cpu")
 	}
 	if s.SpreadIdle {
-		p.SpreadIdle = m.Resource("cpu")
-		p.PackIdle = s.PackIdle
+		c.p.SpreadIdle = m.Resource("cpu")
+		c.p.PackIdle = s.PackIdle
 	}
-	xf := make([]float64, len(v.Jobs))
-	var running, idle []int
-	justSlept := make([]bool, len(v.Jobs))
-	var moves []move
-	soft := -1
+	c.xf = make([]float64, len(v.Jobs))
+	c.evicted = make([]bool, len(v.Jobs))
 	if s.Contend {
-		soft = m.Resource("cpu")
+		c.soft = m.Resource("cpu")
 	}
-	if soft >= 0 {
-		// Charge every running task where it is, letting CPU go over: a
-		// waking VM's memory is already there and no one else may take it.
-		for i := range v.Jobs {
-			j := &v.Jobs[i]
-			if ph := phase[i]; ph == Active || ph == Mixed {
-				for _, t := range j.Tasks {
-					if m.Tasks[t].State == cluster.Running {
-						p.KeepOver(t, soft)
-					}
-				}
+	return c
+}
+
+// chargeRunning charges every running task where it is, letting the soft
+// resource go over (with Contend): a waking VM's memory is already there
+// and no one else may take it.
+func (c *turn) chargeRunning() {
+	if c.soft < 0 {
+		return
+	}
+	for i := range c.v.Jobs {
+		if ph := c.phase[i]; ph != Active && ph != Mixed {
+			continue
+		}
+		for _, t := range c.v.Jobs[i].Tasks {
+			if c.m.Tasks[t].State == cluster.Running {
+				c.p.KeepOver(t, c.soft)
 			}
 		}
 	}
-	var lead int64 // the anticipation's lead (0: none)
-	if soft >= 0 && s.Anticipate && v.Soft[soft] {
-		d.Recheck, lead = anticipate(v, p, phase, soft)
-	}
+}
+
+// split computes every job's expansion factor and sorts the jobs into
+// running and idle; a running job that no longer fits where it is and
+// cannot move is evicted if preemptible.
+func (c *turn) split() {
+	v := c.v
 	for i := range v.Jobs {
 		j := &v.Jobs[i]
-		xf[i] = ExpansionFactor(v.Now, j)
-		switch phase[i] {
+		c.xf[i] = ExpansionFactor(v.Now, j)
+		switch c.phase[i] {
 		case Active, Mixed:
-			if soft >= 0 && s.charged(p, j) {
-				running = append(running, i)
+			if c.soft >= 0 && c.s.charged(c.p, j) {
+				c.running = append(c.running, i)
 				continue
 			}
-			if !keep(v, p, &d, j) && j.Preemptible {
-				s.evict(&d, v, j)
-				justSlept[i] = true
+			if !keep(v, c.p, &c.d, j) && j.Preemptible {
+				c.s.evict(&c.d, v, j)
+				c.evicted[i] = true
 				continue
 			}
-			running = append(running, i)
+			c.running = append(c.running, i)
 		default:
-			idle = append(idle, i)
+			c.idle = append(c.idle, i)
 		}
 	}
+}
+
+// order sorts idle jobs by decreasing expansion factor (admitting by
+// memory: then smaller footprint, then, with ShortestFirst, shorter
+// remaining estimate), then FIFO; running jobs by increasing expansion
+// factor, then latest first (the first victims).
+func (c *turn) order() {
+	v, m, xf := c.v, c.m, c.xf
 	fifo := FIFO(v.Jobs)
-	rank := make([]int, len(v.Jobs))
+	c.rank = make([]int, len(v.Jobs))
 	for r, i := range fifo {
-		rank[i] = r
+		c.rank[i] = r
 	}
+	rank, idle, running := c.rank, c.idle, c.running
 	var footprint []int64
-	if unknown != nil {
+	if c.unknown != nil {
 		// Admitting by memory: among equals, the smaller footprint first,
 		// so memory holds as many jobs as it can (one found too wide once
 		// it runs is shed, having cost a suspension of a job that did
@@ -265,7 +323,7 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		if footprint != nil && footprint[idle[a]] != footprint[idle[b]] {
 			return footprint[idle[a]] < footprint[idle[b]]
 		}
-		if footprint != nil && s.ShortestFirst && v.Jobs[idle[a]].Walltime != v.Jobs[idle[b]].Walltime {
+		if footprint != nil && c.s.ShortestFirst && v.Jobs[idle[a]].Walltime != v.Jobs[idle[b]].Walltime {
 			return v.Jobs[idle[a]].Walltime < v.Jobs[idle[b]].Walltime
 		}
 		return rank[idle[a]] < rank[idle[b]]
@@ -276,70 +334,78 @@ func (s Selective) Decide(v *View) (Decision, error) {
 		}
 		return rank[running[a]] > rank[running[b]]
 	})
-	if soft >= 0 {
-		if s.Gather && v.Soft[soft] {
-			gather(v, p, running, soft, repay)
-		}
-		s.relieve(v, p, running, soft, &moves)
-		if s.Shed {
-			running = s.shed(v, p, &d, running, soft, repay, minRun, justSlept, &moves)
+}
+
+// contend meets the soft resource's overload of running jobs (with
+// Contend): gathering, relief by migration, then shedding.
+func (c *turn) contend() {
+	if c.soft < 0 {
+		return
+	}
+	s, v := c.s, c.v
+	if s.Gather && v.Soft[c.soft] {
+		gather(v, c.p, c.running, c.soft, c.repay)
+	}
+	s.relieve(v, c.p, c.running, c.soft, &c.moves)
+	if s.Shed {
+		c.running = s.shed(v, c.p, &c.d, c.running, c.soft, c.repay, c.minRun, c.evicted, &c.moves)
+	}
+}
+
+// admit starts idle jobs in order wherever they fit, evicting running
+// jobs for one that does not when its expansion factor is Factor times
+// theirs (and, with CostAware, the eviction repays).
+func (c *turn) admit() {
+	victim := make([]bool, len(c.v.Jobs))
+	for _, i := range c.idle {
+		j := &c.v.Jobs[i]
+		if c.p.Place(j.Tasks, true) || c.preemptFor(i, victim) {
+			start(&c.d, c.v, c.p, j, c.s.Pinned)
 		}
 	}
-	if s.Prepare > 0 && lead > 0 {
-		prepare(v, p, phase, idle, running, soft, s.Prepare, lead)
-	}
-	victim := make([]bool, len(v.Jobs))
-	for _, i := range idle {
-		j := &v.Jobs[i]
-		if p.Place(j.Tasks, true) {
-			start(&d, v, p, j, s.Pinned)
+}
+
+// preemptFor releases running jobs, lowest expansion factor first, until
+// idle job i fits; if it does, they are evicted (marked in victim) and it
+// reports true; if not, every released task is put back.
+func (c *turn) preemptFor(i int, victim []bool) bool {
+	s, v, p := c.s, c.v, c.p
+	j := &v.Jobs[i]
+	var released []int
+	var was map[int]int // where the released tasks were
+	for _, r := range c.running {
+		rj := &v.Jobs[r]
+		if victim[r] || !rj.Preemptible || c.xf[i] < c.factor*c.xf[r] {
 			continue
 		}
-		var released []int
-		var was map[int]int // where the released tasks were
-		ok := false
-		for _, r := range running {
-			rj := &v.Jobs[r]
-			if victim[r] || !rj.Preemptible || xf[i] < factor*xf[r] {
-				continue
-			}
-			if s.CostAware && !s.worthSuspending(v, rj, repay, minRun) {
-				continue
-			}
-			if was == nil {
-				was = map[int]int{}
-			}
-			for _, t := range rj.Tasks {
-				was[t] = p.Placement[t]
-				p.Release(t)
-			}
-			released = append(released, r)
-			if p.Place(j.Tasks, true) {
-				ok = true
-				break
-			}
+		if s.CostAware && !s.worthSuspending(v, rj, c.repay, c.minRun) {
+			continue
 		}
-		if ok {
+		if was == nil {
+			was = map[int]int{}
+		}
+		for _, t := range rj.Tasks {
+			was[t] = p.Placement[t]
+			p.Release(t)
+		}
+		released = append(released, r)
+		if p.Place(j.Tasks, true) {
 			for _, r := range released {
 				victim[r] = true
-				s.evict(&d, v, &v.Jobs[r])
+				s.evict(&c.d, v, &v.Jobs[r])
 			}
-			start(&d, v, p, j, s.Pinned)
-			continue
+			return true
 		}
-		for _, r := range released {
-			for _, t := range v.Jobs[r].Tasks {
-				if n := was[t]; n >= 0 {
-					p.put(t, n, 1)
-					p.Placement[t] = n
-				}
+	}
+	for _, r := range released {
+		for _, t := range v.Jobs[r].Tasks {
+			if n := was[t]; n >= 0 {
+				p.put(t, n, 1)
+				p.Placement[t] = n
 			}
 		}
 	}
-	if soft >= 0 {
-		pinMoved(&d, p, v, running)
-	}
-	return d, nil
+	return false
 }
 
 // anticipate gives back the soft resource (charged where the tasks run)
