@@ -99,6 +99,10 @@ type Store struct {
 	open    *list.List           // blobs with their file open, most recently read first
 	maxOpen int                  // maxOpenBlobs
 	closed  bool                 // Close ran
+
+	// stopAt, set by tests only, stops a compaction after the step it
+	// reports true for, leaving the disk as a crash there would.
+	stopAt func(step string) bool
 }
 
 const chunkHeaderLen = 5
@@ -513,14 +517,19 @@ func (s *Store) holdStored(tb *tableBuilder, e Entry) bool {
 
 // TrimStats reports what a trim did.
 type TrimStats struct {
+	// Compact sums the compactions tried while the pins held more than
+	// MaxBytes.
+	Compact  CompactStats
 	Unpinned []string
 	GC       GCStats
 	// Held is the bytes the remaining pins hold (Store.Held).
 	Held int64
 }
 
-// Trim applies Options.MaxBytes: it unpins the oldest pins but the newest
-// until the pins hold at most MaxBytes (Held), then, if it unpinned
+// Trim applies Options.MaxBytes: while the pins hold more (Held), it
+// compacts the packs less than DefaultCompactBelow live (Compact) and, if
+// that was not enough, unpins the oldest pin but the newest (whose dead
+// chunks the next compaction frees), then, if it unpinned
 // anything, collects the unreferenced chunks older than GCGrace. Pin does
 // not call it (a caller may pin several indexes at once); callers that
 // want the bound call Trim after pinning.
@@ -530,6 +539,7 @@ func (s *Store) Trim(ctx context.Context) (TrimStats, error) {
 		st.Held = s.Held()
 		return st, nil
 	}
+	compacted := false // since the last unpin
 	for {
 		s.mu.Lock()
 		held := s.held
@@ -543,14 +553,27 @@ func (s *Store) Trim(ctx context.Context) (TrimStats, error) {
 			}
 		}
 		s.mu.Unlock()
-		if held <= s.opts.MaxBytes || oldest == newest {
-			st.Held = held
+		st.Held = held
+		if held <= s.opts.MaxBytes {
+			break
+		}
+		if !compacted {
+			c, err := s.Compact(ctx, DefaultCompactBelow)
+			st.Compact.add(c)
+			if err != nil {
+				return st, err
+			}
+			compacted = true
+			continue
+		}
+		if oldest == newest {
 			break
 		}
 		if err := s.Unpin(oldest); err != nil {
 			return st, err
 		}
 		st.Unpinned = append(st.Unpinned, oldest)
+		compacted = false
 	}
 	if len(st.Unpinned) == 0 {
 		return st, nil
