@@ -67,14 +67,13 @@ func (cl *agentCluster) identity(name string, role pki.Role) *pki.Identity {
 func (cl *agentCluster) start(name string) *agentNode {
 	t := cl.t
 	dir := t.TempDir()
-	d, err := New(Config{DataDir: filepath.Join(dir, "process"), NoCgroups: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
 	alog := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if os.Getenv("FERRY_BENCH_DEBUG") != "" {
 		alog = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", name)
+	}
+	d, err := New(Config{DataDir: filepath.Join(dir, "process"), NoCgroups: true, Logger: alog})
+	if err != nil {
+		t.Fatal(err)
 	}
 	a, err := agent.New(agent.Config{Name: name, DataDir: dir, Listen: "127.0.0.1:0", CPUs: 8, MemoryBytes: 4 << 30,
 		Identity: cl.identity(name, pki.RoleAgent), Drivers: []driver.Driver{d}, ImageTransfer: cl.transfer,

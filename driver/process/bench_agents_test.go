@@ -61,7 +61,7 @@ func benchAgentsOnce(b *testing.B, transfer string, size int64) {
 		from, to, epoch = nb, na, 2
 	}
 
-	b.StartTimer()
+	startBench(b, b.TempDir(), size)
 	t0 := time.Now()
 	cpu0 := cpuTime()
 	var t1, t2 time.Time
