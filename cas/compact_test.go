@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -145,4 +147,76 @@ func TestTrimCompacts(t *testing.T) {
 	if h, d := s.Held(), blobsAllocated(t, dir); h != d {
 		t.Fatalf("held %d, blobs on disk %d", h, d)
 	}
+}
+
+// Compactions run while a pin is re-pinned with versions that share half
+// their chunks (leaving sparse packs) and while another pin's chunks are
+// read: every read finds its chunk, every version reads back whole.
+func TestCompactConcurrentWithKeepsAndReads(t *testing.T) {
+	ctx := context.Background()
+	s, xs, data := sparseStore(t, t.TempDir(), Options{GCGrace: time.Hour})
+	blocks := randomBlocks(16, 200)
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	errs := make(chan error, 3)
+	wg.Add(3)
+	go func() { // keeper
+		defer wg.Done()
+		defer close(done)
+		for i := range 16 {
+			v := bytes.Join(blocks[i%8:i%8+8], nil)
+			x, _ := BuildIndex(bytes.NewReader(v), IndexOptions{Chunking: Fixed})
+			if _, err := s.Keep(ctx, "b", bytes.NewReader(v), x); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	compactions := 0
+	go func() { // compactor
+		defer wg.Done()
+		for { // at least once: pack A is a quarter live
+			st, err := s.Compact(ctx, 0.9)
+			if err != nil {
+				errs <- err
+				return
+			}
+			compactions += st.Packs
+			select {
+			case <-done:
+				return
+			default:
+			}
+		}
+	}()
+	go func() { // reader
+		defer wg.Done()
+		for {
+			offs := xs["c"].Offsets()
+			for i, e := range xs["c"].Entries {
+				got, err := s.Get(e.ID, nil)
+				if err != nil || !bytes.Equal(got, data["c"][offs[i]:offs[i]+int64(e.Length)]) {
+					errs <- fmt.Errorf("read of c's entry %d during compactions: %v", i, err)
+					return
+				}
+			}
+			select {
+			case <-done:
+				return
+			default:
+			}
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if compactions == 0 {
+		t.Fatal("no pack compacted")
+	}
+	last := bytes.Join(blocks[7:15], nil)
+	x, _ := BuildIndex(bytes.NewReader(last), IndexOptions{Chunking: Fixed})
+	checkChunks(t, s, x, last)
+	checkChunks(t, s, xs["c"], data["c"])
 }
