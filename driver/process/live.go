@@ -574,10 +574,7 @@ func (s *liveSender) close() {
 // dir, fsynced and renamed into place.
 func ReceiveStreaming(ctx context.Context, conn io.ReadWriter, dir string, opts ReceiveOptions) (Manifest, error) {
 	defer watchCtx(ctx, conn)()
-	refuse := func(err error) (Manifest, error) {
-		fmt.Fprintf(conn, "ERR %s\n", liveReason(err))
-		return Manifest{}, err
-	}
+	refuse := refuser(conn)
 	h, err := readLiveHello(conn)
 	if err != nil {
 		return refuse(err)

@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/ferrycluster/ferry/internal/writeback"
@@ -22,11 +21,13 @@ import (
 // receiver lacks the space:
 //
 //	sender → receiver   "FERRYIMG" u32(len) {"format":..,"manifest":{..}}
-//	receiver → sender   "OK\n" | "ERR <reason>\n"
+//	receiver → sender   "OK\n" | "ERR <kind> <reason>\n"
 //	sender → receiver   the files' bytes, in manifest order, sizes from it
 //	receiver → sender   "DONE\n" once the image is committed (fsynced,
-//	                    renamed) | "ERR <reason>\n"
+//	                    renamed) | "ERR <kind> <reason>\n"
 //
+// <kind> names the error's kind as in the live stream (live.go):
+// "insufficient" (driver.ErrInsufficient) or "-".
 // It is what the benchmark and the two-node tests use; an agent may move
 // images its own way (chunked, content-addressed) as long as it delivers a
 // directory that VerifyImage accepts and calls CheckFreeSpace first.
@@ -92,19 +93,15 @@ func sendFile(w io.Writer, path string, size int64) error {
 	return err
 }
 
+// readReply reads the receiver's next line, wanting want; a refusal
+// ("ERR <kind> <reason>") is ErrRefused and the error its kind names
+// (liveErr), as in the live stream.
 func readReply(br *bufio.Reader, want string) error {
-	line, err := br.ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("read receiver reply: %w", err)
+	line, err := liveReply(br)
+	if err == nil && line != want {
+		err = fmt.Errorf("receiver said %q, want %q", line, want)
 	}
-	line = strings.TrimSuffix(line, "\n")
-	if line == want {
-		return nil
-	}
-	if msg, ok := strings.CutPrefix(line, "ERR "); ok {
-		return fmt.Errorf("%w: %s", ErrRefused, msg)
-	}
-	return fmt.Errorf("receiver said %q, want %q", line, want)
+	return err
 }
 
 // ReceiveOptions tune ReceiveImage.
@@ -176,11 +173,11 @@ func commitReceived(tmp string, m Manifest, dir string) error {
 	return commitDir(tmp, dir)
 }
 
-// refuser returns what a receiver does with an error: answer
-// "ERR <reason>" on conn and return it.
+// refuser answers a refusal on conn ("ERR <kind> <reason>", liveReason)
+// and returns the error.
 func refuser(conn io.Writer) func(error) (Manifest, error) {
 	return func(err error) (Manifest, error) {
-		fmt.Fprintf(conn, "ERR %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		fmt.Fprintf(conn, "ERR %s\n", liveReason(err))
 		return Manifest{}, err
 	}
 }
