@@ -173,28 +173,3 @@ func BenchmarkCompact(b *testing.B) {
 		}
 	}
 }
-
-// Keep of a 64 MiB file the store already holds under that pin (a task's
-// image kept again: every chunk found, none copied; the pin rewritten).
-func BenchmarkKeepAgain(b *testing.B) {
-	ctx := context.Background()
-	data := randBytes(64<<20, 7)
-	x, err := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: CDC})
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := Open(b.TempDir(), Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := s.Keep(ctx, "image-b", bytes.NewReader(data), x); err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(data)))
-	defer perCPU(b, int64(len(data)))()
-	for b.Loop() {
-		if n, err := s.Keep(ctx, "image-b", bytes.NewReader(data), x); err != nil || n != 0 {
-			b.Fatalf("keep again: added %d, %v", n, err)
-		}
-	}
-}
