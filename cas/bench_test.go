@@ -57,11 +57,7 @@ func BenchmarkStorePut4K(b *testing.B) {
 // Keep of 64 MiB of new FastCDC chunks from a reader: one pack, written
 // in order (the index is built outside the timed part).
 func BenchmarkKeepPack(b *testing.B) {
-	data := randBytes(64<<20, 7)
-	x, err := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: CDC})
-	if err != nil {
-		b.Fatal(err)
-	}
+	data, x := indexed64M(b, 7, CDC)
 	benchKeep(b, int64(len(data)), func(s *Store) error {
 		_, err := s.Keep(context.Background(), "image-b", bytes.NewReader(data), x)
 		return err
@@ -71,11 +67,7 @@ func BenchmarkKeepPack(b *testing.B) {
 // KeepLinked of a 64 MiB committed file: a hard link and the location
 // table, no byte copied.
 func BenchmarkKeepLinked(b *testing.B) {
-	data := randBytes(64<<20, 8)
-	x, err := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: CDC})
-	if err != nil {
-		b.Fatal(err)
-	}
+	data, x := indexed64M(b, 8, CDC)
 	p := filepath.Join(b.TempDir(), "state.bin")
 	if err := os.WriteFile(p, data, 0o600); err != nil {
 		b.Fatal(err)
@@ -96,6 +88,16 @@ func BenchmarkKeepLinked(b *testing.B) {
 		_, err := s.KeepLinked(context.Background(), "image-b", f, l, x)
 		return err
 	})
+}
+
+// indexed64M returns 64 MiB of random data (seed) and its index.
+func indexed64M(b *testing.B, seed uint64, c Chunking) ([]byte, *Index) {
+	data := randBytes(64<<20, seed)
+	x, err := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: c})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return data, x
 }
 
 // benchKeep times keep on a new store each time (opened untimed).
@@ -140,11 +142,7 @@ func cpuTime() int64 {
 // 64 MiB) would dominate it.
 func BenchmarkCompact(b *testing.B) {
 	ctx := context.Background()
-	data := randBytes(64<<20, 9)
-	x, err := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: Fixed})
-	if err != nil {
-		b.Fatal(err)
-	}
+	data, x := indexed64M(b, 9, Fixed)
 	quarter := &Index{Version: IndexV2, Chunking: Fixed, Entries: x.Entries[:len(x.Entries)/4]}
 	for _, e := range quarter.Entries {
 		quarter.Size += int64(e.Length)
@@ -178,11 +176,7 @@ func BenchmarkCompact(b *testing.B) {
 // image kept again: every chunk found, none copied; the pin rewritten).
 func BenchmarkKeepAgain(b *testing.B) {
 	ctx := context.Background()
-	data := randBytes(64<<20, 7)
-	x, err := BuildIndex(bytes.NewReader(data), IndexOptions{Chunking: CDC})
-	if err != nil {
-		b.Fatal(err)
-	}
+	data, x := indexed64M(b, 7, CDC)
 	s, err := Open(b.TempDir(), Options{})
 	if err != nil {
 		b.Fatal(err)
