@@ -569,14 +569,9 @@ func (c *Controller) makePlan(ctx context.Context) {
 			}
 		}
 	})
-	if len(snap.Unheard) > 0 {
-		// Just after the loop starts leading: wait a round for their
-		// reports (a node that never reports is marked down after
-		// HeartbeatTimeout) rather than suspend a VM that one of them
-		// could take.
-		c.log.Debug("waiting for the first reports of nodes before planning VMs", "nodes", snap.Unheard)
-		return
-	}
+	// Nodes not heard from since the loop started leading (Unheard) are
+	// planned around, not waited for (Snapshot.silence); their first
+	// report changes capsGen, which ends an idle round.
 	c.idle = idleRound{set: true, version: version, capsGen: caps, until: until}
 	c.reportStranded(snap)
 	if len(snap.View.Model.Tasks) == 0 {
@@ -584,6 +579,13 @@ func (c *Controller) makePlan(ctx context.Context) {
 	}
 	t0 := time.Now()
 	prob, err := snap.Problem(c.cfg.Policy)
+	if errors.Is(err, ErrWaitingForReports) {
+		// Decide again next round (a node that never reports is marked
+		// down after HeartbeatTimeout).
+		c.idle = idleRound{}
+		c.log.Debug("waiting for the first reports of nodes", "nodes", snap.Unheard, "why", err)
+		return
+	}
 	if err != nil {
 		c.log.Warn("policy failed", "err", err)
 		return
@@ -610,6 +612,11 @@ func (c *Controller) makePlan(ctx context.Context) {
 	}
 	took := time.Since(t0)
 	if len(p.Actions) == 0 {
+		return
+	}
+	if err := snap.checkSilent(p); err != nil {
+		c.idle = idleRound{}
+		c.log.Error("planner's plan touches a node not heard from; not carried out", "err", err)
 		return
 	}
 	acts := executor.FromPlan(p, p.Origin.Resource(ResMemory))
@@ -650,6 +657,9 @@ func (c *Controller) DryRun(ctx context.Context) (*PlanView, error) {
 		return pv, nil
 	}
 	prob, err := snap.Problem(c.cfg.Policy)
+	if errors.Is(err, ErrWaitingForReports) {
+		return pv, nil // the loop would wait
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -2,8 +2,10 @@ package controller
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/ferrycluster/ferry/cluster"
 	"github.com/ferrycluster/ferry/plan"
@@ -45,9 +47,13 @@ type Snapshot struct {
 	// with why: they are not planned to run until one can.
 	Stranded map[string]string
 	// Unheard names the online nodes not heard from yet when the model
-	// holds VMs: the capability filter takes no VM there, so the loop
-	// waits for their reports before it plans.
+	// holds VMs (the capability filter takes no VM there). The loop plans
+	// around them (see silence): nothing new lands there and nothing of
+	// theirs is decided until they report.
 	Unheard []string
+	// silent are the Unheard nodes (indices) and frozen the tasks of the
+	// jobs with a task running or sleeping on one of them.
+	silent, frozen map[int]bool
 	// eligible is the capability filter (nil: none).
 	eligible *eligibility
 	// Recheck is the policy's Decision.Recheck (seconds) once Problem has
@@ -134,8 +140,9 @@ func BuildSnapshot(st *store.State, now int64, nodes NodeReports) *Snapshot {
 		e := newEligibility(m, vms, nodes)
 		e.restrict(snap.jobConstraints, len(m.Nodes))
 		snap.eligible, snap.View.Eligible = e, e.ok
-		if len(vms) > 0 {
+		if len(vms) > 0 && len(e.unheard) > 0 {
 			snap.Unheard = e.unheard
+			snap.silence()
 		}
 		for ti, why := range e.stranded(m, draining) {
 			t := m.Tasks[ti]
@@ -148,6 +155,91 @@ func BuildSnapshot(st *store.State, now int64, nodes NodeReports) *Snapshot {
 		}
 	}
 	return snap
+}
+
+// ErrWaitingForReports: the policy would stop a running task while some
+// online node has not been heard from since the loop started leading; that
+// node might have had the room, so the loop waits for its report (or for
+// it to be marked down) rather than decide it.
+var ErrWaitingForReports = errors.New("waiting for the first reports of nodes")
+
+// silence makes the plan go around the Unheard nodes, whose state (what
+// they run, what they can run) is not known since the loop started
+// leading: nothing new lands on them (the policy sees them as taking
+// nothing, the planner bans every other task from them, continuously), and
+// the jobs with a task running or sleeping on one of them are frozen — the
+// policy's and the operator's wants for them are set aside, each of their
+// tasks kept where and as it is — so nothing about a silent node's tasks
+// is decided. Problem refuses (ErrWaitingForReports) a decision that
+// stops a running task the operator wants running: the silent node's room
+// might have kept it running.
+func (s *Snapshot) silence() {
+	m := s.View.Model
+	s.silent, s.frozen = map[int]bool{}, map[int]bool{}
+	for _, name := range s.Unheard {
+		s.silent[m.NodeIndex(name)] = true
+	}
+	for _, j := range s.View.Jobs {
+		touches := false
+		for _, ti := range j.Tasks {
+			t := m.Tasks[ti]
+			touches = touches || (t.State == cluster.Running || t.State == cluster.Sleeping) && s.silent[t.Node]
+		}
+		if touches {
+			for _, ti := range j.Tasks {
+				s.frozen[ti] = true
+			}
+		}
+	}
+	eligible := s.View.Eligible
+	s.View.Eligible = func(t, n int) bool {
+		if s.frozen[t] {
+			return n == m.Tasks[t].Node
+		}
+		return !s.silent[n] && eligible(t, n)
+	}
+}
+
+// silentConstraints hold each frozen task running or sleeping where it is,
+// and every other task off the silent nodes, at every instant (no pivot
+// through a silent node either).
+func (s *Snapshot) silentConstraints() []cluster.Constraint {
+	m := s.View.Model
+	var out []cluster.Constraint
+	var others []int
+	for ti, t := range m.Tasks {
+		switch {
+		case !s.frozen[ti]:
+			others = append(others, ti)
+		case t.Node >= 0:
+			out = append(out, cluster.Fence{Tasks: []int{ti}, Nodes: []int{t.Node}, Continuous: true})
+		}
+	}
+	var nodes []int
+	for n := range s.silent {
+		nodes = append(nodes, n)
+	}
+	sort.Ints(nodes)
+	if len(others) > 0 {
+		out = append(out, cluster.Ban{Tasks: others, Nodes: nodes, Continuous: true})
+	}
+	return out
+}
+
+// checkSilent refuses a plan with an action on a frozen task or from or to
+// a silent node (the constraints forbid it; this holds the loop to it).
+func (s *Snapshot) checkSilent(p *plan.Plan) error {
+	m := s.View.Model
+	for _, a := range p.Actions {
+		if a.Task >= 0 && s.frozen[a.Task] || s.silent[a.Node] || s.silent[a.From] || s.silent[a.To] {
+			what := fmt.Sprintf("node %d", a.Node)
+			if a.Task >= 0 {
+				what = m.Tasks[a.Task].Name
+			}
+			return fmt.Errorf("%s of %s touches a task or node not heard from (%s)", a.Kind, what, strings.Join(s.Unheard, ", "))
+		}
+	}
+	return nil
 }
 
 // specConstraints turns a job's placement rules into the catalog's.
@@ -288,6 +380,21 @@ func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 			kept = append(kept, ti)
 		}
 	}
+	if len(s.silent) > 0 {
+		// A running task the policy would stop, while a node's room is
+		// unknown: wait for that node (see silence).
+		for _, j := range s.View.Jobs {
+			for _, ti := range j.Tasks {
+				if t := m.Tasks[ti]; t.State == cluster.Running && want[ti] != cluster.Running && s.Want[j.Name] == store.WantRun {
+					return nil, fmt.Errorf("%w: %s would stop %s on %s, and %s not heard from since the loop started leading may have room",
+						ErrWaitingForReports, p.Name(), t.Name, m.Nodes[t.Node].Name, strings.Join(s.Unheard, ", "))
+				}
+			}
+		}
+		for ti := range s.frozen {
+			want[ti] = m.Tasks[ti].State
+		}
+	}
 	byState := map[cluster.TaskState][]int{}
 	for i, w := range want {
 		if w != m.Tasks[i].State || w == cluster.Running {
@@ -311,6 +418,12 @@ func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 	for _, ti := range kept {
 		keep[ti] = true
 		cons = append(cons, cluster.Fence{Tasks: []int{ti}, Nodes: []int{m.Tasks[ti].Node}})
+	}
+	if len(s.silent) > 0 {
+		cons = append(cons, s.silentConstraints()...)
+		for ti := range s.frozen {
+			keep[ti] = true // not moved off a draining node either
+		}
 	}
 	if len(s.View.Draining) > 0 {
 		var nodes []int

@@ -28,6 +28,22 @@ func leaderStore(t *testing.T) (*store.Store, context.Context) {
 	return st, cx
 }
 
+// applier returns a function applying a command to st that fails the test
+// when the command is refused.
+func applier(t *testing.T, st *store.Store, cx context.Context) func(store.Command) store.Result {
+	return func(cmd store.Command) store.Result {
+		t.Helper()
+		r, err := st.Apply(cx, cmd)
+		if err == nil {
+			err = r.Err
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+}
+
 // recheckPolicy keeps every task as it is and, at its first decision, asks
 // to decide again `after` seconds later; it reports the View.Now of each
 // decision.

@@ -21,17 +21,7 @@ import (
 // refuse it) but suspended, with the reason.
 func TestGuestOfUnknownShapeLearnsItFromItsReport(t *testing.T) {
 	st, cx := leaderStore(t)
-	apply := func(cmd store.Command) store.Result {
-		t.Helper()
-		r, err := st.Apply(cx, cmd)
-		if err == nil {
-			err = r.Err
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
-	}
+	apply := applier(t, st, cx)
 	for _, n := range []string{"n1", "n2"} {
 		apply(store.Command{RegisterNode: &store.RegisterNode{Name: n, Addr: n + ":1", Capacity: store.Resources{CPUMilli: 4000, MemoryBytes: 8 << 30}}})
 	}
