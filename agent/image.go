@@ -261,9 +261,9 @@ func (a *Agent) receiveImageLive(ctx context.Context, peerAddr, id string, epoch
 	defer conn.Close()
 	a.track(conn)
 	defer a.untrack(conn)
-	var prec record
-	if err := json.Unmarshal(meta, &prec); err != nil {
-		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
+	prec, err := peerRecord(meta, id, peerAddr)
+	if err != nil {
+		return nil, err
 	}
 	sd, ok := a.drivers[prec.Driver].(streamDriver)
 	if !ok {
@@ -272,7 +272,17 @@ func (a *Agent) receiveImageLive(ctx context.Context, peerAddr, id string, epoch
 	if err := sd.ReceiveStream(ctx, conn, dir, a.cfg.FreeSpace); err != nil {
 		return nil, err
 	}
-	return &prec, nil
+	return prec, nil
+}
+
+// peerRecord decodes the record a peer sends with an image of task id
+// (api.RecordHeader).
+func peerRecord(meta []byte, id, peerAddr string) (*record, error) {
+	var rec record
+	if err := json.Unmarshal(meta, &rec); err != nil {
+		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
+	}
+	return &rec, nil
 }
 
 // upgradeRecord is upgradeConn with the task's record in api.RecordHeader.
@@ -345,10 +355,10 @@ func (a *Agent) receiveImageTar(ctx context.Context, peerAddr, id string, epoch 
 	defer a.untrack(conn)
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	var hrec record
-	if err := json.Unmarshal(meta, &hrec); err != nil {
+	hrec, err := peerRecord(meta, id, peerAddr)
+	if err != nil {
 		fmt.Fprintf(conn, "ERR bad record\n")
-		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
+		return nil, err
 	}
 	if hrec.Image != nil {
 		if err := a.checkRoom("image", id, hrec.Image.Bytes, 1); err != nil {
@@ -425,9 +435,9 @@ func (a *Agent) receiveImageCAS(ctx context.Context, peerAddr, id string, epoch 
 		return nil, err
 	}
 	defer conn.Close()
-	var prec record
-	if err := json.Unmarshal(meta, &prec); err != nil {
-		return nil, fmt.Errorf("%w: record of %q from %s: %v", driver.ErrInvalidSpec, id, peerAddr, err)
+	prec, err := peerRecord(meta, id, peerAddr)
+	if err != nil {
+		return nil, err
 	}
 	var size int64
 	if prec.Image != nil {
@@ -436,7 +446,7 @@ func (a *Agent) receiveImageCAS(ctx context.Context, peerAddr, id string, epoch 
 	if err := a.receiveDir(ctx, conn, peerAddr, "image", id, size, false, dir); err != nil {
 		return nil, err
 	}
-	return &prec, nil
+	return prec, nil
 }
 
 // receiveDir receives what (an image or replica of task id), a directory
