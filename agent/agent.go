@@ -429,6 +429,28 @@ func (a *Agent) mayActLocked(rec *record, caller, act string) error {
 	return nil
 }
 
+// mayAskResume admits a resume asked by a caller of role with the name
+// caller: the controller may ask any; another agent only the resume of a
+// task from its own image — the source of a checkpoint move asks its
+// destination — so the certificate at req.From must be the caller's.
+// Otherwise any agent could move any suspended task to any node.
+func (a *Agent) mayAskResume(ctx context.Context, role pki.Role, caller string, req api.ResumeRequest) error {
+	if role != pki.RoleAgent {
+		return nil
+	}
+	if req.From == "" || req.Replica {
+		return fmt.Errorf("%w: node %q may ask node %s only to resume a task from its own image (from %q, replica %t)", api.ErrForbidden, caller, a.cfg.Name, req.From, req.Replica)
+	}
+	name, err := a.peerName(ctx, req.From)
+	if err != nil {
+		return fmt.Errorf("%w: node %q asks node %s to resume a task from %s, whose certificate cannot be checked: %v", api.ErrForbidden, caller, a.cfg.Name, req.From, err)
+	}
+	if name != caller {
+		return fmt.Errorf("%w: node %q asks node %s to resume a task from %s, which is node %q; an agent may ask only from its own image", api.ErrForbidden, caller, a.cfg.Name, req.From, name)
+	}
+	return nil
+}
+
 // put persists r and installs it in the map. Caller holds mu.
 func (a *Agent) putLocked(r *record) error {
 	if err := a.store.put(r); err != nil {

@@ -42,6 +42,19 @@ func (n *node) suspendJob(ctx context.Context) int64 {
 	return cs[len(cs)-1]
 }
 
+// resumeFrom resumes "job" on n from its image at epoch 1 on from, as the
+// controller asks, and checks that its counter continues from last.
+func (n *node) resumeFrom(ctx context.Context, from *node, last int64) {
+	n.t.Helper()
+	res, err := n.c.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: from.addr})
+	if err != nil || res.Epoch != 2 {
+		n.t.Fatalf("resume on %s from %s: %+v %v", n.name, from.name, res, err)
+	}
+	if cs := n.waitCounter(ctx, "job", last); cs[0] != last+1 {
+		n.t.Fatalf("on %s the counter starts at %d, want %d", n.name, cs[0], last+1)
+	}
+}
+
 // rec is a copy of n's record of task id (zero: none).
 func (n *node) rec(id string) record {
 	n.agent.mu.Lock()
@@ -133,13 +146,7 @@ func TestReleaseOnlyByTheImagesFetcher(t *testing.T) {
 	if r := a.rec("job"); r.Phase != api.PhaseSuspended || r.PeerName != "" {
 		t.Fatalf("after B gave it back A's record is %+v, want suspended and bound to nobody", r)
 	}
-	res, err := b.c.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: a.addr})
-	if err != nil || res.Epoch != 2 {
-		t.Fatalf("resume on B from A: %+v %v", res, err)
-	}
-	if cs := b.waitCounter(ctx, "job", last); cs[0] != last+1 {
-		t.Fatalf("on B the counter starts at %d, want %d", cs[0], last+1)
-	}
+	b.resumeFrom(ctx, a, last)
 	tomb := a.rec("job")
 	if tomb.Phase != api.PhaseMoved || tomb.Epoch != 2 || tomb.Peer != b.addr || tomb.PeerName != "node-b" {
 		t.Fatalf("A's record after the resume on B is %+v, want a tombstone at epoch 2 bound to node-b", tomb)
@@ -243,4 +250,57 @@ func TestFetchBindingSurvivesHolderRestart(t *testing.T) {
 	if n := a.live(ctx, "job") + b.live(ctx, "job"); n != 1 {
 		t.Fatalf("%d live copies, want 1", n)
 	}
+}
+
+// A third agent commands no task of another node: run, stop, suspend,
+// pause, unpause, migrate and cancel are the controller's, and a resume an agent
+// may ask only from its own image (the source of a checkpoint move asks
+// its destination). Each refusal changes nothing; the controller's resume
+// still moves the task.
+func TestAgentAsksOnlyTheResumeOfItsOwnImage(t *testing.T) {
+	t.Parallel()
+	ctx, a, b, c := threeNodes(t, nil)
+	rogueA, rogueB := c.peerOf(a.addr), c.peerOf(b.addr)
+	before := a.rec("job")
+	commands := map[string]error{"stop": rogueA.Stop(ctx, "job", 1), "cancel": rogueA.Cancel(ctx, "job", 1)}
+	_, commands["suspend"] = rogueA.Suspend(ctx, "job", 1)
+	_, commands["pause"] = rogueA.Pause(ctx, "job", 1)
+	_, commands["unpause"] = rogueA.Unpause(ctx, "job", 1)
+	_, commands["migrate"] = rogueA.Migrate(ctx, "job", api.MigrateRequest{Epoch: 1, To: c.addr, Mode: "checkpoint"}, nil)
+	_, commands["run"] = rogueA.Run(ctx, api.RunRequest{Spec: counterSpec("other", nil)})
+	for what, err := range commands {
+		wantKind(t, "C's "+what+" at A", err, api.ErrForbidden)
+	}
+	sameRecord(t, "C's commands", a.rec("job"), before)
+	if n := a.live(ctx, "job"); n != 1 {
+		t.Fatalf("A runs %d copies after C's commands, want 1", n)
+	}
+	if _, err := a.c.Inspect(ctx, "other"); err == nil {
+		t.Fatal("C's run started a task at A")
+	}
+
+	last := a.suspendJob(ctx)
+	before = a.rec("job")
+	resumes := map[string]api.ResumeRequest{
+		"at B from A":         {Epoch: 1, From: a.addr},
+		"at B from A replica": {Epoch: 1, From: a.addr, Replica: true},
+		"at A from itself":    {Epoch: 1},
+	}
+	for what, req := range resumes {
+		at := rogueB
+		if req.From == "" {
+			at = rogueA
+		}
+		_, err := at.Resume(ctx, "job", req)
+		wantKind(t, "C's resume "+what, err, api.ErrForbidden)
+	}
+	_, err := rogueB.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: a.addr})
+	if want := `from ` + a.addr + `, which is node "node-a"`; !strings.Contains(err.Error(), want) {
+		t.Fatalf("the refusal %q does not say %q", err, want)
+	}
+	sameRecord(t, "C's resumes", a.rec("job"), before)
+	if r := b.rec("job"); r.ID != "" {
+		t.Fatalf("C's resumes left a record at B: %+v", r)
+	}
+	b.resumeFrom(ctx, a, last)
 }

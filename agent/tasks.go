@@ -24,7 +24,8 @@ const maxBody = 1 << 20
 // roles allowed per class of endpoint.
 var (
 	anyRole     = []pki.Role{pki.RoleServer, pki.RoleAgent, pki.RoleClient}
-	commandRole = []pki.Role{pki.RoleServer, pki.RoleAgent}
+	serverRole  = []pki.Role{pki.RoleServer}
+	commandRole = []pki.Role{pki.RoleServer, pki.RoleAgent} // an agent: mayAskResume, DropReplica
 	peerRole    = []pki.Role{pki.RoleAgent}
 )
 
@@ -36,17 +37,17 @@ func (a *Agent) routes() http.Handler {
 	h("GET /v1/health", anyRole, a.handleHealth)
 	h("GET /v1/node", anyRole, a.handleNode)
 	h("GET /v1/tasks", anyRole, a.handleList)
-	h("POST /v1/tasks", commandRole, a.handleRun)
+	h("POST /v1/tasks", serverRole, a.handleRun)
 	h("GET /v1/tasks/{id}", anyRole, a.handleInspect)
 	h("GET /v1/tasks/{id}/stats", anyRole, a.handleStats)
 	h("GET /v1/tasks/{id}/logs", anyRole, a.handleLogs)
-	h("POST /v1/tasks/{id}/stop", commandRole, a.handleStop)
-	h("POST /v1/tasks/{id}/suspend", commandRole, a.handleSuspend)
+	h("POST /v1/tasks/{id}/stop", serverRole, a.handleStop)
+	h("POST /v1/tasks/{id}/suspend", serverRole, a.handleSuspend)
 	h("POST /v1/tasks/{id}/resume", commandRole, a.handleResume)
-	h("POST /v1/tasks/{id}/pause", commandRole, a.handlePause)
-	h("POST /v1/tasks/{id}/unpause", commandRole, a.handlePause)
-	h("POST /v1/tasks/{id}/migrate", commandRole, a.handleMigrate)
-	h("POST /v1/tasks/{id}/cancel", commandRole, a.handleCancel)
+	h("POST /v1/tasks/{id}/pause", serverRole, a.handlePause)
+	h("POST /v1/tasks/{id}/unpause", serverRole, a.handlePause)
+	h("POST /v1/tasks/{id}/migrate", serverRole, a.handleMigrate)
+	h("POST /v1/tasks/{id}/cancel", serverRole, a.handleCancel)
 	h("POST /v1/peer/prepare", peerRole, a.handlePrepare)
 	h("POST /v1/peer/finish", peerRole, a.handleFinish)
 	h("POST /v1/peer/abort", peerRole, a.handleAbort)
@@ -647,6 +648,11 @@ func (a *Agent) Resume(ctx context.Context, id string, req api.ResumeRequest) (a
 func (a *Agent) handleResume(w http.ResponseWriter, r *http.Request) {
 	var req api.ResumeRequest
 	if err := decode(r, &req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	role, caller, _ := pki.PeerRole(r.TLS)
+	if err := a.mayAskResume(r.Context(), role, caller, req); err != nil {
 		writeErr(w, err)
 		return
 	}
