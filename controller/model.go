@@ -306,55 +306,108 @@ func specConstraints(s *JobSpec, tasks []int, m *cluster.Model) []cluster.Constr
 // suspends what does not fit at once. Nothing is ever killed by a drain.
 func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 	m := s.View.Model
+	d, err := s.decide(p)
+	if err != nil {
+		return nil, err
+	}
+	want := append([]cluster.TaskState(nil), d.Want...)
+	s.operatorWants(want)
+	s.sleepStranded(want)
+	kept := s.keepUntilDeadline(want)
+	if err := s.holdSilent(want, p); err != nil {
+		return nil, err
+	}
+	cons := append([]cluster.Constraint(nil), d.Constraints...)
+	cons = append(cons, stateConstraints(m, want)...)
+	cons = append(cons, s.jobConstraints...)
+	if s.eligible != nil {
+		cons = append(cons, s.eligible.constraints()...)
+	}
+	keep := map[int]bool{}
+	for _, ti := range kept {
+		keep[ti] = true
+		cons = append(cons, cluster.Fence{Tasks: []int{ti}, Nodes: []int{m.Tasks[ti].Node}})
+	}
+	if len(s.silent) > 0 {
+		cons = append(cons, s.silentConstraints()...)
+		for ti := range s.frozen {
+			keep[ti] = true // not moved off a draining node either
+		}
+	}
+	cons = append(cons, s.drainBan(want, keep)...)
+	return &plan.Problem{Model: m, Constraints: cons, Objective: plan.MinMTTR, Durations: Durations}, nil
+}
+
+// decide runs the policy and notes its recheck.
+func (s *Snapshot) decide(p policy.Policy) (policy.Decision, error) {
 	d, err := p.Decide(s.View)
 	if err != nil {
-		return nil, fmt.Errorf("policy %s: %w", p.Name(), err)
+		return d, fmt.Errorf("policy %s: %w", p.Name(), err)
 	}
-	if len(d.Want) != len(m.Tasks) {
-		return nil, fmt.Errorf("policy %s: %d wanted states for %d tasks", p.Name(), len(d.Want), len(m.Tasks))
+	if n := len(s.View.Model.Tasks); len(d.Want) != n {
+		return d, fmt.Errorf("policy %s: %d wanted states for %d tasks", p.Name(), len(d.Want), n)
 	}
 	s.Recheck = 0
 	if d.Recheck > s.View.Now {
 		s.Recheck = d.Recheck
 	}
-	want := append([]cluster.TaskState(nil), d.Want...)
+	return d, nil
+}
+
+// operatorWants overrides want with the operator's: a stopped job's tasks
+// are killed, a suspended job's sleep (or wait, if never placed).
+func (s *Snapshot) operatorWants(want []cluster.TaskState) {
 	for _, j := range s.View.Jobs {
-		for _, ti := range j.Tasks {
-			switch s.Want[j.Name] {
-			case store.WantStop:
+		switch s.Want[j.Name] {
+		case store.WantStop:
+			for _, ti := range j.Tasks {
 				want[ti] = cluster.Killed
-			case store.WantSleep:
-				if m.Tasks[ti].State == cluster.Running || m.Tasks[ti].State == cluster.Sleeping {
-					want[ti] = cluster.Sleeping
-				} else {
-					want[ti] = cluster.Ready
-				}
 			}
+		case store.WantSleep:
+			s.sleepJob(j, want)
 		}
 	}
-	// A job with a task no usable node can take does not run (Priority
-	// knows through View.Eligible; other policies may not): it sleeps, or
-	// waits, as a job that does not fit — and on a draining node with a
-	// deadline keeps running until then, below.
+}
+
+// sleepJob wants the job's placed tasks sleeping and the others waiting.
+func (s *Snapshot) sleepJob(j policy.Job, want []cluster.TaskState) {
+	for _, ti := range j.Tasks {
+		if st := s.View.Model.Tasks[ti].State; st == cluster.Running || st == cluster.Sleeping {
+			want[ti] = cluster.Sleeping
+		} else {
+			want[ti] = cluster.Ready
+		}
+	}
+}
+
+// sleepStranded: a job with a task no usable node can take does not run
+// (Priority knows through View.Eligible; other policies may not): it
+// sleeps, or waits, as a job that does not fit — and on a draining node
+// with a deadline keeps running until then (keepUntilDeadline).
+func (s *Snapshot) sleepStranded(want []cluster.TaskState) {
+	m := s.View.Model
 	for _, j := range s.View.Jobs {
 		stranded := false
 		for _, ti := range j.Tasks {
 			stranded = stranded || want[ti] == cluster.Running && s.Stranded[m.Tasks[ti].Name] != ""
 		}
-		if !stranded {
-			continue
-		}
-		for _, ti := range j.Tasks {
-			if st := m.Tasks[ti].State; st == cluster.Running || st == cluster.Sleeping {
-				want[ti] = cluster.Sleeping
-			} else {
-				want[ti] = cluster.Ready
-			}
+		if stranded {
+			s.sleepJob(j, want)
 		}
 	}
-	var kept []int // tasks kept running on a draining node until its deadline
+}
+
+// keepUntilDeadline keeps running, in place, the jobs the operator wants
+// running that would be evicted and all of whose running tasks sit on
+// draining nodes whose deadline has not passed; it returns those tasks.
+func (s *Snapshot) keepUntilDeadline(want []cluster.TaskState) []int {
+	if len(s.DrainGrace) == 0 {
+		return nil
+	}
+	m := s.View.Model
+	var kept []int
 	for _, j := range s.View.Jobs {
-		if s.Want[j.Name] != store.WantRun || len(s.DrainGrace) == 0 {
+		if s.Want[j.Name] != store.WantRun {
 			continue
 		}
 		evicted, elsewhere := false, false
@@ -380,66 +433,73 @@ func (s *Snapshot) Problem(p policy.Policy) (*plan.Problem, error) {
 			kept = append(kept, ti)
 		}
 	}
-	if len(s.silent) > 0 {
-		// A running task the policy would stop, while a node's room is
-		// unknown: wait for that node (see silence).
-		for _, j := range s.View.Jobs {
-			for _, ti := range j.Tasks {
-				if t := m.Tasks[ti]; t.State == cluster.Running && want[ti] != cluster.Running && s.Want[j.Name] == store.WantRun {
-					return nil, fmt.Errorf("%w: %s would stop %s on %s, and %s not heard from since the loop started leading may have room",
-						ErrWaitingForReports, p.Name(), t.Name, m.Nodes[t.Node].Name, strings.Join(s.Unheard, ", "))
-				}
+	return kept
+}
+
+// holdSilent, while some node is silent (see silence), refuses a decision
+// that stops a running task the operator wants running (the silent node's
+// room is unknown: ErrWaitingForReports), and keeps the frozen tasks as
+// they are.
+func (s *Snapshot) holdSilent(want []cluster.TaskState, p policy.Policy) error {
+	if len(s.silent) == 0 {
+		return nil
+	}
+	m := s.View.Model
+	for _, j := range s.View.Jobs {
+		for _, ti := range j.Tasks {
+			if t := m.Tasks[ti]; t.State == cluster.Running && want[ti] != cluster.Running && s.Want[j.Name] == store.WantRun {
+				return fmt.Errorf("%w: %s would stop %s on %s, and %s not heard from since the loop started leading may have room",
+					ErrWaitingForReports, p.Name(), t.Name, m.Nodes[t.Node].Name, strings.Join(s.Unheard, ", "))
 			}
 		}
-		for ti := range s.frozen {
-			want[ti] = m.Tasks[ti].State
-		}
 	}
+	for ti := range s.frozen {
+		want[ti] = m.Tasks[ti].State
+	}
+	return nil
+}
+
+// stateConstraints fix each task's wanted state: one constraint per state,
+// in state order, over the tasks that change state and every task that
+// runs (a task with no state constraint keeps its state).
+func stateConstraints(m *cluster.Model, want []cluster.TaskState) []cluster.Constraint {
 	byState := map[cluster.TaskState][]int{}
 	for i, w := range want {
 		if w != m.Tasks[i].State || w == cluster.Running {
 			byState[w] = append(byState[w], i)
 		}
 	}
-	cons := append([]cluster.Constraint(nil), d.Constraints...)
 	states := make([]cluster.TaskState, 0, len(byState))
 	for st := range byState {
 		states = append(states, st)
 	}
 	sort.Slice(states, func(a, b int) bool { return states[a] < states[b] })
+	out := make([]cluster.Constraint, 0, len(states))
 	for _, st := range states {
-		cons = append(cons, cluster.StateConstraint{State: st, Tasks: byState[st]})
+		out = append(out, cluster.StateConstraint{State: st, Tasks: byState[st]})
 	}
-	cons = append(cons, s.jobConstraints...)
-	if s.eligible != nil {
-		cons = append(cons, s.eligible.constraints()...)
+	return out
+}
+
+// drainBan keeps every task that runs or is wanted running, except those
+// in keep, off the draining nodes.
+func (s *Snapshot) drainBan(want []cluster.TaskState, keep map[int]bool) []cluster.Constraint {
+	if len(s.View.Draining) == 0 {
+		return nil
 	}
-	keep := map[int]bool{}
-	for _, ti := range kept {
-		keep[ti] = true
-		cons = append(cons, cluster.Fence{Tasks: []int{ti}, Nodes: []int{m.Tasks[ti].Node}})
+	var nodes []int
+	for n := range s.View.Draining {
+		nodes = append(nodes, n)
 	}
-	if len(s.silent) > 0 {
-		cons = append(cons, s.silentConstraints()...)
-		for ti := range s.frozen {
-			keep[ti] = true // not moved off a draining node either
+	sort.Ints(nodes)
+	var tasks []int
+	for i, t := range s.View.Model.Tasks {
+		if (want[i] == cluster.Running || t.State == cluster.Running) && !keep[i] {
+			tasks = append(tasks, i)
 		}
 	}
-	if len(s.View.Draining) > 0 {
-		var nodes []int
-		for n := range s.View.Draining {
-			nodes = append(nodes, n)
-		}
-		sort.Ints(nodes)
-		var tasks []int
-		for i, t := range m.Tasks {
-			if (want[i] == cluster.Running || t.State == cluster.Running) && !keep[i] {
-				tasks = append(tasks, i)
-			}
-		}
-		if len(tasks) > 0 {
-			cons = append(cons, cluster.Ban{Tasks: tasks, Nodes: nodes})
-		}
+	if len(tasks) == 0 {
+		return nil
 	}
-	return &plan.Problem{Model: m, Constraints: cons, Objective: plan.MinMTTR, Durations: Durations}, nil
+	return []cluster.Constraint{cluster.Ban{Tasks: tasks, Nodes: nodes}}
 }
