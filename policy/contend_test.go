@@ -456,13 +456,30 @@ func TestFerryStopsAShedJobWhenARestartCostsLess(t *testing.T) {
 			v.Durations = cluster.BandwidthDurations{Memory: "memory", NetBandwidth: 110_000_000, DiskBandwidth: 50_000_000,
 				BootTask: 15, ShutdownTask: 5, Latency: 2}
 			v.Jobs[0].Done, v.Jobs[0].Total = c.done, c.done+600
-			if c.done < 0 { // a controller's view: no progress reported
-				v.Jobs[0].Done, v.Jobs[0].Total = 0, 0
+			v.ProgressKnown = c.done >= 0
+			if c.done < 0 { // a controller's view: no progress measured, even with an estimate
+				v.Jobs[0].Done, v.Jobs[0].Total = 0, 600
 			}
 			f := Ferry()
 			f.Restart = c.restart
 			wantFirst(t, decide(t, f, v), 4, c.want)
 		})
+	}
+}
+
+func TestFerryStopsOnlyAJobWhoseTasksAllRun(t *testing.T) {
+	// A job with no work done, one VM running and one asleep, on a
+	// draining node with nowhere to go: stopping the running VM would
+	// lose the sleeping one's job too, so it is suspended like the other.
+	const mib = int64(1) << 20
+	v := vmView(1, 8192*mib, vmJob{name: "j", nodes: []int{0, 0}, cpu: []int64{1, 1}, mem: 512 * mib, wall: 600})
+	v.Durations = cluster.BandwidthDurations{Memory: "memory", NetBandwidth: 110_000_000, DiskBandwidth: 50_000_000,
+		BootTask: 15, ShutdownTask: 5, Latency: 2}
+	v.ProgressKnown, v.Jobs[0].Done, v.Jobs[0].Total = true, 0, 600
+	v.Model.Tasks[1].State = cluster.Sleeping
+	v.Draining = map[int]bool{0: true}
+	if d := decide(t, Ferry(), v); d.Want[0] != cluster.Sleeping || d.Want[1] != cluster.Sleeping {
+		t.Fatalf("wanted %v, want both asleep", d.Want)
 	}
 }
 

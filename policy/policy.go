@@ -49,6 +49,11 @@ type View struct {
 	Soft map[int]bool
 	// Durations is the cost model the planner will use.
 	Durations cluster.DurationModel
+	// ProgressKnown: each job's Done is the work it has done (the
+	// simulator measures it). A view without it (the controller's, which
+	// does not, Done 0) never has a job stopped (Selective.Restart): a
+	// stop loses the work done, and unknown work is not known to be none.
+	ProgressKnown bool
 	// Eligible, when set, says whether node n can take task t at all (the
 	// controller's capability filter: the node's drivers and QEMU version);
 	// the planner is given the same filter as constraints. Nil: any node.

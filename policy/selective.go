@@ -118,7 +118,8 @@ type Selective struct {
 	// anywhere, against a 13 s suspend and a 13 s resume at home (18 s
 	// elsewhere). A stopped job waits like a sleeping one: placed by the
 	// demand it was seen using (not admitted blind like a job that never
-	// ran), and Anticipate and Prepare treat its boot as a resume.
+	// ran), and Anticipate and Prepare treat its boot as a resume. Only
+	// where the view reports progress (View.ProgressKnown).
 	Restart bool
 }
 
@@ -461,9 +462,10 @@ func returnTime(v *View, ph Phase, t int) int64 {
 }
 
 // evict takes a running job off its nodes: suspended, or, with Restart,
-// stopped when that costs less (see Selective.Restart).
+// stopped when that costs less (see Selective.Restart). Only a job whose
+// tasks all run is stopped: a stop loses the work of the whole job.
 func (s Selective) evict(d *Decision, v *View, j *Job) {
-	if !s.Restart || !restartCheaper(v, j) {
+	if !s.Restart || JobPhase(v.Model, j) != Active || !restartCheaper(v, j) {
 		sleep(d, v.Model, j)
 		return
 	}
@@ -477,10 +479,10 @@ func (s Selective) evict(d *Decision, v *View, j *Job) {
 // restartCheaper: stopping job j and booting it again, redoing the work
 // it has done, costs less than suspending and resuming it at home, by the
 // view's duration model (each the longest of its tasks'). Only when the
-// view reports the job's progress (Total known): a view that does not
-// (the controller's: Done 0 means unknown there) never stops a job.
+// view reports the jobs' progress (View.ProgressKnown): a view that does
+// not (the controller's: Done 0 means unknown there) never stops a job.
 func restartCheaper(v *View, j *Job) bool {
-	if v.Durations == nil || j.Total <= 0 {
+	if v.Durations == nil || !v.ProgressKnown {
 		return false
 	}
 	m := v.Model

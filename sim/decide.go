@@ -91,6 +91,7 @@ func (e *engine) decide(ctx context.Context) error {
 	e.sub2glob = glob
 	view := &e.view
 	view.Draining, view.Now, view.Durations = e.draining, e.now, w.Durations
+	view.ProgressKnown = true // Job.Done is the engine's own progress
 	if e.observed && view.Soft == nil {
 		view.Soft = map[int]bool{}
 		for r, s := range e.soft {

@@ -10,8 +10,8 @@
 // changes or that a constraint names; the others are folded into the
 // nodes' capacities), solves it and schedules the plan's actions. A job's
 // work progresses only while all its tasks run; suspended jobs keep their
-// progress and pay suspend and resume time; a job whose tasks are all
-// shut down loses it (it runs again from the start once booted); a
+// progress and pay suspend and resume time; a job with a task shut down
+// loses it (it runs again from the start once booted again); a
 // migration pays a short downtime at its end. The run is deterministic for a workload, policy and
 // seed; Result.Events is its event log.
 package sim
@@ -91,9 +91,9 @@ type jobRun struct {
 	lostTime  int64
 	// startedTasks: some task left the ready state.
 	startedTasks bool
-	// restarted: every task was shut down after the job ran; its work is
-	// lost and it starts from its first segment once booted again (until
-	// then the policy sees the demand its tasks last used).
+	// restarted: a task was shut down after the job ran; its work is lost
+	// and it starts from its first segment once its tasks run again (until
+	// a task is booted the policy sees the demand its tasks last used).
 	restarted bool
 }
 
@@ -674,18 +674,14 @@ func (e *engine) endAction(i int) {
 	e.log(Event{T: e.now, Kind: EvEnd, Action: a.Kind, Job: tk.job, Task: int32(a.Task), From: int32(a.From), To: int32(a.To)})
 }
 
-// restart: once every task of a job that ran is shut down (none running,
-// sleeping or in an action), its work is lost: a stopped VM keeps nothing
-// of its computation. The job starts again from no progress when booted.
+// restart: a task of a job that ran was shut down; the job's work is lost
+// (a stopped VM keeps nothing of its computation, and the job's other VMs
+// cannot go on without it, whether they run, sleep or stop too). The job
+// starts again from no progress once its tasks run again.
 func (e *engine) restart(ji int) {
 	j := &e.jobs[ji]
 	if j.started < 0 {
 		return
-	}
-	for t := j.firstTask; t < j.firstTask+int32(j.spec.Tasks); t++ {
-		if tk := &e.tasks[t]; tk.state != cluster.Ready || tk.action >= 0 {
-			return
-		}
 	}
 	e.fold(ji)
 	j.progress, j.restarted = 0, true

@@ -5,7 +5,7 @@
 // its tasks run, that no task is in two actions at once, and that work is
 // conserved across suspends and migrations (a job's gang-running time
 // equals its work, plus at most the migration downtimes; more when CPU
-// contention slowed it down; a restart, every task of the job shut down,
+// contention slowed it down; a restart, a task of the job shut down,
 // loses the work done, and only the gang time after it counts).
 package check
 
@@ -102,14 +102,6 @@ func RunDowntime(w *workload.Workload, r *sim.Result, downtime int64) error {
 			gangSince[j] = -1
 		}
 	}
-	restarted := func(j int) bool {
-		for t := first[j]; t < first[j+1]; t++ {
-			if tasks[t].state != cluster.Ready || tasks[t].inAction {
-				return false
-			}
-		}
-		return true
-	}
 	var last int64
 	for _, e := range r.Events {
 		if e.T < last {
@@ -183,8 +175,9 @@ func RunDowntime(w *workload.Workload, r *sim.Result, downtime int64) error {
 				tk.state, tk.leaving, tk.node = cluster.Ready, false, -1
 			}
 			settle(tk.job, e.T)
-			if e.Action == cluster.Shutdown && restarted(tk.job) {
-				// A restart: the work done is lost, the job's whole work
+			if e.Action == cluster.Shutdown {
+				// A restart: the work done is lost (the job's other tasks
+				// cannot go on without this one's), the job's whole work
 				// must be run again from here.
 				gangTime[tk.job], migr[tk.job] = 0, 0
 			}
