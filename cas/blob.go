@@ -825,27 +825,39 @@ func (s *Store) grace() time.Duration {
 	return 10 * time.Minute
 }
 
-// loadLocs reads the location table of pin name (x: its index), if any;
-// a table of another index (a crash between the table and the pin) is
-// ignored.
+// loadLocs reads the location table of pin name (x: its index), if any:
+// locs/NAME, or locs/.next-NAME when a crash came after the pin was
+// written and before that table took its place (moved into place now). A
+// table of another index (a crash before the pin) is ignored.
 func (s *Store) loadLocs(name string, x *Index) (*locTable, error) {
-	b, err := os.ReadFile(filepath.Join(s.dir, "locs", name))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+	root, found := x.Root(), false
+	for _, n := range []string{name, nextPrefix + name} {
+		p := filepath.Join(s.dir, "locs", n)
+		b, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		found = true
+		t, err := decodeLocs(b)
+		if err != nil {
+			s.log.Warn("location table unreadable", "pin", name, "file", n, "err", err)
+			continue
+		}
+		if t.root != root {
+			continue
+		}
+		if n != name && os.Rename(p, filepath.Join(s.dir, "locs", name)) == nil {
+			syncDir(filepath.Join(s.dir, "locs"))
+		}
+		return t, nil
 	}
-	if err != nil {
-		return nil, err
+	if found {
+		s.log.Warn("no location table of the pinned index; its chunks are misses", "pin", name)
 	}
-	t, err := decodeLocs(b)
-	if err != nil {
-		s.log.Warn("location table unreadable; its chunks are misses", "pin", name, "err", err)
-		return nil, nil
-	}
-	if t.root != x.Root() {
-		s.log.Warn("location table of another index; its chunks are misses", "pin", name)
-		return nil, nil
-	}
-	return t, nil
+	return nil, nil
 }
 
 // FileBlob returns the path of a blob of size bytes that holds chunk id at

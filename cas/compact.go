@@ -176,7 +176,7 @@ func (s *Store) copyLive(c livePack) (map[ID]int64, *packWriter, map[string]blob
 		pack.discard()
 		return nil, nil, nil, err
 	}
-	if err := s.compactStep("pack"); err != nil {
+	if err := s.stopPoint("pack"); err != nil {
 		return nil, nil, nil, err
 	}
 	return moved, pack, sizes, nil
@@ -210,7 +210,7 @@ func (s *Store) moveTables(old string, pack *packWriter, sizes map[string]blobSi
 			break
 		}
 		next[name] = nt
-		if err := s.compactStep("table " + name); err != nil {
+		if err := s.stopPoint("table " + name); err != nil {
 			return len(next), err // as a crash: nothing more happens
 		}
 	}
@@ -251,12 +251,12 @@ func remapTable(t *locTable, old, pack string, moved map[ID]int64) *locTable {
 	return tb.t
 }
 
-// errStopped: a test stopped a compaction (compactStep).
-var errStopped = errors.New("cas: compact: stopped")
+// errStopped: a test stopped a pin or a compaction (stopPoint).
+var errStopped = errors.New("cas: stopped")
 
-// compactStep is where a test stops a compaction after a step, leaving
-// the disk as a crash there would (s.stopAt).
-func (s *Store) compactStep(step string) error {
+// stopPoint is where a test stops a pin or a compaction after a step,
+// leaving the disk as a crash there would (s.stopAt).
+func (s *Store) stopPoint(step string) error {
 	if s.stopAt != nil && s.stopAt(step) {
 		return fmt.Errorf("%w after %s", errStopped, step)
 	}

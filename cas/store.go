@@ -100,8 +100,9 @@ type Store struct {
 	maxOpen int                  // maxOpenBlobs
 	closed  bool                 // Close ran
 
-	// stopAt, set by tests only, stops a compaction after the step it
-	// reports true for, leaving the disk as a crash there would.
+	// stopAt, set by tests only, stops a pin or a compaction after the
+	// step it reports true for, leaving the disk as a crash there would
+	// (stopPoint).
 	stopAt func(step string) bool
 }
 
@@ -258,6 +259,10 @@ func (s *Store) Put(id ID, data []byte) (bool, error) {
 	}
 	return true, nil
 }
+
+// nextPrefix starts the name of a pin's new location table until its pin
+// is written (pinLocked); pin names cannot start with '.'.
+const nextPrefix = ".next-"
 
 // tmpPrefix starts the name of a chunk file being written. It is created
 // beside its final name (a rename within one directory costs half of one
@@ -434,17 +439,24 @@ func (s *Store) pinLocked(name string, x *Index, tb *tableBuilder) error {
 		return err
 	}
 	sizes := s.statBlobs(t, synced)
-	// The table first (naming the index's root), then the pin: a crash
-	// between them leaves a table Open ignores.
+	// The new table beside the old one (locs/.next-NAME, naming the
+	// index's root), then the pin, then the table into its place: a crash
+	// before the pin leaves the old pin with its old table, one after it
+	// the new pin with its table in .next-NAME, which Open moves into
+	// place. (The table used to replace the old one before the pin did: a
+	// crash between them left the old pin without its table, its chunks
+	// misses; review finding 4.)
 	locs := filepath.Join(s.dir, "locs", name)
+	next := filepath.Join(s.dir, "locs", nextPrefix+name)
 	if len(t.ents) > 0 {
-		if err := s.writeAtomic(locs, nil, encodeLocs(t), true); err != nil {
+		if err := s.writeAtomic(next, nil, encodeLocs(t), true); err != nil {
 			return fmt.Errorf("cas: pin %q: locations: %w", name, err)
 		}
-	} else if err := os.Remove(locs); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("cas: pin %q: %w", name, err)
+		syncDir(filepath.Join(s.dir, "locs"))
 	}
-	syncDir(filepath.Join(s.dir, "locs"))
+	if err := s.stopPoint("table"); err != nil {
+		return err
+	}
 	var buf bytes.Buffer
 	if err := EncodeIndex(&buf, x); err != nil {
 		return err
@@ -453,6 +465,23 @@ func (s *Store) pinLocked(name string, x *Index, tb *tableBuilder) error {
 		return fmt.Errorf("cas: pin %q: %w", name, err)
 	}
 	syncDir(filepath.Join(s.dir, "pins"))
+	if err := s.stopPoint("pin"); err != nil {
+		return err
+	}
+	var err2 error
+	if len(t.ents) > 0 {
+		err2 = os.Rename(next, locs)
+	} else {
+		os.Remove(next) // a table a crash left (no pin has its root)
+		if err2 = os.Remove(locs); errors.Is(err2, fs.ErrNotExist) {
+			err2 = nil
+		}
+	}
+	if err2 != nil {
+		// The pin is written: Open finds its table either way.
+		s.log.Warn("location table not moved into place", "pin", name, "err", err2)
+	}
+	syncDir(filepath.Join(s.dir, "locs"))
 	now := time.Now()
 	s.mu.Lock()
 	s.sizeBlobsLocked(sizes)
@@ -615,6 +644,7 @@ func (s *Store) Unpin(name string) error {
 		return err
 	}
 	os.Remove(filepath.Join(s.dir, "locs", name))
+	os.Remove(filepath.Join(s.dir, "locs", nextPrefix+name))
 	s.dropPinLocked(name, time.Now())
 	delete(s.pinAt, name)
 	return nil
