@@ -30,6 +30,9 @@ type AgentAPI interface {
 	Stop(ctx context.Context, id string, epoch uint64) error
 	Suspend(ctx context.Context, id string, epoch uint64) (api.Task, error)
 	Resume(ctx context.Context, id string, req api.ResumeRequest) (api.Task, error)
+	// Grant names at the holder of a suspended image the only agent that
+	// may fetch it (before that agent's Resume from the holder).
+	Grant(ctx context.Context, id string, req api.GrantRequest) error
 	Migrate(ctx context.Context, id string, req api.MigrateRequest, progress func(api.MigrateEvent)) (api.MigrateEvent, error)
 	Cancel(ctx context.Context, id string, epoch uint64) error
 	Logs(ctx context.Context, id string, tail int, follow bool) (io.ReadCloser, error)
@@ -208,25 +211,30 @@ func (c *Controller) Observe(ctx context.Context, hb Heartbeat, pushed bool) err
 	if hb.Node == "" {
 		return fmt.Errorf("%w: heartbeat without a node name", store.ErrInvalid)
 	}
-	return c.observe(ctx, hb, nil, pushed)
+	return c.observe(ctx, hb, nil, pushed, c.cfg.Now())
 }
 
-// observe records a heartbeat; raw, when set, is the encoding of
-// hb.Tasks (kept to recognise the next report's unchanged list).
-func (c *Controller) observe(ctx context.Context, hb Heartbeat, raw []byte, pushed bool) error {
+// observe records a heartbeat as of at (when it was asked for, or
+// received); raw, when set, is the encoding of hb.Tasks (kept to recognise
+// the next report's unchanged list). A report older than the node's last
+// one is dropped.
+func (c *Controller) observe(ctx context.Context, hb Heartbeat, raw []byte, pushed bool, at time.Time) error {
 	index := make(map[string]int, len(hb.Tasks))
 	for i := range hb.Tasks {
 		index[hb.Tasks[i].ID] = i
 	}
-	now := c.cfg.Now()
 	c.mu.Lock()
 	o := c.obs[hb.Node]
 	if o == nil {
 		o = &observation{}
 		c.obs[hb.Node] = o
 	}
+	if at.Before(o.at) {
+		c.mu.Unlock()
+		return nil
+	}
 	c.setInfo(o, hb.Info)
-	o.at, o.pushed, o.tasks, o.index, o.raw = now, pushed, hb.Tasks, index, raw
+	o.at, o.pushed, o.tasks, o.index, o.raw = at, pushed, hb.Tasks, index, raw
 	c.mu.Unlock()
 	return c.observed(ctx, hb)
 }
@@ -241,7 +249,7 @@ func (c *Controller) ObserveEncoded(ctx context.Context, hb Heartbeat, rawTasks 
 		return fmt.Errorf("%w: heartbeat without a node name", store.ErrInvalid)
 	}
 	if len(rawTasks) == 0 || bytes.Equal(rawTasks, []byte("null")) {
-		return c.observe(ctx, hb, nil, true)
+		return c.observe(ctx, hb, nil, true, c.cfg.Now())
 	}
 	c.mu.Lock()
 	if o := c.obs[hb.Node]; o != nil && o.raw != nil && bytes.Equal(o.raw, rawTasks) {
@@ -256,7 +264,7 @@ func (c *Controller) ObserveEncoded(ctx context.Context, hb Heartbeat, rawTasks 
 		return fmt.Errorf("%w: heartbeat of node %q: tasks: %v", store.ErrInvalid, hb.Node, err)
 	}
 	hb.Tasks = ts
-	return c.observe(ctx, hb, rawTasks, true)
+	return c.observe(ctx, hb, rawTasks, true, c.cfg.Now())
 }
 
 // setInfo records a node's report in its observation (c.mu held), noting
@@ -330,8 +338,9 @@ func (c *Controller) AddNode(ctx context.Context, addr string, labels map[string
 	c.event("node", info.Name, "registered", "addr", addr)
 	// Its first heartbeat now, not at the next poll: until the controller
 	// has heard what a node can run, it plans no VM (capability.go).
+	asked := c.cfg.Now()
 	if tasks, err := cl.List(ctx); err == nil {
-		_ = c.Observe(ctx, Heartbeat{Node: info.Name, Info: info, Tasks: tasks}, false)
+		_ = c.observe(ctx, Heartbeat{Node: info.Name, Info: info, Tasks: tasks}, nil, false, asked)
 	}
 	c.Trigger()
 	return info.Name, nil
@@ -573,7 +582,11 @@ func (c *Controller) makePlan(ctx context.Context) {
 	// planned around, not waited for (Snapshot.silence); their first
 	// report changes capsGen, which ends an idle round.
 	c.idle = idleRound{set: true, version: version, capsGen: caps, until: until}
-	c.reportStranded(snap)
+	if len(snap.Unheard) == 0 {
+		// With a node not heard from, a VM may look stranded only for
+		// want of its report: say so once the picture is whole.
+		c.reportStranded(snap)
+	}
 	if len(snap.View.Model.Tasks) == 0 {
 		return
 	}

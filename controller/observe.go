@@ -13,7 +13,15 @@ import (
 	"github.com/ferrycluster/ferry/store"
 )
 
-// poll gathers heartbeats from the agents that do not push them.
+// poll gathers heartbeats from the agents that do not push them: every
+// node each Period, at most 32 new requests at once. A node is asked
+// again only once it has answered (or its request has failed), and a
+// request may take up to HeartbeatTimeout: an agent slow to answer under
+// load (its List asks QEMU for each guest's status) is late, not silent. Before, each round
+// waited for every node and cut a request off after two periods, so a
+// live agent that always took longer was never heard from, was marked
+// down, and its running tasks restarted from scratch elsewhere while it
+// still ran them.
 func (c *Controller) poll(ctx context.Context) {
 	defer c.wg.Done()
 	if c.cfg.NoPoll {
@@ -21,6 +29,11 @@ func (c *Controller) poll(ctx context.Context) {
 	}
 	t := time.NewTicker(c.cfg.Period)
 	defer t.Stop()
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var mu sync.Mutex
+	asking := map[string]bool{} // nodes with a request in flight
 	for {
 		select {
 		case <-ctx.Done():
@@ -40,45 +53,73 @@ func (c *Controller) poll(ctx context.Context) {
 			}
 		})
 		now := c.cfg.Now()
-		sem := make(chan struct{}, 32)
-		var wg sync.WaitGroup
 		for _, tg := range targets {
 			c.mu.Lock()
 			o := c.obs[tg.name]
 			pushed := o != nil && o.pushed && now.Sub(o.at) < 3*c.cfg.Period
 			c.mu.Unlock()
-			if pushed {
+			mu.Lock()
+			busy := pushed || asking[tg.name]
+			if !busy {
+				asking[tg.name] = true
+			}
+			mu.Unlock()
+			if busy {
 				continue
 			}
 			wg.Add(1)
-			sem <- struct{}{}
 			go func(tg target) {
 				defer wg.Done()
-				defer func() { <-sem }()
-				pctx, cancel := context.WithTimeout(ctx, c.cfg.Period*2)
-				defer cancel()
-				cl := c.client(tg.addr)
-				info, err := cl.Node(pctx)
-				if err != nil {
+				defer func() {
+					mu.Lock()
+					delete(asking, tg.name)
+					mu.Unlock()
+				}()
+				select {
+				case sem <- struct{}{}:
+				case <-ctx.Done():
 					return
 				}
-				tasks, err := cl.List(pctx)
-				if err != nil {
-					return
-				}
-				if info.Name != tg.name {
-					c.log.Warn("agent answers with another name", "node", tg.name, "addr", tg.addr, "name", info.Name)
-					return
-				}
-				if err := checkAgentName(cl, tg.addr, tg.name); err != nil {
-					c.log.Warn("agent's certificate is not its node's", "node", tg.name, "err", err)
-					return
-				}
-				_ = c.Observe(ctx, Heartbeat{Node: tg.name, Info: info, Tasks: tasks}, false)
+				// A request still unanswered after two periods gives its
+				// place to the next (as the old cut-off did), so slow or
+				// hung agents never hold up the polls of the others.
+				release := sync.OnceFunc(func() { <-sem })
+				slow := time.AfterFunc(2*c.cfg.Period, release)
+				c.pollNode(ctx, tg.name, tg.addr)
+				slow.Stop()
+				release()
 			}(tg)
 		}
-		wg.Wait()
 	}
+}
+
+// pollNode asks one agent for its heartbeat (GET /v1/node, GET /v1/tasks)
+// and records it as of the time it was asked: what the agent reports was
+// read at or after that, so a slow answer is never taken for a report made
+// after a change the store committed meanwhile (reconcile counts only
+// reports taken after a task's last change).
+func (c *Controller) pollNode(ctx context.Context, name, addr string) {
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.HeartbeatTimeout)
+	defer cancel()
+	asked := c.cfg.Now()
+	cl := c.client(addr)
+	info, err := cl.Node(pctx)
+	if err != nil {
+		return
+	}
+	tasks, err := cl.List(pctx)
+	if err != nil {
+		return
+	}
+	if info.Name != name {
+		c.log.Warn("agent answers with another name", "node", name, "addr", addr, "name", info.Name)
+		return
+	}
+	if err := checkAgentName(cl, addr, name); err != nil {
+		c.log.Warn("agent's certificate is not its node's", "node", name, "err", err)
+		return
+	}
+	_ = c.observe(ctx, Heartbeat{Node: name, Info: info, Tasks: tasks}, nil, false, asked)
 }
 
 // liveness marks silent nodes down (their running tasks are lost and will
