@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -290,5 +291,47 @@ func TestHeldCountsBlobsOnDisk(t *testing.T) {
 	st, err := s2.GC(ctx, time.Now().Add(time.Hour), 0)
 	if err != nil || st.BlobsRemoved != 2 || st.RemovedBytes != 0 {
 		t.Fatalf("GC of two links to a file still linked elsewhere: %+v %v; want 2 blobs, 0 bytes freed", st, err)
+	}
+}
+
+// A keep naming a chunk that a held blob and an unreferenced one (in its
+// grace period) both hold names the held one: naming the other makes the
+// pins hold it whole (Held), and a link is never compacted. Here the task's
+// image was re-pinned (its earlier version's link unreferenced) and another
+// pin keeps the image's first chunks.
+func TestKeepPrefersAHeldBlob(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, Options{})
+	v1 := randomData(256<<10, 91)
+	v2 := append(append([]byte(nil), v1[:len(v1)-4096]...), randomData(4096, 92)...)
+	var links []string
+	for _, v := range [][]byte{v1, v2} {
+		f, x := linkedFile(t, v)
+		l := s.Link()
+		if err := l.Add(f, x.Size); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.KeepLinked(ctx, "image-t", f, l, x); err != nil {
+			t.Fatal(err)
+		}
+		links = append(links, s.tables["image-t"].blobs[0])
+	}
+	held := s.Held()
+	head := v1[:64<<10]
+	x, _ := BuildIndex(bytes.NewReader(head), IndexOptions{Chunking: CDC})
+	if _, err := s.Keep(ctx, "u", bytes.NewReader(head), x); err != nil {
+		t.Fatal(err)
+	}
+	var packs int64 // u's own pack (its cut last chunk)
+	for _, n := range s.tables["u"].blobs {
+		switch {
+		case n == links[0]:
+			t.Fatalf("pin u names the image's earlier link %s, not the held %s (held %d, was %d)", n, links[1], s.Held(), held)
+		case strings.HasPrefix(n, "pack-"):
+			packs += allocated(t, s.blobPath(n))
+		}
+	}
+	if h := s.Held(); h != held+packs {
+		t.Fatalf("held %d, want %d + %d", h, held, packs)
 	}
 }

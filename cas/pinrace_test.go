@@ -139,3 +139,31 @@ func TestRepinCutByACrash(t *testing.T) {
 		})
 	}
 }
+
+// A pin whose table is still locs/.next-NAME (pinLocked could not move it
+// into place after writing the pin) keeps that table through a GC past the
+// grace period and a reopen: GC took it for an orphan table, and the
+// reopened pin's chunks were misses.
+func TestNextTableOfAPinSurvivesGC(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, Options{GCGrace: time.Hour})
+	dir := s.Dir()
+	v := bytes.Join(randomBlocks(4, 90), nil)
+	x, _ := BuildIndex(bytes.NewReader(v), IndexOptions{Chunking: Fixed})
+	if _, err := s.Keep(ctx, "a", bytes.NewReader(v), x); err != nil {
+		t.Fatal(err)
+	}
+	// The disk as a failed rename leaves it.
+	if err := os.Rename(filepath.Join(dir, "locs", "a"), filepath.Join(dir, "locs", nextPrefix+"a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(ctx, time.Now().Add(2*time.Hour), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s2, err := Open(dir, Options{GCGrace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkChunks(t, s2, x, v)
+}

@@ -188,7 +188,10 @@ func (s *Store) removeOrphans(cutoff time.Time) (int, int64) {
 	if ents, err := os.ReadDir(filepath.Join(s.dir, "locs")); err == nil {
 		for _, e := range ents {
 			p := filepath.Join(s.dir, "locs", e.Name())
-			if _, ok := s.pins[e.Name()]; !ok {
+			// A pin's .next-NAME may be its only table (pinLocked could
+			// not move it into place): it goes with the pin (Unpin).
+			_, ok := s.pins[strings.TrimPrefix(e.Name(), nextPrefix)]
+			if !ok {
 				if _, o := old(p); o {
 					os.Remove(p)
 				}
@@ -462,6 +465,7 @@ func (s *Store) pinLocked(name string, x *Index, tb *tableBuilder) error {
 		return err
 	}
 	if err := s.writeAtomic(filepath.Join(s.dir, "pins", name), nil, buf.Bytes(), true); err != nil {
+		os.Remove(next) // its new blobs go with this keep
 		return fmt.Errorf("cas: pin %q: %w", name, err)
 	}
 	syncDir(filepath.Join(s.dir, "pins"))
@@ -470,7 +474,11 @@ func (s *Store) pinLocked(name string, x *Index, tb *tableBuilder) error {
 	}
 	var err2 error
 	if len(t.ents) > 0 {
-		err2 = os.Rename(next, locs)
+		if err2 = os.Rename(next, locs); err2 != nil {
+			// The old table may be of this index too (a re-pin), naming
+			// blobs this pin no longer holds: Open must take .next-NAME.
+			os.Remove(locs)
+		}
 	} else {
 		os.Remove(next) // a table a crash left (no pin has its root)
 		if err2 = os.Remove(locs); errors.Is(err2, fs.ErrNotExist) {
@@ -526,11 +534,18 @@ func (tb *tableBuilder) add(id ID, blob string, off int64, n uint32) {
 }
 
 // holdStored records where the store already holds chunk e: a location
-// in a blob (tb names it) or else a chunk file (one lstat). It reports
-// false when the store holds neither.
+// in a blob (tb names it; one the pins hold already if there is one, since
+// naming another makes them hold it whole) or else a chunk file (one
+// lstat). It reports false when the store holds neither.
 func (s *Store) holdStored(tb *tableBuilder, e Entry) bool {
 	s.mu.Lock()
 	l, ok := s.liveLocLocked(e.ID)
+	for _, m := range s.where[e.ID] {
+		if m.b.refs > 0 && !m.b.gone {
+			l = m
+			break
+		}
+	}
 	s.mu.Unlock()
 	switch {
 	case ok:
