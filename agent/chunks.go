@@ -25,8 +25,9 @@ import (
 // plus the chunks of transfers in flight and of unpinned images in their
 // grace period.
 //
-// The store is opened on first use, once per data directory; a store that
-// cannot be opened makes transfers run without it (logged), never fail.
+// The store is opened when the agent starts (Start), once per data
+// directory; a store that cannot be opened makes transfers run without it
+// (logged), never fail.
 
 // chunkStoreMaxBytes bounds the bytes the pins of one node's store hold
 // on disk (cas.Options.MaxBytes).

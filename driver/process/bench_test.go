@@ -136,13 +136,17 @@ func benchOnce(b *testing.B, size int64) {
 // (free page reporting, 8 MiB blocks), and writing into memory the host
 // took back costs a host fault per page: the job's write of 1 GB took
 // 0.3–4.7 s at the same load, 0.3–0.5 s just after 2 GB were written and
-// deleted. So startBench writes and deletes 2 × size (the job's write
-// here, the copy at the destination) in dir, and waits until the data
-// written so far is on disk (sync), so no writeback of the baselines or
-// of the previous size slows the timed part. dirty-MB says what was
+// deleted. So startBench waits until the data written so far is on disk
+// (sync), so no writeback of the baselines or of the previous size slows
+// the timed part, then writes and deletes 2 × size (the job's write here,
+// the copy at the destination) in dir and starts the timer at once: the
+// kernel reports freed memory to the host a few seconds after it is
+// freed, so a sync after the delete could hand it back. (The deleted
+// file's dirty pages are dropped, not written.) dirty-MB says what was
 // waiting for writeback (Dirty + Writeback in /proc/meminfo) before it.
 func startBench(b *testing.B, dir string, size int64) {
 	b.ReportMetric(float64(dirtyBytes())/1e6, "dirty-MB")
+	syscall.Sync()
 	scratch := filepath.Join(dir, "bench-warm")
 	f, err := os.Create(scratch)
 	if err != nil {
@@ -154,9 +158,12 @@ func startBench(b *testing.B, dir string, size int64) {
 			b.Fatal(err)
 		}
 	}
-	f.Close()
-	os.Remove(scratch)
-	syscall.Sync()
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Remove(scratch); err != nil {
+		b.Fatal(err)
+	}
 	b.StartTimer()
 }
 

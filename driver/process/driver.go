@@ -355,6 +355,9 @@ func (d *Driver) create(ctx context.Context, spec driver.Spec, from string) erro
 	}
 	t := d.newTask(j, dir)
 	t.sem <- struct{}{} // held until started
+	// List sees the task from here on: it shows the spec's epoch and
+	// "starting" (not a job that never ran) until spawn has started it.
+	t.rec.Spec, t.spawning = spec, true
 	d.tasks[spec.ID] = t
 	d.mu.Unlock()
 
@@ -383,9 +386,6 @@ func (d *Driver) create(ctx context.Context, spec driver.Spec, from string) erro
 	}
 	// The task is already visible to List (d.tasks), so its record is
 	// written under t.mu like everywhere else.
-	t.mu.Lock()
-	t.rec.Spec = spec
-	t.mu.Unlock()
 	cgs, note, err := d.cg.create(filepath.Base(dir), spec.CPUs, spec.MemoryBytes)
 	t.mu.Lock()
 	t.rec.Cgroups, t.rec.LimitNote = cgs, note
@@ -563,6 +563,9 @@ func (d *Driver) Inspect(ctx context.Context, id string) (driver.Status, error) 
 
 func (d *Driver) status(t *task) driver.Status {
 	rec := t.snapshot()
+	// Read before observing the job: a spawn that ends between the two
+	// would otherwise leave a job not yet seen running and no spawn.
+	starting := t.isRestarting() || t.isSpawning()
 	p := t.observe()
 	st := driver.Status{ID: t.id, Epoch: rec.Spec.Epoch, Kind: Kind, StartedAt: rec.StartedAt, PID: p.jr.PID}
 	switch {
@@ -574,7 +577,7 @@ func (d *Driver) status(t *task) driver.Status {
 	case p.ex != nil && p.ex.ExitCode == t.job.exitCode && p.ex.Signal == "" && (t.isRestarting() || hasFiles(filepath.Join(t.dir, stagingDir))):
 		st.State = driver.StateStarting
 		st.Message = "the job checkpointed itself; restarting it from that checkpoint"
-	case p.ex == nil && p.jr.PID == 0 && (t.isRestarting() || t.isSpawning()):
+	case p.ex == nil && p.jr.PID == 0 && starting:
 		st.State = driver.StateStarting
 	case p.ex == nil && p.jr.PID == 0:
 		st.State = driver.StateFailed

@@ -245,23 +245,24 @@ func startLive(conn io.ReadWriter, h liveHello) (*liveSender, error) {
 		buf: make([]byte, liveBlock), seed: maphash.MakeSeed(), replied: make(chan struct{})}
 	go func() {
 		defer close(s.replied)
-		line, err := liveReply(br)
-		if err == nil && line != "DONE" {
-			err = fmt.Errorf("receiver said %q, want %q", line, "DONE")
-		}
-		s.replyErr = err
+		s.replyErr = readReply(br, "DONE")
 	}()
 	return s, nil
 }
 
 // liveReply reads the receiver's next line: its text, or the error its
-// "ERR <kind> <reason>" names (ErrRefused, and the kind: liveErr).
+// "ERR <kind> <reason>" names (ErrRefused, and the kind: liveErr). A line
+// longer than br's buffer (4 KiB by default) is refused, not accumulated:
+// the receiver is another node.
 func liveReply(br *bufio.Reader) (string, error) {
-	line, err := br.ReadString('\n')
+	b, err := br.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return "", fmt.Errorf("read receiver reply: no end of line in its first %d bytes", len(b))
+	}
 	if err != nil {
 		return "", fmt.Errorf("read receiver reply: %w", err)
 	}
-	line = strings.TrimSuffix(line, "\n")
+	line := string(b[:len(b)-1])
 	if msg, ok := strings.CutPrefix(line, "ERR "); ok {
 		return "", fmt.Errorf("%w: %w", ErrRefused, liveErr(msg))
 	}
@@ -274,14 +275,22 @@ const (
 	liveKindOther        = "-"
 )
 
+// maxLiveReason bounds a refusal's or abort's reason: a reply line fits
+// the sender's 4 KiB reader with "ERR " and the newline.
+const maxLiveReason = 4000
+
 // liveReason is err as a refusal or abort carries it: its kind, a space,
-// its text on one line.
+// its text on one line (at most maxLiveReason bytes in all).
 func liveReason(err error) string {
 	kind := liveKindOther
 	if errors.Is(err, driver.ErrInsufficient) {
 		kind = liveKindInsufficient
 	}
-	return kind + " " + strings.ReplaceAll(err.Error(), "\n", " ")
+	r := kind + " " + strings.ReplaceAll(err.Error(), "\n", " ")
+	if len(r) > maxLiveReason {
+		r = strings.ToValidUTF8(r[:maxLiveReason], "")
+	}
+	return r
 }
 
 // liveErr is the error a peer's liveReason names: driver.ErrInsufficient
@@ -546,9 +555,6 @@ func (s *liveSender) abort(err error) {
 	}
 	s.aborted = true
 	reason := liveReason(err)
-	if len(reason) > 4096 {
-		reason = reason[:4096]
-	}
 	h := binary.BigEndian.AppendUint32([]byte{'A'}, uint32(len(reason)))
 	_, _ = s.w.Write(append(h, reason...))
 	_ = s.w.Flush()

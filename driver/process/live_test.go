@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -424,6 +425,71 @@ func FuzzParseLiveHello(f *testing.F) {
 			t.Fatalf("accepted %+v", h)
 		}
 	})
+}
+
+// The receiver's reply line comes from another node: the sender never
+// panics on it nor reads past 4 KiB for it, takes a refusal's kind only
+// from its token, and keeps every other line's text.
+func FuzzLiveReply(f *testing.F) {
+	for _, s := range []string{"OK\n", "OK 123\n", "DONE\n", "ERR insufficient insufficient resources: x\n",
+		"ERR - no\n", "ERR insufficient\n", "ERR other kind\n", "ERR \n", "OK", "", strings.Repeat("x", 5000) + "\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := &countReader{r: bytes.NewReader(b)}
+		line, err := liveReply(bufio.NewReader(r))
+		if r.n > 4096 {
+			t.Fatalf("read %d bytes for one reply", r.n)
+		}
+		first, _, ended := bytes.Cut(b, []byte("\n"))
+		ended = ended && len(first) < 4096
+		refusal := bytes.HasPrefix(first, []byte("ERR "))
+		insufficient := bytes.HasPrefix(first, []byte("ERR "+liveKindInsufficient+" "))
+		switch {
+		case !ended:
+			if err == nil {
+				t.Fatalf("accepted %q without its end of line", line)
+			}
+		case refusal:
+			if !errors.Is(err, ErrRefused) || errors.Is(err, driver.ErrInsufficient) != insufficient {
+				t.Fatalf("%q: err %v (insufficient %v)", first, err, insufficient)
+			}
+		case err != nil || line != string(first):
+			t.Fatalf("%q: got %q, %v", first, line, err)
+		}
+	})
+}
+
+type countReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// A refusal's kind survives the trip whatever the error's text, and a
+// long reason is cut to fit the sender's reply reader.
+func TestLiveReasonRoundTrip(t *testing.T) {
+	for _, err := range []error{
+		fmt.Errorf("%w: need 5, have 1", driver.ErrInsufficient),
+		fmt.Errorf("task %q: %w", "x", fmt.Errorf("%w: line\nbreak", driver.ErrInsufficient)),
+		errors.New("insufficient resources: free text only"),
+		errors.New(strings.Repeat("é", 5000)),
+	} {
+		var buf bytes.Buffer
+		refuser(&buf)(err)
+		got := readReply(bufio.NewReader(&buf), "OK")
+		if !errors.Is(got, ErrRefused) || errors.Is(got, driver.ErrInsufficient) != errors.Is(err, driver.ErrInsufficient) {
+			t.Errorf("%.60q: sender got %v", err.Error(), got)
+		}
+		if errors.Is(err, driver.ErrInsufficient) && !strings.Contains(got.Error(), "need 5, have 1") && !strings.Contains(got.Error(), "line break") {
+			t.Errorf("%.60q: sender lost the text: %v", err.Error(), got)
+		}
+	}
 }
 
 // Garbage frames are refused with a reason, and nothing is committed.

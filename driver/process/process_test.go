@@ -715,7 +715,9 @@ func TestCgroupBasesRemovedOnClose(t *testing.T) {
 // reads every published record (the controller polls an agent while a
 // peer resumes a task there). Run with -race: the record must be written
 // under the task's lock (60a3d8e; docs/controller.md listed it as a known
-// flake). List sees the task, with its spec, once Resume returns.
+// flake). While Resume runs, List shows the task starting or running at
+// the resumed epoch (never failed, nor at epoch 0); once Resume returns,
+// with its spec.
 func TestListWhileResuming(t *testing.T) {
 	a, b := newTestDriver(t, Config{}), newTestDriver(t, Config{})
 	ctx := ctxT(t, time.Minute)
@@ -731,8 +733,9 @@ func TestListWhileResuming(t *testing.T) {
 	for round := 0; round < 5; round++ {
 		stop := make(chan struct{})
 		listed := make(chan int, 1)
+		want := spec.Epoch + 1
 		go func() {
-			n := 0
+			n, reported := 0, false
 			for {
 				select {
 				case <-stop:
@@ -749,6 +752,10 @@ func TestListWhileResuming(t *testing.T) {
 					// spec's epoch, the cgroups' note).
 					if st.ID != "lr" {
 						t.Errorf("List: task %q", st.ID)
+					}
+					if bad := st.Epoch != want || (st.State != driver.StateStarting && st.State != driver.StateRunning); bad && !reported {
+						reported = true
+						t.Errorf("List during Resume at epoch %d: %s at epoch %d (%s); want starting or running at epoch %d", want, st.State, st.Epoch, st.Message, want)
 					}
 				}
 				n++
