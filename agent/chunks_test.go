@@ -134,6 +134,9 @@ func TestResumeFromPeerKeepsImageChunks(t *testing.T) {
 	if _, err := a.c.Suspend(ctx, "kept", 1); err != nil {
 		t.Fatal(err)
 	}
+	if err := a.c.Grant(ctx, "kept", api.GrantRequest{Epoch: 1, To: b.addr}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := b.c.Resume(ctx, "kept", api.ResumeRequest{Epoch: 1, From: a.addr}); err != nil {
 		t.Fatal(err)
 	}

@@ -27,12 +27,12 @@ import (
 	"github.com/ferrycluster/ferry/pki"
 )
 
-// handleImage sends a task's image to the agent that may fetch it: the
-// destination of a checkpoint move (bound by migrateCheckpoint), or, for a
-// suspended image, the first agent to ask, whose certificate name the
-// record binds from then on (record.PeerName): the task is locked against
-// local resume and other fetchers (phase migrating-out, mode fetch) until
-// that agent releases it (handleRelease).
+// handleImage sends a task's image to the agent that may fetch it, the one
+// the record binds (record.PeerName): the destination of a checkpoint move
+// (bound by migrateCheckpoint), or, for a suspended image, the agent the
+// controller granted it to (handleGrant). A suspended image's fetch locks
+// the task against local resume and other fetchers (phase migrating-out,
+// mode fetch) until that agent releases it (handleRelease).
 func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	epoch, err := strconv.ParseUint(r.URL.Query().Get("epoch"), 10, 64)
@@ -61,8 +61,11 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 				err = fmt.Errorf("%w: task %q is busy with %s", driver.ErrBusy, id, a.busy[id])
 				break
 			}
+			if err = a.mayActLocked(rec, caller, "fetch its image"); err != nil {
+				break
+			}
 			n := *rec
-			n.Phase, n.Peer, n.Mode, n.PeerName = api.PhaseMigratingOut, caller, "fetch", caller
+			n.Phase, n.Peer, n.Mode = api.PhaseMigratingOut, caller, "fetch"
 			err = a.putLocked(&n)
 			rec = &n
 		case rec.Phase == api.PhaseMigratingOut && rec.Mode == "checkpoint":
@@ -808,7 +811,8 @@ func (a *Agent) handleRelease(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case req.Committed && req.Epoch == rec.Epoch+1 && (moving || rec.Phase == api.PhaseSuspended):
 		// Suspended: the fetch was cut by a restart of this agent
-		// (recover), after the fetcher had the whole image.
+		// (recover), after the fetcher had the whole image; or the
+		// agent granted the image (handleGrant) commits it.
 		err = a.markMoved(rec, req.Peer, req.Epoch)
 	case !req.Committed && req.Epoch == rec.Epoch && moving && rec.Mode == "fetch":
 		err = a.setPhase(rec, api.PhaseSuspended, rec.Epoch)

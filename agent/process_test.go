@@ -63,6 +63,9 @@ func TestProcessLifeCycleAndMoves(t *testing.T) {
 	if before < cs[len(cs)-1] {
 		t.Fatalf("counter went back before suspend")
 	}
+	if err := a.c.Grant(ctx, "job1", api.GrantRequest{Epoch: 1, To: b.addr}); err != nil {
+		t.Fatal(err)
+	}
 	res, err := b.c.Resume(ctx, "job1", api.ResumeRequest{Epoch: 1, From: a.addr})
 	if err != nil {
 		t.Fatal(err)
@@ -341,6 +344,9 @@ func TestResumeRefusedWithoutDiskSpace(t *testing.T) {
 			}
 			a.waitCounter(ctx, "big", 2)
 			if _, err := a.c.Suspend(ctx, "big", 1); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.c.Grant(ctx, "big", api.GrantRequest{Epoch: 1, To: b.addr}); err != nil {
 				t.Fatal(err)
 			}
 			_, err := b.c.Resume(ctx, "big", api.ResumeRequest{Epoch: 1, From: a.addr})

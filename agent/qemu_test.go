@@ -132,6 +132,9 @@ func TestQEMULiveMigrateAndSuspendAcrossAgents(t *testing.T) {
 	t.Logf("suspend image %d bytes, guest stopped %v", sus.Image.Bytes, sus.Image.Took)
 	lastA = last(a.counters(ctx, id))
 	skipB = len(b.counters(ctx, id))
+	if err := a.c.Grant(ctx, id, api.GrantRequest{Epoch: 3, To: b.addr}); err != nil {
+		t.Fatal(err)
+	}
 	res, err := b.c.Resume(ctx, id, api.ResumeRequest{Epoch: 3, From: a.addr})
 	if err != nil {
 		t.Fatal(err)

@@ -30,11 +30,13 @@ type record struct {
 	Mode string `json:"mode,omitempty"`
 	// PeerName is the certificate name of the only agent that may fetch
 	// the image and release it (mayActLocked): the destination of an
-	// outbound checkpoint move (the agent at Peer), or the first agent to
-	// fetch a suspended image (phase migrating-out, mode fetch). It stays
-	// on a suspended image whose fetch a restart of this agent cut (the
-	// fetcher may still commit the task and release it), and on the
-	// tombstone of the move.
+	// outbound checkpoint move (the agent at Peer), or the agent the
+	// controller granted a suspended image to (handleGrant; phase
+	// suspended, then migrating-out, mode fetch, while it fetches). It
+	// stays on a suspended image whose fetch a restart of this agent cut
+	// (the fetcher may still commit the task and release it), and on the
+	// tombstone of the move. A suspended image bound to nobody may be
+	// fetched by nobody.
 	PeerName string `json:"peer_name,omitempty"`
 	// Prev is the record an incoming copy replaced (a tombstone of an
 	// earlier stay), restored if the incoming move aborts.

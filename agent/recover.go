@@ -58,7 +58,7 @@ func (a *Agent) recover() {
 				// have had all of it and commit the task still: the binding
 				// to its certificate name stays, so that its release makes
 				// this image a tombstone and no other agent's may
-				// (handleRelease). A later fetch binds its own fetcher.
+				// (handleRelease). A later grant of the controller's rebinds it.
 				n := *r
 				n.Phase, n.Peer, n.Mode = api.PhaseSuspended, "", ""
 				a.mu.Lock()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ferrycluster/ferry/agent/api"
 	"github.com/ferrycluster/ferry/agent/client"
+	"github.com/ferrycluster/ferry/driver"
 )
 
 // Tests of who may fetch and release a task's image (mayActLocked): a
@@ -42,10 +43,21 @@ func (n *node) suspendJob(ctx context.Context) int64 {
 	return cs[len(cs)-1]
 }
 
+// grantJob grants n's suspended image of "job" at epoch 1 to the agent
+// to, as the controller does before it asks to to resume the task.
+func (n *node) grantJob(ctx context.Context, to *node) {
+	n.t.Helper()
+	if err := n.c.Grant(ctx, "job", api.GrantRequest{Epoch: 1, To: to.addr}); err != nil {
+		n.t.Fatalf("grant of job at %s to %s: %v", n.name, to.name, err)
+	}
+}
+
 // resumeFrom resumes "job" on n from its image at epoch 1 on from, as the
-// controller asks, and checks that its counter continues from last.
+// controller asks (the grant at from, then the resume at n), and checks
+// that its counter continues from last.
 func (n *node) resumeFrom(ctx context.Context, from *node, last int64) {
 	n.t.Helper()
+	from.grantJob(ctx, n)
 	res, err := n.c.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: from.addr})
 	if err != nil || res.Epoch != 2 {
 		n.t.Fatalf("resume on %s from %s: %+v %v", n.name, from.name, res, err)
@@ -96,7 +108,7 @@ func sameRecord(t *testing.T, what string, got, want record) {
 }
 
 // A task suspended on A and resumed on B from A's image: the image is
-// bound to B, its first fetcher; a third agent C can neither release it
+// bound to B, granted it by the controller; a third agent C can neither release it
 // (committed or given back) nor fetch it, before, during or after B's
 // fetch, and nothing changes; B gives the image back, then resumes the
 // task and A keeps a tombstone bound to B.
@@ -118,6 +130,7 @@ func TestReleaseOnlyByTheImagesFetcher(t *testing.T) {
 	sameRecord(t, "a refused release of a suspended image", a.rec("job"), before)
 
 	// B begins a fetch: the image is B's until B releases it.
+	a.grantJob(ctx, b)
 	conn, _, err := fetcher.FetchImageTar(ctx, "job", 1)
 	if err != nil {
 		t.Fatal(err)
@@ -133,6 +146,11 @@ func TestReleaseOnlyByTheImagesFetcher(t *testing.T) {
 	_, _, err = rogue.FetchImageStream(ctx, "job", 1)
 	refused(t, "chunk fetch during B's fetch", err, "node-c", "node-b")
 	sameRecord(t, "refused releases and fetches", a.rec("job"), before)
+	// The controller's grant repeated during B's fetch (a retried action)
+	// is answered and changes nothing; one to C is busy.
+	a.grantJob(ctx, b)
+	wantKind(t, "a grant to C during B's fetch", a.c.Grant(ctx, "job", api.GrantRequest{Epoch: 1, To: c.addr}), driver.ErrBusy)
+	sameRecord(t, "grants during B's fetch", a.rec("job"), before)
 	if _, err := os.Stat(a.agent.store.imageDir("job")); err != nil {
 		t.Fatalf("A's image after refused releases: %v", err)
 	}
@@ -146,6 +164,8 @@ func TestReleaseOnlyByTheImagesFetcher(t *testing.T) {
 	if r := a.rec("job"); r.Phase != api.PhaseSuspended || r.PeerName != "" {
 		t.Fatalf("after B gave it back A's record is %+v, want suspended and bound to nobody", r)
 	}
+	_, err = fetcher.FetchImage(ctx, "job", 1)
+	refused(t, "B's fetch after it gave the image back", err, "node-b", "")
 	b.resumeFrom(ctx, a, last)
 	tomb := a.rec("job")
 	if tomb.Phase != api.PhaseMoved || tomb.Epoch != 2 || tomb.Peer != b.addr || tomb.PeerName != "node-b" {
@@ -213,6 +233,7 @@ func TestFetchBindingSurvivesHolderRestart(t *testing.T) {
 	ctx, a, b, c := threeNodes(t, nil)
 	rogue, fetcher := c.peerOf(a.addr), b.peerOf(a.addr)
 	last := a.suspendJob(ctx)
+	a.grantJob(ctx, b)
 	var released error
 	res, err := b.agent.resumeFetched(ctx, "job", api.ResumeRequest{Epoch: 1, From: a.addr}, imageSource{
 		from: a.addr, what: "image",
@@ -303,4 +324,77 @@ func TestAgentAsksOnlyTheResumeOfItsOwnImage(t *testing.T) {
 		t.Fatalf("C's resumes left a record at B: %+v", r)
 	}
 	b.resumeFrom(ctx, a, last)
+}
+
+// A suspended image is fetched only by the agent the controller granted it
+// to: before any grant nobody may fetch it; after the grant to B, a third
+// agent C fetching first (plain, tar, chunked) is refused naming node-b and
+// changes nothing, nor can C grant itself the image; the binding survives a
+// restart of A; a repeated grant changes nothing; the controller's resume
+// on B then moves the task, and a grant repeated after the commit (a
+// retried action) is answered.
+func TestSuspendedImageFetchedOnlyByTheGrantedAgent(t *testing.T) {
+	t.Parallel()
+	ctx, a, b, c := threeNodes(t, nil)
+	rogue := c.peerOf(a.addr)
+	fetches := func(what, bound string) {
+		t.Helper()
+		_, err := rogue.FetchImage(ctx, "job", 1)
+		refused(t, "C's plain fetch "+what, err, "node-c", bound)
+		_, _, err = rogue.FetchImageTar(ctx, "job", 1)
+		refused(t, "C's tar fetch "+what, err, "node-c", bound)
+		_, _, err = rogue.FetchImageStream(ctx, "job", 1)
+		refused(t, "C's chunk fetch "+what, err, "node-c", bound)
+	}
+	last := a.suspendJob(ctx)
+	before := a.rec("job")
+	fetches("before any grant", "")
+	err := rogue.Grant(ctx, "job", api.GrantRequest{Epoch: 1, To: c.addr})
+	wantKind(t, "C's grant to itself", err, api.ErrForbidden)
+	err = a.c.Grant(ctx, "job", api.GrantRequest{Epoch: 1, To: a.addr})
+	wantKind(t, "a grant to the holder itself", err, driver.ErrInvalidSpec)
+	err = a.c.Grant(ctx, "job", api.GrantRequest{Epoch: 2, To: b.addr})
+	wantKind(t, "a grant at another epoch", err, api.ErrStaleEpoch)
+	sameRecord(t, "refused fetches and grants", a.rec("job"), before)
+
+	a.grantJob(ctx, b)
+	granted := a.rec("job")
+	if granted.Phase != api.PhaseSuspended || granted.PeerName != "node-b" || granted.Epoch != 1 {
+		t.Fatalf("after the grant A's record is %+v, want suspended at epoch 1, bound to node-b", granted)
+	}
+	fetches("after the grant to B", "node-b")
+	refused(t, "C's release after the grant to B", rogue.Release(ctx, "job", api.ReleaseRequest{Epoch: 2, Peer: c.addr, Committed: true}), "node-c", "node-b")
+	sameRecord(t, "C's fetches and release after the grant", a.rec("job"), granted)
+
+	a.restart()
+	if r := a.rec("job"); r.Phase != granted.Phase || r.PeerName != "node-b" || r.Epoch != 1 || !r.UpdatedAt.Equal(granted.UpdatedAt) || r.Image == nil || *r.Image != *granted.Image {
+		t.Fatalf("after A's restart its record is %+v, want %+v", r, granted)
+	}
+	granted = a.rec("job")
+	rogue = c.peerOf(a.addr)
+	fetches("after A restarted", "node-b")
+	a.grantJob(ctx, b)
+	sameRecord(t, "a repeated grant", a.rec("job"), granted)
+	if _, err := os.Stat(a.agent.store.imageDir("job")); err != nil {
+		t.Fatalf("A's image after refused fetches: %v", err)
+	}
+
+	res, err := b.c.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: a.addr})
+	if err != nil || res.Epoch != 2 {
+		t.Fatalf("resume on B from A: %+v %v", res, err)
+	}
+	if cs := b.waitCounter(ctx, "job", last); cs[0] != last+1 {
+		t.Fatalf("on B the counter starts at %d, want %d", cs[0], last+1)
+	}
+	tomb := a.rec("job")
+	if tomb.Phase != api.PhaseMoved || tomb.Epoch != 2 || tomb.PeerName != "node-b" {
+		t.Fatalf("A's record after the resume on B is %+v, want a tombstone at epoch 2 bound to node-b", tomb)
+	}
+	a.grantJob(ctx, b)
+	err = a.c.Grant(ctx, "job", api.GrantRequest{Epoch: 1, To: c.addr})
+	wantKind(t, "a grant to C after B committed", err, api.ErrStaleEpoch)
+	sameRecord(t, "grants after the commit", a.rec("job"), tomb)
+	if n := a.live(ctx, "job") + b.live(ctx, "job") + c.live(ctx, "job"); n != 1 {
+		t.Fatalf("%d live copies, want 1", n)
+	}
 }

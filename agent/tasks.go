@@ -48,6 +48,7 @@ func (a *Agent) routes() http.Handler {
 	h("POST /v1/tasks/{id}/unpause", serverRole, a.handlePause)
 	h("POST /v1/tasks/{id}/migrate", serverRole, a.handleMigrate)
 	h("POST /v1/tasks/{id}/cancel", serverRole, a.handleCancel)
+	h("POST /v1/tasks/{id}/grant", serverRole, a.handleGrant)
 	h("POST /v1/peer/prepare", peerRole, a.handlePrepare)
 	h("POST /v1/peer/finish", peerRole, a.handleFinish)
 	h("POST /v1/peer/abort", peerRole, a.handleAbort)

@@ -110,6 +110,8 @@ func (a *fakeAgent) Migrate(_ context.Context, id string, req api.MigrateRequest
 
 func (a *fakeAgent) Cancel(context.Context, string, uint64) error { return nil }
 
+func (a *fakeAgent) Grant(context.Context, string, api.GrantRequest) error { return nil }
+
 func (a *fakeAgent) Replicas(context.Context) ([]api.Replica, error) { return nil, nil }
 
 func (a *fakeAgent) Logs(context.Context, string, int, bool) (io.ReadCloser, error) {

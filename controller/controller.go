@@ -30,6 +30,9 @@ type AgentAPI interface {
 	Stop(ctx context.Context, id string, epoch uint64) error
 	Suspend(ctx context.Context, id string, epoch uint64) (api.Task, error)
 	Resume(ctx context.Context, id string, req api.ResumeRequest) (api.Task, error)
+	// Grant names at the holder of a suspended image the only agent that
+	// may fetch it (before that agent's Resume from the holder).
+	Grant(ctx context.Context, id string, req api.GrantRequest) error
 	Migrate(ctx context.Context, id string, req api.MigrateRequest, progress func(api.MigrateEvent)) (api.MigrateEvent, error)
 	Cancel(ctx context.Context, id string, epoch uint64) error
 	Logs(ctx context.Context, id string, tail int, follow bool) (io.ReadCloser, error)

@@ -386,11 +386,19 @@ func (c *Controller) dispatch(ctx context.Context, planID uint64, w work) {
 		req := api.ResumeRequest{Epoch: ep, Replica: t.Replica, CheckpointPeer: w.peerAddr}
 		if a.From != a.To {
 			req.From = addr(a.From)
+			if !t.Replica {
+				// The holder lets only the agent it is told of fetch its
+				// image (and then release it): name a.To there first. A
+				// retried action grants again (answered as done).
+				err = c.client(addr(a.From)).Grant(ctx, t.Name, api.GrantRequest{Epoch: ep, To: addr(a.To)})
+			}
 		}
-		var at api.Task
-		at, err = c.client(addr(a.To)).Resume(ctx, t.Name, req)
 		if err == nil {
-			res.epoch = at.Epoch
+			var at api.Task
+			at, err = c.client(addr(a.To)).Resume(ctx, t.Name, req)
+			if err == nil {
+				res.epoch = at.Epoch
+			}
 		}
 	case "migrate":
 		req := api.MigrateRequest{Epoch: t.Epoch, To: addr(a.To), CheckpointPeer: w.peerAddr}

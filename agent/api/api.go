@@ -179,6 +179,17 @@ type ResumeRequest struct {
 	Stream bool `json:"stream,omitempty"`
 }
 
+// GrantRequest names, at the agent holding a suspended task's image, the
+// only agent that may fetch it (POST /v1/tasks/{id}/grant, the
+// controller's): the destination of a resume from this agent's image, asked
+// before the destination is asked to resume. Epoch is the image's epoch; To
+// is the destination's address, which the holder dials to learn the name in
+// its certificate.
+type GrantRequest struct {
+	Epoch uint64 `json:"epoch"`
+	To    string `json:"to"`
+}
+
 // MigrateRequest moves a running task to another agent
 // (POST /v1/tasks/{id}/migrate). The response is NDJSON: MigrateEvent
 // lines, the last one with Done set.

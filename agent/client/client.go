@@ -189,6 +189,12 @@ func (c *Client) Resume(ctx context.Context, id string, req api.ResumeRequest) (
 	return t, c.call(ctx, http.MethodPost, taskPath(id, "resume"), req, &t)
 }
 
+// Grant lets only the agent at req.To fetch the suspended image of task id
+// held by this agent (the controller's call before a resume from a peer).
+func (c *Client) Grant(ctx context.Context, id string, req api.GrantRequest) error {
+	return c.call(ctx, http.MethodPost, taskPath(id, "grant"), req, nil)
+}
+
 // Replicas lists the replicas of other nodes' periodic checkpoints this
 // agent keeps. Start a task from one with Resume and
 // api.ResumeRequest{Replica: true}.
