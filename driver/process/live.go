@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ferrycluster/ferry/driver"
@@ -40,7 +41,8 @@ import (
 //	receiver → sender   "DONE\n" once committed (fsynced, renamed) | "ERR <kind> <reason>\n"
 //
 // <kind> is one token naming the error's kind, so that the other side
-// maps it back: "insufficient" (driver.ErrInsufficient) or "-".
+// maps it back: "insufficient" (driver.ErrInsufficient, and a receiver's
+// ENOSPC/EDQUOT) or "-".
 //
 // While the job writes, the sender follows the files growing in staging/
 // and sends each complete block (liveBlock bytes, aligned) once, keeping
@@ -280,10 +282,13 @@ const (
 const maxLiveReason = 4000
 
 // liveReason is err as a refusal or abort carries it: its kind, a space,
-// its text on one line (at most maxLiveReason bytes in all).
+// its text on one line (at most maxLiveReason bytes in all). A write or
+// fsync that found the disk full or the quota spent (ENOSPC, EDQUOT) is
+// of the insufficient kind, like a refusal for room: the destination is
+// full, whatever the estimate said.
 func liveReason(err error) string {
 	kind := liveKindOther
-	if errors.Is(err, driver.ErrInsufficient) {
+	if errors.Is(err, driver.ErrInsufficient) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
 		kind = liveKindInsufficient
 	}
 	r := kind + " " + strings.ReplaceAll(err.Error(), "\n", " ")

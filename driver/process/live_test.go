@@ -10,8 +10,10 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -710,5 +712,66 @@ func TestLiveErrorKinds(t *testing.T) {
 	// From an older or unknown peer: the whole line is the reason.
 	if got := liveErr("insufficient"); errors.Is(got, driver.ErrInsufficient) || got.Error() != "insufficient" {
 		t.Errorf("no token: %v", got)
+	}
+}
+
+// A receiver whose disk is full (a write or fsync failing with ENOSPC or
+// EDQUOT) refuses with the insufficient kind, as it does when its room
+// check fails: the sender sees driver.ErrInsufficient, not a generic
+// failure. The errors as the receiver's writes return them are checked
+// everywhere; as root the stream also runs into a 1 MiB tmpfs whose
+// statfs answer is replaced by 1 GiB, so only the writes can find it full.
+func TestLiveReceiverOutOfSpaceIsInsufficient(t *testing.T) {
+	for _, err := range []error{
+		fmt.Errorf("live stream: %w", &fs.PathError{Op: "write", Path: "/x/state", Err: syscall.ENOSPC}),
+		fmt.Errorf("fsync state: %w", &fs.PathError{Op: "sync", Path: "/x/state", Err: syscall.EDQUOT}),
+		fmt.Errorf("receive state: %w", &os.SyscallError{Syscall: "splice", Err: syscall.ENOSPC}),
+	} {
+		var buf bytes.Buffer
+		refuser(&buf)(err)
+		got := readReply(bufio.NewReader(&buf), "OK")
+		if !errors.Is(got, ErrRefused) || !errors.Is(got, driver.ErrInsufficient) || !strings.Contains(got.Error(), err.Error()) {
+			t.Errorf("%q: sender got %v, want ErrRefused, ErrInsufficient and the receiver's text", err, got)
+		}
+	}
+	if got := liveErr(liveReason(&fs.PathError{Op: "write", Path: "/x", Err: syscall.EIO})); errors.Is(got, driver.ErrInsufficient) {
+		t.Errorf("EIO: %v, want no insufficient kind", got)
+	}
+
+	if os.Geteuid() != 0 {
+		t.Log("not root: no tmpfs mounted, the stream into a full filesystem is not run")
+		return
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("root, but mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+	plenty := func(string) (int64, error) { return 1 << 30, nil }
+	block := bytes.Repeat([]byte{7}, 64<<10)
+	se, re := liveMove(t, filepath.Join(mnt, "moved"), ReceiveOptions{Space: plenty}, func(c net.Conn) error {
+		s, err := startLive(c, liveHello{Format: liveFormat, Task: "x", Estimate: 1 << 20})
+		if err != nil {
+			return err
+		}
+		defer s.close()
+		// 4 MiB into 1 MiB: the receiver fails a write and refuses; a
+		// write here may fail once it has closed.
+		for off := int64(0); off < 4<<20; off += int64(len(block)) {
+			if s.data("state", off, block) != nil || s.w.Flush() != nil {
+				break
+			}
+		}
+		<-s.replied
+		return s.replyErr
+	})
+	if !errors.Is(re, syscall.ENOSPC) {
+		t.Fatalf("receiver: %v, want ENOSPC", re)
+	}
+	if !errors.Is(se, ErrRefused) || !errors.Is(se, driver.ErrInsufficient) || !strings.Contains(se.Error(), "no space left on device") {
+		t.Errorf("sender: %v, want ErrRefused and ErrInsufficient naming ENOSPC", se)
+	}
+	if ents, _ := os.ReadDir(mnt); len(ents) != 0 {
+		t.Errorf("refused stream left files on the tmpfs: %v", ents)
 	}
 }
