@@ -443,7 +443,9 @@ func (a *Agent) mayAskResume(ctx context.Context, role pki.Role, caller string, 
 	}
 	name, err := a.peerName(ctx, req.From)
 	if err != nil {
-		return fmt.Errorf("%w: node %q asks node %s to resume a task from %s, whose certificate cannot be checked: %v", api.ErrForbidden, caller, a.cfg.Name, req.From, err)
+		// Its kind, not forbidden: a network error says nothing of the
+		// caller (a non-agent certificate there is forbidden already).
+		return fmt.Errorf("node %q asks node %s to resume a task from %s, whose certificate cannot be checked: %w", caller, a.cfg.Name, req.From, err)
 	}
 	if name != caller {
 		return fmt.Errorf("%w: node %q asks node %s to resume a task from %s, which is node %q; an agent may ask only from its own image", api.ErrForbidden, caller, a.cfg.Name, req.From, name)

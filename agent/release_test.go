@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -318,6 +320,19 @@ func TestAgentAsksOnlyTheResumeOfItsOwnImage(t *testing.T) {
 	_, err := rogueB.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: a.addr})
 	if want := `from ` + a.addr + `, which is node "node-a"`; !strings.Contains(err.Error(), want) {
 		t.Fatalf("the refusal %q does not say %q", err, want)
+	}
+	// A `from` where nobody answers is a network error, not a refusal: it says
+	// nothing of the caller (a checkpoint move's destination briefly cut
+	// off from its source is not forbidden).
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	_, err = rogueB.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: closed})
+	if err == nil || errors.Is(err, api.ErrForbidden) || !strings.Contains(err.Error(), "whose certificate cannot be checked") {
+		t.Fatalf("C's resume at B from %s, where nobody answers: %v, want a network error, not forbidden", closed, err)
 	}
 	sameRecord(t, "C's resumes", a.rec("job"), before)
 	if r := b.rec("job"); r.ID != "" {
