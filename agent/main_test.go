@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/signal"
@@ -129,7 +130,7 @@ type node struct {
 
 func startNode(t testing.TB, ca *testCA, name string, mkDrv func(string) []driver.Driver, cfg func(*Config)) *node {
 	t.Helper()
-	n := &node{t: t, ca: ca, name: name, dataDir: t.TempDir(), addr: "127.0.0.1:0", mkDrv: mkDrv, cfg: cfg}
+	n := &node{t: t, ca: ca, name: name, dataDir: t.TempDir(), mkDrv: mkDrv, cfg: cfg}
 	n.start()
 	t.Cleanup(func() { n.shutdown(true) })
 	return n
@@ -152,17 +153,40 @@ func (n *node) start() {
 	if n.cfg != nil {
 		n.cfg(&cfg)
 	}
+	fresh := n.addr == ""
+	if fresh {
+		cfg.Listen = lowPortAddr()
+	}
 	a, err := New(cfg)
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	if err := a.Start(); err != nil {
+	// Start fails at its listen, before anything else: try again, on
+	// another port when the node is new, else (a restart) on its own.
+	for try := 1; ; try++ {
+		err = a.Start()
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || try == 200 {
+			break
+		}
+		if fresh {
+			a.cfg.Listen = lowPortAddr()
+		} else {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if err != nil {
 		n.t.Fatal(err)
 	}
 	n.agent = a
 	n.addr = a.Addr()
 	n.c = n.ca.controller(n.addr)
 }
+
+// lowPortAddr is a loopback address whose port is below the kernel's
+// ephemeral ports (from 32768): no port-0 listener or outgoing connection
+// of a parallel test takes it while its node is down for a restart, which
+// listens on the same address (it did: bind: address already in use).
+func lowPortAddr() string { return fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000)) }
 
 // shutdown closes the agent; with stopTasks it also stops every task (test
 // cleanup), else the tasks keep running for the next agent.
