@@ -47,7 +47,9 @@ type streamHeader struct {
 }
 
 // SendImage streams the committed checkpoint in dir to conn and returns
-// when the receiver has committed it.
+// when the receiver has committed it. A receiver that refuses while the
+// files travel closes under the sender's writes: its refusal, read after
+// the failed write, is the error (ErrRefused and its kind).
 func SendImage(ctx context.Context, conn io.ReadWriter, dir string) error {
 	m, err := VerifyImage(dir)
 	if err != nil {
@@ -71,11 +73,33 @@ func SendImage(ctx context.Context, conn io.ReadWriter, dir string) error {
 	}
 	for _, f := range m.Files {
 		if err := sendFile(conn, filepath.Join(dir, filepath.FromSlash(f.Path)), f.Size); err != nil {
+			if rerr := refusalAfter(ctx, conn, br); rerr != nil {
+				return fmt.Errorf("send %s: %w (the write: %v)", f.Path, rerr, err)
+			}
 			return fmt.Errorf("send %s: %w", f.Path, ctxErr(ctx, err))
 		}
 	}
 	if err := readReply(br, "DONE"); err != nil {
 		return ctxErr(ctx, err)
+	}
+	return nil
+}
+
+// replyWait bounds the wait for a refusal after a failed write.
+const replyWait = 2 * time.Second
+
+// refusalAfter is the refusal a receiver sent before it closed the
+// connection under a write ("ERR <kind> <reason>", read with readReply
+// within replyWait), or nil if conn cannot be given a deadline or no
+// refusal came: the write's own error ("broken pipe") says less. A
+// cancelled ctx is not waited on.
+func refusalAfter(ctx context.Context, conn io.ReadWriter, br *bufio.Reader) error {
+	c, ok := conn.(interface{ SetReadDeadline(time.Time) error })
+	if !ok || ctx.Err() != nil || c.SetReadDeadline(time.Now().Add(replyWait)) != nil {
+		return nil
+	}
+	if err := readReply(br, "DONE"); errors.Is(err, ErrRefused) {
+		return err
 	}
 	return nil
 }

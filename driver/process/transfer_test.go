@@ -3,11 +3,15 @@ package process
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -231,5 +235,46 @@ func TestCommitIsAtomicAcrossFailure(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(good, "state")); string(b) != "1" {
 		t.Errorf("good checkpoint changed: %q", b)
+	}
+}
+
+// A receiver that refuses while the files travel (its disk filled, a
+// write failed) answers its refusal and closes: the sender's next write
+// fails, and it reports the refusal with its kind, not "broken pipe".
+func TestImageStreamRefusedMidTransfer(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "img")
+	// Far more than the loopback socket buffers hold, so the sender is
+	// still writing when the receiver closes.
+	makeImage(t, src, map[string][]byte{"state": make([]byte, 32<<20)})
+	for _, c := range []struct {
+		err          error
+		insufficient bool
+	}{
+		{fmt.Errorf("receive state: %w", &fs.PathError{Op: "write", Path: "/d/state", Err: syscall.ENOSPC}), true},
+		{errors.New("receive state: the disk went read-only"), false},
+	} {
+		ctx := ctxT(t, time.Minute)
+		se, re := loopback(func(conn net.Conn) error {
+			if _, err := readStreamHeader(conn); err != nil {
+				return err
+			}
+			if _, err := io.WriteString(conn, "OK\n"); err != nil {
+				return err
+			}
+			if _, err := io.ReadFull(conn, make([]byte, 64<<10)); err != nil {
+				return err
+			}
+			_, err := refuser(conn)(c.err)
+			return err
+		}, func(conn net.Conn) error { return SendImage(ctx, conn, src) })
+		if re != c.err {
+			t.Fatalf("receiver: %v", re)
+		}
+		if !errors.Is(se, ErrRefused) || errors.Is(se, driver.ErrInsufficient) != c.insufficient {
+			t.Errorf("%v: sender got %v, want ErrRefused (insufficient %v)", c.err, se, c.insufficient)
+		}
+		if se == nil || !strings.Contains(se.Error(), strings.TrimPrefix(c.err.Error(), "receive state: ")) {
+			t.Errorf("%v: sender's error does not name the receiver's reason: %v", c.err, se)
+		}
 	}
 }
