@@ -71,9 +71,13 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 		case rec.Phase == api.PhaseMigratingOut && rec.Mode == "checkpoint":
 			err = a.mayActLocked(rec, caller, "fetch its image")
 		case rec.Phase == api.PhaseMigratingOut && rec.Mode == "fetch":
-			if err = a.mayActLocked(rec, caller, "fetch its image"); err == nil {
-				err = fmt.Errorf("%w: task %q on %s is already being fetched by node %q", driver.ErrBusy, id, a.cfg.Name, caller)
-			}
+			// Its granted agent again: its fetch was cut (its agent
+			// restarted, the connection dropped) before it released the
+			// image, and the controller retries the resume (the grant is
+			// answered as done). It fetches only while it holds no copy
+			// of the task (resumeFetched; one resume of a task at a time),
+			// so this makes no second copy; refusing it stranded the image.
+			err = a.mayActLocked(rec, caller, "fetch its image")
 		default:
 			err = fmt.Errorf("%w: task %q is %s on %s", driver.ErrBusy, id, rec.Phase, a.cfg.Name)
 		}

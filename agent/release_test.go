@@ -413,3 +413,37 @@ func TestSuspendedImageFetchedOnlyByTheGrantedAgent(t *testing.T) {
 		t.Fatalf("%d live copies, want 1", n)
 	}
 }
+
+// B's fetch of the image granted to it is cut before B gave it back or
+// committed (B's agent went away): the image stays bound to B, so C may
+// neither fetch it nor be granted it (busy); the controller's retry — the
+// grant again, answered as done without a change, then the resume at B —
+// completes with one copy, B's. Before, B's second fetch was busy too and
+// only a restart of A freed the image.
+func TestGrantedAgentFetchesAgainAfterACutFetch(t *testing.T) {
+	t.Parallel()
+	ctx, a, b, c := threeNodes(t, nil)
+	last := a.suspendJob(ctx)
+	a.grantJob(ctx, b)
+	conn, _, err := b.peerOf(a.addr).FetchImageTar(ctx, "job", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close() // no give-back: B's agent went away
+	cut := a.rec("job")
+	if cut.Phase != api.PhaseMigratingOut || cut.Mode != "fetch" || cut.PeerName != "node-b" {
+		t.Fatalf("after B's cut fetch A's record is %+v, want migrating-out, fetch, bound to node-b", cut)
+	}
+	_, err = c.peerOf(a.addr).FetchImage(ctx, "job", 1)
+	refused(t, "C's fetch of the image bound to B", err, "node-c", "node-b")
+	wantKind(t, "a grant to C after B's cut fetch", a.c.Grant(ctx, "job", api.GrantRequest{Epoch: 1, To: c.addr}), driver.ErrBusy)
+	a.grantJob(ctx, b)
+	sameRecord(t, "grants after B's cut fetch", a.rec("job"), cut)
+	b.resumeFrom(ctx, a, last)
+	if r := a.rec("job"); r.Phase != api.PhaseMoved || r.Epoch != 2 || r.PeerName != "node-b" {
+		t.Fatalf("A's record after the resume on B is %+v, want a tombstone at epoch 2 bound to node-b", r)
+	}
+	if n := a.live(ctx, "job") + b.live(ctx, "job") + c.live(ctx, "job"); n != 1 {
+		t.Fatalf("%d live copies, want 1", n)
+	}
+}
