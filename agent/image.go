@@ -801,8 +801,15 @@ func (a *Agent) handleRelease(w http.ResponseWriter, r *http.Request) {
 	var err error
 	if !ok {
 		err = fmt.Errorf("%w: task %q on %s", driver.ErrNotFound, id, a.cfg.Name)
-	} else {
-		err = a.mayActLocked(rec, caller, "release it")
+	} else if err = a.mayActLocked(rec, caller, "release it"); err == nil && rec.Phase == api.PhaseSuspended {
+		// Bound by a grant (handleGrant) or since a restart cut the fetch
+		// (recover): until this release is written below, no fetch, grant
+		// or local resume may begin (each honours busy), else a late
+		// give-back could unbind an image being fetched again, or a commit
+		// tombstone one being resumed here.
+		if err = a.acquireLocked(id, "release"); err == nil {
+			defer a.release(id)
+		}
 	}
 	a.mu.Unlock()
 	if err != nil {
@@ -826,8 +833,8 @@ func (a *Agent) handleRelease(w http.ResponseWriter, r *http.Request) {
 		// A streamed move's fetch failed: the migration in progress here
 		// learns it from the resume's answer and acts on it.
 	case !req.Committed && req.Epoch == rec.Epoch && rec.Phase == api.PhaseSuspended:
-		// Given back already by a restart of this agent (recover); the
-		// fetcher is done with it.
+		// Given back already by a restart of this agent (recover), or
+		// granted and not fetched: the binding goes.
 		err = a.setPhase(rec, api.PhaseSuspended, rec.Epoch)
 	default:
 		err = fmt.Errorf("%w: release of %q at epoch %d (committed %t): node %s holds epoch %d (%s)", api.ErrStaleEpoch, id, req.Epoch, req.Committed, a.cfg.Name, rec.Epoch, rec.Phase)

@@ -447,3 +447,37 @@ func TestGrantedAgentFetchesAgainAfterACutFetch(t *testing.T) {
 		t.Fatalf("%d live copies, want 1", n)
 	}
 }
+
+// A release of a suspended image is checked and written under the task's
+// busy mark, as a fetch, a grant and a local resume are: one that comes
+// while the holder is busy with the task (here as a local resume is) is
+// busy and changes nothing, rather than tombstoning or unbinding an image
+// in use; afterwards it goes through and leaves no mark behind.
+func TestReleaseOfASuspendedImageHonoursBusy(t *testing.T) {
+	t.Parallel()
+	ctx, a, b, _ := threeNodes(t, nil)
+	a.suspendJob(ctx)
+	a.grantJob(ctx, b)
+	before := a.rec("job")
+	a.agent.mu.Lock()
+	err := a.agent.acquireLocked("job", "resume")
+	a.agent.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetcher := b.peerOf(a.addr)
+	for _, req := range []api.ReleaseRequest{{Epoch: 2, Peer: b.addr, Committed: true}, {Epoch: 1, Peer: b.addr}} {
+		wantKind(t, fmt.Sprintf("B's release %+v while A is busy with the task", req), fetcher.Release(ctx, "job", req), driver.ErrBusy)
+	}
+	sameRecord(t, "B's releases while A is busy", a.rec("job"), before)
+	a.agent.release("job")
+	if err := fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 1, Peer: b.addr}); err != nil {
+		t.Fatalf("B gives the image back: %v", err)
+	}
+	if r := a.rec("job"); r.Phase != api.PhaseSuspended || r.PeerName != "" {
+		t.Fatalf("after B gave it back A's record is %+v, want suspended and bound to nobody", r)
+	}
+	if _, err := a.c.Resume(ctx, "job", api.ResumeRequest{Epoch: 1}); err != nil {
+		t.Fatalf("A's local resume after the give-back: %v", err)
+	}
+}
