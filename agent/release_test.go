@@ -101,6 +101,15 @@ func refused(t *testing.T, what string, err error, caller, bound string) {
 	}
 }
 
+// refusedAs checks that err is a refusal saying why.
+func refusedAs(t *testing.T, what string, err error, why string) {
+	t.Helper()
+	wantKind(t, what, err, api.ErrForbidden)
+	if !strings.Contains(err.Error(), why) {
+		t.Fatalf("%s: the refusal %q does not say %q", what, err, why)
+	}
+}
+
 // sameRecord fails unless got is want (its last write included).
 func sameRecord(t *testing.T, what string, got, want record) {
 	t.Helper()
@@ -147,6 +156,11 @@ func TestReleaseOnlyByTheImagesFetcher(t *testing.T) {
 	refused(t, "plain fetch during B's fetch", err, "node-c", "node-b")
 	_, _, err = rogue.FetchImageStream(ctx, "job", 1)
 	refused(t, "chunk fetch during B's fetch", err, "node-c", "node-b")
+	// The epoch rules bind B too: a commit only at epoch+1, a give-back
+	// only at the epoch.
+	for _, req := range []api.ReleaseRequest{{Epoch: 3, Peer: b.addr, Committed: true}, {Epoch: 2, Peer: b.addr}} {
+		wantKind(t, fmt.Sprintf("B's release %+v during its fetch", req), fetcher.Release(ctx, "job", req), api.ErrStaleEpoch)
+	}
 	sameRecord(t, "refused releases and fetches", a.rec("job"), before)
 	// The controller's grant repeated during B's fetch (a retried action)
 	// is answered and changes nothing; one to C is busy.
@@ -201,6 +215,8 @@ func TestCheckpointMoveReleasedOnlyByItsDestination(t *testing.T) {
 		select {
 		case err := <-moved:
 			t.Fatalf("the move ended (%v) before A bound it to node-b", err)
+		case <-ctx.Done():
+			t.Fatalf("A never bound the move to node-b: %+v", a.rec("job"))
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -316,6 +332,16 @@ func TestAgentAsksOnlyTheResumeOfItsOwnImage(t *testing.T) {
 		}
 		_, err := at.Resume(ctx, "job", req)
 		wantKind(t, "C's resume "+what, err, api.ErrForbidden)
+	}
+	// C's own replica, or a local resume: C may ask for neither, and the
+	// refusal says why (not a failing dial or name check).
+	for what, req := range map[string]api.ResumeRequest{"at B from C's replica": {Epoch: 1, From: c.addr, Replica: true}, "at A": {Epoch: 1}} {
+		at := rogueB
+		if req.From == "" {
+			at = rogueA
+		}
+		_, err := at.Resume(ctx, "job", req)
+		refusedAs(t, "C's resume "+what, err, "only to resume a task from its own image")
 	}
 	_, err := rogueB.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: a.addr})
 	if want := `from ` + a.addr + `, which is node "node-a"`; !strings.Contains(err.Error(), want) {
@@ -444,6 +470,67 @@ func TestGrantedAgentFetchesAgainAfterACutFetch(t *testing.T) {
 		t.Fatalf("A's record after the resume on B is %+v, want a tombstone at epoch 2 bound to node-b", r)
 	}
 	if n := a.live(ctx, "job") + b.live(ctx, "job") + c.live(ctx, "job"); n != 1 {
+		t.Fatalf("%d live copies, want 1", n)
+	}
+}
+
+// cutByRestart grants B the image of "job" suspended on A, begins B's
+// fetch and restarts A before B gave it back or committed: A's record is
+// suspended and still bound to B (recover). It returns A's last counter
+// and a client of A with B's certificate.
+func cutByRestart(ctx context.Context, t *testing.T, a, b *node) (int64, *client.Client) {
+	t.Helper()
+	last := a.suspendJob(ctx)
+	a.grantJob(ctx, b)
+	conn, _, err := b.peerOf(a.addr).FetchImageTar(ctx, "job", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	a.restart()
+	if r := a.rec("job"); r.Phase != api.PhaseSuspended || r.PeerName != "node-b" {
+		t.Fatalf("after the restart A's record is %+v, want suspended and bound to node-b", r)
+	}
+	return last, b.peerOf(a.addr)
+}
+
+// B gives back the image whose fetch A's restart cut: the binding goes,
+// and the controller's resume on C (its grant, then C's fetch) moves the
+// task, A keeping a tombstone bound to C.
+func TestGiveBackAfterHolderRestart(t *testing.T) {
+	t.Parallel()
+	ctx, a, b, c := threeNodes(t, nil)
+	last, fetcher := cutByRestart(ctx, t, a, b)
+	if err := fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 1, Peer: b.addr}); err != nil {
+		t.Fatalf("B gives the image back after A's restart: %v", err)
+	}
+	if r := a.rec("job"); r.Phase != api.PhaseSuspended || r.PeerName != "" {
+		t.Fatalf("after B gave it back A's record is %+v, want suspended and bound to nobody", r)
+	}
+	c.resumeFrom(ctx, a, last)
+	if r := a.rec("job"); r.Phase != api.PhaseMoved || r.Epoch != 2 || r.PeerName != "node-c" {
+		t.Fatalf("A's record after the resume on C is %+v, want a tombstone at epoch 2 bound to node-c", r)
+	}
+	if n := a.live(ctx, "job") + b.live(ctx, "job") + c.live(ctx, "job"); n != 1 {
+		t.Fatalf("%d live copies, want 1", n)
+	}
+}
+
+// A resumes the task whose fetch its restart cut: the binding goes, so B's
+// late commit is refused as anyone's (the record binds nobody) and A's
+// copy runs on.
+func TestLocalResumeEndsTheBinding(t *testing.T) {
+	t.Parallel()
+	ctx, a, b, _ := threeNodes(t, nil)
+	last, fetcher := cutByRestart(ctx, t, a, b)
+	if _, err := a.c.Resume(ctx, "job", api.ResumeRequest{Epoch: 1}); err != nil {
+		t.Fatal(err)
+	}
+	a.waitCounter(ctx, "job", last)
+	before := a.rec("job")
+	refused(t, "B's late commit", fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 2, Peer: b.addr, Committed: true}), "node-b", "")
+	sameRecord(t, "B's late commit", a.rec("job"), before)
+	if n := a.live(ctx, "job") + b.live(ctx, "job"); n != 1 {
 		t.Fatalf("%d live copies, want 1", n)
 	}
 }
