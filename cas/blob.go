@@ -30,15 +30,15 @@ import (
 //   - a pack is a file the store wrote itself, the chunks Keep had to copy
 //     (from a plain reader, or a file it could not link) back to back.
 //
-// A location table (DIR/locs/NAME, written before the pin NAME and naming
-// its index's root) says where each chunk of the pin lies: blob, offset,
-// length. Every read is verified against the chunk's ID, as a chunk file's
+// A location table (DIR/locs/NAME, naming its index's root; written as
+// DIR/locs/.next-NAME before the pin NAME and moved into place after it)
+// says where each chunk of the pin lies: blob, offset, length. Every read is verified against the chunk's ID, as a chunk file's
 // is: a blob is someone else's file too (a link shares the inode with the
 // image it came from), so a range that no longer holds its chunk is a miss,
 // never wrong data. A blob goes when no pin's table names it and GCGrace
 // has passed (unpinned chunks stay readable that long, as unreferenced
-// chunk files do); blobs no table names are removed at Open (a keep cut by
-// a crash).
+// chunk files do); blobs no table names (a keep cut by a crash) are
+// removed at Open once their inode is older than GCGrace.
 
 // blob is one file in DIR/blobs.
 type blob struct {
@@ -337,12 +337,20 @@ func (s *Store) sweepBlobsLocked(cutoff time.Time) (int, int64) {
 	return n, bytes
 }
 
-// freedBy is what removing the blob at p frees on disk: its allocated
-// bytes when p is its inode's last link, else nothing (a link blob whose
-// image, or another blob, still links the inode).
+// freedBy is what removing the blob at p frees on disk (freedBytes).
 func freedBy(p string) int64 {
 	var st unix.Stat_t
-	if err := unix.Lstat(p, &st); err != nil || st.Nlink > 1 {
+	if err := unix.Lstat(p, &st); err != nil {
+		return 0
+	}
+	return freedBytes(&st)
+}
+
+// freedBytes is what removing a file of stat st frees on disk: its
+// allocated bytes when it is its inode's last link, else nothing (a link
+// blob whose image, or another blob, still links the inode).
+func freedBytes(st *unix.Stat_t) int64 {
+	if st.Nlink > 1 {
 		return 0
 	}
 	return st.Blocks * 512
@@ -504,8 +512,9 @@ func (s *Store) Close() error {
 }
 
 // reserveBlob names a new blob of kind "link" or "pack" and marks it
-// pending (a keep in flight: GC and Open's orphan sweep leave it alone)
-// until a pin names it or releaseBlob.
+// pending (a keep or a compaction in flight: GC and Open's orphan sweep
+// leave it alone) until the store registers it (a pin, an unnamed keep,
+// a compaction's moved tables) or releaseBlob.
 func (s *Store) reserveBlob(kind string) string {
 	name := newBlobName(kind)
 	s.mu.Lock()
@@ -793,7 +802,7 @@ func (s *Store) keepUnpinned(t *locTable) {
 	for _, n := range t.blobs {
 		b := s.blobs[n]
 		if b == nil {
-			b = s.blobOf(n)
+			b = s.blobOf(n) // this keep's own link or pack
 			b.dirty = true
 		}
 		if b.refs == 0 {

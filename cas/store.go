@@ -33,9 +33,9 @@ type Options struct {
 	SyncEachChunk bool
 	// MaxBytes, if positive, bounds the bytes on disk the pins hold (see
 	// Held: whole blobs, not the chunks of them the pins name): Trim
-	// (which Keep calls after pinning) drops the oldest other pins (by the
-	// time they were last pinned) until they fit, and GC frees the chunks
-	// and blobs nothing references any more. The newest pin is always
+	// (which Keep calls after pinning) compacts sparse packs and drops the
+	// oldest other pins (by the time they were last pinned) until they
+	// fit, and GC frees the chunks and blobs nothing references any more. The newest pin is always
 	// kept, even if it alone is larger. Chunks not yet pinned (a transfer
 	// in flight, an unnamed keep) and blobs no pin names any more are not
 	// counted and are kept for GCGrace.
@@ -54,6 +54,8 @@ type Options struct {
 //	DIR/blobs/…             links to committed files and packs of chunks
 //	                        (Keep, KeepLinked; blob.go)
 //	DIR/locs/NAME           where pin NAME's chunks lie in the blobs
+//	DIR/locs/.next-NAME     pin NAME's new table until it is moved into
+//	                        place (pinLocked)
 //	DIR/pins/NAME           a pinned index (EncodeIndex format)
 //	DIR/tmp/                pins being written
 //
@@ -76,11 +78,12 @@ type Store struct {
 	// gc is held shared by writers and pinners and exclusively by GC, so a
 	// chunk is never collected between its Put and its Pin.
 	gc sync.RWMutex
-	// pinMu serializes the writers of pins/ and locs/ (pinLocked, Unpin):
+	// pinMu serializes the writers of pins/ and locs/ (pinLocked, Unpin,
+	// Compact's moveTables):
 	// a pin's table and index are two files, which two pins of one name
 	// at once could interleave (the table of one, the index of the other).
 	pinMu sync.Mutex
-	mu    sync.Mutex // guards refs and pins
+	mu    sync.Mutex // guards the fields below but stopAt
 	refs  map[ID]int
 	pins  map[string][]ID // unique data chunk IDs of each pin
 	pinAt map[string]time.Time
@@ -95,7 +98,7 @@ type Store struct {
 	blobs   map[string]*blob
 	where   map[ID][]loc
 	tables  map[string]*locTable // of each pin
-	pending map[string]bool      // blobs written or linked, not yet pinned
+	pending map[string]bool      // blobs written or linked, not yet registered (reserveBlob)
 	open    *list.List           // blobs with their file open, most recently read first
 	maxOpen int                  // maxOpenBlobs
 	closed  bool                 // Close ran
@@ -178,10 +181,7 @@ func (s *Store) removeOrphans(cutoff time.Time) (int, int64) {
 		if err := unix.Lstat(p, &st); err != nil {
 			return 0, false
 		}
-		if st.Nlink > 1 {
-			st.Blocks = 0 // removing this link frees nothing
-		}
-		return st.Blocks * 512, time.Unix(st.Ctim.Unix()).Before(cutoff)
+		return freedBytes(&st), time.Unix(st.Ctim.Unix()).Before(cutoff)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -573,10 +573,10 @@ type TrimStats struct {
 // Trim applies Options.MaxBytes: while the pins hold more (Held), it
 // compacts the packs less than DefaultCompactBelow live (Compact) and, if
 // that was not enough, unpins the oldest pin but the newest (whose dead
-// chunks the next compaction frees), then, if it unpinned
-// anything, collects the unreferenced chunks older than GCGrace. Pin does
-// not call it (a caller may pin several indexes at once); callers that
-// want the bound call Trim after pinning.
+// chunks the next compaction frees), then, if it unpinned anything,
+// collects the unreferenced chunks older than GCGrace. Pin does not call
+// it (a caller may pin several indexes at once); callers that want the
+// bound call Trim after pinning.
 func (s *Store) Trim(ctx context.Context) (TrimStats, error) {
 	var st TrimStats
 	if s.opts.MaxBytes <= 0 {

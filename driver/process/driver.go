@@ -115,7 +115,8 @@ type task struct {
 	// restarting is set while the monitor commits a self-checkpoint and
 	// restarts the job from it.
 	restarting bool
-	// spawning is set while spawn launches a new incarnation.
+	// spawning is set while spawn launches a new incarnation, and by
+	// create from the task's registration until its spawn.
 	spawning bool
 	// cancelPeriodic interrupts a periodic checkpoint in flight (Stop does
 	// not wait for one).

@@ -747,9 +747,10 @@ func TestListWhileResuming(t *testing.T) {
 				if err != nil {
 					t.Error(err)
 				}
+				// List reads the record create writes (the spec's
+				// epoch, the cgroups' note): -race sees a write
+				// outside the task's lock here.
 				for _, st := range list {
-					// status read the record create writes (its
-					// spec's epoch, the cgroups' note).
 					if st.ID != "lr" {
 						t.Errorf("List: task %q", st.ID)
 					}

@@ -26,8 +26,10 @@ import (
 //	receiver → sender   "DONE\n" once the image is committed (fsynced,
 //	                    renamed) | "ERR <kind> <reason>\n"
 //
-// <kind> names the error's kind as in the live stream (live.go):
-// "insufficient" (driver.ErrInsufficient) or "-".
+// <kind> names the error's kind as in the live stream (live.go,
+// liveReason): "insufficient" (driver.ErrInsufficient, and a receiver's
+// ENOSPC/EDQUOT) or "-".
+//
 // It is what the benchmark and the two-node tests use; an agent may move
 // images its own way (chunked, content-addressed) as long as it delivers a
 // directory that VerifyImage accepts and calls CheckFreeSpace first.
