@@ -720,7 +720,7 @@ func TestCgroupBasesRemovedOnClose(t *testing.T) {
 // with its spec.
 func TestListWhileResuming(t *testing.T) {
 	a, b := newTestDriver(t, Config{}), newTestDriver(t, Config{})
-	ctx := ctxT(t, time.Minute)
+	ctx := ctxT(t, 5*time.Minute)
 	spec := jobSpec("lr", "counter", nil)
 	if err := a.Start(ctx, spec); err != nil {
 		t.Fatal(err)
