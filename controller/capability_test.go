@@ -122,7 +122,6 @@ func TestCapabilityFilter(t *testing.T) {
 	want := map[string]string{ // nodes that may take the task
 		"boot": "n1 n2", "without": "n1", "with": "n1 n2", "unknown": "n1", "onold": "n1 n2",
 		"proc": "n1 n2 n3", "stays": "n1 n3", // n4 is not heard from: nothing new lands there
-
 	}
 	for job, nodes := range want {
 		ti := m.TaskIndex(job + ".t.0")

@@ -62,12 +62,7 @@ func TestSlowAgentIsNotMarkedDown(t *testing.T) {
 	agent := &slowAgent{name: "n1", delay: 5 * period, tasks: []api.Task{{ID: "p.t.0", Driver: "process", Epoch: 1, Phase: api.PhaseRunning,
 		Status: &driver.Status{ID: "p.t.0", Epoch: 1, Kind: "process", State: driver.StateRunning}}}}
 	c := New(Config{Store: st, Policy: Priority{}, Dial: func(string) AgentAPI { return agent }, Period: period, HeartbeatTimeout: timeout, Logger: quietLog()})
-	run, stop := context.WithCancel(cx)
-	done := make(chan error, 1)
-	go func() { done <- c.Run(run) }()
-	time.Sleep(timeout + timeout/2)
-	stop()
-	<-done
+	runFor(cx, c, timeout+timeout/2)
 
 	if markedDown(c, "n1") {
 		t.Errorf("n1 was marked down: a live agent answering in %v was taken for silent", agent.delay)
@@ -91,6 +86,17 @@ func TestSlowAgentIsNotMarkedDown(t *testing.T) {
 	}
 }
 
+// runFor runs the controller's loop for d, then stops it and waits for it
+// to return.
+func runFor(ctx context.Context, c *Controller, d time.Duration) {
+	run, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(run) }()
+	time.Sleep(d)
+	stop()
+	<-done
+}
+
 // markedDown reports whether the loop ever marked the node down.
 func markedDown(c *Controller, node string) bool {
 	for _, e := range c.events.Recent(0) {
@@ -110,10 +116,10 @@ func (hungAgent) Node(ctx context.Context) (api.NodeInfo, error) {
 	return api.NodeInfo{}, ctx.Err()
 }
 
-// Three times more hung agents than the poll has places for do not starve the others:
-// a request unanswered after two periods gives its place up (it goes on,
-// up to HeartbeatTimeout), so the live node is heard every period and
-// stays online while the hung ones are marked down.
+// Three times more hung agents than the poll has places for do not starve
+// the others: a request unanswered after two periods gives its place up
+// (it goes on, up to HeartbeatTimeout), so the live node is heard every
+// period and stays online while the hung ones are marked down.
 func TestHungAgentsDoNotStarveTheOthers(t *testing.T) {
 	st, cx := leaderStore(t)
 	apply := applier(t, st, cx)
@@ -134,12 +140,7 @@ func TestHungAgentsDoNotStarveTheOthers(t *testing.T) {
 		return hungAgent{}
 	}
 	c := New(Config{Store: st, Policy: Priority{}, Dial: dial, Period: period, HeartbeatTimeout: timeout, Logger: quietLog()})
-	run, stop := context.WithCancel(cx)
-	done := make(chan error, 1)
-	go func() { done <- c.Run(run) }()
-	time.Sleep(timeout + timeout/2)
-	stop()
-	<-done
+	runFor(cx, c, timeout+timeout/2)
 
 	if markedDown(c, "n0") {
 		t.Errorf("n0 was marked down: 100 hung agents kept the poll from asking it")

@@ -233,8 +233,11 @@ func (s *Snapshot) checkSilent(p *plan.Plan) error {
 	for _, a := range p.Actions {
 		if a.Task >= 0 && s.frozen[a.Task] || s.silent[a.Node] || s.silent[a.From] || s.silent[a.To] {
 			what := fmt.Sprintf("node %d", a.Node)
-			if a.Task >= 0 {
+			switch {
+			case a.Task >= 0:
 				what = m.Tasks[a.Task].Name
+			case a.Node >= 0:
+				what = "node " + m.Nodes[a.Node].Name
 			}
 			return fmt.Errorf("%s of %s touches a task or node not heard from (%s)", a.Kind, what, strings.Join(s.Unheard, ", "))
 		}

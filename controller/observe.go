@@ -17,11 +17,11 @@ import (
 // node each Period, at most 32 new requests at once. A node is asked
 // again only once it has answered (or its request has failed), and a
 // request may take up to HeartbeatTimeout: an agent slow to answer under
-// load (its List asks QEMU for each guest's status) is late, not silent. Before, each round
-// waited for every node and cut a request off after two periods, so a
-// live agent that always took longer was never heard from, was marked
-// down, and its running tasks restarted from scratch elsewhere while it
-// still ran them.
+// load (its List asks QEMU for each guest's status) is late, not silent.
+// Its report counts as of when it was asked (pollNode), so an agent that
+// always takes X to answer was last heard up to about 2X + Period ago:
+// liveness keeps it online only while X is below about (HeartbeatTimeout
+// - Period) / 2.
 func (c *Controller) poll(ctx context.Context) {
 	defer c.wg.Done()
 	if c.cfg.NoPoll {

@@ -49,11 +49,12 @@ type Selective struct {
 	// Shed, with Contend, bounds that sharing: while the cluster's CPU
 	// overload that no migration removes exceeds Tolerance cores, the
 	// running job with the most remaining work among those computing on
-	// an overloaded node is suspended (if the cost rules allow it).
+	// an overloaded node is suspended, or stopped (see Restart), if the
+	// cost rules allow it.
 	Shed      bool
 	Tolerance int64
-	// ShedWidest, with Shed, suspends the job using the most of the soft
-	// resource on the cluster first (one suspension relieves the most),
+	// ShedWidest, with Shed, evicts the job using the most of the soft
+	// resource on the cluster first (one eviction relieves the most),
 	// ties to the one with the least work done, instead of the one with
 	// the most remaining work; ShedMinRun (seconds; 0: none) replaces
 	// MinRun for it: a job found too wide just after its start goes
@@ -82,14 +83,16 @@ type Selective struct {
 	// estimate is within a (local) resume of a sleeping job (or the boot
 	// of a job stopped by Restart) as free already: the sleeping job's
 	// resume then ends about when that job ends instead of starting then
-	// (its VMs compute only once resumed). The decision asks to be rechecked when the next running job enters
-	// that window (Decision.Recheck).
+	// (its VMs compute only once resumed). The decision asks to be
+	// rechecked when the next running job enters that window
+	// (Decision.Recheck).
 	Anticipate bool
 	// Prepare (seconds; 0: off), with Anticipate, makes the memory room
 	// for an anticipated resume before it is due: while a running job's
 	// remaining estimate is within Prepare and a job sleeps (or was
-	// stopped by Restart), the sleeping job's tasks are placed (not started) counting that job's CPU as free
-	// already, and where one fits nowhere, idle tasks are moved off the
+	// stopped by Restart), the sleeping job's tasks are placed (not
+	// started) counting that job's CPU as free already, and where one
+	// fits nowhere, idle tasks are moved off the
 	// node with the most CPU free to nodes with none free. The resume that
 	// Anticipate starts a resume before the other job's end then finds
 	// the memory it needs; without the room the memory came free only at
@@ -178,7 +181,7 @@ func (s Selective) Decide(v *View) (Decision, error) {
 	c.order()
 	c.contend()
 	if s.Prepare > 0 && lead > 0 {
-		prepare(v, c.p, c.phase, c.idle, c.running, c.soft, s.Prepare, lead)
+		c.prepare(lead)
 	}
 	c.admit()
 	if c.soft >= 0 {
@@ -197,13 +200,11 @@ type turn struct {
 	phase   []Phase
 	unknown []bool // tasks of jobs that never ran (nil: none, or not admitting by memory)
 	xf      []float64
-	rank    []int // FIFO rank
 	// running: jobs kept running, by increasing expansion factor; idle:
 	// jobs waiting (queued, asleep, stopped), in admission order.
 	running, idle []int
 	evicted       []bool // jobs evicted by this decision
-	moves         []move
-	soft          int // the CPU's index where Contend, else -1
+	soft          int    // the CPU's index where Contend, else -1
 	factor, repay float64
 	minRun        int64
 }
@@ -296,12 +297,11 @@ func (c *turn) split() {
 // factor, then latest first (the first victims).
 func (c *turn) order() {
 	v, m, xf := c.v, c.m, c.xf
-	fifo := FIFO(v.Jobs)
-	c.rank = make([]int, len(v.Jobs))
-	for r, i := range fifo {
-		c.rank[i] = r
+	rank := make([]int, len(v.Jobs)) // FIFO rank
+	for r, i := range FIFO(v.Jobs) {
+		rank[i] = r
 	}
-	rank, idle, running := c.rank, c.idle, c.running
+	idle, running := c.idle, c.running
 	var footprint []int64
 	if c.unknown != nil {
 		// Admitting by memory: among equals, the smaller footprint first,
@@ -343,13 +343,12 @@ func (c *turn) contend() {
 	if c.soft < 0 {
 		return
 	}
-	s, v := c.s, c.v
-	if s.Gather && v.Soft[c.soft] {
-		gather(v, c.p, c.running, c.soft, c.repay)
+	if c.s.Gather && c.v.Soft[c.soft] {
+		gather(c.v, c.p, c.running, c.soft, c.repay)
 	}
-	s.relieve(v, c.p, c.running, c.soft, &c.moves)
-	if s.Shed {
-		c.running = s.shed(v, c.p, &c.d, c.running, c.soft, c.repay, c.minRun, c.evicted, &c.moves)
+	c.relieve()
+	if c.s.Shed {
+		c.shed()
 	}
 }
 
@@ -560,14 +559,14 @@ func (s Selective) charged(p *Packer, j *Job) bool {
 	return true
 }
 
-// relieve moves computing tasks off nodes whose soft resource is over
-// capacity to nodes with room (the planner live-migrates them; pinMoved
-// fences them), smallest first, making room by moving idle tasks when
-// needed; what cannot move shares the node (contention).
-func (s Selective) relieve(v *View, p *Packer, running []int, soft int, log *[]move) {
-	m := v.Model
+// relieve moves computing tasks of the running jobs off nodes whose soft
+// resource is over capacity to nodes with room (the planner live-migrates
+// them; pinMoved fences them), smallest first, making room by moving idle
+// tasks when needed; what cannot move shares the node (contention).
+func (c *turn) relieve() {
+	v, p, m, soft := c.v, c.p, c.m, c.soft
 	var cand []int
-	for _, i := range running {
+	for _, i := range c.running {
 		j := &v.Jobs[i]
 		if !j.Migratable {
 			continue
@@ -589,7 +588,7 @@ func (s Selective) relieve(v *View, p *Packer, running []int, soft int, log *[]m
 		p.Release(t)
 		k := p.where(t, soft, true, n)
 		if k < 0 {
-			k = makeRoom(p, t, n, soft, log)
+			k = makeRoom(p, t, n, soft)
 		}
 		if k < 0 {
 			k = n
@@ -665,22 +664,22 @@ type move struct{ task, from int }
 // makeRoom finds a node other than from with the soft resource free for
 // task t whose other resources are held by idle tasks (no soft demand now)
 // and moves those idle tasks to nodes where the soft resource is least
-// free, until t fits; it returns the node (the moves appended to log), or
-// -1 with nothing changed. An idle task never goes to from: the room t
-// leaves there appears only once t has moved, which waits for the idle
-// task to leave; the planner could only break that cycle by suspending
-// one of them (the whole job stops for a write and a read of its memory).
-func makeRoom(p *Packer, t, from, soft int, log *[]move) int {
+// free, until t fits; it returns the node (the moves stay made), or -1
+// with nothing changed. An idle task never goes to from: the room t leaves
+// there appears only once t has moved, which waits for the idle task to
+// leave; the planner could only break that cycle by suspending one of them
+// (the whole job stops for a write and a read of its memory).
+func makeRoom(p *Packer, t, from, soft int) int {
 	need := p.m.Tasks[t].Demand[soft]
 	for k := range p.free {
 		if k == from || p.free[k][soft] < need || p.drain[k] {
 			continue
 		}
-		mark := len(*log)
-		if clearFor(p, t, k, soft, false, log, k, from) {
+		var log []move
+		if clearFor(p, t, k, soft, false, &log, k, from) {
 			return k
 		}
-		undo(p, log, mark)
+		undo(p, &log, 0)
 	}
 	return cluster.NoNode
 }
@@ -718,15 +717,15 @@ func clearFor(p *Packer, t, k, soft int, busy bool, log *[]move, skip ...int) bo
 }
 
 // prepare: see Selective.Prepare. It places the first sleeping (or
-// stopped) job in idle order with the soft resource of the running jobs whose remaining
-// estimate is within window counted as free (those within lead are so
-// already, by anticipate), keeps the moves of idle tasks that made it fit
-// and releases the job's own tasks (they stay where they are); if it fits nowhere
-// even so, nothing changes.
-func prepare(v *View, p *Packer, phase []Phase, idle, running []int, soft int, window, lead int64) {
-	m := v.Model
+// stopped) job in idle order with the soft resource of the running jobs
+// whose remaining estimate is within Prepare counted as free (those within
+// lead are so already, by anticipate), keeps the moves of idle tasks that
+// made it fit and releases the job's own tasks (they stay where they
+// are); if it fits nowhere even so, nothing changes.
+func (c *turn) prepare(lead int64) {
+	v, p, m, phase, soft, window := c.v, c.p, c.m, c.phase, c.soft, c.s.Prepare
 	var sj *Job
-	for _, i := range idle {
+	for _, i := range c.idle {
 		if returning(phase[i], &v.Jobs[i]) {
 			sj = &v.Jobs[i]
 			break
@@ -737,7 +736,7 @@ func prepare(v *View, p *Packer, phase []Phase, idle, running []int, soft int, w
 	}
 	var back []*Job // the jobs whose soft demand is counted as free here
 	soon := false   // a job ends within window
-	for _, i := range running {
+	for _, i := range c.running {
 		j := &v.Jobs[i]
 		if phase[i] != Active || j.Walltime <= 0 || j.Walltime > window {
 			continue
@@ -758,9 +757,9 @@ func prepare(v *View, p *Packer, phase []Phase, idle, running []int, soft int, w
 		k := p.where(t, soft, true)
 		if k < 0 {
 			// make room on the node with the most of it free
-			for c := range p.free {
-				if !p.drain[c] && p.free[c][soft] >= m.Tasks[t].Demand[soft] && (k < 0 || p.free[c][soft] > p.free[k][soft]) {
-					k = c
+			for n := range p.free {
+				if !p.drain[n] && p.free[n][soft] >= m.Tasks[t].Demand[soft] && (k < 0 || p.free[n][soft] > p.free[k][soft]) {
+					k = n
 				}
 			}
 			if k >= 0 && !clearFor(p, t, k, soft, true, &log, k) {
@@ -821,21 +820,23 @@ func overload(p *Packer, soft int) int64 {
 	return o
 }
 
-// shed suspends running jobs while the soft overload left after relieve
-// exceeds Tolerance, among those with a computing task on an overloaded
-// node: the one with the most remaining work first, or with ShedWidest
-// the one using the most of the soft resource.
-func (s Selective) shed(v *View, p *Packer, d *Decision, running []int, soft int, repay float64, minRun int64, slept []bool, moves *[]move) []int {
-	m := v.Model
+// shed evicts running jobs (see evict) while the soft overload left after
+// relieve exceeds Tolerance, among those with a computing task on an
+// overloaded node: the one with the most remaining work first, or with
+// ShedWidest the one using the most of the soft resource; c.running keeps
+// the others.
+func (c *turn) shed() {
+	s, v, p, m, soft := c.s, c.v, c.p, c.m, c.soft
+	minRun := c.minRun
 	if s.ShedWidest {
 		minRun = s.ShedMinRun
 	}
 	for overload(p, soft) > s.Tolerance {
 		best := -1
 		var bw int64
-		for _, i := range running {
+		for _, i := range c.running {
 			j := &v.Jobs[i]
-			if slept[i] || !j.Preemptible || s.CostAware && !s.worthSuspending(v, j, repay, minRun) {
+			if c.evicted[i] || !j.Preemptible || s.CostAware && !s.worthSuspending(v, j, c.repay, minRun) {
 				continue
 			}
 			hot := false
@@ -863,16 +864,16 @@ func (s Selective) shed(v *View, p *Packer, d *Decision, running []int, soft int
 		for _, t := range j.Tasks {
 			p.Release(t)
 		}
-		s.evict(d, v, j)
-		slept[best] = true
-		s.relieve(v, p, running, soft, moves)
+		s.evict(&c.d, v, j)
+		c.evicted[best] = true
+		c.relieve()
 	}
 	k := 0
-	for _, i := range running {
-		if !slept[i] {
-			running[k] = i
+	for _, i := range c.running {
+		if !c.evicted[i] {
+			c.running[k] = i
 			k++
 		}
 	}
-	return running[:k]
+	c.running = c.running[:k]
 }

@@ -287,9 +287,9 @@ func (e *engine) problem(m *cluster.Model, d policy.Decision) (*plan.Problem, []
 		}
 		sm.Tasks = append(sm.Tasks, *t)
 		sub = append(sub, e.sub2glob[i])
-		resumed := t.State != cluster.Running && d.Want[i] == cluster.Running
-		suspended := t.State == cluster.Running && d.Want[i] != cluster.Running
-		if e.observed && (e.jobs[e.tasks[e.sub2glob[i]].job].started < 0 || resumed || suspended) {
+		starting := t.State != cluster.Running && d.Want[i] == cluster.Running // resumed or booted
+		leaving := t.State == cluster.Running && d.Want[i] != cluster.Running  // suspended or shut down
+		if e.observed && (e.jobs[e.tasks[e.sub2glob[i]].job].started < 0 || starting || leaving) {
 			// A job that never ran: its use of a time-shared resource is
 			// not known, the planner reserves none of it (the policy
 			// placed it; the nodes share what it turns out to use). A

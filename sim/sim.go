@@ -11,9 +11,9 @@
 // nodes' capacities), solves it and schedules the plan's actions. A job's
 // work progresses only while all its tasks run; suspended jobs keep their
 // progress and pay suspend and resume time; a job with a task shut down
-// loses it (it runs again from the start once booted again); a
-// migration pays a short downtime at its end. The run is deterministic for a workload, policy and
-// seed; Result.Events is its event log.
+// loses it (it runs again from the start once booted again); a migration
+// pays a short downtime at its end. The run is deterministic for a
+// workload, policy and seed; Result.Events is its event log.
 package sim
 
 import (
