@@ -115,10 +115,14 @@ type idleRound struct {
 // in place: a new report replaces the slice (readers copy the header under
 // c.mu and read it after).
 type observation struct {
-	at     time.Time
-	pushed bool
-	info   api.NodeInfo
-	tasks  []api.Task
+	// at is when the report was taken (asked for, or received when
+	// pushed): reconcile counts only reports taken after a task's last
+	// change. heard is when the node last answered: liveness judges by it,
+	// so an agent slow to answer is late, not silent.
+	at, heard time.Time
+	pushed    bool
+	info      api.NodeInfo
+	tasks     []api.Task
 	// index maps a reported task ID to its position in tasks.
 	index map[string]int
 	// raw is the encoded task list of the last pushed heartbeat: a report
@@ -229,6 +233,9 @@ func (c *Controller) observe(ctx context.Context, hb Heartbeat, raw []byte, push
 		o = &observation{}
 		c.obs[hb.Node] = o
 	}
+	// The node answered: it is alive, even when its report is older than
+	// the one recorded (and is dropped).
+	o.heard = c.cfg.Now()
 	if at.Before(o.at) {
 		c.mu.Unlock()
 		return nil
@@ -255,6 +262,7 @@ func (c *Controller) ObserveEncoded(ctx context.Context, hb Heartbeat, rawTasks 
 	if o := c.obs[hb.Node]; o != nil && o.raw != nil && bytes.Equal(o.raw, rawTasks) {
 		c.setInfo(o, hb.Info)
 		o.at, o.pushed = c.cfg.Now(), true
+		o.heard = o.at
 		c.mu.Unlock()
 		return c.observed(ctx, hb)
 	}

@@ -23,6 +23,14 @@ type slowAgent struct {
 
 	mu       sync.Mutex
 	answered time.Time // when the last list was answered
+	stopped  []string  // tasks the loop stopped here (a copy it took for stale)
+}
+
+func (a *slowAgent) Stop(_ context.Context, id string, _ uint64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.stopped = append(a.stopped, id)
+	return nil
 }
 
 func (a *slowAgent) Node(context.Context) (api.NodeInfo, error) {
@@ -59,10 +67,13 @@ func TestSlowAgentIsNotMarkedDown(t *testing.T) {
 	apply(store.Command{FinishPlan: &store.FinishPlan{Plan: id}})
 
 	const period, timeout = 100 * time.Millisecond, 3 * time.Second
-	agent := &slowAgent{name: "n1", delay: 5 * period, tasks: []api.Task{{ID: "p.t.0", Driver: "process", Epoch: 1, Phase: api.PhaseRunning,
+	// Answering in 1.8 s, n1 is asked again every 1.9 s or so: last heard
+	// at most 1.9 s ago, online. Judged by when it was asked (the report's
+	// time), it was last heard up to 2·1.8 + 0.1 s ago and went down.
+	agent := &slowAgent{name: "n1", delay: 18 * period, tasks: []api.Task{{ID: "p.t.0", Driver: "process", Epoch: 1, Phase: api.PhaseRunning,
 		Status: &driver.Status{ID: "p.t.0", Epoch: 1, Kind: "process", State: driver.StateRunning}}}}
 	c := New(Config{Store: st, Policy: Priority{}, Dial: func(string) AgentAPI { return agent }, Period: period, HeartbeatTimeout: timeout, Logger: quietLog()})
-	runFor(cx, c, timeout+timeout/2)
+	runFor(cx, c, 2*timeout+timeout/2)
 
 	if markedDown(c, "n1") {
 		t.Errorf("n1 was marked down: a live agent answering in %v was taken for silent", agent.delay)
@@ -79,8 +90,11 @@ func TestSlowAgentIsNotMarkedDown(t *testing.T) {
 	}
 	c.mu.Unlock()
 	agent.mu.Lock()
-	last := agent.answered
+	last, stopped := agent.answered, agent.stopped
 	agent.mu.Unlock()
+	if len(stopped) > 0 {
+		t.Errorf("the loop stopped %v on n1, a live agent answering in %v", stopped, agent.delay)
+	}
 	if at.IsZero() || at.After(last.Add(-agent.delay)) {
 		t.Errorf("n1's report counts as of %v; its last list was answered at %v after %v: want it counted as of the ask", at, last, agent.delay)
 	}

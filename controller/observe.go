@@ -18,10 +18,10 @@ import (
 // again only once it has answered (or its request has failed), and a
 // request may take up to HeartbeatTimeout: an agent slow to answer under
 // load (its List asks QEMU for each guest's status) is late, not silent.
-// Its report counts as of when it was asked (pollNode), so an agent that
-// always takes X to answer was last heard up to about 2X + Period ago:
-// liveness keeps it online only while X is below about (HeartbeatTimeout
-// - Period) / 2.
+// Its report counts as of when it was asked (pollNode: reconcile's
+// order), its answer as of when it arrived (observation.heard: liveness),
+// so an agent that always takes X to answer was last heard at most X +
+// Period ago and stays online while X is below HeartbeatTimeout - Period.
 func (c *Controller) poll(ctx context.Context) {
 	defer c.wg.Done()
 	if c.cfg.NoPoll {
@@ -146,8 +146,8 @@ func (c *Controller) liveness(ctx context.Context) {
 			if reg := time.Unix(0, n.Registered); reg.After(last) {
 				last = reg
 			}
-			if o != nil && o.at.After(last) {
-				last = o.at
+			if o != nil && o.heard.After(last) {
+				last = o.heard
 			}
 			c.mu.Unlock()
 			silent := now.Sub(last) > c.cfg.HeartbeatTimeout
@@ -231,7 +231,7 @@ func (c *Controller) stillSilent(downs []string, lost []lostTask, judged time.Ti
 	spoke := map[string]bool{}
 	c.mu.Lock()
 	for _, n := range downs {
-		if o := c.obs[n]; o != nil && judged.Sub(o.at) <= c.cfg.HeartbeatTimeout {
+		if o := c.obs[n]; o != nil && judged.Sub(o.heard) <= c.cfg.HeartbeatTimeout {
 			spoke[n] = true
 		}
 	}
@@ -492,7 +492,7 @@ func (c *Controller) settleOrphans(ctx context.Context, now time.Time) {
 		var fromSeen, toSeen bool
 		var toInfo api.NodeInfo
 		for node, o := range c.obs {
-			if o.at.UnixNano() <= started || now.Sub(o.at) > 3*c.cfg.Period {
+			if o.at.UnixNano() <= started || now.Sub(o.heard) > 3*c.cfg.Period {
 				continue
 			}
 			if node == a.From {
