@@ -450,6 +450,9 @@ func (s *Snapshot) holdSilent(want []cluster.TaskState, p policy.Policy) error {
 	m := s.View.Model
 	for _, j := range s.View.Jobs {
 		for _, ti := range j.Tasks {
+			if s.frozen[ti] {
+				continue // kept as it is below: the decision is not taken
+			}
 			if t := m.Tasks[ti]; t.State == cluster.Running && want[ti] != cluster.Running && s.Want[j.Name] == store.WantRun {
 				return fmt.Errorf("%w: %s would stop %s on %s, and %s not heard from since the loop started leading may have room",
 					ErrWaitingForReports, p.Name(), t.Name, m.Nodes[t.Node].Name, strings.Join(s.Unheard, ", "))

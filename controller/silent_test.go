@@ -116,3 +116,25 @@ func TestSilentNodeDefersStoppingARunningTask(t *testing.T) {
 		t.Fatalf("with n2 heard: plan %v, want the suspend", p.Actions)
 	}
 }
+
+// A job frozen by a silent node is kept as it is, whatever the decision
+// wants of it: wanting its task on n1 stopped does not make the loop wait
+// (the whole cluster's plans would stall on a decision never taken).
+func TestFrozenJobDoesNotStallTheLoop(t *testing.T) {
+	s, reports := capState(map[string]capTask{
+		"w":  {"process", store.TaskRunning, "n1", store.RAMTailUnknown},
+		"vm": {"qemu", store.TaskSleeping, "n3", store.RAMTailWithout},
+	})
+	s.Jobs["w"].Tasks = append(s.Jobs["w"].Tasks, "w.t.1")
+	s.Tasks["w.t.1"] = &store.Task{Name: "w.t.1", Job: "w", Driver: "process", Demand: store.Resources{CPUMilli: 1000, MemoryBytes: 128 << 20},
+		Phase: store.TaskRunning, Node: "n2", Epoch: 1}
+	delete(reports, "n2")
+	snap := BuildSnapshot(s, 1000, reports)
+	if strings.Join(snap.Unheard, " ") != "n2" {
+		t.Fatalf("unheard %v, want n2", snap.Unheard)
+	}
+	_, p := solveWith(t, snap, stopOnN1)
+	if len(p.Actions) != 0 {
+		t.Fatalf("plan %v, want nothing: w is frozen by silent n2", p.Actions)
+	}
+}
