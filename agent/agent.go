@@ -378,12 +378,21 @@ func (a *Agent) fitsLocked(spec *driver.Spec) error {
 	return nil
 }
 
-// acquire marks id busy with op, or fails with ErrBusy.
+// acquireLocked marks id busy with op, or fails with ErrBusy.
 func (a *Agent) acquireLocked(id, op string) error {
+	if err := a.busyLocked(id); err != nil {
+		return err
+	}
+	a.busy[id] = op
+	return nil
+}
+
+// busyLocked is ErrBusy naming the operation id is marked busy with, or
+// nil when it is not marked. Caller holds mu.
+func (a *Agent) busyLocked(id string) error {
 	if cur, ok := a.busy[id]; ok {
 		return fmt.Errorf("%w: task %q is busy with %s", driver.ErrBusy, id, cur)
 	}
-	a.busy[id] = op
 	return nil
 }
 
@@ -417,8 +426,8 @@ func (a *Agent) checkEpochLocked(id string, epoch uint64) (*record, error) {
 // mayActLocked admits caller, the name in an agent's certificate, to act
 // on the image of rec (act: "fetch its image", "release it"): only the
 // agent the record binds (record.PeerName) may — the destination of a
-// checkpoint move, the fetcher of a suspended image. A record that binds no
-// agent admits none. Caller holds mu.
+// checkpoint move, the agent the controller granted a suspended image to
+// (handleGrant). A record that binds no agent admits none. Caller holds mu.
 func (a *Agent) mayActLocked(rec *record, caller, act string) error {
 	if rec.PeerName == "" {
 		return fmt.Errorf("%w: task %q on %s is %s and bound to no peer; node %q may not %s", api.ErrForbidden, rec.ID, a.cfg.Name, rec.Phase, caller, act)

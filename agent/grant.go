@@ -24,12 +24,8 @@ import (
 // word is the latest), one being fetched by another agent is busy.
 func (a *Agent) handleGrant(w http.ResponseWriter, r *http.Request) {
 	var req api.GrantRequest
-	if err := decode(r, &req); err != nil {
-		writeErr(w, err)
-		return
-	}
-	id := r.PathValue("id")
-	if err := api.ValidID(id); err != nil {
+	id, err := decodeTask(r, &req)
+	if err != nil {
 		writeErr(w, err)
 		return
 	}
@@ -69,8 +65,8 @@ func (a *Agent) grantLocked(id string, epoch uint64, name string) error {
 	}
 	switch {
 	case rec.Phase == api.PhaseSuspended && rec.Image != nil:
-		if op, busy := a.busy[id]; busy {
-			return fmt.Errorf("%w: task %q is busy with %s", driver.ErrBusy, id, op)
+		if err := a.busyLocked(id); err != nil {
+			return err
 		}
 		if rec.PeerName == name {
 			return nil

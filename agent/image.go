@@ -42,46 +42,8 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 	}
 	_, caller, _ := pki.PeerRole(r.TLS)
 	live := strings.EqualFold(r.Header.Get("Upgrade"), api.ImageLiveProtocol)
-	var slot *liveOut
 	a.mu.Lock()
-	rec, err := a.checkEpochLocked(id, epoch)
-	if err == nil {
-		switch {
-		case live:
-			// Only while migrateCheckpoint waits for it (streamSuspend).
-			if slot = a.liveOuts[id]; slot == nil || rec.Phase != api.PhaseMigratingOut || rec.Mode != "checkpoint" {
-				err = fmt.Errorf("%w: no streamed move of task %q in progress on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
-			} else {
-				err = a.mayActLocked(rec, caller, "fetch its image")
-			}
-		case rec.Image == nil:
-			err = fmt.Errorf("%w: task %q has no image on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
-		case rec.Phase == api.PhaseSuspended:
-			if _, busy := a.busy[id]; busy {
-				err = fmt.Errorf("%w: task %q is busy with %s", driver.ErrBusy, id, a.busy[id])
-				break
-			}
-			if err = a.mayActLocked(rec, caller, "fetch its image"); err != nil {
-				break
-			}
-			n := *rec
-			n.Phase, n.Peer, n.Mode = api.PhaseMigratingOut, caller, "fetch"
-			err = a.putLocked(&n)
-			rec = &n
-		case rec.Phase == api.PhaseMigratingOut && rec.Mode == "checkpoint":
-			err = a.mayActLocked(rec, caller, "fetch its image")
-		case rec.Phase == api.PhaseMigratingOut && rec.Mode == "fetch":
-			// Its granted agent again: its fetch was cut (its agent
-			// restarted, the connection dropped) before it released the
-			// image, and the controller retries the resume (the grant is
-			// answered as done). It fetches only while it holds no copy
-			// of the task (resumeFetched; one resume of a task at a time),
-			// so this makes no second copy; refusing it stranded the image.
-			err = a.mayActLocked(rec, caller, "fetch its image")
-		default:
-			err = fmt.Errorf("%w: task %q is %s on %s", driver.ErrBusy, id, rec.Phase, a.cfg.Name)
-		}
-	}
+	rec, slot, err := a.admitFetchLocked(id, epoch, caller, live)
 	a.mu.Unlock()
 	if err != nil {
 		writeErr(w, err)
@@ -103,6 +65,50 @@ func (a *Agent) handleImage(w http.ResponseWriter, r *http.Request) {
 	if err := writeImageTar(w, rec, a.store.imageDir(id)); err != nil {
 		a.log.Warn("send image", "task", id, "err", err)
 	}
+}
+
+// admitFetchLocked admits caller's fetch of the image of task id at epoch
+// (live: the checkpoint a move in flight streams) and returns the record
+// to send with it and, for a live fetch, the move's slot. The first fetch
+// of a suspended image locks it (phase migrating-out, mode fetch). Caller
+// holds mu.
+func (a *Agent) admitFetchLocked(id string, epoch uint64, caller string, live bool) (*record, *liveOut, error) {
+	rec, err := a.checkEpochLocked(id, epoch)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case live:
+		// Only while migrateCheckpoint waits for it (streamSuspend).
+		slot := a.liveOuts[id]
+		if slot == nil || rec.Phase != api.PhaseMigratingOut || rec.Mode != "checkpoint" {
+			return nil, nil, fmt.Errorf("%w: no streamed move of task %q in progress on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
+		}
+		return rec, slot, a.mayActLocked(rec, caller, "fetch its image")
+	case rec.Image == nil:
+		return nil, nil, fmt.Errorf("%w: task %q has no image on %s (phase %s)", driver.ErrNotFound, id, a.cfg.Name, rec.Phase)
+	case rec.Phase == api.PhaseSuspended:
+		if err := a.busyLocked(id); err != nil {
+			return nil, nil, err
+		}
+		if err := a.mayActLocked(rec, caller, "fetch its image"); err != nil {
+			return nil, nil, err
+		}
+		n := *rec
+		n.Phase, n.Peer, n.Mode = api.PhaseMigratingOut, caller, "fetch"
+		return &n, nil, a.putLocked(&n)
+	case rec.Phase == api.PhaseMigratingOut && rec.Mode == "checkpoint":
+		return rec, nil, a.mayActLocked(rec, caller, "fetch its image")
+	case rec.Phase == api.PhaseMigratingOut && rec.Mode == "fetch":
+		// Its granted agent again: its fetch was cut (its agent
+		// restarted, the connection dropped) before it released the
+		// image, and the controller retries the resume (the grant is
+		// answered as done). It fetches only while it holds no copy
+		// of the task (resumeFetched; one resume of a task at a time),
+		// so this makes no second copy; refusing it stranded the image.
+		return rec, nil, a.mayActLocked(rec, caller, "fetch its image")
+	}
+	return nil, nil, fmt.Errorf("%w: task %q is %s on %s", driver.ErrBusy, id, rec.Phase, a.cfg.Name)
 }
 
 // peerName is the name in the certificate of the agent at addr, as a
@@ -786,24 +792,19 @@ func (a *Agent) resumeFetched(ctx context.Context, id string, req api.ResumeRequ
 // another is refused with api.ErrForbidden and nothing changes.
 func (a *Agent) handleRelease(w http.ResponseWriter, r *http.Request) {
 	var req api.ReleaseRequest
-	if err := decode(r, &req); err != nil {
-		writeErr(w, err)
-		return
-	}
-	id := r.PathValue("id")
-	if err := api.ValidID(id); err != nil {
+	id, err := decodeTask(r, &req)
+	if err != nil {
 		writeErr(w, err)
 		return
 	}
 	_, caller, _ := pki.PeerRole(r.TLS)
 	a.mu.Lock()
 	rec, ok := a.records[id]
-	var err error
 	if !ok {
 		err = fmt.Errorf("%w: task %q on %s", driver.ErrNotFound, id, a.cfg.Name)
 	} else if err = a.mayActLocked(rec, caller, "release it"); err == nil && rec.Phase == api.PhaseSuspended {
 		// Bound by a grant (handleGrant) or since a restart cut the fetch
-		// (recover): until this release is written below, no fetch, grant
+		// (recover): until applyRelease has written it, no fetch, grant
 		// or local resume may begin (each honours busy), else a late
 		// give-back could unbind an image being fetched again, or a commit
 		// tombstone one being resumed here.
@@ -818,30 +819,38 @@ func (a *Agent) handleRelease(w http.ResponseWriter, r *http.Request) {
 	}
 	// The fetcher is done with the image sent from here: keep its chunks.
 	a.releaseKeeps(id)
+	if err := a.applyRelease(rec, req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// applyRelease writes the release req of rec, admitted by handleRelease:
+// a commit at exactly rec's epoch plus one makes the image a tombstone, a
+// give-back at its epoch suspends it again, bound to nobody; a release
+// repeated after it took effect is answered; any other is stale.
+func (a *Agent) applyRelease(rec *record, req api.ReleaseRequest) error {
 	moving := rec.Phase == api.PhaseMigratingOut
 	switch {
 	case req.Committed && req.Epoch == rec.Epoch+1 && (moving || rec.Phase == api.PhaseSuspended):
 		// Suspended: the fetch was cut by a restart of this agent
 		// (recover), after the fetcher had the whole image; or the
 		// agent granted the image (handleGrant) commits it.
-		err = a.markMoved(rec, req.Peer, req.Epoch)
+		return a.markMoved(rec, req.Peer, req.Epoch)
 	case !req.Committed && req.Epoch == rec.Epoch && moving && rec.Mode == "fetch":
-		err = a.setPhase(rec, api.PhaseSuspended, rec.Epoch)
+		return a.setPhase(rec, api.PhaseSuspended, rec.Epoch)
 	case req.Committed && req.Epoch <= rec.Epoch && rec.Phase == api.PhaseMoved:
 		// Already released.
+		return nil
 	case !req.Committed && req.Epoch == rec.Epoch && moving && rec.Mode == "checkpoint":
 		// A streamed move's fetch failed: the migration in progress here
 		// learns it from the resume's answer and acts on it.
+		return nil
 	case !req.Committed && req.Epoch == rec.Epoch && rec.Phase == api.PhaseSuspended:
 		// Given back already by a restart of this agent (recover), or
 		// granted and not fetched: the binding goes.
-		err = a.setPhase(rec, api.PhaseSuspended, rec.Epoch)
-	default:
-		err = fmt.Errorf("%w: release of %q at epoch %d (committed %t): node %s holds epoch %d (%s)", api.ErrStaleEpoch, id, req.Epoch, req.Committed, a.cfg.Name, rec.Epoch, rec.Phase)
+		return a.setPhase(rec, api.PhaseSuspended, rec.Epoch)
 	}
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, struct{}{})
+	return fmt.Errorf("%w: release of %q at epoch %d (committed %t): node %s holds epoch %d (%s)", api.ErrStaleEpoch, rec.ID, req.Epoch, req.Committed, a.cfg.Name, rec.Epoch, rec.Phase)
 }

@@ -26,7 +26,8 @@ type record struct {
 	Image  *driver.Image `json:"image,omitempty"`
 	// Peer is the other agent of a move in flight, or where the task moved.
 	Peer string `json:"peer,omitempty"`
-	// Mode of an outbound move in flight ("live" or "checkpoint").
+	// Mode of an outbound move in flight ("live" or "checkpoint"), or
+	// "fetch" while a peer fetches a suspended image (handleImage).
 	Mode string `json:"mode,omitempty"`
 	// PeerName is the certificate name of the only agent that may fetch
 	// the image and release it (mayActLocked): the destination of an

@@ -64,8 +64,48 @@ func (n *node) resumeFrom(ctx context.Context, from *node, last int64) {
 	if err != nil || res.Epoch != 2 {
 		n.t.Fatalf("resume on %s from %s: %+v %v", n.name, from.name, res, err)
 	}
+	n.continuesFrom(ctx, last)
+}
+
+// continuesFrom waits for "job" on n to print a counter above last and
+// fails unless the first it printed is last+1.
+func (n *node) continuesFrom(ctx context.Context, last int64) {
+	n.t.Helper()
 	if cs := n.waitCounter(ctx, "job", last); cs[0] != last+1 {
 		n.t.Fatalf("on %s the counter starts at %d, want %d", n.name, cs[0], last+1)
+	}
+}
+
+// tombstoneTo fails unless n's record of "job" is the tombstone of its
+// move to the agent to at epoch 2 (pointing to its address, bound to its
+// name), and returns it.
+func (n *node) tombstoneTo(to *node) record {
+	n.t.Helper()
+	r := n.rec("job")
+	if r.Phase != api.PhaseMoved || r.Epoch != 2 || r.Peer != to.addr || r.PeerName != to.name {
+		n.t.Fatalf("%s's record is %+v, want a tombstone at epoch 2 pointing to %s, bound to %s", n.name, r, to.addr, to.name)
+	}
+	return r
+}
+
+// unbound fails unless n's record of "job" is suspended and bound to
+// nobody, as a give-back leaves it.
+func (n *node) unbound() {
+	n.t.Helper()
+	if r := n.rec("job"); r.Phase != api.PhaseSuspended || r.PeerName != "" {
+		n.t.Fatalf("%s's record is %+v, want suspended and bound to nobody", n.name, r)
+	}
+}
+
+// oneLiveCopy fails unless exactly one copy of "job" runs on nodes.
+func oneLiveCopy(ctx context.Context, t *testing.T, nodes ...*node) {
+	t.Helper()
+	n := 0
+	for _, x := range nodes {
+		n += x.live(ctx, "job")
+	}
+	if n != 1 {
+		t.Fatalf("%d live copies, want 1", n)
 	}
 }
 
@@ -91,14 +131,11 @@ func (n *node) peerOf(addr string) *client.Client {
 // image is bound to (bound; "" none).
 func refused(t *testing.T, what string, err error, caller, bound string) {
 	t.Helper()
-	wantKind(t, what, err, api.ErrForbidden)
 	want := fmt.Sprintf("node %q may not", caller)
 	if bound != "" {
 		want = fmt.Sprintf("bound to node %q; %s", bound, want)
 	}
-	if !strings.Contains(err.Error(), want) {
-		t.Fatalf("%s: the refusal %q does not say %q", what, err, want)
-	}
+	refusedAs(t, what, err, want)
 }
 
 // refusedAs checks that err is a refusal saying why.
@@ -177,19 +214,12 @@ func TestReleaseOnlyByTheImagesFetcher(t *testing.T) {
 	if err := fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 1, Peer: b.addr}); err != nil {
 		t.Fatalf("B gives the image back: %v", err)
 	}
-	if r := a.rec("job"); r.Phase != api.PhaseSuspended || r.PeerName != "" {
-		t.Fatalf("after B gave it back A's record is %+v, want suspended and bound to nobody", r)
-	}
+	a.unbound()
 	_, err = fetcher.FetchImage(ctx, "job", 1)
 	refused(t, "B's fetch after it gave the image back", err, "node-b", "")
 	b.resumeFrom(ctx, a, last)
-	tomb := a.rec("job")
-	if tomb.Phase != api.PhaseMoved || tomb.Epoch != 2 || tomb.Peer != b.addr || tomb.PeerName != "node-b" {
-		t.Fatalf("A's record after the resume on B is %+v, want a tombstone at epoch 2 bound to node-b", tomb)
-	}
-	if n := a.live(ctx, "job") + b.live(ctx, "job"); n != 1 {
-		t.Fatalf("%d live copies, want 1", n)
-	}
+	tomb := a.tombstoneTo(b)
+	oneLiveCopy(ctx, t, a, b)
 	// The tombstone: B repeating its release is answered, C is refused.
 	if err := fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 2, Peer: b.addr, Committed: true}); err != nil {
 		t.Fatalf("B's repeated release: %v", err)
@@ -232,15 +262,9 @@ func TestCheckpointMoveReleasedOnlyByItsDestination(t *testing.T) {
 		t.Fatalf("the move: %+v %v", ev, err)
 	}
 	cs := a.counters(ctx, "job")
-	if bcs := b.waitCounter(ctx, "job", cs[len(cs)-1]); bcs[0] != cs[len(cs)-1]+1 {
-		t.Fatalf("on B the counter starts at %d, want %d", bcs[0], cs[len(cs)-1]+1)
-	}
-	if r := a.rec("job"); r.Phase != api.PhaseMoved || r.Epoch != 2 || r.Peer != b.addr {
-		t.Fatalf("A's record after the move is %+v, want a tombstone at epoch 2 pointing to B", r)
-	}
-	if n := a.live(ctx, "job") + b.live(ctx, "job"); n != 1 {
-		t.Fatalf("%d live copies, want 1", n)
-	}
+	b.continuesFrom(ctx, cs[len(cs)-1])
+	a.tombstoneTo(b)
+	oneLiveCopy(ctx, t, a, b)
 }
 
 // A restarts after B fetched the whole image and before B committed the
@@ -277,18 +301,12 @@ func TestFetchBindingSurvivesHolderRestart(t *testing.T) {
 	if err != nil || res.Epoch != 2 || released != nil {
 		t.Fatalf("resume on B: %+v %v; release at A: %v", res, err, released)
 	}
-	if cs := b.waitCounter(ctx, "job", last); cs[0] != last+1 {
-		t.Fatalf("on B the counter starts at %d, want %d", cs[0], last+1)
-	}
-	if r := a.rec("job"); r.Phase != api.PhaseMoved || r.Epoch != 2 || r.PeerName != "node-b" {
-		t.Fatalf("A's record after B's release is %+v, want a tombstone at epoch 2 bound to node-b", r)
-	}
+	b.continuesFrom(ctx, last)
+	a.tombstoneTo(b)
 	if _, err := os.Stat(a.agent.store.imageDir("job")); !os.IsNotExist(err) {
 		t.Fatalf("A's image after the move: %v, want gone", err)
 	}
-	if n := a.live(ctx, "job") + b.live(ctx, "job"); n != 1 {
-		t.Fatalf("%d live copies, want 1", n)
-	}
+	oneLiveCopy(ctx, t, a, b)
 }
 
 // A third agent commands no task of another node: run, stop, suspend,
@@ -320,33 +338,29 @@ func TestAgentAsksOnlyTheResumeOfItsOwnImage(t *testing.T) {
 
 	last := a.suspendJob(ctx)
 	before = a.rec("job")
+	// C's resume at A (a local one), else at B.
+	resumeAt := func(req api.ResumeRequest) error {
+		at := rogueB
+		if req.From == "" {
+			at = rogueA
+		}
+		_, err := at.Resume(ctx, "job", req)
+		return err
+	}
 	resumes := map[string]api.ResumeRequest{
 		"at B from A":         {Epoch: 1, From: a.addr},
 		"at B from A replica": {Epoch: 1, From: a.addr, Replica: true},
 		"at A from itself":    {Epoch: 1},
 	}
 	for what, req := range resumes {
-		at := rogueB
-		if req.From == "" {
-			at = rogueA
-		}
-		_, err := at.Resume(ctx, "job", req)
-		wantKind(t, "C's resume "+what, err, api.ErrForbidden)
+		wantKind(t, "C's resume "+what, resumeAt(req), api.ErrForbidden)
 	}
 	// C's own replica, or a local resume: C may ask for neither, and the
 	// refusal says why (not a failing dial or name check).
 	for what, req := range map[string]api.ResumeRequest{"at B from C's replica": {Epoch: 1, From: c.addr, Replica: true}, "at A": {Epoch: 1}} {
-		at := rogueB
-		if req.From == "" {
-			at = rogueA
-		}
-		_, err := at.Resume(ctx, "job", req)
-		refusedAs(t, "C's resume "+what, err, "only to resume a task from its own image")
+		refusedAs(t, "C's resume "+what, resumeAt(req), "only to resume a task from its own image")
 	}
-	_, err := rogueB.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: a.addr})
-	if want := `from ` + a.addr + `, which is node "node-a"`; !strings.Contains(err.Error(), want) {
-		t.Fatalf("the refusal %q does not say %q", err, want)
-	}
+	refusedAs(t, "C's resume at B from A", resumeAt(api.ResumeRequest{Epoch: 1, From: a.addr}), `from `+a.addr+`, which is node "node-a"`)
 	// A `from` where nobody answers is a network error, not a refusal: it says
 	// nothing of the caller (a checkpoint move's destination briefly cut
 	// off from its source is not forbidden).
@@ -356,7 +370,7 @@ func TestAgentAsksOnlyTheResumeOfItsOwnImage(t *testing.T) {
 	}
 	closed := ln.Addr().String()
 	ln.Close()
-	_, err = rogueB.Resume(ctx, "job", api.ResumeRequest{Epoch: 1, From: closed})
+	err = resumeAt(api.ResumeRequest{Epoch: 1, From: closed})
 	if err == nil || errors.Is(err, api.ErrForbidden) || !strings.Contains(err.Error(), "whose certificate cannot be checked") {
 		t.Fatalf("C's resume at B from %s, where nobody answers: %v, want a network error, not forbidden", closed, err)
 	}
@@ -424,20 +438,13 @@ func TestSuspendedImageFetchedOnlyByTheGrantedAgent(t *testing.T) {
 	if err != nil || res.Epoch != 2 {
 		t.Fatalf("resume on B from A: %+v %v", res, err)
 	}
-	if cs := b.waitCounter(ctx, "job", last); cs[0] != last+1 {
-		t.Fatalf("on B the counter starts at %d, want %d", cs[0], last+1)
-	}
-	tomb := a.rec("job")
-	if tomb.Phase != api.PhaseMoved || tomb.Epoch != 2 || tomb.PeerName != "node-b" {
-		t.Fatalf("A's record after the resume on B is %+v, want a tombstone at epoch 2 bound to node-b", tomb)
-	}
+	b.continuesFrom(ctx, last)
+	tomb := a.tombstoneTo(b)
 	a.grantJob(ctx, b)
 	err = a.c.Grant(ctx, "job", api.GrantRequest{Epoch: 1, To: c.addr})
 	wantKind(t, "a grant to C after B committed", err, api.ErrStaleEpoch)
 	sameRecord(t, "grants after the commit", a.rec("job"), tomb)
-	if n := a.live(ctx, "job") + b.live(ctx, "job") + c.live(ctx, "job"); n != 1 {
-		t.Fatalf("%d live copies, want 1", n)
-	}
+	oneLiveCopy(ctx, t, a, b, c)
 }
 
 // B's fetch of the image granted to it is cut before B gave it back or
@@ -466,12 +473,8 @@ func TestGrantedAgentFetchesAgainAfterACutFetch(t *testing.T) {
 	a.grantJob(ctx, b)
 	sameRecord(t, "grants after B's cut fetch", a.rec("job"), cut)
 	b.resumeFrom(ctx, a, last)
-	if r := a.rec("job"); r.Phase != api.PhaseMoved || r.Epoch != 2 || r.PeerName != "node-b" {
-		t.Fatalf("A's record after the resume on B is %+v, want a tombstone at epoch 2 bound to node-b", r)
-	}
-	if n := a.live(ctx, "job") + b.live(ctx, "job") + c.live(ctx, "job"); n != 1 {
-		t.Fatalf("%d live copies, want 1", n)
-	}
+	a.tombstoneTo(b)
+	oneLiveCopy(ctx, t, a, b, c)
 }
 
 // cutByRestart grants B the image of "job" suspended on A, begins B's
@@ -504,16 +507,10 @@ func TestGiveBackAfterHolderRestart(t *testing.T) {
 	if err := fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 1, Peer: b.addr}); err != nil {
 		t.Fatalf("B gives the image back after A's restart: %v", err)
 	}
-	if r := a.rec("job"); r.Phase != api.PhaseSuspended || r.PeerName != "" {
-		t.Fatalf("after B gave it back A's record is %+v, want suspended and bound to nobody", r)
-	}
+	a.unbound()
 	c.resumeFrom(ctx, a, last)
-	if r := a.rec("job"); r.Phase != api.PhaseMoved || r.Epoch != 2 || r.PeerName != "node-c" {
-		t.Fatalf("A's record after the resume on C is %+v, want a tombstone at epoch 2 bound to node-c", r)
-	}
-	if n := a.live(ctx, "job") + b.live(ctx, "job") + c.live(ctx, "job"); n != 1 {
-		t.Fatalf("%d live copies, want 1", n)
-	}
+	a.tombstoneTo(c)
+	oneLiveCopy(ctx, t, a, b, c)
 }
 
 // A resumes the task whose fetch its restart cut: the binding goes, so B's
@@ -530,9 +527,7 @@ func TestLocalResumeEndsTheBinding(t *testing.T) {
 	before := a.rec("job")
 	refused(t, "B's late commit", fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 2, Peer: b.addr, Committed: true}), "node-b", "")
 	sameRecord(t, "B's late commit", a.rec("job"), before)
-	if n := a.live(ctx, "job") + b.live(ctx, "job"); n != 1 {
-		t.Fatalf("%d live copies, want 1", n)
-	}
+	oneLiveCopy(ctx, t, a, b)
 }
 
 // A release of a suspended image is checked and written under the task's
@@ -561,9 +556,7 @@ func TestReleaseOfASuspendedImageHonoursBusy(t *testing.T) {
 	if err := fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 1, Peer: b.addr}); err != nil {
 		t.Fatalf("B gives the image back: %v", err)
 	}
-	if r := a.rec("job"); r.Phase != api.PhaseSuspended || r.PeerName != "" {
-		t.Fatalf("after B gave it back A's record is %+v, want suspended and bound to nobody", r)
-	}
+	a.unbound()
 	if _, err := a.c.Resume(ctx, "job", api.ResumeRequest{Epoch: 1}); err != nil {
 		t.Fatalf("A's local resume after the give-back: %v", err)
 	}

@@ -96,6 +96,16 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
+// decodeTask decodes r's body into v (decode) and returns the task id of
+// r's path, validated (api.ValidID).
+func decodeTask(r *http.Request, v any) (string, error) {
+	if err := decode(r, v); err != nil {
+		return "", err
+	}
+	id := r.PathValue("id")
+	return id, api.ValidID(id)
+}
+
 func (a *Agent) handleHealth(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.Health{OK: true, Name: a.cfg.Name})
 }
@@ -635,7 +645,7 @@ func (a *Agent) Resume(ctx context.Context, id string, req api.ResumeRequest) (a
 	a.mu.Lock()
 	n := *rec
 	n.Phase, n.Image, n.CheckpointPeer = api.PhaseRunning, nil, req.CheckpointPeer
-	n.PeerName = "" // the image's last fetcher (recover) may release nothing now
+	n.PeerName = "" // the agent granted the image, or its fetcher (recover), may release nothing now
 	err = a.putLocked(&n)
 	a.mu.Unlock()
 	if err != nil {

@@ -17,7 +17,9 @@ import (
 // holds for the task (the caller or this copy is out of date).
 var ErrStaleEpoch = errors.New("stale epoch")
 
-// ErrForbidden: the caller's role may not call this endpoint.
+// ErrForbidden: the caller's role may not call this endpoint, or this
+// caller may not act on this task (an image bound to another agent, an
+// agent's resume not from its own image, another pusher's replica).
 var ErrForbidden = errors.New("forbidden for this role")
 
 // ErrInDoubt: the agent cannot tell whether a move committed (the peer was
@@ -285,11 +287,12 @@ type SessionRequest struct {
 	Token string `json:"token"`
 }
 
-// ReleaseRequest ends a fetch of a suspend image (POST
-// /v1/peer/tasks/{id}/release). Committed: the task now lives at Peer with
-// Epoch, and the holder keeps only a tombstone. Not committed: the resume
-// failed and the holder's image is suspended again (Epoch is then the
-// image's epoch).
+// ReleaseRequest ends a fetch of a suspended image (POST
+// /v1/peer/tasks/{id}/release), sent only by the agent the holder's record
+// binds. Committed: the task now lives at Peer with Epoch, the image's
+// epoch plus one, and the holder keeps only a tombstone. Not committed: the
+// resume failed and the holder's image is suspended again, bound to nobody
+// (Epoch is then the image's epoch).
 type ReleaseRequest struct {
 	Epoch     uint64 `json:"epoch"`
 	Peer      string `json:"peer"`
