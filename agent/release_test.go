@@ -534,10 +534,11 @@ func TestLocalResumeEndsTheBinding(t *testing.T) {
 // busy mark, as a fetch, a grant and a local resume are: one that comes
 // while the holder is busy with the task (here as a local resume is) is
 // busy and changes nothing, rather than tombstoning or unbinding an image
-// in use; afterwards it goes through and leaves no mark behind.
+// in use, and so is the controller's grant of the image to C (grantLocked);
+// afterwards the release goes through and leaves no mark behind.
 func TestReleaseOfASuspendedImageHonoursBusy(t *testing.T) {
 	t.Parallel()
-	ctx, a, b, _ := threeNodes(t, nil)
+	ctx, a, b, c := threeNodes(t, nil)
 	a.suspendJob(ctx)
 	a.grantJob(ctx, b)
 	before := a.rec("job")
@@ -551,7 +552,8 @@ func TestReleaseOfASuspendedImageHonoursBusy(t *testing.T) {
 	for _, req := range []api.ReleaseRequest{{Epoch: 2, Peer: b.addr, Committed: true}, {Epoch: 1, Peer: b.addr}} {
 		wantKind(t, fmt.Sprintf("B's release %+v while A is busy with the task", req), fetcher.Release(ctx, "job", req), driver.ErrBusy)
 	}
-	sameRecord(t, "B's releases while A is busy", a.rec("job"), before)
+	wantKind(t, "a grant to C while A is busy with the task", a.c.Grant(ctx, "job", api.GrantRequest{Epoch: 1, To: c.addr}), driver.ErrBusy)
+	sameRecord(t, "B's releases and the grant to C while A is busy", a.rec("job"), before)
 	a.agent.release("job")
 	if err := fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 1, Peer: b.addr}); err != nil {
 		t.Fatalf("B gives the image back: %v", err)
@@ -560,4 +562,27 @@ func TestReleaseOfASuspendedImageHonoursBusy(t *testing.T) {
 	if _, err := a.c.Resume(ctx, "job", api.ResumeRequest{Epoch: 1}); err != nil {
 		t.Fatalf("A's local resume after the give-back: %v", err)
 	}
+}
+
+// The controller grants C the image whose fetch by B A's restart cut (it
+// gave up on B): the grant rebinds the suspended image to C (the
+// controller's word is the latest), so B's fetch and B's late commit are
+// refused naming node-c and change nothing, and C's resume from A moves the
+// task with one live copy, A keeping a tombstone bound to C.
+func TestGrantRebindsAnImageBoundToAnotherAgent(t *testing.T) {
+	t.Parallel()
+	ctx, a, b, c := threeNodes(t, nil)
+	last, fetcher := cutByRestart(ctx, t, a, b)
+	a.grantJob(ctx, c)
+	rebound := a.rec("job")
+	if rebound.Phase != api.PhaseSuspended || rebound.PeerName != "node-c" || rebound.Epoch != 1 || rebound.Image == nil {
+		t.Fatalf("after the grant to C A's record is %+v, want suspended at epoch 1 with its image, bound to node-c", rebound)
+	}
+	_, _, err := fetcher.FetchImageTar(ctx, "job", 1)
+	refused(t, "B's fetch after the grant to C", err, "node-b", "node-c")
+	refused(t, "B's late commit after the grant to C", fetcher.Release(ctx, "job", api.ReleaseRequest{Epoch: 2, Peer: b.addr, Committed: true}), "node-b", "node-c")
+	sameRecord(t, "B's fetch and commit after the grant to C", a.rec("job"), rebound)
+	c.resumeFrom(ctx, a, last)
+	a.tombstoneTo(c)
+	oneLiveCopy(ctx, t, a, b, c)
 }
