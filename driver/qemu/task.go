@@ -394,8 +394,10 @@ func (t *task) status(ctx context.Context) driver.Status {
 		cancel()
 		switch {
 		case err != nil && c.Err() != nil:
-			st.State = driver.StateFailed
-			st.Message = "QEMU exited unexpectedly"
+			// QEMU went away while we asked (a guest that powers off
+			// makes it exit): judge it gone, as above, once its last
+			// events (SHUTDOWN) are read — exited, not failed.
+			return t.status(ctx)
 		case err != nil:
 			st.State = driver.StateRunning // unknown for a moment; QEMU is there
 			st.Message = "query-status: " + err.Error()
